@@ -1,0 +1,96 @@
+"""The one attention call site.
+
+Every layer of every Sherman model attends through `attend(q, k, v, ctx)`. The backend is chosen per
+call by `ctx.backend`, a key of the literal dict `BACKENDS`; each backend has the signature of
+`dense_attention` and, when its budget covers the whole context, must equal it (parity tests).
+
+Shapes: q (B, H_q, T_q, D); k, v (B, H_kv, T_k, D) with H_q a multiple of H_kv (grouped-query
+attention). Query i sits at key slot `ctx.q_start + i`; keys beyond that slot are causally hidden and
+keys with `ctx.key_valid == False` (left padding) are never attended.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from sherman.core.kv_cache import KVCache
+
+
+@dataclass
+class AttnContext:
+    """What a backend may need besides q, k, v. One is built per forward pass and shared by all layers."""
+
+    backend: str = "dense"
+    """Key of `BACKENDS`."""
+    q_start: int = 0
+    """Key slot of the first query (0 for a plain causal forward, the cache length before this step when cached)."""
+    key_valid: torch.Tensor | None = None
+    """(B, T_k) bool; None means every key is real."""
+    cache: KVCache | None = None
+    """The KV cache when decoding; sparse backends keep their block state in `cache.extras`."""
+    layer: int = 0
+    """Index of the calling layer (set by the model before each layer)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific options (budget, block size, gate modules, ...)."""
+
+
+def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None, device) -> torch.Tensor | None:
+    """Boolean mask (B or 1, 1, T_q, T_k), True = may attend. Every query may always see its own slot, so a
+    query sitting on a pad slot still has one finite logit (its output is ignored) instead of NaN."""
+    qi = torch.arange(q_start, q_start + t_q, device=device)[:, None]  # (T_q, 1)
+    kj = torch.arange(t_k, device=device)[None, :]  # (1, T_k)
+    allowed = kj <= qi  # (T_q, T_k)
+    if key_valid is None:
+        return allowed[None, None]
+    m = allowed[None, None] & key_valid[:, None, None, :t_k]  # (B, 1, T_q, T_k)
+    return m | (kj == qi)[None, None]
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """One query per row over a long cache, grouped heads folded into the query dimension (matmul, softmax, matmul).
+
+    q (B, H_q, 1, D); k, v (B, H_kv, T_k, D); key_valid (B, T_k) or None. Returns (B, H_q, 1, D).
+    Much faster on CPU than `scaled_dot_product_attention(..., enable_gqa=True)` for T_q = 1.
+    """
+    b, hq, _, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qg = q.reshape(b, hkv, g, d)  # (B, H_kv, G, D)
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, H_kv, G, T_k)
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid[:, None, None, :tk], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, v)  # (B, H_kv, G, D)
+    return out.reshape(b, hq, 1, d)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    """Reference dense attention (causal, padding-aware, GQA). Returns (B, H_q, T_q, D)."""
+    t_q, t_k = q.shape[2], k.shape[2]
+    if t_q == 1 and ctx.q_start == t_k - 1:
+        return decode_attention(q, k, v, ctx.key_valid)
+    if ctx.key_valid is None and ctx.q_start == 0 and t_q == t_k:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    mask = causal_mask(ctx.q_start, t_q, t_k, ctx.key_valid, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+AttnBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnContext], torch.Tensor]
+
+BACKENDS: dict[str, AttnBackend] = {
+    "dense": dense_attention,
+}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+    """Dispatch to the backend named in `ctx.backend`."""
+    try:
+        fn = BACKENDS[ctx.backend]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {ctx.backend!r}; known: {sorted(BACKENDS)}") from None
+    return fn(q, k, v, ctx)

@@ -1,0 +1,278 @@
+"""The one Sherman language model: a Llama / Qwen2 / Qwen3(-MoE)-style decoder-only transformer.
+
+Pre-norm blocks of RMSNorm -> grouped-query attention with rotary embeddings (half-split "rotate_half"
+convention, as in Hugging Face Llama/Qwen) and optional per-head QK RMSNorm (Qwen3) and QKV bias
+(Qwen2) -> RMSNorm -> SwiGLU MLP or Mixture-of-Experts FFN (`core/moe.py`). Embeddings are tied or
+untied. Parameter names follow Hugging Face's so `core/hf.py` is a near-identity mapping.
+
+All attention goes through `core.attention.attend`; the KV cache is `core.kv_cache.KVCache`.
+
+Forward:
+    out = model(ids, positions=None, cache=None, key_valid=None, attn=None, return_router_logits=False)
+    out.logits (B, T, V); out.router_logits: list per MoE layer of (B, T, E) when asked; out.hidden (B, T, C).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sherman.core.attention import AttnContext, attend
+from sherman.core.kv_cache import KVCache
+from sherman.core.moe import MoEFFN, SwiGLU
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    """Number of token ids."""
+    dim: int = 128
+    """Residual stream width (hidden_size)."""
+    n_layers: int = 2
+    """Number of decoder blocks."""
+    n_heads: int = 4
+    """Query heads."""
+    n_kv_heads: int = 2
+    """Key/value heads (grouped-query attention); must divide n_heads."""
+    head_dim: int = 0
+    """Per-head width; 0 means dim // n_heads."""
+    ffn_dim: int = 344
+    """SwiGLU hidden width of dense MLP layers."""
+    norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    max_seq_len: int = 2048
+    """Longest position the RoPE table covers (grown on demand)."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys before RoPE (Qwen3)."""
+    attn_bias: bool = False
+    """Bias on the q/k/v projections (Qwen2)."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the LM head."""
+    n_experts: int = 0
+    """Experts per MoE layer; 0 means a dense model."""
+    n_experts_per_tok: int = 2
+    """Top-k experts per token."""
+    moe_ffn_dim: int = 128
+    """SwiGLU hidden width of each routed expert."""
+    norm_topk_prob: bool = True
+    """Renormalise the top-k router weights to sum to one."""
+    shared_expert_dim: int = 0
+    """Hidden width of an always-on, sigmoid-gated shared expert; 0 = none."""
+    mlp_only_layers: list[int] = field(default_factory=list)
+    """Layer indices that use a dense MLP even in an MoE model."""
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            assert self.dim % self.n_heads == 0, f"dim={self.dim} not divisible by n_heads={self.n_heads}"
+            self.head_dim = self.dim // self.n_heads
+        assert self.n_heads % self.n_kv_heads == 0, f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}"
+        assert self.vocab_size > 0 and self.n_layers > 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.n_experts > 0 and i not in self.mlp_only_layers
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, V)
+    hidden: torch.Tensor  # (B, T, C) final normed hidden state
+    router_logits: list[torch.Tensor] | None = None  # per MoE layer (B, T, E)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (max_len, head_dim) in the half-split layout."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))  # (D/2,)
+    t = torch.arange(max_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv)  # (T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (T, D)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D); cos/sin (B, 1, T, D) or (1, 1, T, D)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rot * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+
+    def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x (B, T, C) -> q (B, H_q, T, D), k, v (B, H_kv, T, D), RoPE applied."""
+        b, t, _ = x.shape
+        hd = self.cfg.head_dim
+        q = self.q_proj(x).view(b, t, self.cfg.n_heads, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, ctx: AttnContext) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.project_qkv(x, cos, sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.write(ctx.layer, ctx.q_start, k, v)  # all slots up to the end
+        y = attend(q, k, v, ctx)  # (B, H_q, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if cfg.is_moe_layer(layer):
+            self.mlp = MoEFFN(cfg.dim, cfg.n_experts, cfg.n_experts_per_tok, cfg.moe_ffn_dim, cfg.norm_topk_prob, cfg.shared_expert_dim)
+        else:
+            self.mlp = SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x, cos, sin, ctx: AttnContext):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx)
+        h = self.post_attention_layernorm(x)
+        if isinstance(self.mlp, MoEFFN):
+            y, router_logits = self.mlp(h)
+            return x + y, router_logits
+        return x + self.mlp(h), None
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) or (T,) -> cos, sin (B|1, 1, T, D)."""
+        need = int(positions.max()) + 1 if positions.numel() else 0
+        if need > self.rope_cos.shape[0]:  # grow the table (rare): positions beyond max_seq_len
+            cos, sin = rope_tables(self.cfg.head_dim, max(need, 2 * self.rope_cos.shape[0]), self.cfg.rope_theta, self.device)
+            self.rope_cos, self.rope_sin = cos, sin
+        if positions.dim() == 1:
+            positions = positions[None]
+        cos = self.rope_cos[positions].unsqueeze(1).to(self.dtype)  # (B, 1, T, D)
+        sin = self.rope_sin[positions].unsqueeze(1).to(self.dtype)
+        return cos, sin
+
+    def make_cache(self, batch: int, max_len: int) -> KVCache:
+        """A preallocated cache for `batch` rows and `max_len` slots."""
+        c = self.cfg
+        return KVCache.allocate(c.n_layers, batch, c.n_kv_heads, max_len, c.head_dim, self.dtype, self.device)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        key_valid: torch.Tensor | None = None,
+        attn: AttnContext | None = None,
+        return_router_logits: bool = False,
+        compute_logits: bool = True,
+    ) -> ModelOutput:
+        """ids (B, T).
+
+        positions: (B, T) or (T,) RoPE positions; default = slot index (cache.length + arange(T)).
+        cache: when given, this pass's keys/values are written at slots [cache.length, cache.length + T)
+            and queries attend to all earlier valid slots.
+        key_valid: without a cache, (B, T) bool marking real tokens (False = padding); with a cache,
+            (B, T) validity of the NEW slots (default all valid).
+        attn: an AttnContext carrying the backend name and its options (default dense).
+        """
+        b, t = ids.shape
+        ctx = dataclasses.replace(attn) if attn is not None else AttnContext()
+        if cache is not None:
+            start, _ = cache.reserve(t, key_valid)
+            ctx.cache, ctx.q_start, ctx.key_valid = cache, start, cache.valid[:, : start + t]
+        else:
+            start = 0
+            ctx.q_start, ctx.key_valid = 0, key_valid
+        if positions is None:
+            positions = torch.arange(start, start + t, device=ids.device)
+        cos, sin = self._rope(positions)
+        x = self.embed_tokens(ids)  # (B, T, C)
+        router = [] if return_router_logits else None
+        for i, layer in enumerate(self.layers):
+            ctx.layer = i
+            x, rl = layer(x, cos, sin, ctx)
+            if router is not None and rl is not None:
+                router.append(rl)
+        h = self.norm(x)
+        logits = F.linear(h, self.head_weight()) if compute_logits else h.new_zeros(0)
+        return ModelOutput(logits=logits, hidden=h, router_logits=router)
+
+
+def padded_positions(valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) validity of left-padded rows -> RoPE positions counting only real tokens (pads get 0)."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits (B, T, V), targets (B, T) -> log p(target) (B, T) in fp32."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
