@@ -1,0 +1,56 @@
+"""`sherman <command> ...`: maps subcommands to the modules that implement them; holds no logic.
+
+Each entry of `COMMANDS` names `module:function`; the function takes the remaining argv (list of
+str) and returns an exit code (or None for 0). Modules are imported only when their command runs, so
+`sherman --help` stays fast and an optional dependency is needed only by the command that uses it.
+Errors of type `ShermanError` (bad input, missing files) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: ("module:function", one-line help)
+    "train": ("sherman.core.train:main", "train a model on a task or a text corpus (LM / SFT)"),
+    "generate": ("sherman.core.generate_cli:main", "sample completions from a checkpoint"),
+    "convert": ("sherman.core.hf:main", "convert checkpoints between Hugging Face and Sherman formats"),
+    "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: sherman <command> [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "run `sherman <command> --help` for a command's options"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sherman: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    from sherman.core.common import ShermanError
+
+    target = COMMANDS[name][0]
+    module, func = target.split(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+        code = fn(rest)
+    except ShermanError as e:
+        print(f"sherman {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sherman {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
