@@ -144,8 +144,7 @@ class BPETokenizer:
     several; generation should stop on all of them). Without a pad token the pad id falls back to the eos id.
     """
 
-    def __init__(self, tok, bos: str | None = None, eos: str | None = None, pad: str | None = None,
-                 extra_eos_ids: Sequence[int] = ()):
+    def __init__(self, tok, bos: str | None = None, eos: str | None = None, pad: str | None = None, extra_eos_ids: Sequence[int] = ()):
         self.tok = tok
         vocab = tok.get_vocab(with_added_tokens=True)
         self.bos, self.eos, self.pad = (s if s in vocab else None for s in (bos, eos, pad))
@@ -222,8 +221,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, specials: Sequence[str] = D
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     names = set(specials)
     pick = lambda cands: next((s for s in cands if s in names), None)  # noqa: E731

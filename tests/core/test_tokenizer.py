@@ -100,8 +100,9 @@ def _hf_style_tokenizer_json(folder):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
-    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=280, special_tokens=specials, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(TEXTS, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])
     folder.mkdir()
@@ -112,8 +113,9 @@ def _hf_style_tokenizer_json(folder):
 def test_load_hf_tokenizer_json_with_configs(tmp_path):
     folder = tmp_path / "ckpt"
     ref = _hf_style_tokenizer_json(folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": {"content": "<|begin_of_text|>", "special": True}, "eos_token": "<|eot_id|>", "pad_token": None}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": {"content": "<|begin_of_text|>", "special": True}, "eos_token": "<|eot_id|>", "pad_token": None})
+    )
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [1, 2]}))
     tok = load_tokenizer(folder)
     assert isinstance(tok, BPETokenizer)
