@@ -9,7 +9,11 @@ import importlib
 
 from sherman.tasks.base import Example, Task
 
-TASKS: dict[str, str] = {}
+TASKS: dict[str, str] = {
+    "arithmetic": "sherman.tasks.arithmetic:Arithmetic",
+    "countdown": "sherman.tasks.countdown:Countdown",
+    "kv_retrieval": "sherman.tasks.kv_retrieval:KVRetrieval",
+}
 
 
 def get_task(name: str, **config) -> Task:
