@@ -287,7 +287,7 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     from tokenizers import Tokenizer
 
     try:
-        tok = Tokenizer.from_str(json.dumps(d))
+        tok = Tokenizer.from_file(str(p))
     except Exception as e:  # the Rust side raises a plain Exception on any malformed field
         raise ShermanError(f"{p}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from None
     cfg = _special_ids_from_configs(p.parent)

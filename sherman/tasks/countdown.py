@@ -144,11 +144,9 @@ class Countdown:
     def check(self, ex: Example, text: str) -> str | None:
         """Canonical form of `text` if it is a valid solution of `ex`, else None."""
         e = parse_expr(text)
-        if e is None or evaluate(e) != ex.meta["target"]:
+        if e is None or Counter(e.literals()) - Counter(ex.meta["numbers"]):  # malformed, or a number used too often
             return None
-        if Counter(e.literals()) - Counter(ex.meta["numbers"]):  # a number used more often than given
-            return None
-        return canonical(e)
+        return canonical(e) if evaluate(e) == ex.meta["target"] else None
 
     def reward(self, ex: Example, completion: str) -> float:
         n = ex.meta["n_solutions"]
