@@ -52,6 +52,8 @@ class CountdownConfig:
             raise ShermanError(f"countdown: ops must be a non-empty subset of '+-*/', got {self.ops!r}")
         if self.n_solutions < 1:
             raise ShermanError(f"countdown: n_solutions must be >= 1, got {self.n_solutions}")
+        if self.n_solutions > 1 and self.max_numbers > 5:
+            raise ShermanError("countdown: the multi-solution search is exhaustive; use max_numbers <= 5 with n_solutions > 1")
 
 
 def combine(a: Expr, va: int, op: str, b: Expr, vb: int) -> tuple[Expr, int] | None:

@@ -139,6 +139,8 @@ def test_deterministic_and_config_errors():
         assert [(e.prompt, e.answer) for e in a] == [(e.prompt, e.answer) for e in [task.sample(random.Random(11)) for _ in range(3)]]
     with pytest.raises(ShermanError, match="ops"):
         Countdown(ops="+%")
+    with pytest.raises(ShermanError, match="max_numbers <= 5"):
+        Countdown(n_solutions=2, max_numbers=6)
     with pytest.raises(ShermanError, match="min_numbers"):
         Countdown(min_numbers=1)
     with pytest.raises(ShermanError, match="no solvable"):
