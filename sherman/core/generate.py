@@ -14,6 +14,7 @@ is kept; `texts` is cut before the stop string).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -114,6 +115,24 @@ def _find_stop(text: str, stops: Sequence[str]) -> int:
     return min(hits) if hits else -1
 
 
+def decode_forward(model: Transformer, cache, toks: torch.Tensor, step: int, pos: torch.Tensor, attn: AttnContext | None):
+    """The forward pass of decode step `step`: feeds toks[:, step] (B,) at RoPE positions pos (B,).
+
+    With `attn.options["rectify_every"] = f > 0` (ReSA dense rectification, `sherman/attention/resa.py`), every
+    f-th step rewinds the cache by f - 1 slots and re-encodes the last f generated tokens densely through the
+    whole model (`options["dense"] = True`), overwriting their sparse-era keys and values; f = 1 is dense decoding.
+    """
+    f = int(attn.options.get("rectify_every", 0) or 0) if attn is not None else 0
+    if f > 0 and (step + 1) % f == 0:
+        back = f - 1
+        cache.rewind(cache.length - back)
+        window = toks[:, step - back : step + 1]  # (B, f)
+        positions = pos[:, None] + torch.arange(-back, 1, device=pos.device)  # (B, f)
+        dense = dataclasses.replace(attn, options={**attn.options, "dense": True})
+        return model(window, positions=positions, cache=cache, attn=dense, compute_logits=False)
+    return model(toks[:, step : step + 1], positions=pos[:, None], cache=cache, attn=attn, compute_logits=False)
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,
@@ -175,7 +194,7 @@ def generate(
             on_step(step, tok)
         if bool(done.all()) or step == n_new - 1:
             break
-        out = model(tok[:, None], positions=pos[:, None], cache=cache, attn=attn, compute_logits=False)
+        out = decode_forward(model, cache, toks, step, pos, attn)
         logits = F.linear(out.hidden[:, -1], model.head_weight())
         pos = pos + 1
     model.train(was_training)
@@ -187,3 +206,116 @@ def generate(
         texts = [texts_cut.get(i, tokenizer.decode(tokens[i])) for i in range(b)]
     stats = {"prefill_tokens": int(valid.sum()), "decode_steps": steps, "new_tokens": sum(len(t) for t in tokens)}
     return GenerateOutput(tokens=tokens, logprobs=logprobs, finish_reasons=reasons, texts=texts, stats=stats)
+
+
+class Decoder:
+    """Step-wise batched decoding of many sequences, each with its own KV cache (AsyncThink agents, the server).
+
+    `add(ids)` registers a sequence and returns its id; `extend(sid, ids)` appends tokens (e.g. text a
+    program inserts); `step(sids)` advances the chosen sequences by one sampled token each in ONE forward
+    pass; `remove(sid)` frees a sequence. Pending tokens (a new prompt, inserted text, the last sampled
+    token) are prefilled in the same pass as other rows' decode tokens.
+
+    Each sequence owns a batch-1 `KVCache` (grown on demand). A step packs the chosen caches left-padded
+    into one batch cache with per-row RoPE positions (as `generate` does for ragged prompts), runs the
+    model once and writes each row's new keys/values back to its own cache, so membership may change
+    between any two steps at no extra cost. Sampling is `sample_next`, shared with `generate`.
+    """
+
+    def __init__(self, model: Transformer, *, generator: torch.Generator | None = None, attn: AttnContext | None = None, init_len: int = 256):
+        self.model = model
+        self.generator = generator
+        self.attn = attn
+        self.init_len = init_len
+        self.caches: dict[int, object] = {}
+        self.pending: dict[int, list[int]] = {}
+        self._next = 0
+
+    def add(self, ids: Sequence[int]) -> int:
+        if len(ids) == 0:
+            raise ValueError("a sequence needs at least one token (e.g. a BOS id)")
+        sid = self._next
+        self._next += 1
+        self.caches[sid] = self.model.make_cache(1, max(self.init_len, 2 * len(ids)))
+        self.pending[sid] = [int(t) for t in ids]
+        return sid
+
+    def extend(self, sid: int, ids: Sequence[int]) -> None:
+        self.pending[sid].extend(int(t) for t in ids)
+
+    def remove(self, sid: int) -> None:
+        self.caches.pop(sid, None)
+        self.pending.pop(sid, None)
+
+    def __contains__(self, sid: int) -> bool:
+        return sid in self.caches
+
+    def length(self, sid: int) -> int:
+        """Tokens of the sequence so far (cached + pending)."""
+        return self.caches[sid].length + len(self.pending[sid])
+
+    def _grow(self, sid: int, need: int) -> None:
+        c = self.caches[sid]
+        if need <= c.max_len:
+            return
+        new = self.model.make_cache(1, max(need, 2 * c.max_len))
+        for layer in range(len(c.k)):
+            new.k[layer][:, :, : c.length] = c.k[layer][:, :, : c.length]
+            new.v[layer][:, :, : c.length] = c.v[layer][:, :, : c.length]
+        new.valid[:, : c.length] = c.valid[:, : c.length]
+        new.length = c.length
+        self.caches[sid] = new
+
+    @torch.no_grad()
+    def step(self, sids: Sequence[int] | None = None, params: dict[int, SamplingParams] | SamplingParams | None = None) -> dict[int, tuple[int, float]]:
+        """Advance each sequence in `sids` (default all) by one token -> {sid: (token, logp)}.
+
+        params: one SamplingParams for all rows or one per sid (temperature and top_p are used).
+        """
+        sids = list(self.caches) if sids is None else list(sids)
+        if not sids:
+            return {}
+        model, dev = self.model, self.model.device
+        was_training = model.training
+        model.eval()
+        lens = [self.caches[s].length for s in sids]
+        pends = [self.pending[s] for s in sids]
+        assert all(len(p) > 0 for p in pends), "every stepped sequence needs a pending token"
+        b, lmax, pmax = len(sids), max(lens), max(len(p) for p in pends)
+        packed = model.make_cache(b, lmax + pmax)
+        ids = torch.zeros(b, pmax, dtype=torch.long)
+        new_valid = torch.zeros(b, pmax, dtype=torch.bool)
+        pos = torch.zeros(b, pmax, dtype=torch.long)
+        for r, (s, n, p) in enumerate(zip(sids, lens, pends)):
+            c = self.caches[s]
+            for layer in range(len(c.k)):
+                packed.k[layer][r, :, lmax - n : lmax] = c.k[layer][0, :, :n]
+                packed.v[layer][r, :, lmax - n : lmax] = c.v[layer][0, :, :n]
+            packed.valid[r, lmax - n : lmax] = c.valid[0, :n]
+            ids[r, pmax - len(p) :] = torch.tensor(p, dtype=torch.long)
+            new_valid[r, pmax - len(p) :] = True
+            pos[r, pmax - len(p) :] = torch.arange(n, n + len(p))
+        packed.length = lmax
+        ids, new_valid, pos = ids.to(dev), new_valid.to(dev), pos.to(dev)
+        out = model(ids, positions=pos, cache=packed, key_valid=new_valid, attn=self.attn, compute_logits=False)
+        logits = F.linear(out.hidden[:, -1], model.head_weight())  # (B, V)
+        for r, (s, n, p) in enumerate(zip(sids, lens, pends)):
+            self._grow(s, n + len(p))
+            c = self.caches[s]
+            for layer in range(len(c.k)):
+                c.k[layer][0, :, n : n + len(p)] = packed.k[layer][r, :, lmax + pmax - len(p) :]
+                c.v[layer][0, :, n : n + len(p)] = packed.v[layer][r, :, lmax + pmax - len(p) :]
+            c.valid[0, n : n + len(p)] = True
+            c.length = n + len(p)
+        model.train(was_training)
+        per = params if isinstance(params, dict) else {s: params or SamplingParams() for s in sids}
+        groups: dict[tuple[float, float], list[int]] = {}
+        for r, s in enumerate(sids):
+            groups.setdefault((per[s].temperature, per[s].top_p), []).append(r)
+        result: dict[int, tuple[int, float]] = {}
+        for (temp, top_p), rows in groups.items():
+            tok, lp = sample_next(logits[rows], temp, top_p, self.generator)
+            for r, t, v in zip(rows, tok.tolist(), lp.tolist()):
+                result[sids[r]] = (t, v)
+                self.pending[sids[r]] = [t]
+        return result
