@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sherman.core.train:main", "train a model on a task or a text corpus (LM / SFT)"),
     "generate": ("sherman.core.generate_cli:main", "sample completions from a checkpoint"),
     "convert": ("sherman.core.hf:main", "convert checkpoints between Hugging Face and Sherman formats"),
+    "rl": ("sherman.rl.grpo:main", "RL on a task: GRPO, Dr. GRPO, OPO, GSPO, GMPO, RSPO (--preset)"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 

@@ -298,7 +298,7 @@ def policy_loss(
             loss_s = loss_s * torch.exp(masked_mean(log_g, mask, dim=-1))
         loss = loss_s.mean()
         clamped = gmpo_clamped_log_ratio(log_r, adv, clip_low, clip_high)
-        clip_frac = masked_mean((clamped != log_r).float(), mask)
+        clip_frac = masked_mean(((clamped != log_r) & (adv != 0)[:, None]).float(), mask)
         stats_ratio = torch.exp(log_r)
     else:
         raise ValueError(f"unknown ratio_type {ratio_type!r}; choose token, sequence or geometric")

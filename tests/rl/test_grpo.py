@@ -1,0 +1,176 @@
+"""Smoke, bookkeeping, checkpoint and HF tests of the RL loop (sherman.rl.grpo) on tiny models."""
+
+import math
+import random
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from sherman.core.common import ShermanError
+from sherman.core.model import Transformer
+from sherman.core.tokenizer import CharTokenizer
+from sherman.rl import grpo
+from sherman.tasks.base import Example
+
+
+class OnesTask:
+    """Toy task with a dense reward: the fraction of '1' characters in the completion."""
+
+    name = "ones"
+
+    def sample(self, rng: random.Random) -> Example:
+        return Example(prompt=str(rng.randint(0, 9)), answer="111")
+
+    def reward(self, ex: Example, completion: str) -> float:
+        return completion.count("1") / max(1, len(completion)) if completion else 0.0
+
+    def trace(self, ex: Example, rng=None) -> str:
+        return "111"
+
+    def alphabet(self) -> str:
+        return "0123456789"
+
+
+TASK = OnesTask()
+TOK = CharTokenizer(TASK.alphabet())
+
+
+def tiny(n_experts: int = 0, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(grpo.tiny_model_config(TOK.vocab_size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, n_experts=n_experts, top_k=2))
+
+
+def small_cfg(preset: str, **kw) -> grpo.RLConfig:
+    base = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=6, lr=3e-3)
+    return grpo.preset_config(preset, **{**base, **kw})
+
+
+def _flat(m):
+    return torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+
+
+CASES = [(p, 0) for p in grpo.PRESETS if p != "rspo"] + [(p, 4) for p in ("grpo", "gspo", "gmpo", "rspo", "opo")]
+
+
+@pytest.mark.parametrize("preset,n_experts", CASES)
+def test_preset_smoke_moves_params_and_logs_finite(preset, n_experts):
+    m = tiny(n_experts)
+    before = _flat(m)
+    counter = {"n": 0}
+
+    def hook(opt, args, kwargs):
+        counter["n"] += 1
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        steps = 2 if preset == "opo" else 1  # opo: 1 update per batch; KL to init is 0 during the first
+        res = grpo.rl_train(m, TASK, TOK, small_cfg(preset, steps=steps))
+    finally:
+        handle.remove()
+    assert not torch.equal(before, _flat(m)), f"{preset}: parameters did not move"
+    per_batch = grpo.PRESETS[preset].get("mini_batches", 1) * grpo.PRESETS[preset].get("epochs", 1)
+    assert counter["n"] == res.opt_steps == steps * per_batch
+    for row in res.history:
+        for k, v in row.items():
+            if isinstance(v, float):
+                assert math.isfinite(v), f"{preset}: metric {k} = {v}"
+        for k in ("rollout/reward_mean", "rollout/pass@1", "policy/entropy", "kl/to_init_k3", "clip/frac", "ratio/var"):
+            assert k in row
+        if n_experts:
+            for k in ("moe/topk_changed_frac", "moe/gamma_mean", "moe/gamma_p5", "moe/router_entropy"):
+                assert k in row
+    assert res.history[-1]["kl/to_init_k3"] > 0  # the policy moved away from the initial one
+
+
+def test_opo_exactly_one_optimizer_step_per_rollout_batch():
+    m = tiny()
+    calls = []
+    handle = register_optimizer_step_post_hook(lambda opt, a, k: calls.append(1))
+    rollouts = []
+    orig = grpo.rollout
+
+    def counting_rollout(*a, **k):
+        rollouts.append(1)
+        return orig(*a, **k)
+
+    grpo.rollout = counting_rollout
+    try:
+        res = grpo.rl_train(m, TASK, TOK, small_cfg("opo", steps=3))
+    finally:
+        grpo.rollout = orig
+        handle.remove()
+    assert len(rollouts) == 3 and len(calls) == 3 and res.opt_steps == 3
+    assert all(r["opt/steps_this_batch"] == 1 for r in res.history)
+    # exact on-policy: ratio identically 1, nothing clipped
+    assert all(r["ratio/mean"] == 1.0 and r["clip/frac"] == 0.0 for r in res.history)
+
+
+def test_opo_update_equals_reinforce_with_length_weighted_baseline():
+    """One OPO step from a fixed rollout equals a hand-built REINFORCE step with b = sum l r / sum l."""
+    m = tiny()
+    cfg = small_cfg("opo", steps=1, grad_clip=0.0, lr=1e-2, track_kl_to_init=False)
+    gen = torch.Generator().manual_seed(0)
+    examples = [TASK.sample(random.Random(0))]
+    ro = grpo.rollout(m, TASK, TOK, examples, 4, grpo.SamplingParams(max_new_tokens=6, stop_token_ids=[TOK.eos_id]), gen)
+    adv = grpo.compute_advantages(ro.rewards, ro.lengths, cfg)
+    b = float((ro.lengths * ro.rewards).sum() / ro.lengths.sum())
+    assert torch.allclose(adv, ro.rewards - b)
+    logp, _, _ = grpo.forward_logprobs(m, ro.ids, 1.0, False)
+    loss, _ = grpo.C.policy_loss(logp, logp.detach(), adv, ro.mask, loss_agg="token_mean")
+    ref = -(adv[:, None] * logp * ro.mask).sum() / ro.mask.sum()
+    assert torch.allclose(loss, ref, atol=1e-6)
+
+
+def test_router_shift_requires_moe_and_presets_validate():
+    with pytest.raises(ShermanError):
+        grpo.rl_train(tiny(), TASK, TOK, small_cfg("rspo"))
+    with pytest.raises(ShermanError):
+        grpo.preset_config("ppo")
+    with pytest.raises(ShermanError):
+        grpo.RLConfig(advantage="bogus")
+    with pytest.raises(ShermanError):
+        grpo.RLConfig(prompts_per_step=1, group_size=2, mini_batches=4)
+    # the rs switch on grpo
+    cfg = grpo.preset_config("grpo", router_shift=True)
+    assert cfg.router_shift and cfg.ratio_type == "token"
+
+
+def test_checkpoint_resume_is_exact(tmp_path):
+    a = tiny()
+    grpo.rl_train(a, TASK, TOK, small_cfg("grpo", steps=3, mini_batches=2, out_dir=None))
+    b = tiny()
+    grpo.rl_train(b, TASK, TOK, small_cfg("grpo", steps=2, mini_batches=2, out_dir=str(tmp_path)))
+    c = tiny(seed=123)  # different init: everything must come from the checkpoint
+    res = grpo.rl_train(c, TASK, TOK, small_cfg("grpo", steps=3, mini_batches=2, out_dir=str(tmp_path), resume=True))
+    assert res.step == 3 and res.opt_steps == 2
+    assert torch.allclose(_flat(a), _flat(c), atol=1e-6)
+
+
+def test_hf_checkpoint_roundtrip_runs(tmp_path):
+    from sherman.core.hf import load_hf, save_hf
+
+    m = tiny(4)
+    save_hf(m, tmp_path / "hf")
+    m2 = load_hf(tmp_path / "hf")
+    res = grpo.rl_train(m2, TASK, TOK, small_cfg("rspo", steps=1))
+    assert res.opt_steps == 4 and math.isfinite(res.history[-1]["loss/policy"])
+
+
+def test_pass_at_k():
+    assert grpo.pass_at_k(8, 0, 1) == 0.0
+    assert grpo.pass_at_k(8, 2, 1) == pytest.approx(2 / 8)
+    # 1 - C(6, 8) / C(8, 8) = 1 (fewer than k failures)
+    assert grpo.pass_at_k(8, 2, 8) == 1.0
+    assert grpo.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
+
+
+def test_cli_smoke(tmp_path, capsys):
+    from sherman.cli import main
+
+    code = main(["rl", "--preset", "opo", "--task", "arithmetic", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+                 "--max-new-tokens", "4", "--dim", "32", "--eval-prompts", "2", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "run" / "metrics.jsonl").is_file() and (tmp_path / "run" / "tokenizer.json").is_file()
+    assert "1 optimizer steps" in capsys.readouterr().out
+    assert main(["rl", "--preset", "nope"]) == 2
