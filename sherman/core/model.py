@@ -228,15 +228,16 @@ class Transformer(nn.Module):
 
     def forward(
         self,
-        ids: torch.Tensor,
+        ids: torch.Tensor | None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         key_valid: torch.Tensor | None = None,
         attn: AttnContext | None = None,
         return_router_logits: bool = False,
         compute_logits: bool = True,
+        embeds: torch.Tensor | None = None,
     ) -> ModelOutput:
-        """ids (B, T).
+        """ids (B, T), or ids=None and embeds (B, T, C): input embeddings used instead of `embed_tokens(ids)`.
 
         positions: (B, T) or (T,) RoPE positions; default = slot index (cache.length + arange(T)).
         cache: when given, this pass's keys/values are written at slots [cache.length, cache.length + T)
@@ -245,7 +246,8 @@ class Transformer(nn.Module):
             (B, T) validity of the NEW slots (default all valid).
         attn: an AttnContext carrying the backend name and its options (default dense).
         """
-        b, t = ids.shape
+        assert (ids is None) != (embeds is None), "pass exactly one of ids and embeds"
+        b, t = ids.shape if ids is not None else embeds.shape[:2]
         ctx = dataclasses.replace(attn) if attn is not None else AttnContext()
         if cache is not None:
             start, _ = cache.reserve(t, key_valid)
@@ -254,9 +256,9 @@ class Transformer(nn.Module):
             start = 0
             ctx.q_start, ctx.key_valid = 0, key_valid
         if positions is None:
-            positions = torch.arange(start, start + t, device=ids.device)
+            positions = torch.arange(start, start + t, device=self.device)
         cos, sin = self._rope(positions)
-        x = self.embed_tokens(ids)  # (B, T, C)
+        x = self.embed_tokens(ids) if embeds is None else embeds  # (B, T, C)
         router = [] if return_router_logits else None
         for i, layer in enumerate(self.layers):
             ctx.layer = i
