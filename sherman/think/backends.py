@@ -17,6 +17,7 @@ A backend streams one agent's continuation of a text prompt as `Piece`s (one dec
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Protocol
 
@@ -60,10 +61,11 @@ class LocalBackend:
     async def stream(self, prompt: str, max_tokens: int) -> AsyncIterator[Piece]:
         ids = self.encode(prompt)
         eos = self.tokenizer.eos_id
-        async for tok, lp in self.batcher.stream(ids, self.params, max_tokens):
-            if tok == eos:
-                return
-            yield Piece(self.tokenizer.decode([tok], skip_special=False), (tok,), lp)
+        async with aclosing(self.batcher.stream(ids, self.params, max_tokens)) as toks:
+            async for tok, lp in toks:
+                if tok == eos:
+                    return
+                yield Piece(self.tokenizer.decode([tok], skip_special=False), (tok,), lp)
 
     async def aclose(self) -> None:
         await self.batcher.close()

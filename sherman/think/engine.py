@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from sherman.think.backends import Backend
@@ -206,18 +207,19 @@ class AsyncThinkEngine:
             wp = StreamParser("worker")
             returned = None
             n = 0
-            async for piece in self.backend.stream(prompt, cfg.max_worker_tokens):
-                n += 1
-                workers[i].tokens = n
-                tokens.append(TokenRecord(f"w{i}", fork_step + n, time.perf_counter() - t0, piece.text, piece.ids, piece.logp))
-                log.add("gen", piece.text, piece.ids, piece.logp)
-                for ev in wp.feed(piece.text):
-                    if isinstance(ev, Return):
-                        returned = ev.text
-                    elif isinstance(ev, Malformed):
-                        errors.append(FormatError("malformed", ev.reason, f"w{i}"))
-                if returned is not None or n >= cfg.max_worker_tokens:
-                    break
+            async with aclosing(self.backend.stream(prompt, cfg.max_worker_tokens)) as pieces:
+                async for piece in pieces:
+                    n += 1
+                    workers[i].tokens = n
+                    tokens.append(TokenRecord(f"w{i}", fork_step + n, time.perf_counter() - t0, piece.text, piece.ids, piece.logp))
+                    log.add("gen", piece.text, piece.ids, piece.logp)
+                    for ev in wp.feed(piece.text):
+                        if isinstance(ev, Return):
+                            returned = ev.text
+                        elif isinstance(ev, Malformed):
+                            errors.append(FormatError("malformed", ev.reason, f"w{i}"))
+                    if returned is not None or n >= cfg.max_worker_tokens:
+                        break
             if returned is None:
                 for ev in wp.close():
                     if isinstance(ev, Malformed):
@@ -254,22 +256,23 @@ class AsyncThinkEngine:
             while not stop and n_org < cfg.max_org_tokens:
                 to_join: list[int] = []
                 ended = True
-                async for piece in self.backend.stream(ctx, cfg.max_org_tokens - n_org):
-                    n_org += 1
-                    clock += 1
-                    trace.decode(1)
-                    tokens.append(TokenRecord("org", clock, time.perf_counter() - t0, piece.text, piece.ids, piece.logp))
-                    org.add("gen", piece.text, piece.ids, piece.logp)
-                    ctx += piece.text
-                    for ev in parser.feed(piece.text):
-                        j = handle(ev)
-                        if j is not None:
-                            to_join.append(j)
-                    if cfg.stop_on_format_error and errors:
-                        stop = True
-                    if to_join or stop or n_org >= cfg.max_org_tokens:
-                        ended = not to_join and not stop
-                        break
+                async with aclosing(self.backend.stream(ctx, cfg.max_org_tokens - n_org)) as pieces:
+                    async for piece in pieces:
+                        n_org += 1
+                        clock += 1
+                        trace.decode(1)
+                        tokens.append(TokenRecord("org", clock, time.perf_counter() - t0, piece.text, piece.ids, piece.logp))
+                        org.add("gen", piece.text, piece.ids, piece.logp)
+                        ctx += piece.text
+                        for ev in parser.feed(piece.text):
+                            j = handle(ev)
+                            if j is not None:
+                                to_join.append(j)
+                        if cfg.stop_on_format_error and errors:
+                            stop = True
+                        if to_join or stop or n_org >= cfg.max_org_tokens:
+                            ended = not to_join and not stop
+                            break
                 if to_join:
                     for j in to_join:
                         err = check_join(j, set(workers), joined)

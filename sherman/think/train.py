@@ -1,0 +1,294 @@
+"""AsyncThink training: format SFT on programmatic organizer/worker traces, then RL (arXiv 2510.26658, Sec. 3).
+
+Stage 1, cold-start format fine-tuning (Sec. 3.1). The paper synthesises organizer-worker traces with a
+strong model; we build them programmatically from the task's ground truth, with randomized topologies
+(Sec. 3.1 "diverse fork-join structures"):
+    interleaved      fork, fork, join, fork, join, join ...    (never more than c - 1 workers open)
+    fork_all         fork every sub-query, then join them all   (capped by c - 1 at a time)
+    no_fork          the organizer solves everything itself (sequential thinking inside the protocol)
+Joined text (`takeaways</JOIN-i>`) is inserted by the engine at inference, so it is masked from the loss.
+Workers are trained on `sub-query<WORK>` -> `thinking<RETURN>takeaways</RETURN>`; the sequential baseline
+on `question<SEQ>` -> `thinking<ANSWER>answer</ANSWER>` (same data budget, same model family).
+
+Stage 2, RL (Sec. 3.2): rollouts with the engine; reward = format penalty on any format error, else
+accuracy + lambda * min(eta / c, tau) / tau; the group-relative advantage of a rollout is shared by every
+token the organizer and its workers decoded (inserted text and prompts are masked); the policy loss and
+the advantages are `sherman.rl.core`'s.
+
+Tasks: multi-expression arithmetic (sub-query = one expression) and multi-solution Countdown (sub-query =
+the problem with a required top-level operator, `3,5,7>26:*`, so workers search disjoint spaces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import torch
+
+from sherman.core.tokenizer import CharTokenizer
+from sherman.core.train import SeqExample
+from sherman.tasks.arithmetic import Arithmetic, scratchpad
+from sherman.tasks.base import Example
+from sherman.tasks.countdown import Countdown, solutions
+from sherman.tasks.parsing import parse_expr
+from sherman.think.engine import AsyncThinkEngine, ThinkConfig, ThinkResult
+from sherman.think.protocol import thinking_reward
+
+MAX_FORKS = 8
+SPECIALS: tuple[str, ...] = (
+    ("<pad>", "<bos>", "<eos>", "<ORG>", "<WORK>", "<SEQ>", "<ANSWER>", "</ANSWER>", "<RETURN>", "</RETURN>")
+    + tuple(f"<FORK-{i}>" for i in range(1, MAX_FORKS + 1))
+    + tuple(f"</FORK-{i}>" for i in range(1, MAX_FORKS + 1))
+    + tuple(f"<JOIN-{i}>" for i in range(1, MAX_FORKS + 1))
+    + tuple(f"</JOIN-{i}>" for i in range(1, MAX_FORKS + 1))
+)
+TOPOLOGIES = ("interleaved", "fork_all", "no_fork")
+
+
+def make_tokenizer(*tasks) -> CharTokenizer:
+    """Char tokenizer over the tasks' alphabets, with the protocol tags as single tokens."""
+    return CharTokenizer("".join(t.alphabet() for t in tasks) + "?", specials=SPECIALS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# decomposition of each task into sub-queries (ground truth, for traces)
+
+
+@dataclass
+class Plan:
+    subqueries: list[str]
+    """What the organizer forks."""
+    worker_traces: list[str]
+    """Each worker's completion (thinking + <RETURN>...</RETURN>)."""
+    solo: str
+    """The organizer's own thinking when it does not fork (no_fork) and the sequential trace's thinking."""
+    answer: str
+    """Final answer body, given the workers' takeaways."""
+
+
+def top_op(expr: str) -> str:
+    e = parse_expr(expr)
+    return e.op if e is not None and e.op != "n" else "?"
+
+
+def plan(task, ex: Example) -> Plan:
+    if isinstance(task, Arithmetic):
+        subs, traces = [], []
+        for (a, op, b), res in zip(ex.meta["exprs"], ex.meta["results"]):
+            subs.append(f"{a}{op}{b}=")
+            traces.append(f"{scratchpad(a, op, b)}<RETURN>{res}</RETURN>")
+        solo = ";".join(scratchpad(a, op, b) for a, op, b in ex.meta["exprs"])
+        return Plan(subs, traces, solo, ex.answer)
+    if isinstance(task, Countdown):
+        nums, target, n = ex.meta["numbers"], ex.meta["target"], ex.meta["n_solutions"]
+        table = solutions(tuple(sorted(nums)), task.cfg.ops).get(target, {})
+        by_op: dict[str, str] = {}
+        for k in sorted(table):
+            by_op.setdefault(top_op(table[k]), table[k])
+        ops = [o for o in "+-*/" if o in by_op]
+        base = ",".join(map(str, nums)) + f">{target}:"
+        subs = [base + o for o in ops]
+        traces = [f"<RETURN>{by_op[o]}</RETURN>" for o in ops]
+        picked = [by_op[o] for o in ops]
+        for s in ex.answer.split(";"):  # top up with the reference solutions when few operators have one
+            if len(picked) >= n:
+                break
+            if s not in picked:
+                picked.append(s)
+        return Plan(subs, traces, "", ";".join(picked))
+    raise TypeError(f"no AsyncThink decomposition for task {type(task).__name__}")
+
+
+def organizer_trace(p: Plan, topology: str, capacity: int, rng: random.Random) -> list[tuple[str, bool]]:
+    """Organizer completion as (text, is_model_text) segments; inserted join text has is_model_text=False."""
+    segs: list[tuple[str, bool]] = []
+    k = len(p.subqueries)
+    if topology == "no_fork" or k == 0 or capacity < 2:
+        return [(p.solo + f"<ANSWER>{p.answer}</ANSWER>", True)]
+    takeaways = [t.split("<RETURN>", 1)[1].split("</RETURN>", 1)[0] for t in p.worker_traces]
+    order = list(range(k))
+    open_: list[int] = []
+    nxt = 0
+    while nxt < k or open_:
+        room = capacity - 1 - len(open_)
+        if topology == "fork_all":
+            fork_now = nxt < k and room > 0
+        else:  # interleaved: fork while there is room, joining at random moments
+            fork_now = nxt < k and room > 0 and (not open_ or rng.random() < 0.6)
+        if fork_now:
+            i = order[nxt] + 1
+            segs.append((f"<FORK-{i}>{p.subqueries[order[nxt]]}</FORK-{i}>", True))
+            open_.append(i)
+            nxt += 1
+        else:
+            i = open_.pop(0)
+            segs.append((f"<JOIN-{i}>", True))
+            segs.append((f"{takeaways[i - 1]}</JOIN-{i}>", False))
+    segs.append((f"<ANSWER>{p.answer}</ANSWER>", True))
+    return segs
+
+
+def _example(tok: CharTokenizer, prompt: str, segs: list[tuple[str, bool]]) -> SeqExample:
+    ids = tok.encode(prompt, bos=True)
+    mask = [0] * len(ids)
+    for text, learn in segs:
+        t = tok.encode(text)
+        ids += t
+        mask += [1 if learn else 0] * len(t)
+    return SeqExample(ids, mask)
+
+
+def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity: int = 4, topologies=TOPOLOGIES,
+                 think: ThinkConfig | None = None, sequential: bool = False) -> list[SeqExample]:
+    """n questions -> organizer + worker examples (or sequential examples with sequential=True)."""
+    think = think or ThinkConfig(capacity=capacity)
+    out: list[SeqExample] = []
+    for _ in range(n):
+        ex = task.sample(rng)
+        p = plan(task, ex)
+        if sequential:
+            body = (p.solo if p.solo else "") + f"<ANSWER>{p.answer}</ANSWER>"
+            out.append(_example(tok, f"{ex.prompt}<SEQ>", [(body, True)]))
+            continue
+        topo = rng.choice(list(topologies))
+        segs = organizer_trace(p, topo, capacity, rng)
+        out.append(_example(tok, think.organizer_template.format(question=ex.prompt), segs))
+        if topo != "no_fork":
+            for q, tr in zip(p.subqueries, p.worker_traces):
+                out.append(_example(tok, think.worker_template.format(query=q), [(tr, True)]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# RL
+
+
+@dataclass
+class RLConfig:
+    steps: int = 20
+    """RL updates."""
+    questions: int = 4
+    """Questions per update."""
+    group: int = 4
+    """Rollouts per question (G): the advantage is group-relative."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    lam: float = 0.5
+    """lambda: weight of the concurrency reward."""
+    tau: float = 0.5
+    """tau: the concurrency reward saturates at eta / c = tau."""
+    format_penalty: float = -1.0
+    """Reward of a rollout with any format error."""
+    temperature: float = 1.0
+    """Rollout sampling temperature."""
+    clip: float = 0.2
+    """PPO clip (one update per batch, so the ratio is 1 at the start; kept for parity with rl/)."""
+    seed: int = 0
+
+
+def rollout_reward(task, ex: Example, r: ThinkResult, capacity: int, cfg: RLConfig) -> tuple[float, float]:
+    """(reward, accuracy) of one engine rollout."""
+    acc = task.reward(ex, "#" + r.answer) if r.answer is not None else 0.0
+    return thinking_reward(r.errors, acc, r.eta, capacity, cfg.lam, cfg.tau, cfg.format_penalty), acc
+
+
+def rollout_sequences(r: ThinkResult, tok: CharTokenizer) -> list[tuple[list[int], list[int], list[float]]]:
+    """Every agent's (ids, mask, old_logp aligned with ids) of a rollout; mask = 1 on decoded tokens only."""
+    seqs = []
+    for log in [r.organizer, *r.worker_logs.values()]:
+        ids, mask, lps = [], [], []
+        for s in log.segments:
+            if s.kind == "prompt":
+                t = tok.encode(s.text, bos=True)
+                ids += t
+                mask += [0] * len(t)
+                lps += [0.0] * len(t)
+            elif s.kind == "gen":
+                ids += s.ids
+                mask += [1] * len(s.ids)
+                lps += s.logps
+            else:
+                t = tok.encode(s.text)
+                ids += t
+                mask += [0] * len(t)
+                lps += [0.0] * len(t)
+        if sum(mask) > 0:
+            seqs.append((ids, mask, lps))
+    return seqs
+
+
+def run_many(backend, think: ThinkConfig, questions: list[str]) -> list[ThinkResult]:
+    """Run the engine on many questions concurrently over one backend (one batcher: one forward per step)."""
+
+    async def main():
+        eng = AsyncThinkEngine(backend, think)
+        try:
+            return await asyncio.gather(*[eng.run(q) for q in questions])
+        finally:
+            if hasattr(backend, "aclose"):
+                await backend.aclose()
+
+    return asyncio.run(main())
+
+
+def rl_train(model, tok, task, think: ThinkConfig, cfg: RLConfig, log=None) -> list[dict]:
+    """GRPO-style RL of the organizer and workers with the AsyncThink reward. Returns per-step metrics."""
+    from sherman.core.generate import SamplingParams
+    from sherman.rl.core import grpo_advantages, policy_loss
+    from sherman.think.backends import LocalBackend
+
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    history = []
+    for step in range(cfg.steps):
+        exs = [task.sample(rng) for _ in range(cfg.questions)]
+        model.eval()
+        backend = LocalBackend(model, tok, SamplingParams(temperature=cfg.temperature), generator=gen)
+        results = run_many(backend, think, [ex.prompt for ex in exs for _ in range(cfg.group)])
+        rewards, accs = [], []
+        for j, r in enumerate(results):
+            rew, acc = rollout_reward(task, exs[j // cfg.group], r, think.capacity, cfg)
+            rewards.append(rew)
+            accs.append(acc)
+        adv = grpo_advantages(torch.tensor(rewards), cfg.group)  # (Q * G,) one per rollout
+        rows, row_adv = [], []
+        for j, r in enumerate(results):
+            for s in rollout_sequences(r, tok):
+                rows.append(s)
+                row_adv.append(float(adv[j]))  # shared by the organizer and every worker of rollout j
+        model.train()
+        loss_v = 0.0
+        if rows and any(a != 0 for a in row_adv):
+            t = max(len(ids) for ids, _, _ in rows)
+            ids = torch.full((len(rows), t), tok.pad_id, dtype=torch.long)
+            mask = torch.zeros(len(rows), t)
+            old = torch.zeros(len(rows), t)
+            for i, (a, m, lp) in enumerate(rows):
+                ids[i, : len(a)] = torch.tensor(a)
+                mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
+                old[i, : len(lp)] = torch.tensor(lp)
+            logits = model(ids[:, :-1]).logits  # (B, T-1, V)
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+            loss, _ = policy_loss(logp, old[:, 1:], torch.tensor(row_adv), mask[:, 1:], clip_low=cfg.clip, clip_high=cfg.clip)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss_v = float(loss)
+        row = {
+            "step": step,
+            "rollout/reward_mean": sum(rewards) / len(rewards),
+            "rollout/acc_mean": sum(accs) / len(accs),
+            "rollout/format_ok": sum(1 for r in results if not r.errors) / len(results),
+            "rollout/eta_mean": sum(r.eta for r in results) / len(results),
+            "rollout/latency_mean": sum(r.latency for r in results) / len(results),
+            "loss/policy": loss_v,
+        }
+        history.append(row)
+        if log is not None:
+            log(row)
+    model.eval()
+    return history
