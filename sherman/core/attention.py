@@ -11,6 +11,7 @@ keys with `ctx.key_valid == False` (left padding) are never attended.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -82,8 +83,22 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
 
 AttnBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnContext], torch.Tensor]
 
+
+def _lazy(target: str) -> AttnBackend:
+    """A backend `module:function` imported on its first call, so core never imports `sherman.attention` eagerly."""
+
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        module, fn = target.split(":")
+        return getattr(importlib.import_module(module), fn)(q, k, v, ctx)
+
+    return call
+
+
 BACKENDS: dict[str, AttnBackend] = {
     "dense": dense_attention,
+    "quest": _lazy("sherman.attention.sparse:quest_attention"),
+    "seer": _lazy("sherman.attention.seer:seer_attention"),
+    "resa": _lazy("sherman.attention.resa:resa_attention"),
 }
 
 
