@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("sherman.core.generate_cli:main", "sample completions from a checkpoint"),
     "convert": ("sherman.core.hf:main", "convert checkpoints between Hugging Face and Sherman formats"),
     "rl": ("sherman.rl.grpo:main", "RL on a task: GRPO, Dr. GRPO, OPO, GSPO, GMPO, RSPO (--preset)"),
+    "think": ("sherman.think.cli:main", "AsyncThink: answer a question with organizer-worker asynchronous thinking"),
+    "serve": ("sherman.serve.cli:main", "OpenAI-compatible HTTP server over a Sherman checkpoint"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 
