@@ -18,6 +18,7 @@ The literal dict below is the whole registry: add one line per experiment.
 
 EXPERIMENTS: dict[str, str] = {
     "core_lm": "sherman.experiments.core_lm",
+    "planning": "sherman.experiments.planning",
 }
 
 BUDGETS = ("smoke", "quick", "full")

@@ -29,6 +29,7 @@ Run: `sherman reproduce planning --budget quick` (see `sherman.experiments.plann
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -270,15 +271,19 @@ class ArmConfig:
     samples_per_pair: int = 2
     """Rollouts per pair per step (RL arms)."""
     lr: float = 1e-3
-    """Adam learning rate, constant."""
+    """Adam learning rate of continual SFT and PG, constant."""
+    q_lr: float = 1e-4
+    """Adam learning rate of Q-learning, constant (regressing logits onto +-reward_scale targets is unstable at 1e-3)."""
     max_len: int = 16
     """Maximum generated tokens per rollout."""
     gamma: float = 1.0
     """Q-learning discount (the paper's episodic, undiscounted setting)."""
     q_temperature: float = 1.0
     """Temperature of the Boltzmann policy softmax(Q / T) that Q-learning explores with and is evaluated with."""
-    reward_scale: float = 5.0
+    reward_scale: float = 10.0
     """Q-learning rewards are +-reward_scale (the SFT logits' scale), so softmax(Q) at T = 1 is a usable policy."""
+    target_every: int = 0
+    """Q-learning: refresh a frozen target network every N steps; 0 = bootstrap from the online model (detached)."""
     eval_every: int = 50
     """Evaluate every N steps (and at step 0 and the end)."""
     grad_clip: float = 1.0
@@ -348,8 +353,11 @@ def run_pg(model: Transformer, ref: Transformer, data: PlanningData, cfg: ArmCon
 
 
 def q_learning_loss(model: Transformer, data: PlanningData, rolls: list[Rollout], reward: str, gamma: float,
-                    scale: float = 1.0) -> tuple[torch.Tensor, float]:
-    """Squared Bellman error of the logits-as-Q on a batch of episodes; returns (loss, mean episode return)."""
+                    scale: float = 1.0, target: Transformer | None = None) -> tuple[torch.Tensor, float]:
+    """Squared Bellman error of the logits-as-Q on a batch of episodes; returns (loss, mean episode return).
+
+    target: a frozen copy whose logits give max_a Q(s_{t+1}, a) (DQN target network); None = the model itself, detached.
+    """
     step_fn = process_step_rewards if reward == "process" else outcome_step_rewards
     per = [step_fn(data, r) for r in rolls]
     kept = [Rollout(r.s, r.t, r.actions[:n], r.logp) for r, (_, _, n) in zip(rolls, per)]
@@ -361,7 +369,12 @@ def q_learning_loss(model: Transformer, data: PlanningData, rolls: list[Rollout]
         rew[i, :n], done[i, :n] = scale * torch.tensor(rw), torch.tensor(dn)
     logits = model(ids).logits.float()  # (B, 3+T, V)
     q = logits[:, 2 : 2 + t].gather(-1, ids[:, 3 : 3 + t, None]).squeeze(-1)  # (B, T) Q(s_t, a_t)
-    next_max = logits[:, 3 : 3 + t].max(-1).values.detach()  # (B, T) max_a Q(s_{t+1}, a)
+    if target is not None:
+        with torch.no_grad():
+            logits_next = target(ids).logits.float()  # (B, 3+T, V)
+    else:
+        logits_next = logits.detach()
+    next_max = logits_next[:, 3 : 3 + t].max(-1).values  # (B, T) max_a Q(s_{t+1}, a)
     y = q_targets(rew, next_max, done, gamma)  # (B, T)
     loss = (((q - y) ** 2) * mask).sum() / mask.sum().clamp(min=1)
     return loss, float(rew.sum(-1).mean())
@@ -371,15 +384,18 @@ def run_q_learning(model: Transformer, data: PlanningData, cfg: ArmConfig, rewar
     """Q-learning on the logits with `reward` in {'outcome', 'process'}; Boltzmann exploration softmax(Q / q_temperature)."""
     if reward not in ("outcome", "process"):
         raise ValueError(f"reward must be 'outcome' or 'process', got {reward!r}")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.q_lr)
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     _log(history, 0, model, eval_fn, cfg.q_temperature, {})
+    target = None
     for step in range(1, cfg.steps + 1):
+        if cfg.target_every and (step - 1) % cfg.target_every == 0:
+            target = copy.deepcopy(model).eval().requires_grad_(False)
         pairs = rng.sample(data.train_pairs, min(cfg.batch_pairs, len(data.train_pairs)))
         rolls = sample_paths(model, pairs, cfg.samples_per_pair, cfg.max_len, cfg.q_temperature, gen, data.pad_id)
-        loss, ret = q_learning_loss(model, data, rolls, reward, cfg.gamma, cfg.reward_scale)
+        loss, ret = q_learning_loss(model, data, rolls, reward, cfg.gamma, cfg.reward_scale, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
