@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tyro.conf import Positional
+from tyro.conf import Positional, UseAppendAction
 
 from sherman.core.attention import AttnContext
 from sherman.core.common import ShermanError
@@ -24,7 +24,7 @@ from sherman.core.generate import SamplingParams, generate
 class GenerateArgs:
     ckpt: Positional[str]
     """Sherman checkpoint directory (a run directory picks its latest step_*) or, with --hf, a Hugging Face directory."""
-    prompt: list[str] = field(default_factory=list)
+    prompt: UseAppendAction[list[str]] = field(default_factory=list)
     """Prompt text; repeat the flag for a batch."""
     prompts_file: str | None = None
     """A file with one prompt per line (added to --prompt)."""
@@ -36,7 +36,7 @@ class GenerateArgs:
     """0 = greedy."""
     top_p: float = 1.0
     """Nucleus mass."""
-    stop: list[str] = field(default_factory=list)
+    stop: UseAppendAction[list[str]] = field(default_factory=list)
     """Stop strings (repeatable)."""
     seed: int = 0
     """Sampling seed."""
