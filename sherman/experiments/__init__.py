@@ -18,6 +18,8 @@ The literal dict below is the whole registry: add one line per experiment.
 
 EXPERIMENTS: dict[str, str] = {
     "core_lm": "sherman.experiments.core_lm",
+    "opo": "sherman.experiments.opo",
+    "rspo": "sherman.experiments.rspo",
     "planning": "sherman.experiments.planning",
 }
 
