@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("sherman.rl.grpo:main", "RL on a task: GRPO, Dr. GRPO, OPO, GSPO, GMPO, RSPO (--preset)"),
     "think": ("sherman.think.cli:main", "AsyncThink: answer a question with organizer-worker asynchronous thinking"),
     "serve": ("sherman.serve.cli:main", "OpenAI-compatible HTTP server over a Sherman checkpoint"),
+    "seer": ("sherman.attention.cli:main", "SeerAttention-R: `seer train CKPT` distils block-sparse gates beside a checkpoint"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 
