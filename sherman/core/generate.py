@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -91,8 +92,22 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> 
     return ids.to(device), valid.to(device)
 
 
+def _sorted_desc(x: torch.Tensor) -> torch.Tensor:
+    """Values of x (B, V) sorted descending along the last dim. On CPU this uses NumPy: torch's batched CPU
+    sort of a (16, 8192) tensor takes ~15 ms in torch 2.13 builds (one row alone: ~0.4 ms), NumPy's ~0.2 ms."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(-np.sort(-x.detach().numpy(), axis=-1))
+    return x.sort(dim=-1, descending=True).values
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits (B, V) -> (token (B,), log p(token) (B,) under softmax(logits / T))."""
+    """logits (B, V) -> (token (B,), log p(token) (B,) under softmax(logits / T)).
+
+    Top-p keeps the smallest prefix of the probability-sorted vocabulary whose mass reaches top_p, found as a
+    probability threshold (tokens tied with the last kept one are all kept). The token is drawn by inverse-CDF
+    sampling (one uniform per row against the fp64 cumulative distribution), which is exact and avoids
+    `torch.multinomial`'s per-entry exponential draws.
+    """
     logits = logits.float()
     if temperature == 0.0:
         tok = logits.argmax(-1)
@@ -101,11 +116,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     logp_all = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
     probs = logp_all.exp()
     if top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        drop = (sp.cumsum(-1) - sp) > top_p  # keep the smallest prefix with mass >= top_p
-        sp = sp.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-    tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        sp = _sorted_desc(probs)  # (B, V)
+        n_keep = ((sp.cumsum(-1) - sp) <= top_p).sum(-1, keepdim=True)  # (B, 1) >= 1: mass before a kept token <= top_p
+        threshold = sp.gather(-1, n_keep - 1)  # (B, 1) smallest kept probability
+        probs = probs.masked_fill(probs < threshold, 0.0)
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device).double()  # float32 draw < 1 - 2^-24
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # first index with cdf > u * total
+    tok = tok.clamp(max=probs.shape[-1] - 1)
     return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1)
 
 
