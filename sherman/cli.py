@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "think": ("sherman.think.cli:main", "AsyncThink: answer a question with organizer-worker asynchronous thinking"),
     "serve": ("sherman.serve.cli:main", "OpenAI-compatible HTTP server over a Sherman checkpoint"),
     "seer": ("sherman.attention.cli:main", "SeerAttention-R: `seer train CKPT` distils block-sparse gates beside a checkpoint"),
+    "plan": ("sherman.rl.planning:main", "planning lab: SFT vs policy gradient vs Q-learning on graph path-finding / Blocksworld"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 

@@ -78,7 +78,7 @@ BUDGETS: dict[str, PlanBudget] = {
     "smoke": PlanBudget(seeds=1, er_nodes=20, er_edge_prob=0.25, blocks=3, paths_per_pair=2, sft_steps=30, arm_steps=4, eval_every=2,
                         eval_pairs=8, eval_samples=2, dim=32),
     "quick": PlanBudget(seeds=3, er_nodes=100, er_edge_prob=0.1, blocks=4, paths_per_pair=5, sft_steps=600, arm_steps=300, eval_every=50,
-                        eval_pairs=100, eval_samples=8),
+                        eval_pairs=64, eval_samples=8),
     "full": PlanBudget(seeds=5, er_nodes=100, er_edge_prob=0.1, blocks=4, paths_per_pair=5, sft_steps=1500, arm_steps=1000, eval_every=100,
                        eval_pairs=200, eval_samples=16),
 }
@@ -112,18 +112,19 @@ def run_seed(task: str, b: PlanBudget, seed: int) -> dict:
     max_len = 16
     ev = Evaluator(data, EvalConfig(n_samples=b.eval_samples, max_pairs=b.eval_pairs), max_len=max_len, seed=seed)
     base = planning_model(data.vocab_size, PlanModelConfig(dim=b.dim, ffn_dim=4 * b.dim), seed=seed)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     sft_hist = pretrain_sft(base, data, b.sft_steps, seed=seed)
     sft0 = ev(base, 1.0)
-    print0(f"  [{task} seed {seed}] SFT {b.sft_steps} steps loss {sft_hist[-1]['loss/train']:.3f} ({time.time() - t0:.0f}s): "
+    print0(f"  [{task} seed {seed}] SFT {b.sft_steps} steps loss {sft_hist[-1]['loss/train']:.3f} "
+           f"({time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu): "
            f"train {sft0['acc/train']:.2f} test {sft0['acc/test']:.2f}")
     cfg = ArmConfig(steps=b.arm_steps, eval_every=b.eval_every, max_len=max_len, seed=seed)
     arms = {}
     for arm in ARMS:
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         arms[arm] = run_arm(arm, base, data, cfg, ev, b)
         last = arms[arm][-1]
-        print0(f"  [{task} seed {seed}] {arm:<12} ({time.time() - t0:.0f}s): train {last['acc/train']:.2f} test {last['acc/test']:.2f} "
+        print0(f"  [{task} seed {seed}] {arm:<12} ({time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu): train {last['acc/train']:.2f} test {last['acc/test']:.2f} "
                f"div {last['div/train']:.2f}")
     info = {"nodes": data.graph.n_nodes, "edges": data.graph.n_edges, "train_pairs": len(data.train_pairs),
             "test_pairs": len(data.test_pairs), "unobserved_test_pairs": len(data.unobserved_test_pairs()), "sft_paths": len(data.sft_paths)}
@@ -241,7 +242,7 @@ def run(budget: str, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a width-120 one-layer model runs fastest single-threaded
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     try:
         results = {task: [run_seed(task, b, seed) for seed in range(b.seeds)] for task in ("er", "bw")}
     finally:
@@ -252,7 +253,7 @@ def run(budget: str, out_dir: Path) -> dict:
     verdict = "reproduced" if n_ok == len(rows) else "not reproduced" if all(r["verdict"] == "not reproduced" for r in rows) else "partly"
     info = {task: runs[0]["data"] for task, runs in results.items()}
     notes = (
-        f"Budget {budget}, {b.seeds} seed(s), {time.time() - t0:.0f}s. ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "
+        f"Budget {budget}, {b.seeds} seed(s), {time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu. ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "
         f"({info['er']['train_pairs']} train / {info['er']['test_pairs']} test pairs, seed 0); Blocksworld {b.blocks} blocks "
         f"({info['bw']['nodes']} states, {info['bw']['train_pairs']} train / {info['bw']['test_pairs']} test pairs). "
         f"Model: core Transformer, 1 layer, 1 head, width {b.dim}; SFT {b.sft_steps} steps on {b.paths_per_pair} paths per train pair "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -403,3 +404,76 @@ def run_q_learning(model: Transformer, data: PlanningData, cfg: ArmConfig, rewar
         if step % cfg.eval_every == 0 or step == cfg.steps:
             _log(history, step, model, eval_fn, cfg.q_temperature, {"loss/bellman": float(loss.detach()), "rollout/return_mean": ret})
     return history
+
+
+# ----------------------------------------------------------------------------- CLI: `sherman plan`
+
+
+@dataclass
+class PlanArgs:
+    task: str = "er"
+    """'er' (Erdős–Rényi DAG) or 'blocksworld'."""
+    arm: str = "pg"
+    """'sft' (continual SFT), 'pg' (policy gradient, see --kl), 'q-outcome' or 'q-process' (Q-learning)."""
+    kl: float = 0.0
+    """KL(pi || pi_sft) coefficient of the pg arm."""
+    nodes: int = 100
+    """Nodes of the ER graph."""
+    edge_prob: float = 0.1
+    """Edge probability of the ER graph."""
+    blocks: int = 4
+    """Blocks of the Blocksworld task."""
+    paths_per_pair: int = 5
+    """SFT paths per train pair."""
+    sft_steps: int = 600
+    """Steps of the SFT checkpoint the arm starts from."""
+    steps: int = 300
+    """Steps of the arm."""
+    eval_every: int = 50
+    """Evaluation interval."""
+    seed: int = 0
+    """Seed of graph, split, init and rollouts."""
+    out: str = "runs/plan"
+    """Output directory (metrics.jsonl)."""
+
+
+def main(argv: list[str]) -> int:
+    """`sherman plan`: SFT checkpoint then one arm on one task; prints and logs metrics every eval_every steps."""
+    import tyro
+
+    from sherman.core.common import MetricLogger, ShermanError
+    from sherman.tasks.blocksworld import blocksworld_graph
+    from sherman.tasks.graphs import DataConfig, GraphConfig, erdos_renyi_dag, make_planning_data
+
+    args = tyro.cli(PlanArgs, args=argv, prog="sherman plan", description="SFT vs policy gradient vs Q-learning on path-finding (arXiv 2509.22613)")
+    if args.task not in ("er", "blocksworld"):
+        raise ShermanError(f"--task must be 'er' or 'blocksworld', got {args.task!r}")
+    if args.arm not in ("sft", "pg", "q-outcome", "q-process"):
+        raise ShermanError(f"--arm must be one of sft, pg, q-outcome, q-process; got {args.arm!r}")
+    if args.kl < 0 or args.sft_steps < 1 or args.steps < 1 or args.eval_every < 1:
+        raise ShermanError("--kl must be >= 0 and --sft-steps, --steps, --eval-every >= 1")
+    try:
+        if args.task == "er":
+            g = erdos_renyi_dag(GraphConfig(n_nodes=args.nodes, edge_prob=args.edge_prob, seed=args.seed))
+            data = make_planning_data(g, DataConfig(paths_per_pair=args.paths_per_pair, seed=args.seed))
+        else:
+            data = make_planning_data(blocksworld_graph(args.blocks), DataConfig(paths_per_pair=args.paths_per_pair, path_mode="shortest", seed=args.seed))
+    except ValueError as e:
+        raise ShermanError(str(e)) from e
+    print(f"{args.task}: {data.graph.n_nodes} nodes, {data.graph.n_edges} edges, {len(data.train_pairs)} train / {len(data.test_pairs)} test pairs")
+    base = planning_model(data.vocab_size, seed=args.seed)
+    sft = pretrain_sft(base, data, args.sft_steps, seed=args.seed)
+    print(f"SFT {args.sft_steps} steps: loss {sft[-1]['loss/train']:.3f}")
+    cfg = ArmConfig(steps=args.steps, eval_every=args.eval_every, seed=args.seed)
+    ev = Evaluator(data, EvalConfig(), max_len=cfg.max_len, seed=args.seed)
+    model = copy.deepcopy(base)
+    if args.arm == "sft":
+        hist = run_continual_sft(model, data, cfg, ev)
+    elif args.arm == "pg":
+        hist = run_pg(model, base, data, cfg, args.kl, ev)
+    else:
+        hist = run_q_learning(model, data, cfg, args.arm.split("-")[1], ev)
+    logger = MetricLogger(Path(args.out) / "metrics.jsonl", echo=True)
+    for row in hist:
+        logger.log(row["step"], {k: v for k, v in row.items() if k != "step"})
+    return 0

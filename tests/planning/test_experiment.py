@@ -1,0 +1,42 @@
+import json
+
+import torch
+
+from sherman.experiments import EXPERIMENTS
+from sherman.experiments.planning import ARMS, BUDGETS, run
+
+
+def test_planning_experiment_smoke(tmp_path):
+    assert EXPERIMENTS["planning"] == "sherman.experiments.planning"
+    threads = torch.get_num_threads()
+    res = run("smoke", tmp_path)
+    assert torch.get_num_threads() == threads  # restored
+    assert res["name"] == "planning" and res["verdict"] in ("reproduced", "partly", "not reproduced")
+    assert [r["claim"][:3] for r in res["rows"]] == ["(1)", "(2)", "(3)", "(4)"]
+    for row in res["rows"]:
+        assert set(row) == {"claim", "paper", "ours", "verdict"} and "ER:" in row["ours"] and "BW:" in row["ours"]
+    for name in res["plots"]:
+        assert (tmp_path / name).stat().st_size > 1000
+    saved = json.loads((tmp_path / "results.json").read_text())
+    runs = saved["metrics"]["results"]
+    assert set(runs) == {"er", "bw"} and set(runs["er"][0]["arms"]) == set(ARMS)
+    steps = [h["step"] for h in runs["bw"][0]["arms"]["q_process"]]
+    assert steps == [0, 2, 4] == list(range(0, BUDGETS["smoke"].arm_steps + 1, BUDGETS["smoke"].eval_every))
+
+
+def test_plan_cli_smoke_and_bad_input(tmp_path, capsys):
+    from sherman.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    args = ["plan", "--task", "blocksworld", "--blocks", "3", "--arm", "q-process", "--sft-steps", "5", "--steps", "2", "--eval-every", "1",
+            "--out", str(tmp_path)]
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and "loss/bellman" in rows[-1]
+    assert main(["plan", "--arm", "dqn"]) == 2
+    assert main(["plan", "--task", "er", "--nodes", "1"]) == 2
+    assert "error" in capsys.readouterr().err
