@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("sherman.serve.cli:main", "OpenAI-compatible HTTP server over a Sherman checkpoint"),
     "seer": ("sherman.attention.cli:main", "SeerAttention-R: `seer train CKPT` distils block-sparse gates beside a checkpoint"),
     "plan": ("sherman.rl.planning:main", "planning lab: SFT vs policy gradient vs Q-learning on graph path-finding / Blocksworld"),
+    "data": ("sherman.data.cli:main", "DELT data scoring, selection and ordering of a JSONL corpus"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 

@@ -17,6 +17,7 @@ The literal dict below is the whole registry: add one line per experiment.
 """
 
 EXPERIMENTS: dict[str, str] = {
+    "delt": "sherman.experiments.delt",
     "core_lm": "sherman.experiments.core_lm",
     "opo": "sherman.experiments.opo",
     "rspo": "sherman.experiments.rspo",
