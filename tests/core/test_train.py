@@ -124,6 +124,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_group(cmd, env, timeout):
+    """Run in a new process group and kill the whole group on timeout (torchrun's workers included)."""
+    import signal
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 DDP_SCRIPT = r"""
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -144,10 +158,8 @@ def test_torchrun_two_processes_match_one(tmp_path, moe):
     out = tmp_path / "p.pt"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parents[1]), kw=kw, out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(script)],
-        capture_output=True, text=True, env=env, timeout=180,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(script)]
+    r = run_group(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     ref = tiny(**kw)
     train(ref, data(), TrainConfig(steps=4, batch_size=8, grad_accum=2, lr=1e-2))
