@@ -157,7 +157,6 @@ def test_torchrun_two_processes_match_one(tmp_path, moe):
     script = tmp_path / "ddp.py"
     out = tmp_path / "p.pt"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parents[1]), kw=kw, out=str(out)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(script)]
     r = run_group(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
