@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "seer": ("sherman.attention.cli:main", "SeerAttention-R: `seer train CKPT` distils block-sparse gates beside a checkpoint"),
     "plan": ("sherman.rl.planning:main", "planning lab: SFT vs policy gradient vs Q-learning on graph path-finding / Blocksworld"),
     "data": ("sherman.data.cli:main", "DELT data scoring, selection and ordering of a JSONL corpus"),
+    "tts": ("sherman.speech.synthesize:main", "multi-speaker speech synthesis with VibeVoice (script + voice prompts -> WAV)"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 

@@ -1,0 +1,209 @@
+"""Multi-speaker synthesis: a "Speaker k: text" script + one voice prompt per speaker -> 24 kHz WAV.
+
+VibeVoice (arXiv 2508.19205, Sec. 2.3) generates speech latent by latent: at each step the LM's hidden
+state conditions the diffusion head (DPM-Solver++, classifier-free guidance against the negative branch),
+the new latent is decoded to 3200 samples by the streaming acoustic decoder, the semantic tokenizer encodes
+those samples (streaming), and acoustic + semantic embeddings are fed back to the LM. The LM's control-token
+head decides when a turn ends (`<speech_end>` vs another `<speech_diffusion>`). The whole script is one
+pass over one KV cache, as far as `max_seq_len` allows.
+
+The loop is latent-valued, so it does not use `core.generate` (a token sampler); it uses the core
+Transformer, its KV cache and its attention call site.
+
+    sherman tts script.txt --voices a.wav b.wav --out out.wav [--model runs/vibevoice/model.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sherman.core.common import ShermanError
+from sherman.speech.data import parse_script
+from sherman.speech.dsp import SAMPLE_RATE, loudness_normalize, read_wav, resample, trim_silence, write_wav
+from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, normalize_text, turn_header
+from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig
+
+DEFAULT_MODEL = Path("runs/vibevoice/model.pt")
+
+
+@dataclass
+class SynthConfig:
+    cfg_scale: float = 1.3
+    """Classifier-free guidance scale (1.0 = unguided; the negative branch is then skipped)."""
+    steps: int = 10
+    """DPM-Solver++ steps per latent."""
+    max_turn_frames: int = 40
+    """Hard cap on latent frames per script line (40 frames = 5.3 s)."""
+    min_turn_frames: int = 2
+    """A turn may not end before this many frames."""
+    seed: int = 0
+    """Noise seed."""
+
+
+@dataclass
+class Bundle:
+    acoustic: AcousticTokenizer
+    semantic: SemanticTokenizer
+    lm: VibeVoiceLM
+    phonemes: list[str]
+    """Phoneme inventory of the semantic tokenizer's ASR proxy."""
+
+
+def save_bundle(path: str | Path, b: Bundle) -> Path:
+    """Atomic save of both tokenizers, the LM and their configs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "acoustic_cfg": {**asdict(b.acoustic.cfg), "ratios": list(b.acoustic.cfg.ratios)},
+        "semantic_cfg": {**asdict(b.semantic.cfg), "ratios": list(b.semantic.cfg.ratios)},
+        "lm_cfg": b.lm.cfg.to_dict(),
+        "phonemes": list(b.phonemes),
+        "semantic_dec": [b.semantic.decoder.cfg.dim, b.semantic.decoder.cfg.n_layers],
+        "acoustic": b.acoustic.state_dict(),
+        "semantic": b.semantic.state_dict(),
+        "lm": b.lm.state_dict(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    if not path.is_file():
+        raise ShermanError(f"no trained VibeVoice model at {path}: run `sherman reproduce vibevoice` (it writes model.pt) or pass --model")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        ac = AcousticTokenizer(TokenizerConfig(**{**blob["acoustic_cfg"], "ratios": tuple(blob["acoustic_cfg"]["ratios"])}))
+        ac.load_state_dict(blob["acoustic"])
+        dim, layers = blob["semantic_dec"]
+        sc = SemanticTokenizer(TokenizerConfig(**{**blob["semantic_cfg"], "ratios": tuple(blob["semantic_cfg"]["ratios"])}),
+                               len(blob["phonemes"]), dim, layers)
+        sc.load_state_dict(blob["semantic"])
+        lm = VibeVoiceLM(VibeVoiceConfig(**blob["lm_cfg"]))
+        lm.load_state_dict(blob["lm"])
+    except ShermanError:
+        raise
+    except Exception as e:
+        raise ShermanError(f"cannot load VibeVoice model {path}: {type(e).__name__}: {e}") from e
+    for m in (ac, sc, lm):
+        m.eval()
+        m.requires_grad_(False)
+    return Bundle(ac, sc, lm, list(blob["phonemes"]))
+
+
+@torch.no_grad()
+def voice_prompt(b: Bundle, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """24 kHz waveform -> normalized (latents, semantic) of at most `max_prompt_frames` frames."""
+    hop = b.acoustic.cfg.hop
+    n = min(math.ceil(len(audio) / hop), b.lm.cfg.max_prompt_frames)
+    x = torch.zeros(1, n * hop)
+    seg = torch.from_numpy(audio[: n * hop])
+    x[0, : len(seg)] = seg
+    return b.lm.norm_lat(b.acoustic.encode(x)[0]), b.lm.norm_sem(b.semantic.encode(x)[0])
+
+
+def load_voice(path: str | Path) -> np.ndarray:
+    """Read a voice-prompt WAV: mono, resampled to 24 kHz, trimmed, loudness-normalized."""
+    audio, sr = read_wav(path)
+    if len(audio) < sr // 10:
+        raise ShermanError(f"voice prompt {path} is shorter than 0.1 s")
+    return loudness_normalize(trim_silence(resample(audio, sr, SAMPLE_RATE)))
+
+
+@torch.no_grad()
+def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cfg: SynthConfig) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (turn index, 3200-sample chunk) latent by latent for a parsed script and 24 kHz voice prompts."""
+    lm, tok = b.lm, b.lm.tok
+    for k, _ in turns:
+        if not 0 <= k < len(voices):
+            raise ShermanError(f"script uses Speaker {k} but only {len(voices)} voice prompt(s) were given (speakers 0..{len(voices) - 1})")
+    turns = [(k, normalize_text(t)) for k, t in turns]
+    prompts = [voice_prompt(b, v) for v in voices]
+    guided = lm.cfg.head == "diffusion" and cfg.cfg_scale != 1.0
+    pos_prefix = build_prefix(tok, prompts, turns)
+    budget = len(pos_prefix.ids) + len(turns) * (len(tok.encode(turn_header(9))) + cfg.max_turn_frames + 1)
+    if budget > lm.cfg.max_seq_len:
+        raise ShermanError(f"script too long for one pass: needs up to {budget} positions, the model's context is {lm.cfg.max_seq_len}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pos_cache = lm.lm.make_cache(1, lm.cfg.max_seq_len)
+    neg_cache = lm.lm.make_cache(1, lm.cfg.max_seq_len) if guided else None
+    p_id, end_id = tok.token_id("<speech_diffusion>"), tok.token_id("<speech_end>")
+
+    def feed(cache, x):  # x (1, T, C) -> last hidden (1, C), last logits (V,)
+        out = lm.lm(None, embeds=x, cache=cache)
+        return out.hidden[:, -1], out.logits[0, -1]
+
+    x, _ = lm.embed([pos_prefix])
+    h_pos, _ = feed(pos_cache, x)
+    if guided:
+        feed(neg_cache, lm.token_embed(torch.tensor([tok.encode("<bos>")])))
+    for ti, (k, _) in enumerate(turns):
+        h_pos, logits = feed(pos_cache, lm.token_embed(torch.tensor([tok.encode(turn_header(k))])))
+        h_neg = feed(neg_cache, lm.token_embed(torch.tensor([tok.encode(turn_header(k, True))])))[0] if guided else None
+        dec_state: dict = {}
+        sem_state: dict = {}
+        for f in range(cfg.max_turn_frames):
+            if f >= cfg.min_turn_frames and logits[end_id] > logits[p_id]:
+                break
+            z = lm.head.sample(h_pos, h_neg, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=gen)  # (1, latent_dim)
+            chunk = b.acoustic.decode(lm.denorm_lat(z)[:, None], dec_state)  # (1, hop)
+            s = lm.norm_sem(b.semantic.encode(chunk, sem_state)[:, 0])  # (1, semantic_dim)
+            yield ti, chunk[0].numpy()
+            e = lm.speech_embed(z, s)[:, None]  # (1, 1, C)
+            h_pos, logits = feed(pos_cache, e)
+            if guided:
+                h_neg = feed(neg_cache, e)[0]
+        end = lm.token_embed(torch.tensor([[end_id]]))
+        feed(pos_cache, end)
+        if guided:
+            feed(neg_cache, end)
+
+
+def synthesize(b: Bundle, script: str | list[tuple[int, str]], voices: list[np.ndarray], cfg: SynthConfig | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Whole-script synthesis -> (24 kHz float32 audio, [(start, end) sample span of each turn])."""
+    turns = parse_script(script) if isinstance(script, str) else script
+    chunks: list[np.ndarray] = []
+    spans = [[0, 0] for _ in turns]
+    n = 0
+    for ti, c in stream(b, turns, voices, cfg or SynthConfig()):
+        if spans[ti][1] == 0:
+            spans[ti][0] = n
+        chunks.append(c)
+        n += len(c)
+        spans[ti][1] = n
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return audio.astype(np.float32), [(s, e) for s, e in spans]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="sherman tts", description="Synthesize a 'Speaker k: text' script with VibeVoice voice prompts.")
+    ap.add_argument("script", help="text file, one 'Speaker k: text' line per turn")
+    ap.add_argument("--voices", nargs="+", required=True, help="one WAV voice prompt per speaker (Speaker 0 first)")
+    ap.add_argument("--out", default="out.wav", help="output WAV (24 kHz, 16-bit)")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="trained bundle written by `sherman reproduce vibevoice`")
+    ap.add_argument("--cfg-scale", type=float, default=1.3, help="classifier-free guidance scale")
+    ap.add_argument("--steps", type=int, default=10, help="DPM-Solver++ steps per latent")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.steps < 1:
+        raise ShermanError("--steps must be >= 1")
+    sp = Path(a.script)
+    if not sp.is_file():
+        raise ShermanError(f"script file not found: {sp}")
+    turns = parse_script(sp.read_text())
+    voices = [load_voice(v) for v in a.voices]
+    b = load_bundle(a.model)
+    audio, spans = synthesize(b, turns, voices, SynthConfig(cfg_scale=a.cfg_scale, steps=a.steps, seed=a.seed))
+    write_wav(a.out, audio)
+    print(f"wrote {a.out}: {len(audio) / SAMPLE_RATE:.2f} s, {len(spans)} turns")
+    return 0
