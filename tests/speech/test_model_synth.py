@@ -1,0 +1,131 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sherman.cli import main as cli_main
+from sherman.core.common import ShermanError
+from sherman.speech.data import Utterance
+from sherman.speech.diffusion import DiffusionConfig
+from sherman.speech.dsp import SAMPLE_RATE, read_wav, write_wav
+from sherman.speech.model import (
+    LMTrainConfig,
+    VibeVoiceConfig,
+    VibeVoiceLM,
+    build_sequence,
+    encode_utterances,
+    prepare,
+    render,
+    sample_sequence,
+    train_lm,
+)
+from sherman.speech.synthesize import Bundle, SynthConfig, load_bundle, save_bundle, synthesize
+from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig
+
+TINY_TOK = dict(channels=4, max_channels=8, latent_dim=4)
+
+
+def tiny_lm(head="diffusion") -> VibeVoiceLM:
+    return VibeVoiceLM(VibeVoiceConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=512, latent_dim=4, semantic_dim=4,
+                                       head=head, diffusion=DiffusionConfig(hidden=32, layers=2, infer_steps=3), max_prompt_frames=2))
+
+
+def test_prompt_builder_two_speaker_layout():
+    lm = tiny_lm()
+    z = lambda n: (torch.zeros(n, 4), torch.zeros(n, 4))  # noqa: E731
+    turns = [(0, "hi"), (1, "yo")]
+    seq = build_sequence(lm.tok, [z(2), z(1)], turns, [z(3), z(1)])
+    assert render(lm.tok, seq) == (
+        "<bos>Voice input:\n"
+        "Speaker 0:<speech_start>PP<speech_end>\n"
+        "Speaker 1:<speech_start>P<speech_end>\n"
+        "Text input:\n"
+        "Speaker 0: hi\n"
+        "Speaker 1: yo\n"
+        "<text_end>Speech output:\n"
+        "Speaker 0:<speech_start>PPP<speech_end>"
+        "Speaker 1:<speech_start>P<speech_end>"
+        "<eos>"
+    )
+    assert len(seq.speech) == 7 and sum(seq.diff) == 4  # voice-prompt frames are context, not targets
+    # CE targets: the 4 output placeholders, the 2 <speech_end> of the output and <eos>
+    assert sum(seq.ce) == 7 and seq.ce[-1] == 1
+    neg = build_sequence(lm.tok, [z(2), z(1)], turns, [z(3), z(1)], negative=True)
+    assert render(lm.tok, neg) == "<bos><speech_start>PPP<speech_end><speech_start>P<speech_end><eos>"
+
+
+def _fake_utts(n_spk=2, per=3):
+    rng = np.random.default_rng(0)
+    utts = []
+    for s in range(n_spk):
+        for i in range(per):
+            t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE
+            audio = (0.2 * np.sin(2 * np.pi * (200 + 150 * s + 20 * i) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+            utts.append(Utterance(f"word {i}", ["a", "b"], s, audio))
+    return utts
+
+
+def _tiny_bundle(head="diffusion"):
+    torch.manual_seed(0)
+    ac = AcousticTokenizer(TokenizerConfig(**TINY_TOK)).eval()
+    sc = SemanticTokenizer(TokenizerConfig(vae=False, **TINY_TOK), n_phonemes=2, dec_dim=16, dec_layers=1).eval()
+    lm = tiny_lm(head)
+    utts = _fake_utts()
+    enc = prepare(lm, utts, encode_utterances(utts, ac, sc, lm.cfg.max_gap_frames), fit_stats=True)
+    return Bundle(ac, sc, lm, ["a", "b"]), enc
+
+
+@pytest.mark.parametrize("head", ["diffusion", "regression"])
+def test_lm_training_reduces_loss(head):
+    b, enc = _tiny_bundle(head)
+    lm = b.lm
+    rng = random.Random(0)
+    fixed = [sample_sequence(lm, enc, rng, 3) for _ in range(4)]
+    with torch.no_grad():
+        before = lm.loss(fixed, torch.Generator().manual_seed(0))[0].item()
+    hist = train_lm(lm, enc, LMTrainConfig(steps=30, batch_size=4, lr=3e-3, warmup=3))
+    with torch.no_grad():
+        after = lm.loss(fixed, torch.Generator().manual_seed(0))[0].item()
+    assert after < 0.8 * before, (before, after)
+    assert {h["max_turns"] for h in hist} == {1, 3}  # curriculum: single utterances, then dialogues
+
+
+def test_synthesis_streams_turns_and_errors(tmp_path):
+    b, _ = _tiny_bundle()
+    voices = [u.audio for u in _fake_utts()[::3]]
+    audio, spans = synthesize(b, "Speaker 0: hello there\nSpeaker 1: fine!", voices, SynthConfig(max_turn_frames=3, steps=2))
+    hop = b.acoustic.cfg.hop
+    assert audio.dtype == np.float32 and len(audio) % hop == 0 and len(spans) == 2
+    assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and spans[1][1] == len(audio)
+    assert all(2 * hop <= e - s <= 3 * hop for s, e in spans)
+    # same seed -> same audio; the stream is deterministic
+    again, _ = synthesize(b, "Speaker 0: hello there\nSpeaker 1: fine!", voices, SynthConfig(max_turn_frames=3, steps=2))
+    assert np.array_equal(audio, again)
+    with pytest.raises(ShermanError, match="Speaker 2"):
+        synthesize(b, "Speaker 2: hi", voices)
+    with pytest.raises(ShermanError, match="not of the form"):
+        synthesize(b, "hello without a speaker", voices)
+    with pytest.raises(ShermanError, match="unsupported characters"):
+        synthesize(b, "Speaker 0: caf\u00e9 \u00fcber", voices)
+    with pytest.raises(ShermanError, match="too long"):
+        synthesize(b, "\n".join(f"Speaker 0: line {i}" for i in range(40)), voices)
+
+
+def test_tts_cli_writes_24khz_wav(tmp_path):
+    b, _ = _tiny_bundle()
+    model = save_bundle(tmp_path / "model.pt", b)
+    assert load_bundle(model).lm.cfg.latent_dim == 4
+    v0, v1 = (write_wav(tmp_path / f"v{i}.wav", u.audio) for i, u in enumerate(_fake_utts()[::3]))
+    script = tmp_path / "s.txt"
+    script.write_text("Speaker 0: good morning\nSpeaker 1: hello\n")
+    out = tmp_path / "out.wav"
+    assert cli_main(["tts", str(script), "--voices", str(v0), str(v1), "--out", str(out), "--model", str(model), "--steps", "2"]) == 0
+    audio, sr = read_wav(out)
+    assert sr == 24000 and len(audio) >= 4 * 3200 and np.isfinite(audio).all()
+    # clear errors, exit status 2
+    assert cli_main(["tts", str(script), "--voices", str(v0), "--model", str(model), "--out", str(out)]) == 2  # Speaker 1 has no voice
+    assert cli_main(["tts", str(tmp_path / "nope.txt"), "--voices", str(v0), "--model", str(model)]) == 2
+    (tmp_path / "bad.wav").write_text("garbage")
+    assert cli_main(["tts", str(script), "--voices", str(tmp_path / "bad.wav"), str(v1), "--model", str(model)]) == 2
+    assert cli_main(["tts", str(script), "--voices", str(v0), str(v1), "--model", str(tmp_path / "missing.pt")]) == 2
