@@ -22,6 +22,8 @@ EXPERIMENTS: dict[str, str] = {
     "opo": "sherman.experiments.opo",
     "rspo": "sherman.experiments.rspo",
     "planning": "sherman.experiments.planning",
+    "sparse_decoding": "sherman.experiments.sparse_decoding",
+    "asyncthink": "sherman.experiments.asyncthink",
 }
 
 BUDGETS = ("smoke", "quick", "full")
