@@ -138,8 +138,9 @@ def mean_over_seeds(runs: list[dict], arm: str, key: str, at: int = -1) -> float
     return float(np.mean([r["arms"][arm][at][key] for r in runs]))
 
 
-def verdict_of(ok_per_task: list[bool]) -> str:
-    return "reproduced" if all(ok_per_task) else "partly" if any(ok_per_task) else "not reproduced"
+def verdict_of(ok: list[bool]) -> str:
+    """All sub-claims hold on every task: reproduced; some hold somewhere: partly; none: not reproduced."""
+    return "reproduced" if all(ok) else "partly" if any(ok) else "not reproduced"
 
 
 def takeaways(results: dict[str, list[dict]]) -> list[dict]:
@@ -177,9 +178,7 @@ def takeaways(results: dict[str, list[dict]]) -> list[dict]:
         d0 = mean_over_seeds(runs, "pg_kl0", "div/train", at=0)
         d_nokl, d_kl = mean_over_seeds(runs, "pg_kl0", "div/train"), mean_over_seeds(runs, "pg_kl_large", "div/train")
         a_nokl, a_kl = mean_over_seeds(runs, "pg_kl0", "acc/train"), mean_over_seeds(runs, "pg_kl_large", "acc/train")
-        collapse = d_nokl <= 0.7 * d0
-        kept = d_kl >= d_nokl + 0.2 * d0
-        ok.append(bool(collapse and kept))
+        ok += [bool(d_nokl <= 0.7 * d0), bool(d_kl >= d_nokl + 0.2 * d0)]  # collapse without KL; KL keeps diversity
         txt.append(f"{names[task]}: distinct correct paths/pair {d0:.2f} -> {d_nokl:.2f} (KL 0) vs {d_kl:.2f} (KL large); "
                    f"train acc {a_nokl:.2f} (KL 0) vs {a_kl:.2f} (KL large)")
     rows.append({"claim": "(3) PG without KL collapses diversity after train accuracy saturates; KL keeps diversity at some accuracy cost",
@@ -193,9 +192,7 @@ def takeaways(results: dict[str, list[dict]]) -> list[dict]:
         d0 = mean_over_seeds(runs, "q_process", "div/train", at=0)
         a_out, a_proc = mean_over_seeds(runs, "q_outcome", "acc/train"), mean_over_seeds(runs, "q_process", "acc/train")
         d_proc, d_pg = mean_over_seeds(runs, "q_process", "div/train"), mean_over_seeds(runs, "pg_kl0", "div/train")
-        degrade = a_out <= a0 - 0.2
-        good = a_proc >= a0 - 0.05 and d_proc >= 0.8 * d0
-        ok.append(bool(degrade and good))
+        ok += [bool(a_out <= a0 - 0.2), bool(a_proc >= a0 - 0.05 and d_proc >= 0.8 * d0)]  # outcome degrades; process plans
         txt.append(f"{names[task]}: train acc checkpoint {a0:.2f} -> Q outcome {a_out:.2f}, Q process {a_proc:.2f}; "
                    f"distinct correct paths Q process {d_proc:.2f} (start {d0:.2f}, PG KL 0 {d_pg:.2f})")
     rows.append({"claim": "(4) Q-learning: outcome-only reward is hacked and degrades; process reward plans correctly and keeps diversity",
@@ -247,13 +244,19 @@ def run(budget: str, out_dir: Path) -> dict:
         results = {task: [run_seed(task, b, seed) for seed in range(b.seeds)] for task in ("er", "bw")}
     finally:
         torch.set_num_threads(threads)
+    return report(results, budget, out_dir, time.time() - t0, time.process_time() - c0)
+
+
+def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: float, cpu: float) -> dict:
+    """Verdicts, plots and results.json from the per-seed results (also usable on a saved results.json)."""
+    b = BUDGETS[budget]
     rows = takeaways(results)
     plots = plot(results, out_dir)
     n_ok = sum(r["verdict"] == "reproduced" for r in rows)
     verdict = "reproduced" if n_ok == len(rows) else "not reproduced" if all(r["verdict"] == "not reproduced" for r in rows) else "partly"
     info = {task: runs[0]["data"] for task, runs in results.items()}
     notes = (
-        f"Budget {budget}, {b.seeds} seed(s), {time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu. ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "
+        f"Budget {budget}, {b.seeds} seed(s), {wall:.0f}s wall, {cpu:.0f}s cpu. ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "
         f"({info['er']['train_pairs']} train / {info['er']['test_pairs']} test pairs, seed 0); Blocksworld {b.blocks} blocks "
         f"({info['bw']['nodes']} states, {info['bw']['train_pairs']} train / {info['bw']['test_pairs']} test pairs). "
         f"Model: core Transformer, 1 layer, 1 head, width {b.dim}; SFT {b.sft_steps} steps on {b.paths_per_pair} paths per train pair "
@@ -270,6 +273,6 @@ def run(budget: str, out_dir: Path) -> dict:
         "rows": rows,
         "plots": plots,
         "notes": notes,
-        "metrics": {"budget": asdict(b), "data": info, "results": results},
+        "metrics": {"budget": asdict(b), "wall_s": wall, "cpu_s": cpu, "data": info, "results": results},
     }
     return dump_results(res, out_dir)
