@@ -30,6 +30,7 @@ CLI:
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,6 +453,11 @@ def save_hf(model: Transformer, path: str | Path, arch: str = "auto", max_shard_
         atomic_write_text(path / "model.safetensors.index.json", json.dumps(index, indent=2))
     hf = config_to_hf(cfg, arch, dtype or model.dtype)
     atomic_write_text(path / "config.json", json.dumps(hf, indent=2))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [path / "config.json", path / "model.safetensors.index.json", *path.glob("model*.safetensors")]:
+        if f.exists():  # atomic_write's temporary files are private (0600); an export is meant to be shared
+            f.chmod(0o666 & ~umask)
     return path
 
 

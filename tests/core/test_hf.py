@@ -221,3 +221,19 @@ def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("40KB") == 40_000 and parse_size("2MiB") == 2 * 2**20 and parse_size(7) == 7
     with pytest.raises(ShermanError):
         parse_size("lots")
+
+
+def test_bf16_checkpoint_loads_as_fp32_by_default(tmp_path):
+    hf = build_hf("llama_tied")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    assert load_file(tmp_path / "hf" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
+    model = load_hf(tmp_path / "hf")
+    assert model.dtype == torch.float32
+    assert load_hf(tmp_path / "hf", dtype="auto").dtype == torch.bfloat16
+    # bf16 values are exact in fp32: transformers' own fp32 load of the bf16 files must agree (hf.float() would keep
+    # its RoPE inv_freq buffer rounded to bf16)
+    hf32 = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager").eval()
+    ids, valid, pos = batch()
+    assert max_diff(ours_logits(model, ids, valid, pos), hf_logits(hf32, ids, valid, pos), valid) < 1e-4
+    with pytest.raises(ShermanError, match="unknown dtype"):
+        load_hf(tmp_path / "hf", dtype="int3")
