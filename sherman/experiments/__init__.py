@@ -24,6 +24,7 @@ EXPERIMENTS: dict[str, str] = {
     "planning": "sherman.experiments.planning",
     "sparse_decoding": "sherman.experiments.sparse_decoding",
     "asyncthink": "sherman.experiments.asyncthink",
+    "vibevoice": "sherman.experiments.vibevoice",
 }
 
 BUDGETS = ("smoke", "quick", "full")
