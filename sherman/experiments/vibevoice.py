@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sherman.core.common import seed_everything
+from sherman.core.common import print0, seed_everything
 from sherman.experiments.runner import dump_results
 from sherman.speech import metrics
 from sherman.speech.data import CorpusConfig, build_corpus, make_dialogues
@@ -68,6 +68,10 @@ BUDGETS = {
     "quick": Budget(4, 40, 5, 8, 64, 1500, 270, 400, 150, 128, 4, 1200, 300, 600, 120, 150, 6, 30, True),
     "full": Budget(6, 150, 10, 16, 96, 20000, 3600, 3000, 1200, 192, 6, 10000, 3600, 3000, 900, 600, 20, 40, True),
 }
+
+
+def _progress(msg: str, t0: float) -> None:
+    print0(f"[vibevoice] {time.time() - t0:7.1f}s  {msg}")
 
 
 def _segments(audio: np.ndarray, spans: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -183,7 +187,7 @@ def run(budget: str, out_dir: Path) -> dict:
 def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     seed_everything(0)
     times: dict[str, float] = {}
-    t = time.time()
+    t = t_start = time.time()
     corpus = build_corpus(CorpusConfig(n_speakers=b.n_speakers, utts_per_speaker=b.utts, test_per_speaker=b.test))
     times["data_s"] = time.time() - t
     train_audio = [u.audio for u in corpus.train]
@@ -192,6 +196,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     train_ph = [[pid[p] for p in u.phonemes] for u in corpus.train]
 
     # 1. acoustic tokenizer
+    _progress(f"corpus ready ({len(corpus.train)} train / {len(corpus.test)} held-out utterances); training the sigma-VAE", t_start)
     t = time.time()
     tcfg = dict(channels=b.tok_channels, max_channels=b.tok_max_channels)
     acoustic = AcousticTokenizer(TokenizerConfig(**tcfg))
@@ -201,6 +206,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     m["train/vae_steps"] = len(vae_hist)
 
     # 2. semantic tokenizer (ASR proxy), then frozen
+    _progress(f"sigma-VAE done ({len(vae_hist)} steps); training the semantic tokenizer", t_start)
     t = time.time()
     semantic = SemanticTokenizer(TokenizerConfig(vae=False, **tcfg), len(inventory), dec_dim=64, dec_layers=2)
     sem_hist = train_semantic(semantic, train_audio, train_ph, TokTrainConfig(steps=b.sem_steps, batch_size=8, lr=2e-3, time_limit_s=b.sem_s))
@@ -211,6 +217,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     acoustic.requires_grad_(False)
 
     # 3. LM + diffusion head, and the regression baseline on the same data
+    _progress("semantic tokenizer done; training the LMs", t_start)
     raw = encode_utterances(corpus.train, acoustic, semantic, 3)
     lms, lm_hist = {}, {}
     for head in ("diffusion", "regression"):
@@ -229,6 +236,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     save_bundle(out_dir / "model.pt", bundle)
 
     # 4. evaluators trained on real espeak-ng audio
+    _progress("LMs done; training the phoneme recognizer and speaker encoder", t_start)
     t = time.time()
     rec, rec_hist = metrics.train_recognizer(train_audio, train_ph, len(inventory), b.rec_steps, time_limit_s=b.rec_s)
     spk = metrics.train_speaker_encoder(train_audio, [u.speaker for u in corpus.train], corpus.n_speakers, b.spk_steps)
@@ -236,6 +244,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     times["evaluators_s"] = time.time() - t
 
     # 5. held-out dialogues: real audio, tokenizer round trip, VibeVoice, regression baseline
+    _progress("evaluators done; synthesizing held-out dialogues", t_start)
     t = time.time()
     rng = random.Random(1)
     dialogs = make_dialogues(corpus.test, b.n_dialogues, 3, rng)
@@ -273,6 +282,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         times["sweep_s"] = time.time() - t
 
     # 6. artefacts
+    _progress("evaluation done; writing WAVs and plots", t_start)
     gt0 = dialogs[0].audio()
     audio = []
     for name, a in (("real_espeak", gt0), ("vibevoice", vv_audio[0]), ("regression_baseline", rg_audio[0]),

@@ -134,3 +134,20 @@ def test_semantic_asr_proxy_trains_and_freezes():
     assert after < 0.7 * before
     assert not any(p.requires_grad for p in sem.parameters())
     assert sem.encode(torch.zeros(1, 3 * 8)).shape == (1, 3, 8)
+
+
+def test_load_user_folder(tmp_path):
+    t = np.arange(12000) / 24000
+    for spk in ("alice", "bob"):
+        (tmp_path / spk).mkdir()
+        dsp.write_wav(tmp_path / spk / "a.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr=16000)
+        (tmp_path / spk / "a.txt").write_text("hello there")
+    c = data.load_folder(tmp_path)
+    assert c.n_speakers == 2 and sorted(u.speaker for u in c.train + c.test) == [0, 1]
+    u = (c.train + c.test)[0]
+    assert len(u.audio) == 18000  # 12000 samples at 16 kHz -> 24 kHz
+    (tmp_path / "bob" / "b.wav").write_bytes((tmp_path / "bob" / "a.wav").read_bytes())
+    with pytest.raises(ShermanError, match="missing transcript"):
+        data.load_folder(tmp_path)
+    with pytest.raises(ShermanError, match="not a folder"):
+        data.load_folder(tmp_path / "nope")
