@@ -233,10 +233,42 @@ def run_many(backend, think: ThinkConfig, questions: list[str]) -> list[ThinkRes
     return asyncio.run(main())
 
 
+def policy_update(model, opt, tok, results: list[ThinkResult], adv: list[float], clip: float = 0.2) -> float:
+    """One policy-gradient step: every decoded token of rollout j (organizer and workers) gets advantage adv[j].
+    Returns the loss (0.0 and no step when every advantage is 0)."""
+    from sherman.rl.core import policy_loss
+
+    rows, row_adv = [], []
+    for j, r in enumerate(results):
+        for s in rollout_sequences(r, tok):
+            rows.append(s)
+            row_adv.append(float(adv[j]))  # shared by the organizer and every worker of rollout j
+    if not rows or all(a == 0 for a in row_adv):
+        return 0.0
+    model.train()
+    t = max(len(ids) for ids, _, _ in rows)
+    ids = torch.full((len(rows), t), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), t)
+    old = torch.zeros(len(rows), t)
+    for i, (a, m, lp) in enumerate(rows):
+        ids[i, : len(a)] = torch.tensor(a)
+        mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
+        old[i, : len(lp)] = torch.tensor(lp)
+    logits = model(ids[:, :-1]).logits  # (B, T-1, V)
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    loss, _ = policy_loss(logp, old[:, 1:], torch.tensor(row_adv), mask[:, 1:], clip_low=clip, clip_high=clip)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
 def rl_train(model, tok, task, think: ThinkConfig, cfg: RLConfig, log=None) -> list[dict]:
     """GRPO-style RL of the organizer and workers with the AsyncThink reward. Returns per-step metrics."""
     from sherman.core.generate import SamplingParams
-    from sherman.rl.core import grpo_advantages, policy_loss
+    from sherman.rl.core import grpo_advantages
     from sherman.think.backends import LocalBackend
 
     rng = random.Random(cfg.seed)
@@ -254,30 +286,7 @@ def rl_train(model, tok, task, think: ThinkConfig, cfg: RLConfig, log=None) -> l
             rewards.append(rew)
             accs.append(acc)
         adv = grpo_advantages(torch.tensor(rewards), cfg.group)  # (Q * G,) one per rollout
-        rows, row_adv = [], []
-        for j, r in enumerate(results):
-            for s in rollout_sequences(r, tok):
-                rows.append(s)
-                row_adv.append(float(adv[j]))  # shared by the organizer and every worker of rollout j
-        model.train()
-        loss_v = 0.0
-        if rows and any(a != 0 for a in row_adv):
-            t = max(len(ids) for ids, _, _ in rows)
-            ids = torch.full((len(rows), t), tok.pad_id, dtype=torch.long)
-            mask = torch.zeros(len(rows), t)
-            old = torch.zeros(len(rows), t)
-            for i, (a, m, lp) in enumerate(rows):
-                ids[i, : len(a)] = torch.tensor(a)
-                mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
-                old[i, : len(lp)] = torch.tensor(lp)
-            logits = model(ids[:, :-1]).logits  # (B, T-1, V)
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-            loss, _ = policy_loss(logp, old[:, 1:], torch.tensor(row_adv), mask[:, 1:], clip_low=cfg.clip, clip_high=cfg.clip)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_v = float(loss)
+        loss_v = policy_update(model, opt, tok, results, adv.tolist(), cfg.clip)
         row = {
             "step": step,
             "rollout/reward_mean": sum(rewards) / len(rewards),
