@@ -317,14 +317,15 @@ def _resolve_dtype(dtype: torch.dtype | str | None, hf: dict) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _empty_model(cfg: ModelConfig, device: torch.device | str) -> Transformer:
-    """A Transformer with uninitialised parameters (skips the random init of a model about to be overwritten)."""
+def _empty_model(cfg: ModelConfig, device: torch.device | str, dtype: torch.dtype) -> Transformer:
+    """A Transformer with uninitialised parameters in `dtype` (skips the random init of a model about to be overwritten)."""
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = Transformer(cfg).to(dtype)
     if {n for n, _ in model.named_buffers()} != {"rope_cos", "rope_sin"}:
-        return Transformer(cfg).to(device)  # unknown buffers: build normally so they hold real values
+        return Transformer(cfg).to(device, dtype)  # unknown buffers: build normally so they hold real values
     model = model.to_empty(device=device)
-    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device)
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device)
+    model.rope_cos, model.rope_sin = cos.to(dtype), sin.to(dtype)  # as `Transformer(cfg).to(dtype)` would hold them
     return model
 
 
@@ -338,7 +339,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | str | None = torch.float32, d
     cfg = config_from_hf(hf)
     dt = _resolve_dtype(dtype, hf)
     files = _shard_files(path)
-    model = _empty_model(cfg, device)
+    model = _empty_model(cfg, device, dt)
     params = dict(model.state_dict())  # ours: name -> tensor (views into the model)
     filled: set[str] = set()
     unexpected: list[str] = []
@@ -373,7 +374,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | str | None = torch.float32, d
     missing = set(params) - filled
     if missing:
         raise ShermanError(f"{path}: missing tensors for {hf['model_type']}: {_few(missing)}")
-    return model.to(dt).eval()
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------------
