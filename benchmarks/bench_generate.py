@@ -14,7 +14,7 @@ the child loads the model, does one short warm-up generate, resets the kernel's 
     peak mem   = VmHWM - VmRSS just before the call: the peak resident-set growth during generation (MiB),
                  i.e. KV cache, activations and framework overhead, not the weights.
 
-Run:  python benchmarks/bench_generate.py [--batch 16] [--new-tokens 256] [--threads 2] [--repeats 1]
+Run:  python benchmarks/bench_generate.py [--batch 16] [--new-tokens 256] [--threads 1] [--repeats 1] [--temperature 1] [--top-p 0.95]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 CFG = dict(vocab_size=8192, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=1024, qk_norm=True, tie_embeddings=False,
            max_seq_len=512, rope_theta=1e6)
-TEMPERATURE, TOP_P = 1.0, 0.95
+TEMPERATURE, TOP_P = 1.0, 0.95  # defaults; --temperature / --top-p override them (in the children too)
 
 
 def prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -91,7 +91,9 @@ def _run_hf(hf_dir: str, ps: list[list[int]], new: int, seed: int):
     return call
 
 
-def _child(side: str, path: str, ps: list[list[int]], new: int, threads: int, repeats: int, q) -> None:
+def _child(side: str, path: str, ps: list[list[int]], new: int, threads: int, repeats: int, sampling: tuple[float, float], q) -> None:
+    global TEMPERATURE, TOP_P
+    TEMPERATURE, TOP_P = sampling
     torch.set_num_threads(threads)
     call = (_run_sherman if side == "sherman" else _run_hf)(path, ps, new, seed=0)
     best, best_cpu, peak_kib, n_tok = float("inf"), float("inf"), 0, 0
@@ -110,7 +112,7 @@ def _child(side: str, path: str, ps: list[list[int]], new: int, threads: int, re
 def measure(side: str, path: str, ps, new: int, threads: int, repeats: int) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(side, path, ps, new, threads, repeats, q))
+    p = ctx.Process(target=_child, args=(side, path, ps, new, threads, repeats, (TEMPERATURE, TOP_P), q))
     p.start()
     res = q.get()
     p.join()
@@ -118,13 +120,18 @@ def measure(side: str, path: str, ps, new: int, threads: int, repeats: int) -> d
 
 
 def main() -> None:
+    global TEMPERATURE, TOP_P
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads in each child (1: on a busy shared machine 2 OpenMP threads make timings noise)")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per side; the fastest is reported")
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE)
+    ap.add_argument("--top-p", type=float, default=TOP_P)
     args = ap.parse_args()
+    TEMPERATURE, TOP_P = args.temperature, args.top_p
+    assert TEMPERATURE > 0, "sampling benchmark: temperature must be > 0"
     load0 = os.getloadavg()[0]
 
     import transformers
