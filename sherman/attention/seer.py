@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sherman.attention.sparse import mark_written, n_keep, select_topk, sparse_decode
+from sherman.attention.sparse import decode_selected, mark_written, n_keep, select_topk
 from sherman.core.attention import AttnContext, dense_attention
 from sherman.core.kv_cache import KVCache
 from sherman.core.model import Transformer, apply_rope, padded_positions
@@ -296,7 +296,7 @@ def select_blocks(probs: torch.Tensor, k: int, threshold: float | None) -> tuple
 
 
 def seer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
-    """Backend "seer". Options: gates (SeerGates or path), budget, min_blocks, threshold (None = budget selection),
+    """Backend "seer". Options: gates (SeerGates or path), budget, min_blocks, threshold (None = budget selection), impl,
     capture (a dict: prefill passes record {layer: (q, k, key_valid)} for distillation)."""
     opts = ctx.options
     cap = opts.get("capture")
@@ -330,7 +330,7 @@ def seer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnC
             q_pos = (valid.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
             probs = gate_scores(gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
         idx, keep = select_blocks(probs, kk, None if threshold is None else float(threshold))
-    return sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, bs, st.buffers, keep)
+    return decode_selected(q, cache, layer, idx, end, bs, st.buffers, keep, opts.get("impl", "torch"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

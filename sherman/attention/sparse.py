@@ -20,7 +20,8 @@ heads folded into the query dimension as in the dense path (`attention/dense.py`
 
 Backend "quest" (this file) = the ReSA sparse step without rectification. Options (in `AttnContext.options`):
 `budget` (kept fraction of the complete blocks if <= 1, else a token budget), `block_size`, `min_blocks`,
-`dense` (True forces a dense pass, used by rectification). Prefill (T_q > 1) is always dense.
+`dense` (True forces a dense pass, used by rectification), `impl` ("torch" = gather + matmuls, default; "cpp" = the
+fused C++ kernel of `attention/fused.py`). Prefill (T_q > 1) is always dense.
 """
 
 from __future__ import annotations
@@ -242,4 +243,16 @@ def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
     else:
         scores = quest_scores(q, st.kmax[layer][:, :, :nc], st.kmin[layer][:, :, :nc], st.has_valid[layer][:, :nc])
         idx = select_topk(scores, kk)
-    return sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, cfg.block_size, st.buffers)
+    return decode_selected(q, cache, layer, idx, end, cfg.block_size, st.buffers, None, ctx.options.get("impl", "torch"))
+
+
+def decode_selected(q, cache: KVCache, layer: int, idx, end: int, block_size: int, buffers: dict, sel_mask, impl: str) -> torch.Tensor:
+    """Run the chosen implementation: "torch" (gather + matmuls) or "cpp" (fused online softmax, `attention/fused.py`)."""
+    if impl not in ("torch", "cpp"):
+        raise ValueError(f"impl must be 'torch' or 'cpp', got {impl!r}")
+    grad = cache.k[layer].requires_grad
+    if impl == "cpp" and sel_mask is None and q.dtype == torch.float32 and not q.is_cuda and not grad:
+        from sherman.attention.fused import fused_sparse_decode
+
+        return fused_sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size)
+    return sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size, buffers, sel_mask)
