@@ -5,7 +5,7 @@ Ours beside a peer, measured in one run:
     (Hugging Face `transformers` EncodecModel, default 24 kHz config, random weights: speed does not depend on them);
   - synthesis of a 2-speaker script (streamed, DPM-Solver++ with CFG) vs espeak-ng synthesizing the same text.
 
-    python benchmarks/bench_tts.py [--model runs/vibevoice/model.pt] [--seconds 10] [--threads 2]
+    python benchmarks/bench_tts.py [--model runs/vibevoice/model.pt] [--seconds 10] [--threads 1]
 Without --model, untrained modules of the experiment's quick size are timed (same compute).
 """
 
@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="", help="trained bundle (default: untrained quick-size modules)")
     ap.add_argument("--seconds", type=float, default=10.0, help="audio length for the tokenizer benchmark")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--frames", type=int, default=20, help="latent frames per turn in the synthesis benchmark")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

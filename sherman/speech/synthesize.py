@@ -194,7 +194,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cfg-scale", type=float, default=1.3, help="classifier-free guidance scale")
     ap.add_argument("--steps", type=int, default=10, help="DPM-Solver++ steps per latent")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (models this small run fastest on one)")
     a = ap.parse_args(argv)
+    torch.set_num_threads(max(1, a.threads))
     if a.steps < 1:
         raise ShermanError("--steps must be >= 1")
     sp = Path(a.script)
