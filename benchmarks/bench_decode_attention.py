@@ -5,6 +5,7 @@ For each context length and head layout, one decode step (B = 1, one query per q
   * dense  : sherman.attention.dense.decode_attention (grouped heads folded into the query dim)
   * quest  : the "quest"/"resa" backend step: Quest scores from block min/max, top-k, gather, attend
   * seer   : the "seer" backend step: gate query, scores against the cached compressed keys, top-k, gather, attend
+  * *-cpp  : the same steps with the fused C++ kernel (online softmax over the selected blocks in place)
 at kept fractions {1, 0.2, 0.1, 0.05}. Sparse timings include their scoring ("gate") cost; block summaries
 and compressed keys are maintained incrementally by the backends and are not re-built per step.
 Effective GB/s = bytes the method must read (K and V of attended slots plus summaries) / time, printed beside
@@ -22,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sherman.attention import fused
 from sherman.attention.dense import decode_attention
 from sherman.attention.seer import SeerConfig, SeerGates, seer_attention
 from sherman.attention.sparse import quest_attention
@@ -51,7 +53,7 @@ def time_ms(fn, reps: int, warmup: int = 2) -> float:
     return 1e3 * statistics.median(ts)
 
 
-def bench_case(t: int, hkv: int, hq: int, d: int, bs: int, fracs: list[float], reps: int, bw: float) -> list[dict]:
+def bench_case(t: int, hkv: int, hq: int, d: int, bs: int, fracs: list[float], reps: int, use_cpp: bool) -> list[dict]:
     torch.manual_seed(0)
     cache = KVCache.allocate(1, 1, hkv, t, d)
     cache.k[0].normal_()
@@ -72,11 +74,14 @@ def bench_case(t: int, hkv: int, hq: int, d: int, bs: int, fracs: list[float], r
         ms_dense = time_ms(lambda: decode_attention(q, k, v, None), reps)
         row("dense", 1.0, ms_dense, kv_bytes)
         for frac in fracs:
-            for name, fn, extra in (("quest", quest_attention, {}), ("seer", seer_attention, {"gates": gates})):
-                ctx = AttnContext(backend=name, q_start=t - 1, key_valid=cache.valid, cache=cache, options={"budget": frac, "block_size": bs, **extra})
+            methods = [("quest", quest_attention, {}), ("seer", seer_attention, {"gates": gates})]
+            if use_cpp:
+                methods += [("quest-cpp", quest_attention, {"impl": "cpp"}), ("seer-cpp", seer_attention, {"gates": gates, "impl": "cpp"})]
+            for name, fn, extra in methods:
+                ctx = AttnContext(backend=name.split("-")[0], q_start=t - 1, key_valid=cache.valid, cache=cache, options={"budget": frac, "block_size": bs, **extra})
                 nb = t // bs
                 kept_blocks = max(1, round(frac * (nb - 1))) + 1
-                summ = 2 * hkv * nb * d * 4 if name == "quest" else hkv * nb * gates.cfg.gate_dim * 4
+                summ = 2 * hkv * nb * d * 4 if name.startswith("quest") else hkv * nb * gates.cfg.gate_dim * 4
                 ms = time_ms(lambda fn=fn, ctx=ctx: fn(q, k, v, ctx), reps)
                 row(name, frac, ms, kv_bytes * kept_blocks / nb + summ)
     for r in rows:
@@ -92,18 +97,20 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    ap.add_argument("--no-cpp", action="store_true", help="skip the fused C++ kernel (compiles on first use)")
     ap.add_argument("--small-only", action="store_true", help="only the small-head case")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    use_cpp = not args.no_cpp and fused.available()
     bw = read_bandwidth_gbs()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured read bandwidth {bw:.1f} GB/s")
     layouts = [(2, 8, 64)] if args.small_only else [(8, 32, 128), (2, 8, 64)]
-    print(f"{'ctx':>7} {'heads':>10} {'method':>6} {'kept':>5} {'ms/step':>9} {'GB/s':>7} {'%bw':>5} {'x dense':>8} {'x sdpa':>7}")
+    print(f"{'ctx':>7} {'heads':>10} {'method':>9} {'kept':>5} {'ms/step':>9} {'GB/s':>7} {'%bw':>5} {'x dense':>8} {'x sdpa':>7}")
     for hkv, hq, d in layouts:
         for t in args.contexts:
-            for r in bench_case(t, hkv, hq, d, args.block_size, args.fracs, args.reps, bw):
-                print(f"{r['ctx']:>7} {r['heads']:>10} {r['method']:>6} {r['kept']:>5.2f} {r['ms']:>9.3f} {r['gbs']:>7.1f} "
+            for r in bench_case(t, hkv, hq, d, args.block_size, args.fracs, args.reps, use_cpp):
+                print(f"{r['ctx']:>7} {r['heads']:>10} {r['method']:>9} {r['kept']:>5.2f} {r['ms']:>9.3f} {r['gbs']:>7.1f} "
                       f"{100 * r['gbs'] / bw:>5.0f} {r['x_dense']:>8.2f} {r['x_sdpa']:>7.2f}", flush=True)
     print("targets (issue 5): at 10% kept with KV >= 64 MiB/layer, sparse (gate included) >= 5x our dense; our dense >= 2x SDPA.")
 
