@@ -261,6 +261,16 @@ class Decoder:
     def extend(self, sid: int, ids: Sequence[int]) -> None:
         self.pending[sid].extend(int(t) for t in ids)
 
+    def truncate(self, sid: int, n: int) -> None:
+        """Keep only the first n tokens of a sequence (cached or pending); later ones are forgotten."""
+        c = self.caches[sid]
+        assert 0 <= n <= self.length(sid), f"cannot truncate a sequence of {self.length(sid)} tokens to {n}"
+        if n <= c.length:
+            c.rewind(n)
+            self.pending[sid] = []
+        else:
+            self.pending[sid] = self.pending[sid][: n - c.length]
+
     def remove(self, sid: int) -> None:
         self.caches.pop(sid, None)
         self.pending.pop(sid, None)

@@ -8,8 +8,10 @@ sequence never runs ahead of its reader, so a reader that stops after a token (A
 `<JOIN-i>`) leaves the model state exactly there.
 
 Prefix reuse: when a stream ends, its sequence (with its KV cache) is parked, keyed by every token it has
-seen. A later prompt that starts with a parked sequence's tokens continues that sequence and prefills only
-the new suffix (the way server prefix caches serve a client that resumes with a byte-identical prefix).
+seen. A later prompt that shares a prefix (of at least `min_reuse` tokens) with a parked sequence continues
+that sequence: its cache is cut back to the shared prefix (tokens the server decoded ahead of a client that
+disconnected are dropped) and only the new suffix is prefilled, the way server prefix caches serve a client
+that resumes with a byte-identical prefix.
 At most `max_parked` sequences are kept (least recently used dropped first).
 """
 
@@ -22,6 +24,14 @@ from typing import AsyncIterator, Sequence
 import torch
 
 from sherman.core.generate import Decoder, SamplingParams
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 class Batcher:
@@ -43,11 +53,13 @@ class Batcher:
     def _open(self, ids: list[int]) -> int:
         best, best_len = None, 0
         for sid in self.parked:
-            k = self.known[sid]
-            if self.min_reuse <= len(k) <= len(ids) and len(k) > best_len and ids[: len(k)] == k:
-                best, best_len = sid, len(k)
-        if best is not None:
+            n = _common_prefix(self.known[sid], ids)
+            if n > best_len:
+                best, best_len = sid, n
+        best_len = min(best_len, len(ids) - 1)  # keep >= 1 token to feed the next step
+        if best is not None and best_len >= self.min_reuse:
             del self.parked[best]
+            self.decoder.truncate(best, best_len)  # drop tokens the new prompt does not share (e.g. decoded ahead)
             self.decoder.extend(best, ids[best_len:])
             self.known[best] = list(ids)
             self.stats["reused_tokens"] += best_len

@@ -180,3 +180,29 @@ def test_think_cli_against_the_server(server, capsys):
     code = main(["think", "1+2=", "--backend", server.url, "--api-key", KEY, "--max-org-tokens", "10", "--max-worker-tokens", "5", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code in (0, 1) and out["org_tokens"] <= 10 and out["latency"] >= out["org_tokens"]
+
+
+def test_resuming_with_a_byte_identical_prefix_hits_the_prefix_cache(server):
+    """The OpenAI backend resumes after a join with prompt + seen text + inserted text; the server reuses the KV cache
+    even though it had decoded ahead of the client that broke off."""
+    stats = server.app.state.engine.batcher.stats
+
+    async def main():
+        b = OpenAIBackend(server.url, "tiny", api_key=KEY, temperature=0.0)
+        try:
+            prompt, seen = "12+34;5*6=<ORG>", ""
+            async for piece in b.stream(prompt, 40):
+                seen += piece.text
+                if len(seen) >= 3:
+                    break
+            await asyncio.sleep(0.3)  # let the server notice the disconnect and park the sequence
+            before = stats["reused_tokens"]
+            out = [p.text async for p in b.stream(prompt + seen + "7", 3)]
+            return before, out, seen
+        finally:
+            await b.aclose()
+
+    before, out, seen = asyncio.run(main())
+    n_prefix = len(server.tok.encode("12+34;5*6=<ORG>" + seen, bos=True))
+    assert stats["reused_tokens"] - before == n_prefix
+    assert "".join(out) == expected_greedy(server, "12+34;5*6=<ORG>" + seen + "7", 3)

@@ -62,3 +62,16 @@ def test_decoder_extend_equals_fresh_prompt_and_membership_changes():
     ref = generate(m, [[1, 2, 3, first[a][0], 6, 7, 8]], SamplingParams(max_new_tokens=6, temperature=0.0))
     assert cont == ref.tokens[0]
     assert d.length(a) == 3 + 1 + 3 + 6 and b not in d
+
+
+def test_decoder_truncate_then_extend_equals_fresh_prompt():
+    m = tiny_model(seed=3)
+    greedy = SamplingParams(temperature=0.0)
+    d = Decoder(m, init_len=4)
+    a = d.add([1, 2, 3, 4])
+    got = [d.step(params=greedy)[a][0] for _ in range(5)]  # 4 prompt + 5 sampled tokens
+    d.truncate(a, 6)  # keep the prompt and the first 2 sampled tokens
+    d.extend(a, [9])
+    cont = [d.step(params=greedy)[a][0] for _ in range(4)]
+    ref = generate(m, [[1, 2, 3, 4] + got[:2] + [9]], SamplingParams(max_new_tokens=4, temperature=0.0))
+    assert cont == ref.tokens[0] and d.length(a) == 7 + 4
