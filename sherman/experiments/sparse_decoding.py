@@ -48,17 +48,18 @@ CLAIM = (
 )
 
 BUDGETS = {
-    "smoke": dict(dim=32, layers=2, steps=8, batch=8, lr=3e-3, train_pairs=(6, 10), n_queries=4, block=4, gate_steps=4, gate_batch=2,
-                  grid_pairs=[8], depths=[0.0, 1.0], n_eval=4, n_recall=4, forced_pairs=12, forced_batch=2, rect=[4, 8], speed=False),
-    "quick": dict(dim=64, layers=2, steps=500, batch=32, lr=3e-3, train_pairs=(8, 32), n_queries=8, block=8, gate_steps=60, gate_batch=8,
-                  grid_pairs=[12, 24, 32], depths=[0.0, 0.5, 1.0], n_eval=24, n_recall=48, forced_pairs=40, forced_batch=4,
+    "smoke": dict(dim=32, layers=2, steps=8, batch=8, lr=3e-3, train_pairs=(4, 8), n_queries=4, block=4, gate_steps=4, gate_batch=2,
+                  grid_pairs=[8], depths=[0.0, 1.0], n_eval=4, n_recall=4, forced_pairs=8, forced_queries=8, forced_batch=2, rect=[4, 8],
+                  speed=False),
+    "quick": dict(dim=64, layers=2, steps=1500, batch=32, lr=5e-3, train_pairs=(4, 16), n_queries=12, block=4, gate_steps=60, gate_batch=8,
+                  grid_pairs=[8, 12, 16], depths=[0.0, 0.5, 1.0], n_eval=32, n_recall=48, forced_pairs=16, forced_queries=64, forced_batch=4,
                   rect=[16, 32, 64], speed=True),
-    "full": dict(dim=128, layers=4, steps=3000, batch=32, lr=2e-3, train_pairs=(8, 48), n_queries=8, block=8, gate_steps=300, gate_batch=8,
-                 grid_pairs=[16, 32, 48], depths=[0.0, 0.25, 0.5, 0.75, 1.0], n_eval=64, n_recall=128, forced_pairs=64, forced_batch=8,
-                 rect=[16, 32, 64], speed=True),
+    "full": dict(dim=128, layers=4, steps=4000, batch=32, lr=3e-3, train_pairs=(4, 18), n_queries=12, block=4, gate_steps=300, gate_batch=8,
+                 grid_pairs=[8, 12, 16, 18], depths=[0.0, 0.25, 0.5, 0.75, 1.0], n_eval=64, n_recall=128, forced_pairs=18, forced_queries=96,
+                 forced_batch=8, rect=[16, 32, 64], speed=True),
 }
 FRACS = [0.05, 0.10, 0.20]
-TASK = dict(key_len=2, value_len=2, charset="abcdefghijkl")
+TASK = dict(key_len=1, value_len=1, charset="abcdefghijklmnopqrstuvwxyz0123456789")
 
 
 def make_task(n_pairs: int, depth: float | None = None) -> KVRetrieval:
@@ -146,8 +147,10 @@ def forced_logprobs(model: Transformer, ids: torch.Tensor, n_prefix: int, attn: 
     return torch.stack(logps, 1)
 
 
-def nll(logps: torch.Tensor, targets: torch.Tensor) -> float:
-    return float(-logps.gather(-1, targets[..., None]).mean())
+def nll(logps: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean -log p(target) over masked positions; logps (B, T, V), targets, mask (B, T)."""
+    lp = logps.gather(-1, targets[..., None]).squeeze(-1)
+    return float(-(lp * mask).sum() / mask.sum().clamp(min=1))
 
 
 def kl_curve(ref: torch.Tensor, other: torch.Tensor) -> list[float]:
@@ -240,14 +243,17 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
     em_mean = {k: sum(v.values()) / len(v) for k, v in em.items()}
 
     # 5-6. teacher-forced perplexity drift and token-by-token divergence with / without rectification
-    ids = full_sequences(tok, b["forced_pairs"], b["forced_batch"], rng)
-    n_prefix = ids.shape[1] // 3
-    targets = ids[:, n_prefix:]
+    seqs = [train_sequence(tok, make_task(b["forced_pairs"]).sample(rng), rng, b["forced_queries"]) for _ in range(b["forced_batch"])]
+    ids = torch.tensor([q.ids for q in seqs], dtype=torch.long)  # (B, T): context, then forced_queries '?k:v' queries
+    mask = torch.tensor([q.mask for q in seqs], dtype=torch.bool)
+    n_prefix = seqs[0].mask.index(1)  # the prompt (context + first query); every later token is teacher forced
+    targets, tmask = ids[:, n_prefix:], mask[:, n_prefix:]  # NLL over the retrieved values (+ eos) only
     ref = forced_logprobs(model, ids, n_prefix, None)
-    ppl = {"dense": math.exp(nll(ref, targets))}
+    ppl = {"dense": math.exp(nll(ref, targets, tmask))}
     for frac in FRACS:
-        ppl[f"seer@{frac:.2f}"] = math.exp(nll(forced_logprobs(model, ids, n_prefix, seer_context(gates, budget=frac)), targets))
-        ppl[f"quest@{frac:.2f}"] = math.exp(nll(forced_logprobs(model, ids, n_prefix, resa_context(budget=frac, block_size=bs, rectify_every=0)), targets))
+        ppl[f"seer@{frac:.2f}"] = math.exp(nll(forced_logprobs(model, ids, n_prefix, seer_context(gates, budget=frac)), targets, tmask))
+        quest = resa_context(budget=frac, block_size=bs, rectify_every=0)
+        ppl[f"quest@{frac:.2f}"] = math.exp(nll(forced_logprobs(model, ids, n_prefix, quest), targets, tmask))
     div_frac = 0.10
     curves = {"none": kl_curve(ref, forced_logprobs(model, ids, n_prefix, resa_context(budget=div_frac, block_size=bs, rectify_every=0)))}
     for f in b["rect"]:
@@ -343,7 +349,9 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
             f"final train loss {res.history[-1]['loss/train']:.3f}. Block size {bs}; budgets are fractions of the complete blocks "
             f"(at least 1) plus the local block. Seer gates: {b['gate_steps']} distillation steps, KL {kl_hist[0]:.3f} -> {kl_hist[-1]:.3f}. "
             f"Grid: pairs {b['grid_pairs']} x depth {b['depths']}, {b['n_eval']} prompts per cell, greedy. "
-            f"Divergence: {b['forced_batch']} sequences of {ids.shape[1]} tokens, prefix {n_prefix}, quest at {div_frac:.0%}. Seed {seed}, budget {budget}."
+            f"Perplexity and divergence: {b['forced_batch']} sequences of {ids.shape[1]} tokens ({b['forced_pairs']} pairs, then "
+            f"{b['forced_queries']} retrieval queries teacher forced after a {n_prefix}-token prompt); perplexity over the retrieved values; "
+            f"divergence with quest at {div_frac:.0%}. Seed {seed}, budget {budget}."
         ),
         "metrics": {
             "recall": {m: {str(f): v for f, v in d.items()} for m, d in recall.items()},
