@@ -308,6 +308,8 @@ def seer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnC
     cfg = gates.cfg
     if "block_size" in opts and int(opts["block_size"]) != cfg.block_size:
         raise ValueError(f"seer gates were trained with block_size {cfg.block_size}, options ask for {opts['block_size']}")
+    if gates.layers[0].wq.device != q.device:
+        gates.to(q.device)
     gate = gates.layers[ctx.layer]
     cache, layer, end = ctx.cache, ctx.layer, k.shape[2]
     st = seer_state(cache, cfg)
