@@ -6,10 +6,10 @@ so token importance ratios become noisy and clipping-based methods (GRPO) can co
 ratio by the router-shift weight `gamma = exp(-mean_{layers, top-k old experts} |log p_new(e) - log p_old(e)|)`
 (stop-gradient, floored) on top of GMPO's geometric-mean objective; the paper reports stabler training curves.
 
-Setup here (CPU, tiny scale): a tiny MoE model (8 experts, top-2, 2 MoE layers) SFT-warmed on arithmetic with a
-scratchpad (1-digit operands, + - *; reward 1 iff the final answer is right), then RL in a deliberately off-policy
-regime: `epochs * mini_batches` = 2 x 4 = 8 optimizer steps per rollout batch at a learning rate 3x the OPO
-experiment's. Arms: grpo, grpo+rs (the router-shift switch on GRPO), gspo, gmpo, rspo (= gmpo + rs); no KL term
+Setup here (CPU, tiny scale): a tiny MoE model (8 experts, top-2, 2 MoE layers) SFT-warmed on Countdown over 3
+numbers with a scratchpad (reward 1 iff the expression is valid and hits the target), then RL in a deliberately
+off-policy regime: `epochs * mini_batches` = 2 x 4 = 8 optimizer steps per rollout batch at twice the OPO
+experiment's learning rate. Arms: grpo, grpo+rs (the router-shift switch on GRPO), gspo, gmpo, rspo (= gmpo + rs); no KL term
 in any arm; several seeds per arm (RL seeds; the warm start is shared).
 
 Measured per run: rollout-reward curve, held-out pass@1 at the end, collapse (the mean rollout reward over the last
@@ -40,15 +40,15 @@ CLAIM = (
 )
 
 BUDGETS = {
-    "smoke": dict(sft_steps=10, rl_steps=2, prompts=2, group=4, seeds=(0,), eval_prompts=2, eval_samples=4, max_new=10, dim=32),
-    "quick": dict(sft_steps=300, rl_steps=30, prompts=8, group=8, seeds=(0, 1, 2), eval_prompts=96, eval_samples=4, max_new=16, dim=64),
-    "full": dict(sft_steps=800, rl_steps=120, prompts=16, group=8, seeds=(0, 1, 2, 3, 4), eval_prompts=300, eval_samples=8, max_new=16, dim=96),
+    "smoke": dict(sft_steps=10, rl_steps=2, prompts=2, group=4, seeds=(0,), eval_prompts=2, eval_samples=4, max_new=12, dim=32),
+    "quick": dict(sft_steps=400, rl_steps=30, prompts=8, group=8, seeds=(0, 1, 2), eval_prompts=96, eval_samples=4, max_new=24, dim=64),
+    "full": dict(sft_steps=1000, rl_steps=120, prompts=16, group=8, seeds=(0, 1, 2, 3, 4), eval_prompts=300, eval_samples=8, max_new=24, dim=96),
 }  # fmt: skip
 
-TASK_NAME = "arithmetic"
-TASK_CFG = dict(min_digits=1, max_digits=1, ops="+-*")
+TASK_NAME = "countdown"
+TASK_CFG = dict(min_numbers=3, max_numbers=3, max_number=9, scratchpad=True)
 N_EXPERTS, TOP_K = 8, 2
-RL_LR = 1e-3
+RL_LR = 6e-4
 OFF_POLICY = dict(mini_batches=4, epochs=2)
 GAMMA_MIN = 0.0
 

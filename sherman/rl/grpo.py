@@ -569,6 +569,8 @@ def main(argv: list[str]) -> int:
         if args.sft_steps:
             print0(f"SFT warm start: {args.sft_steps} steps")
             sft_warm_start(model, task, tok, args.sft_steps, args.sft_examples, seed=cfg.seed)
+    if cfg.router_shift and model.cfg.n_experts == 0:
+        raise ShermanError(f"preset {name!r} / --router-shift needs an MoE model: pass --n-experts 8 (or an MoE --init/--hf checkpoint)")
     if rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         tok.save(out / "tokenizer.json")
