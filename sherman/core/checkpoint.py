@@ -58,6 +58,9 @@ def atomic_write(path: str | Path, write_fn) -> None:
     os.close(fd)
     try:
         write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
@@ -115,6 +118,9 @@ def save_checkpoint(
     base = unwrap(model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ckpt_dir.name}.", dir=ckpt_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
         cfg = {"model": base.cfg.to_dict(), "step": int(step), "extra": extra or {}}
         atomic_write_text(tmp / CONFIG, json.dumps(cfg, indent=2))
         atomic_write(tmp / WEIGHTS, lambda p: save_file(model_state(base), p))
