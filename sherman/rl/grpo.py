@@ -359,7 +359,7 @@ def rl_train(
                     logp, mb_old, mb_adv, mb_mask, ratio_type=cfg.ratio_type, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                     loss_agg=cfg.loss_agg, norm_len=cfg.max_new_tokens, gamma=gamma, gamma_mode=cfg.gamma_mode,
                 )  # fmt: skip
-                ent = C.entropy_from_logits(logits)  # (b, T)
+                ent = C.entropy_from_logits(logits if cfg.entropy_coef else logits.detach())  # (b, T); graph only when it is a loss term
                 total = loss
                 if cfg.entropy_coef:
                     total = total - cfg.entropy_coef * C.aggregate_loss(ent, mb_mask, cfg.loss_agg, cfg.max_new_tokens)

@@ -116,10 +116,16 @@ def test_opo_update_equals_reinforce_with_length_weighted_baseline():
     adv = grpo.compute_advantages(ro.rewards, ro.lengths, cfg)
     b = float((ro.lengths * ro.rewards).sum() / ro.lengths.sum())
     assert torch.allclose(adv, ro.rewards - b)
+    assert adv.abs().sum() > 0, "degenerate rollout: all rewards equal"
+    params = list(m.parameters())
     logp, _, _ = grpo.forward_logprobs(m, ro.ids, 1.0, False)
     loss, _ = grpo.C.policy_loss(logp, logp.detach(), adv, ro.mask, loss_agg="token_mean")
-    ref = -(adv[:, None] * logp * ro.mask).sum() / ro.mask.sum()
-    assert torch.allclose(loss, ref, atol=1e-6)
+    g_loss = torch.autograd.grad(loss, params)
+    logp, _, _ = grpo.forward_logprobs(m, ro.ids, 1.0, False)
+    reinforce = -(adv[:, None] * logp * ro.mask).sum() / ro.mask.sum()
+    g_ref = torch.autograd.grad(reinforce, params)
+    for a, b_ in zip(g_loss, g_ref):
+        assert torch.allclose(a, b_, atol=1e-6)
 
 
 def test_router_shift_requires_moe_and_presets_validate():
