@@ -97,12 +97,12 @@ class Batcher:
             for _ in range(3):  # let every ready reader register its demand
                 await asyncio.sleep(0)
             self.wake.clear()
-            batch = list(self.demand.items())[: self.max_batch]
-            if not batch:
-                continue
-            sids = [s for s, _ in batch]
-            params = {s: p for s, (_, p) in batch}
-            async with self.lock:
+            async with self.lock:  # the batch is taken under the lock: no stream opens, parks or drops meanwhile
+                batch = list(self.demand.items())[: self.max_batch]
+                if not batch:
+                    continue
+                sids = [s for s, _ in batch]
+                params = {s: p for s, (_, p) in batch}
                 try:
                     out = await asyncio.to_thread(self.decoder.step, sids, params)
                 except Exception as e:  # a failing step fails its readers, not the loop
