@@ -127,9 +127,10 @@ def _run(budget: str, out_dir: Path) -> dict:
     p1 = {a: statistics.fmean(col(a, "pass@1")) for a in results}
 
     def better(a: str, b: str) -> bool:
-        """a beats b: fewer collapses, or as many and a final reward higher by more than max(0.02, either arm's seed std)."""
+        """a beats b: at least 2 fewer collapsed seeds, or no more collapses and a final reward higher by more than the
+        noise, max(0.02, either arm's seed std). (With 3 seeds a single collapse more or less is not evidence.)"""
         margin = max(0.02, mean_sd(col(a, "final_reward"))[1], mean_sd(col(b, "final_reward"))[1])
-        return n_collapse[a] < n_collapse[b] or (n_collapse[a] == n_collapse[b] and fr[a] - fr[b] > margin)
+        return n_collapse[b] - n_collapse[a] >= 2 or (n_collapse[a] <= n_collapse[b] and fr[a] - fr[b] > margin)
 
     grpo_collapses = n_collapse["grpo"] > 0
     rspo_stable = better("rspo", "grpo") and fr["rspo"] >= fr["grpo"]
