@@ -71,9 +71,9 @@ TAU = 0.5
 
 
 def make_tasks():
-    countdown = Countdown(n_solutions=2, min_numbers=3, max_numbers=4, max_number=9, max_target=30)
-    arith = [Arithmetic(n_expressions=n, min_digits=1, max_digits=2, ops="+-") for n in (2, 3)]
-    heldout = Arithmetic(n_expressions=4, min_digits=1, max_digits=2, ops="+-")
+    countdown = Countdown(n_solutions=2, min_numbers=3, max_numbers=3, max_number=9, max_target=30)
+    arith = [Arithmetic(n_expressions=n, min_digits=1, max_digits=1, ops="+-") for n in (2, 3)]
+    heldout = Arithmetic(n_expressions=4, min_digits=1, max_digits=1, ops="+-")
     return countdown, arith, heldout
 
 

@@ -4,7 +4,7 @@ Paper: AsyncThink (arXiv 2510.26658), Sec. 2.2 (the organizer-worker thinking pr
 Fork / Join execution) and Sec. 3.2 (format errors, critical-path latency, concurrency eta).
 
 The organizer streams tokens; the incremental parser (`protocol.StreamParser`) turns them into
-actions. `<FORK-i>q</FORK-i>` starts worker i at once on the prompt `worker_template.format(query=q)`
+actions. `<FORK-i>q</FORK-i>` starts worker i at once on the prompt `worker_template.format(question=Q, query=q)`
 while the organizer keeps decoding; `<JOIN-i>` stops the organizer's stream, waits for worker i, and
 resumes it on its exact previous context plus `takeaways</JOIN-i>` (a byte-identical prefix, so a
 prefix cache hits); `<ANSWER>a</ANSWER>` ends it. The pool holds the organizer and at most c - 1 workers;
@@ -54,8 +54,9 @@ class ThinkConfig:
     """Clock charge per inserted (joined) token; the paper charges nothing for inserted text."""
     organizer_template: str = "{question}<ORG>"
     """Organizer prompt; {question} is replaced."""
-    worker_template: str = "{query}<WORK>"
-    """Worker prompt; {query} is the forked sub-query."""
+    worker_template: str = "{question}<WORK>{query}<WORK>"
+    """Worker prompt; {query} is the forked sub-query, {question} the organizer's question (our choice: workers see
+    the question, so a sub-query can be a short instruction such as "find one with top-level operator *")."""
     stop_on_format_error: bool = False
     """Stop the organizer at its first format error (saves compute in RL; the reward is the penalty anyway)."""
 
@@ -202,7 +203,7 @@ class AsyncThinkEngine:
 
         async def run_worker(i: int, query: str, fork_step: float) -> str:
             log = wlogs[i]
-            prompt = cfg.worker_template.format(query=query)
+            prompt = cfg.worker_template.format(question=question, query=query)
             log.add("prompt", prompt)
             wp = StreamParser("worker")
             returned = None

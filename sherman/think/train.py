@@ -7,7 +7,7 @@ strong model; we build them programmatically from the task's ground truth, with 
     fork_all         fork every sub-query, then join them all   (capped by c - 1 at a time)
     no_fork          the organizer solves everything itself (sequential thinking inside the protocol)
 Joined text (`takeaways</JOIN-i>`) is inserted by the engine at inference, so it is masked from the loss.
-Workers are trained on `sub-query<WORK>` -> `thinking<RETURN>takeaways</RETURN>`; the sequential baseline
+Workers are trained on `question<WORK>sub-query<WORK>` -> `thinking<RETURN>takeaways</RETURN>`; the sequential baseline
 on `question<SEQ>` -> `thinking<ANSWER>answer</ANSWER>` (same data budget, same model family).
 
 Stage 2, RL (Sec. 3.2): rollouts with the engine; reward = format penalty on any format error, else
@@ -15,8 +15,10 @@ accuracy + lambda * min(eta / c, tau) / tau; the group-relative advantage of a r
 token the organizer and its workers decoded (inserted text and prompts are masked); the policy loss and
 the advantages are `sherman.rl.core`'s.
 
-Tasks: multi-expression arithmetic (sub-query = one expression) and multi-solution Countdown (sub-query =
-the problem with a required top-level operator, `3,5,7>26:*`, so workers search disjoint spaces).
+Tasks: multi-expression arithmetic (sub-query = one expression, worked with the place-value scratchpad) and
+multi-solution Countdown (sub-query = a required top-level operator such as `*`, so workers search disjoint
+spaces; thinking = the expression's steps "3*7=21,21+5=26" before it is returned). Sequential thinking
+works the same steps one after the other.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample
 from sherman.tasks.arithmetic import Arithmetic, scratchpad
 from sherman.tasks.base import Example
-from sherman.tasks.countdown import Countdown, solutions
+from sherman.tasks.countdown import Countdown, solutions, steps
 from sherman.tasks.parsing import parse_expr
 from sherman.think.engine import AsyncThinkEngine, ThinkConfig, ThinkResult
 from sherman.think.protocol import thinking_reward
@@ -66,6 +68,8 @@ class Plan:
     """The organizer's own thinking when it does not fork (no_fork) and the sequential trace's thinking."""
     answer: str
     """Final answer body, given the workers' takeaways."""
+    solo_answer: str = ""
+    """Answer after the solo thinking (no_fork / sequential); empty = `answer`."""
 
 
 def top_op(expr: str) -> str:
@@ -88,16 +92,19 @@ def plan(task, ex: Example) -> Plan:
         for k in sorted(table):
             by_op.setdefault(top_op(table[k]), table[k])
         ops = [o for o in "+-*/" if o in by_op]
-        base = ",".join(map(str, nums)) + f">{target}:"
-        subs = [base + o for o in ops]
-        traces = [f"<RETURN>{by_op[o]}</RETURN>" for o in ops]
+
+        def think(e: str) -> str:
+            return ",".join(steps(parse_expr(e)))
+
+        traces = [f"{think(by_op[o])}<RETURN>{by_op[o]}</RETURN>" for o in ops]
         picked = [by_op[o] for o in ops]
         for s in ex.answer.split(";"):  # top up with the reference solutions when few operators have one
             if len(picked) >= n:
                 break
             if s not in picked:
                 picked.append(s)
-        return Plan(subs, traces, "", ";".join(picked))
+        refs = ex.answer.split(";")
+        return Plan(ops, traces, ";".join(think(e) for e in refs), ";".join(picked), ex.answer)
     raise TypeError(f"no AsyncThink decomposition for task {type(task).__name__}")
 
 
@@ -106,7 +113,7 @@ def organizer_trace(p: Plan, topology: str, capacity: int, rng: random.Random) -
     segs: list[tuple[str, bool]] = []
     k = len(p.subqueries)
     if topology == "no_fork" or k == 0 or capacity < 2:
-        return [(p.solo + f"<ANSWER>{p.answer}</ANSWER>", True)]
+        return [(p.solo + f"<ANSWER>{p.solo_answer or p.answer}</ANSWER>", True)]
     takeaways = [t.split("<RETURN>", 1)[1].split("</RETURN>", 1)[0] for t in p.worker_traces]
     order = list(range(k))
     open_: list[int] = []
@@ -149,7 +156,7 @@ def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity:
         ex = task.sample(rng)
         p = plan(task, ex)
         if sequential:
-            body = (p.solo if p.solo else "") + f"<ANSWER>{p.answer}</ANSWER>"
+            body = p.solo + f"<ANSWER>{p.solo_answer or p.answer}</ANSWER>"
             out.append(_example(tok, f"{ex.prompt}<SEQ>", [(body, True)]))
             continue
         topo = rng.choice(list(topologies))
@@ -157,7 +164,7 @@ def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity:
         out.append(_example(tok, think.organizer_template.format(question=ex.prompt), segs))
         if topo != "no_fork":
             for q, tr in zip(p.subqueries, p.worker_traces):
-                out.append(_example(tok, think.worker_template.format(query=q), [(tr, True)]))
+                out.append(_example(tok, think.worker_template.format(question=ex.prompt, query=q), [(tr, True)]))
     return out
 
 

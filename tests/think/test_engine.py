@@ -18,7 +18,7 @@ def make_script(org_text: str, workers: dict[str, str], default_worker: str = "<
             done = JOIN_RE.sub(r"\1", prompt.split("<ORG>", 1)[1])
             assert org_text.startswith(done), (done, org_text)
             return org_text[len(done) :]
-        return workers.get(prompt[: -len("<WORK>")], default_worker)
+        return workers.get(prompt.split("<WORK>")[1], default_worker)
 
     return script
 

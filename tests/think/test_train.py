@@ -40,7 +40,7 @@ def replay(task, ex, topology, capacity, rng):
         if "<ORG>" in prompt:
             done = re.sub(r"(<JOIN-(\d+)>).*?</JOIN-\2>", r"\1", prompt.split("<ORG>", 1)[1], flags=re.S)
             return org[len(done):]
-        return workers[prompt[: -len("<WORK>")]]
+        return workers[prompt.split("<WORK>")[1]]
 
     return AsyncThinkEngine(ScriptedBackend(script), ThinkConfig(capacity=capacity, max_org_tokens=10**4)).run_sync(ex.prompt), segs
 
