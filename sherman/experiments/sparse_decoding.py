@@ -284,7 +284,7 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
         w = max(1, len(v) // 30)
         sm = [sum(v[i : i + w]) / len(v[i : i + w]) for i in range(0, len(v), w)]
         ax[2].plot([i * w for i in range(len(sm))], sm, label=k)
-    ax[2].set(xlabel="decode step (teacher forced)", ylabel="KL(dense || sparse)", yscale="symlog", title=f"divergence, quest {div_frac:.0%} kept")
+    ax[2].set(xlabel="decode step (teacher forced)", ylabel="KL(dense || sparse)", title=f"divergence, quest {div_frac:.0%} kept")
     ax[2].legend()
     fig.tight_layout()
     fig.savefig(out_dir / "sparse_decoding.png", dpi=110)
