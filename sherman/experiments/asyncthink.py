@@ -62,7 +62,7 @@ class Budget:
 
 BUDGETS = {
     "smoke": Budget(n_sft=8, sft_steps=4, rl_steps=1, lambdas=(0.5,), n_eval=2, dim=32, n_layers=1),
-    "quick": Budget(n_sft=500, sft_steps=600, rl_steps=6, lambdas=(0.5, 0.0), n_eval=30, dim=96, n_layers=2, log_every=100),
+    "quick": Budget(n_sft=800, sft_steps=2000, rl_steps=8, lambdas=(0.5, 0.0), n_eval=40, dim=128, n_layers=2, log_every=250),
     "full": Budget(n_sft=3000, sft_steps=2500, rl_steps=60, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, seeds=(0, 1, 2)),
 }
 
