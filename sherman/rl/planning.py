@@ -253,6 +253,7 @@ class Evaluator:
             ok = [outcome_reward(self.data, r) > 0 for r in rolls]
             out[f"acc/{name}"] = float(np.mean(ok))
             if name in ("train", "test"):
+                out[f"stuck/{name}"] = float(np.mean([not r.actions or r.actions[-1] != r.t for r in rolls]))  # never emitted t
                 div = [distinct_correct([r.path for r in rolls[i : i + n]], ok[i : i + n]) for i in range(0, len(rolls), n)]
                 out[f"div/{name}"] = float(np.mean(div))
                 out[f"entropy/{name}"] = float(np.mean([-r.logp for r in rolls]))

@@ -146,7 +146,7 @@ def test_each_arm_smoke(small, arm):
     assert [h["step"] for h in hist] == [0, 2, 3]
     for h in hist:
         assert all(math.isfinite(v) for v in h.values()), h
-        assert 0.0 <= h["acc/train"] <= 1.0 and 0.0 <= h["adj/precision"] <= 1.0
+        assert 0.0 <= h["acc/train"] <= 1.0 and 0.0 <= h["adj/precision"] <= 1.0 and 0.0 <= h["stuck/test"] <= 1.0
     moved = sum(float((p - q).detach().abs().sum()) for p, q in zip(model.parameters(), base.parameters()))
     assert moved > 0.0
 
