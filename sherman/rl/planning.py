@@ -18,12 +18,22 @@ per node reads `s t s` and continues with a path `v1 ... t`. From one SFT checkp
       whose fixed point gives every valid successor on a route to t the same value, so the
       Boltzmann policy over Q keeps all routes (diversity preserved).
 
-Choices the paper leaves open (config fields below): the Q-policy is softmax(Q / q_temperature) for
-both exploration and evaluation (Q-values live in [-1, 1], so temperature 1 would be near uniform);
-episodes cut by `max_len` are bootstrapped, not terminal; KL is exact over the vocabulary at every
-visited state; the KL reference is the SFT checkpoint. Rollouts use the one sampling loop
+Choices the paper leaves open (config fields below): Q-learning rewards are +-reward_scale (10, the
+scale of the SFT logits it starts from; with +-1 the regression first squashes every logit into
+[-1, 1], where softmax(Q) is near uniform over 100 nodes and the policy falls apart) and the
+Q-policy is softmax(Q / q_temperature) with T = 1, like every other arm; Q-learning uses Adam at
+q_lr = 1e-4 (1e-3 diverged) and, optionally, a DQN target network (target_every; off by default);
+episodes cut by `max_len` are bootstrapped, not terminal; the PG KL is exact over the vocabulary at
+every visited state, with the SFT checkpoint as reference. Rollouts use the one sampling loop
 (`sherman.core.generate.generate`) and are cut at the first target token.
 
+Metrics (`Evaluator`): accuracy (sampled path valid and ending at t), diversity (distinct correct
+paths among N samples per pair), path entropy (Monte-Carlo -log p of the sampled paths), "stuck"
+(samples that never emit t within max_len), adjacency recovery (precision / recall of the successors
+with mean next-token probability > 0.05 at `u t u`), and accuracy on test pairs whose source never lies
+on an SFT path to that target (the transitivity probe) vs the other test pairs.
+
+CLI: `sherman plan --task er|blocksworld --arm sft|pg|q-outcome|q-process [--kl 0.1]`.
 Run: `sherman reproduce planning --budget quick` (see `sherman.experiments.planning`).
 """
 
