@@ -127,9 +127,10 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:
         h = self.stem(x, state)
         for stage in self.stages:
-            for m in stage:
+            for m in stage[:-1]:
                 h = m(h, state)
-        return self.head(self.final(h, state), state)
+            h = stage[-1](F.elu(h), state)  # activation before each strided conv (SEANet-style), else the main path is linear
+        return self.head(F.elu(self.final(h, state)), state)
 
 
 class Decoder(nn.Module):
@@ -151,10 +152,10 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, state: State | None = None) -> torch.Tensor:
         h = self.first(self.stem(z, state), state)
         for stage in self.stages:
-            h = stage[0](h)
+            h = stage[0](F.elu(h))
             for m in stage[1:]:
                 h = m(h, state)
-        return torch.tanh(self.out(h, state))
+        return torch.tanh(self.out(F.elu(h), state))
 
 
 class AcousticTokenizer(nn.Module):
