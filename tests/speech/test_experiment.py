@@ -21,3 +21,29 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path):
     assert "vibevoice.wav" in res["audio"] and (tmp_path / "model.pt").is_file() and (tmp_path / "results.json").is_file()
     for p in res["plots"]:
         assert (tmp_path / p).stat().st_size > 1000
+
+
+def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):
+    m = {"compress/downsampling": 3200.0, "compress/frames_per_s": 7.5, "compress/token_rate_ratio_vs_encodec": 80.0,
+         "compress/bitrate_bps_fp16": 1920.0, "compress/bitrate_ratio_vs_encodec_6kbps": 3.125, "recon/mel_l1": 1.0, "recon/stft_snr_db": 1.0,
+         "eval/gt/per": gt_per, "eval/gt/spk_sim": 0.9, "eval/gt/turn_acc": 1.0, "eval/recon/per": gt_per,
+         "eval/vibevoice/per": vv_per, "eval/vibevoice/spk_sim": vv_sim, "eval/vibevoice/turn_acc": turn,
+         "eval/regression/per": reg_per, "eval/regression/spk_sim": reg_sim}
+    for s in (5, 10, 20):
+        m[f"sweep/steps{s}/per"] = vv_per
+    for c in ("1.0", "1.3", "2.0"):
+        m[f"sweep/cfg{c}/per"] = vv_per
+    return m
+
+
+def test_verdict_criteria_are_not_vacuous():
+    from sherman.experiments.vibevoice import _verdicts
+
+    v = {r["claim"][:20]: r["verdict"] for r in _verdicts(_metrics(0.05, 0.95, 0.95))}
+    assert list(v.values())[3] == "not reproduced"  # unintelligible synthesis
+    assert list(v.values())[5] == "not reproduced"  # tie with the regression head is no win
+    assert list(v.values())[6] == "not reproduced"  # solver-step row needs intelligible synthesis
+    good = [r["verdict"] for r in _verdicts(_metrics(0.05, 0.1, 0.5, vv_sim=0.85, reg_sim=0.3))]
+    assert good[3:] == ["reproduced"] * 4
+    broken_evaluator = [r["verdict"] for r in _verdicts(_metrics(0.9, 0.9, 0.9))]
+    assert broken_evaluator[2] == broken_evaluator[3] == "not reproduced"
