@@ -8,7 +8,16 @@ test accuracy, diversity (distinct correct paths among N samples per pair), path
 adjacency recovery; the SFT checkpoint is also probed for transitivity (test pairs whose source
 never lies on an SFT path to that target). The four takeaways of the paper are checked one by one.
 
-Run: `sherman reproduce planning --budget quick`.
+Run: `sherman reproduce planning --budget quick` (about 620 s of single-thread CPU; 3 seeds x 2 tasks).
+
+What the quick budget showed (3 seeds, means): (1) SFT solves observed test pairs far better than
+unobserved ones (ER 0.90 vs 0.68, Blocksworld 0.42 vs 0.32) with adjacency precision 0.98-0.99;
+(2) PG beats continual SFT on ER test pairs (0.79 vs 0.74) but not on Blocksworld (0.21 vs 0.35),
+where PG without KL reinforces valid but wandering paths (cyclic graph, no length cost) and many
+samples never reach the target; (3) PG without KL halves diversity (ER 2.56 -> 1.07 distinct correct
+paths per pair at ~0.94 train accuracy), KL 1.0 keeps it (2.22) with no accuracy cost here; (4)
+outcome-reward Q-learning collapses (ER 0.95 -> 0.00 train accuracy), process-reward Q-learning keeps
+diversity (2.30) but loses some accuracy (0.85; Blocksworld 0.45) within 300 steps.
 """
 
 from __future__ import annotations
