@@ -103,18 +103,18 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
-        CorpusConfig(n_entities=6, n_clean=48, n_target=12, n_valid=12),
+        CorpusConfig(n_entities=5, n_clean=32, n_target=8, n_valid=8),
         dim=32, n_layers=1, batch=8, lr=3e-3, seeds=(0,),
         lqs=LQSConfig(proxy_steps=4, delta=2, warmup_steps=10, batch_size=8, chunk=32),
         learned=LearnedScorerConfig(dim=16, steps=10), evals=2,
         conds=[Cond("lqs", "shuffle"), Cond("lqs", "ascending"), Cond("lqs", "descending"), Cond("lqs", "folding"),
-               Cond("pds", "folding"), Cond("lqs", "folding", ratio=0.5), Cond("lqs", "shuffle", ratio=0.5)],
+               Cond("pds", "folding"), Cond("lqs", "folding", ratio=0.5)],
     ),
     "quick": Budget(
-        CorpusConfig(n_entities=16, n_clean=480, n_target=32, n_valid=32),
-        dim=64, n_layers=2, batch=16, lr=3e-3, seeds=(0, 1, 2),
-        lqs=LQSConfig(proxy_steps=30, delta=6, warmup_steps=100, batch_size=16, chunk=48),
-        learned=LearnedScorerConfig(dim=32, steps=150), orders_all=False, folds=(2, 3, 4),
+        CorpusConfig(n_entities=12, n_clean=720, n_target=32, n_valid=32),
+        dim=64, n_layers=2, batch=8, lr=3e-3, seeds=(0, 1, 2),
+        lqs=LQSConfig(proxy_steps=20, delta=10, warmup_steps=80, batch_size=16, chunk=64),
+        learned=LearnedScorerConfig(dim=32, steps=100), orders_all=False, folds=(2, 3, 4),
     ),
     "full": Budget(
         CorpusConfig(n_entities=32, n_clean=2000, n_target=64, n_valid=64),
@@ -190,6 +190,17 @@ def _agg(rows: list[dict], key: str) -> tuple[float, float]:
 
 
 def run(budget: str, out_dir: Path) -> dict:
+    """Score, train the grid, judge the claims. Runs with one intra-op thread (restored after): for models this
+    small a second thread barely helps on an idle machine and slows everything down many-fold on a busy one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(budget, Path(out_dir))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(budget: str, out_dir: Path) -> dict:
     b = BUDGETS[budget]
     conds = b.conds or grid(b.orders_all, b.scorers, b.ratios, b.folds)
     out_dir = Path(out_dir)
@@ -308,8 +319,8 @@ def claims(summary: dict, conds: list[Cond], b: Budget) -> tuple[list[dict], lis
         best = min(sel, key=lambda k: tl[k][0])
         cmp = better(best, base)
         v = "reproduced" if cmp >= 0 else "not reproduced"
-        noise_rm = "; ".join(f"{lab.split('/')[0]} r={lab.split('/')[2][1:]}: {summary[lab]['noise_removed'][0]:.0%}"
-                             for lab in summary if "/shuffle/" in lab and "/r1/" not in lab)
+        removed = {(lab.split("/")[0], lab.split("/")[2][1:]): summary[lab]["noise_removed"][0] for lab in summary if "/r1/" not in lab}
+        noise_rm = "; ".join(f"{sc} r={r}: {v:.0%}" for (sc, r), v in sorted(removed.items()))
         rows.append({"claim": "selection + DELT ordering matches or beats training on the full data",
                      "paper": "LQS+Folding at 50-70% data >= full data (Fig. 1, Table 4)",
                      "ours": f"best {best} {_fmt(tl[best])} vs full shuffled {_fmt(tl[base])}; noise removed: {noise_rm}", "verdict": v})

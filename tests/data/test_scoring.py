@@ -162,6 +162,6 @@ def test_learned_scorer_extends_scores():
         texts.append(t)
         scores.append(k / 12)
     seqs = [tok.encode(t, bos=True) for t in texts]
-    scorer, rho = fit_learned_scorer(seqs, np.array(scores), tok.vocab_size, tok.pad_id, LearnedScorerConfig(dim=32, steps=120, holdout=0.25))
+    scorer, rho = fit_learned_scorer(seqs, np.array(scores), tok.vocab_size, tok.pad_id, LearnedScorerConfig(dim=16, steps=60, lr=1e-2, holdout=0.25))
     assert rho > 0.8
     assert scorer.predict(seqs[:3], tok.pad_id).shape == (3,)
