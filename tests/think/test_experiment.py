@@ -9,7 +9,7 @@ def test_asyncthink_experiment_smoke(tmp_path):
     r = run("smoke", tmp_path)
     assert r["name"] == "asyncthink" and r["claim"] == CLAIM
     assert r["verdict"] in ("reproduced", "partly", "not reproduced")
-    assert len(r["rows"]) == 3 and all(set(row) == {"claim", "paper", "ours", "verdict"} for row in r["rows"])
+    assert len(r["rows"]) == 4 and all(set(row) == {"claim", "paper", "ours", "verdict"} for row in r["rows"])
     assert (tmp_path / r["plots"][0]).stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
     ev = saved["metrics"]["eval"]
