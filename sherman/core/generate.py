@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sherman.core.attention import AttnContext
+from sherman.core.kv_cache import KVCache
 from sherman.core.model import Transformer, padded_positions
 
 
@@ -231,13 +232,16 @@ class Decoder:
 
     `add(ids)` registers a sequence and returns its id; `extend(sid, ids)` appends tokens (e.g. text a
     program inserts); `step(sids)` advances the chosen sequences by one sampled token each in ONE forward
-    pass; `remove(sid)` frees a sequence. Pending tokens (a new prompt, inserted text, the last sampled
-    token) are prefilled in the same pass as other rows' decode tokens.
+    pass; `truncate(sid, n)` forgets all but the first n tokens; `remove(sid)` frees a sequence. Pending
+    tokens (a new prompt, inserted text, the last sampled token) are prefilled in the same pass as other
+    rows' decode tokens.
 
-    Each sequence owns a batch-1 `KVCache` (grown on demand). A step packs the chosen caches left-padded
-    into one batch cache with per-row RoPE positions (as `generate` does for ragged prompts), runs the
-    model once and writes each row's new keys/values back to its own cache, so membership may change
-    between any two steps at no extra cost. Sampling is `sample_next`, shared with `generate`.
+    Each sequence owns a batch-1 `KVCache` whose per-layer keys and values are views of one contiguous
+    buffer (n_layers, 2, 1, H_kv, T_cap, D), grown on demand. A step packs the chosen buffers left-padded
+    into one batch `KVCache` (one copy per row) with per-row RoPE positions (as `generate` does for ragged
+    prompts), runs the model once and writes each row's new keys/values back (one copy per row), so
+    membership may change between any two steps at no extra cost. Sampling is `sample_next`, shared with
+    `generate`.
     """
 
     def __init__(self, model: Transformer, *, generator: torch.Generator | None = None, attn: AttnContext | None = None, init_len: int = 256):
@@ -245,16 +249,23 @@ class Decoder:
         self.generator = generator
         self.attn = attn
         self.init_len = init_len
-        self.caches: dict[int, object] = {}
+        self.caches: dict[int, KVCache] = {}
+        self.bufs: dict[int, torch.Tensor] = {}
         self.pending: dict[int, list[int]] = {}
         self._next = 0
+
+    def _alloc(self, cap: int) -> tuple[KVCache, torch.Tensor]:
+        c = self.model.cfg
+        buf = torch.zeros(c.n_layers, 2, 1, c.n_kv_heads, cap, c.head_dim, dtype=self.model.dtype, device=self.model.device)
+        valid = torch.zeros(1, cap, dtype=torch.bool, device=self.model.device)
+        return KVCache(k=[buf[i, 0] for i in range(c.n_layers)], v=[buf[i, 1] for i in range(c.n_layers)], valid=valid), buf
 
     def add(self, ids: Sequence[int]) -> int:
         if len(ids) == 0:
             raise ValueError("a sequence needs at least one token (e.g. a BOS id)")
         sid = self._next
         self._next += 1
-        self.caches[sid] = self.model.make_cache(1, max(self.init_len, 2 * len(ids)))
+        self.caches[sid], self.bufs[sid] = self._alloc(max(self.init_len, 2 * len(ids)))
         self.pending[sid] = [int(t) for t in ids]
         return sid
 
@@ -273,6 +284,7 @@ class Decoder:
 
     def remove(self, sid: int) -> None:
         self.caches.pop(sid, None)
+        self.bufs.pop(sid, None)
         self.pending.pop(sid, None)
 
     def __contains__(self, sid: int) -> bool:
@@ -283,16 +295,14 @@ class Decoder:
         return self.caches[sid].length + len(self.pending[sid])
 
     def _grow(self, sid: int, need: int) -> None:
-        c = self.caches[sid]
+        c, buf = self.caches[sid], self.bufs[sid]
         if need <= c.max_len:
             return
-        new = self.model.make_cache(1, max(need, 2 * c.max_len))
-        for layer in range(len(c.k)):
-            new.k[layer][:, :, : c.length] = c.k[layer][:, :, : c.length]
-            new.v[layer][:, :, : c.length] = c.v[layer][:, :, : c.length]
+        new, nbuf = self._alloc(max(need, 2 * c.max_len))
+        nbuf[..., : c.length, :] = buf[..., : c.length, :]
         new.valid[:, : c.length] = c.valid[:, : c.length]
         new.length = c.length
-        self.caches[sid] = new
+        self.caches[sid], self.bufs[sid] = new, nbuf
 
     @torch.no_grad()
     def step(self, sids: Sequence[int] | None = None, params: dict[int, SamplingParams] | SamplingParams | None = None) -> dict[int, tuple[int, float]]:
@@ -303,23 +313,23 @@ class Decoder:
         sids = list(self.caches) if sids is None else list(sids)
         if not sids:
             return {}
-        model, dev = self.model, self.model.device
+        model, dev, cfg = self.model, self.model.device, self.model.cfg
         was_training = model.training
         model.eval()
         lens = [self.caches[s].length for s in sids]
         pends = [self.pending[s] for s in sids]
         assert all(len(p) > 0 for p in pends), "every stepped sequence needs a pending token"
         b, lmax, pmax = len(sids), max(lens), max(len(p) for p in pends)
-        packed = model.make_cache(b, lmax + pmax)
+        big = torch.zeros(cfg.n_layers, 2, b, cfg.n_kv_heads, lmax + pmax, cfg.head_dim, dtype=model.dtype, device=dev)
+        packed = KVCache(k=[big[i, 0] for i in range(cfg.n_layers)], v=[big[i, 1] for i in range(cfg.n_layers)],
+                         valid=torch.zeros(b, lmax + pmax, dtype=torch.bool, device=dev))
         ids = torch.zeros(b, pmax, dtype=torch.long)
         new_valid = torch.zeros(b, pmax, dtype=torch.bool)
         pos = torch.zeros(b, pmax, dtype=torch.long)
         for r, (s, n, p) in enumerate(zip(sids, lens, pends)):
-            c = self.caches[s]
-            for layer in range(len(c.k)):
-                packed.k[layer][r, :, lmax - n : lmax] = c.k[layer][0, :, :n]
-                packed.v[layer][r, :, lmax - n : lmax] = c.v[layer][0, :, :n]
-            packed.valid[r, lmax - n : lmax] = c.valid[0, :n]
+            if n:
+                big[:, :, r, :, lmax - n : lmax] = self.bufs[s][:, :, 0, :, :n]  # (L, 2, H_kv, n, D)
+                packed.valid[r, lmax - n : lmax] = self.caches[s].valid[0, :n]
             ids[r, pmax - len(p) :] = torch.tensor(p, dtype=torch.long)
             new_valid[r, pmax - len(p) :] = True
             pos[r, pmax - len(p) :] = torch.arange(n, n + len(p))
@@ -330,16 +340,16 @@ class Decoder:
         for r, (s, n, p) in enumerate(zip(sids, lens, pends)):
             self._grow(s, n + len(p))
             c = self.caches[s]
-            for layer in range(len(c.k)):
-                c.k[layer][0, :, n : n + len(p)] = packed.k[layer][r, :, lmax + pmax - len(p) :]
-                c.v[layer][0, :, n : n + len(p)] = packed.v[layer][r, :, lmax + pmax - len(p) :]
+            self.bufs[s][:, :, 0, :, n : n + len(p)] = big[:, :, r, :, lmax + pmax - len(p) :]
             c.valid[0, n : n + len(p)] = True
             c.length = n + len(p)
         model.train(was_training)
-        per = params if isinstance(params, dict) else {s: params or SamplingParams() for s in sids}
+        if not isinstance(params, dict):
+            one = params or SamplingParams()
+            params = {s: one for s in sids}
         groups: dict[tuple[float, float], list[int]] = {}
         for r, s in enumerate(sids):
-            groups.setdefault((per[s].temperature, per[s].top_p), []).append(r)
+            groups.setdefault((params[s].temperature, params[s].top_p), []).append(r)
         result: dict[int, tuple[int, float]] = {}
         for (temp, top_p), rows in groups.items():
             tok, lp = sample_next(logits[rows], temp, top_p, self.generator)
