@@ -1,4 +1,4 @@
-"""Load check of `sherman serve`: N concurrent clients on loopback against a tiny checkpoint.
+"""Load check of `sherman serve`: N concurrent clients on loopback against a small random checkpoint (or --ckpt).
 
 Prints throughput (requests/s, generated tokens/s), p50/p99 request latency and the failed-request count
 for the server (continuous batching through `core.generate.Decoder`), beside the peer: the same requests
@@ -29,10 +29,10 @@ from sherman.core.tokenizer import CharTokenizer
 from sherman.serve.app import ServeConfig, ServerThread, create_app, load_for_serving
 
 
-def tiny_checkpoint(d: Path) -> Path:
+def tiny_checkpoint(d: Path, dim: int, layers: int) -> Path:
     tok = CharTokenizer("0123456789+-*=;#", specials=("<pad>", "<bos>", "<eos>"))
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=344))
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=dim, n_layers=layers, n_heads=8, n_kv_heads=2, ffn_dim=dim * 8 // 3 // 8 * 8))
     save_checkpoint(d, model)
     tok.save(d)
     return d
@@ -60,10 +60,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=4, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--dim", type=int, default=512, help="width of the random checkpoint (without --ckpt)")
+    ap.add_argument("--layers", type=int, default=4, help="layers of the random checkpoint (without --ckpt)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 avoids oversubscription on a shared CPU)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    ckpt = Path(a.ckpt) if a.ckpt else tiny_checkpoint(Path(tempfile.mkdtemp()) / "bench")
+    ckpt = Path(a.ckpt) if a.ckpt else tiny_checkpoint(Path(tempfile.mkdtemp()) / "bench", a.dim, a.layers)
     model, tok = load_for_serving(str(ckpt))
     rng = random.Random(0)
     prompts = [[f"{rng.randint(1, 99)}+{rng.randint(1, 99)}=" for _ in range(a.requests)] for _ in range(a.clients)]
