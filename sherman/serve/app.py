@@ -289,6 +289,8 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
         else:
             raise APIError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
         params, max_tokens, stops, n = parse_sampling(body, cfg)
+        if len(texts) * n > cfg.max_batch:
+            raise APIError(400, f"{len(texts)} prompts x n={n} exceeds the server's limit of {cfg.max_batch} choices", param="prompt")
         prompts = [eng.encode(t) for t in texts]
         rid = _chunk_id("cmpl")
         if body.get("stream"):

@@ -71,6 +71,7 @@ def test_401_without_the_key(server, headers):
         ({"model": "tiny", "prompt": "1", "stop": [1]}, 400, "stop"),
         ({"model": "tiny", "prompt": "ZZZ"}, 400, "prompt"),  # not in the alphabet
         ({"model": "tiny", "prompt": "1", "stream": "yes"}, 400, "stream"),
+        ({"model": "tiny", "prompt": ["1"] * 65}, 400, "prompt"),  # more choices than max_batch
     ],
 )
 def test_completions_4xx_openai_error_shape(server, body, status, param):
