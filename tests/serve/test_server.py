@@ -207,3 +207,12 @@ def test_resuming_with_a_byte_identical_prefix_hits_the_prefix_cache(server):
     n_prefix = len(server.tok.encode("12+34;5*6=<ORG>" + seen, bos=True))
     assert stats["reused_tokens"] - before == n_prefix
     assert "".join(out) == expected_greedy(server, "12+34;5*6=<ORG>" + seen + "7", 3)
+
+
+def test_several_prompts_and_n_choices(server):
+    r = post(server, "/v1/completions", {"model": "tiny", "prompt": ["1+1=", "2+2="], "n": 2, "max_tokens": 3, "temperature": 0})
+    ch = r.json()["choices"]
+    assert r.status_code == 200 and [c["index"] for c in ch] == [0, 1, 2, 3]
+    assert ch[0]["text"] == ch[1]["text"] == expected_greedy(server, "1+1=", 3) and ch[2]["text"] == expected_greedy(server, "2+2=", 3)
+    r0 = post(server, "/v1/completions", {"model": "tiny", "prompt": "1", "max_tokens": 0})
+    assert r0.json()["choices"][0] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
