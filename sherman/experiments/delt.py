@@ -113,7 +113,7 @@ BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         CorpusConfig(n_entities=12, n_clean=720, n_target=32, n_valid=32),
         dim=64, n_layers=2, batch=8, lr=3e-3, seeds=(0, 1, 2),
-        lqs=LQSConfig(proxy_steps=20, delta=10, warmup_steps=80, batch_size=16, chunk=64),
+        lqs=LQSConfig(proxy_steps=20, delta=5, warmup_steps=100, batch_size=32, lr=0.02, chunk=64),
         learned=LearnedScorerConfig(dim=32, steps=100), orders_all=False, folds=(2, 3, 4),
     ),
     "full": Budget(

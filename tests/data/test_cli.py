@@ -1,5 +1,7 @@
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +88,16 @@ def test_torchrun_two_ranks_match_one_process(corpus, tmp_path):
     common = [str(corpus / "train.jsonl"), "--target", str(corpus / "target.jsonl"), *TINY]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     assert main(["score", *common, "--out", str(one)]) == 0
+    with socket.socket() as sk:  # a free port for the rendezvous
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "sherman.cli", "data", "score", *common, "--out", str(two)]
-    subprocess.run(cmd, check=True, env=env, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "sherman.cli", "data", "score", *common, "--out", str(two)]
+    p = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        assert p.wait(timeout=300) == 0
+    finally:
+        if p.poll() is None:  # kill torchrun and its workers together
+            os.killpg(p.pid, signal.SIGKILL)
     assert len(list((tmp_path / "two.jsonl.state").glob("stats.rank*.jsonl"))) == 2
     np.testing.assert_allclose([r["lqs"] for r in rows(two)], [r["lqs"] for r in rows(one)], rtol=1e-5, atol=1e-6)
