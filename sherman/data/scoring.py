@@ -173,13 +173,13 @@ def hvp(fl: FunctionalLM, params: Params, v: Params, ids: torch.Tensor, mask: to
 
 @dataclass
 class LQSConfig:
-    proxy_steps: int = 30
+    proxy_steps: int = 20
     """T: SGD steps of the proxy run."""
-    lr: float = 0.05
+    lr: float = 0.02
     """eta: SGD step size of the proxy run (also the factor in the costate and the score)."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Documents per proxy SGD step, drawn uniformly without replacement within a step."""
-    delta: int = 6
+    delta: int = 5
     """Delta: scoring checkpoints every Delta steps; the learnability denominator looks Delta steps ahead."""
     max_target: int = 32
     """Target-set documents used for grad J (the first max_target)."""

@@ -12,7 +12,8 @@ and the fraction of noise documents removed by selection.
 Paper claims checked (Sec. 5, Tables 1-4): (1) LQS + Folding gives the largest gain over shuffled data at equal
 data and model size; (2) folding > ascending > descending; (3) selection plus DELT ordering matches or beats
 training on the full data. Verdicts compare seed means of the target loss; a difference smaller than the
-pooled seed standard error counts as a tie.
+pooled seed standard error counts as a tie. "Equal data" means one epoch: a run on a selected subset (r < 1)
+takes r times the optimizer steps of a full-data run, as in the paper's data-efficiency comparison.
 
 Run: `sherman reproduce delt --budget quick`.
 """
