@@ -16,7 +16,7 @@ Claims checked (paper -> ours): higher accuracy than both baselines on multi-sol
 ~28% lower latency than parallel thinking at equal or better accuracy; generalization to an unseen task;
 and (ablation) the concurrency reward raises eta.
 
-Measured at the quick budget (seed 0, 1 torch thread, 440 s wall): arithmetic is solved by every method
+Measured at the quick budget (seed 0, 1 torch thread, 345 s wall with `sherman reproduce asyncthink`): arithmetic is solved by every method
 (accuracy 1.0) but Countdown accuracy is async 0.33 / parallel 0.46 / sequential 0.40, AsyncThink latency
 is about equal to parallel's (36.9 vs 36.6 steps), and 4-expression arithmetic is not generalized to
 (accuracy 0, format ok 0.42): the paper's gains do not appear at this scale, where each sub-problem's
@@ -125,7 +125,7 @@ def evaluate(model, tok, task, exs, think: ThinkConfig, base: BaselineConfig, se
 
 def run(budget: str, out_dir: Path) -> dict:
     """One intra-op thread throughout: token-by-token decoding is dominated by tiny ops, where more threads
-    only add synchronisation (the quick budget was measured this way: 440 s on 1 core)."""
+    only add synchronisation (the quick budget was measured this way: 345 s on 1 core)."""
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
