@@ -51,7 +51,7 @@ BUDGETS = {
     "smoke": dict(dim=32, layers=2, steps=8, batch=8, lr=3e-3, train_pairs=(4, 8), n_queries=4, block=4, gate_steps=4, gate_batch=2,
                   grid_pairs=[8], depths=[0.0, 1.0], n_eval=4, n_recall=4, forced_pairs=8, forced_queries=8, forced_batch=2, rect=[4, 8],
                   speed=False),
-    "quick": dict(dim=64, layers=2, steps=1500, batch=32, lr=5e-3, train_pairs=(4, 16), n_queries=12, block=4, gate_steps=60, gate_batch=8,
+    "quick": dict(dim=64, layers=2, steps=1000, batch=32, lr=5e-3, train_pairs=(4, 16), n_queries=12, block=4, gate_steps=60, gate_batch=8,
                   grid_pairs=[8, 12, 16], depths=[0.0, 0.5, 1.0], n_eval=32, n_recall=48, forced_pairs=16, forced_queries=64, forced_batch=4,
                   rect=[16, 32, 64], speed=True),
     "full": dict(dim=128, layers=4, steps=4000, batch=32, lr=3e-3, train_pairs=(4, 18), n_queries=12, block=4, gate_steps=300, gate_batch=8,
