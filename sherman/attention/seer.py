@@ -78,9 +78,15 @@ class SeerConfig:
 # pure functions
 
 
+_INV_FREQ: dict[tuple, torch.Tensor] = {}
+
+
 def rope_at(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """positions (B, T) -> cos, sin (B, 1, T, dim) in the core model's half-split layout."""
-    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))  # (dim/2,)
+    key = (dim, theta, positions.device)
+    inv = _INV_FREQ.get(key)
+    if inv is None:
+        inv = _INV_FREQ[key] = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))  # (dim/2,)
     f = positions.float()[..., None] * inv  # (B, T, dim/2)
     emb = torch.cat([f, f], dim=-1)[:, None]  # (B, 1, T, dim)
     return emb.cos(), emb.sin()
