@@ -47,7 +47,13 @@ class GenerateArgs:
     block_size: int = 64
     """Sparse backends: KV block size in tokens."""
     rectify_every: int = 32
-    """ReSA: dense rectification period in tokens."""
+    """ReSA only: dense rectification period in tokens."""
+    gates: str | None = None
+    """Seer only: trained gates (`sherman seer train` output: a checkpoint directory or seer_gates.pt); default: beside CKPT."""
+    threshold: float | None = None
+    """Seer only: select blocks whose gate probability exceeds this instead of a token budget."""
+    impl: str = "torch"
+    """Sparse kernels: 'torch' (pure PyTorch) or 'cpp' (fused C++ extension, compiled on first use)."""
     json_out: bool = False
     """Print one JSON object per prompt instead of plain text."""
 
@@ -110,11 +116,22 @@ def main(argv: list[str]) -> int:
 
     if args.attn not in BACKENDS:
         raise ShermanError(f"unknown --attn {args.attn!r}; available: {sorted(BACKENDS)}")
-    attn = AttnContext(backend=args.attn, options={"budget": args.budget, "block_size": args.block_size, "rectify_every": args.rectify_every})
+    options: dict = {"budget": args.budget, "block_size": args.block_size, "impl": args.impl}
+    if args.attn == "resa":
+        options["rectify_every"] = args.rectify_every
+    if args.attn == "seer":
+        options["gates"] = args.gates or str(resolve_checkpoint(args.ckpt) if not args.hf else args.ckpt)
+        options["threshold"] = args.threshold
+    if not 0.0 < args.budget <= 1.0:
+        raise ShermanError(f"--budget must be in (0, 1], got {args.budget}")
+    attn = AttnContext(backend=args.attn, options=options)
     stops = [tok.eos_id] if getattr(tok, "eos_id", None) is not None else []
     params.stop_token_ids = tuple(stops)
     t0 = time.time()
-    out = generate(model, ids, params, tokenizer=tok, generator=torch.Generator().manual_seed(args.seed), attn=attn)
+    try:
+        out = generate(model, ids, params, tokenizer=tok, generator=torch.Generator().manual_seed(args.seed), attn=attn)
+    except (ValueError, FileNotFoundError) as e:  # e.g. gates trained with another block size, missing gates file
+        raise ShermanError(str(e)) from None
     dt = time.time() - t0
     for p, text, toks, why in zip(prompts, out.texts, out.tokens, out.finish_reasons):
         if args.json_out:

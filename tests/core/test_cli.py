@@ -82,3 +82,21 @@ def test_help_lists_commands():
     r = sherman("--help")
     for name in ("train", "generate", "convert", "reproduce"):
         assert name in r.stdout
+
+
+@pytest.mark.parametrize("attn", ["quest", "resa", "seer"])
+def test_generate_with_sparse_backends(run_dir, capsys, attn):
+    ck = run_dir / "step_0000006"
+    if attn == "seer" and not (ck / "seer_gates.pt").is_file():
+        assert main(["seer", "train", str(ck), "--steps", "2", "--seq-len", "40", "--block-size", "8"]) == 0
+    args = ["generate", str(ck), "--prompt", "12+3=", "--max-new-tokens", "6", "--attn", attn, "--block-size", "8", "--json-out"]
+    assert main(args + ["--budget", "1.0"]) == 0
+    assert '"n_tokens"' in capsys.readouterr().out
+
+
+def test_generate_sparse_errors(run_dir):
+    ck = run_dir / "step_0000006"
+    r = sherman("generate", ck, "--prompt", "1+1=", "--attn", "seer", "--gates", "/does/not/exist.pt", ok=False)
+    assert r.returncode == 2 and "exist" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = sherman("generate", ck, "--prompt", "1+1=", "--attn", "quest", "--budget", "0", ok=False)
+    assert r.returncode == 2 and "--budget" in r.stderr
