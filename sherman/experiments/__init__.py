@@ -17,13 +17,13 @@ The literal dict below is the whole registry: add one line per experiment.
 """
 
 EXPERIMENTS: dict[str, str] = {
-    "delt": "sherman.experiments.delt",
     "core_lm": "sherman.experiments.core_lm",
     "opo": "sherman.experiments.opo",
     "rspo": "sherman.experiments.rspo",
     "planning": "sherman.experiments.planning",
     "sparse_decoding": "sherman.experiments.sparse_decoding",
     "asyncthink": "sherman.experiments.asyncthink",
+    "delt": "sherman.experiments.delt",
     "vibevoice": "sherman.experiments.vibevoice",
 }
 
