@@ -5,6 +5,7 @@ Nothing here knows about models; everything in Sherman may import it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -60,9 +61,15 @@ def init_distributed_from_env() -> bool:
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
+    atexit.register(_destroy_process_group)  # a group left alive at interpreter exit can abort the process
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def print0(*args: Any, **kwargs: Any) -> None:
