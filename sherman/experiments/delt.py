@@ -191,14 +191,8 @@ def _agg(rows: list[dict], key: str) -> tuple[float, float]:
 
 
 def run(budget: str, out_dir: Path) -> dict:
-    """Score, train the grid, judge the claims. Runs with one intra-op thread (restored after): for models this
-    small a second thread barely helps on an idle machine and slows everything down many-fold on a busy one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(budget, Path(out_dir))
-    finally:
-        torch.set_num_threads(threads)
+    """Score, train the grid, judge the claims (thread count is set by `sherman reproduce --threads`, default 1)."""
+    return _run(budget, Path(out_dir))
 
 
 def _run(budget: str, out_dir: Path) -> dict:

@@ -193,12 +193,7 @@ def plot_curves(results: dict, keys: list[tuple[str, str]], path: Path, title: s
 def run(budget: str, out_dir: Path) -> dict:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids oversubscription
-    try:
-        return _run(budget, Path(out_dir))
-    finally:
-        torch.set_num_threads(threads)
+    return _run(budget, Path(out_dir))  # thread count: `sherman reproduce --threads` (default 1)
 
 
 def _run(budget: str, out_dir: Path) -> dict:

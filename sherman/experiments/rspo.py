@@ -27,8 +27,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from sherman.core.tokenizer import CharTokenizer
 from sherman.experiments.opo import _tail_mean, fmt, mean_sd, plot_curves, run_arm, warm_start
 from sherman.rl.grpo import evaluate, preset_config
@@ -77,12 +75,7 @@ def collapsed(curve: list[float]) -> bool:
 def run(budget: str, out_dir: Path) -> dict:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids oversubscription
-    try:
-        return _run(budget, Path(out_dir))
-    finally:
-        torch.set_num_threads(threads)
+    return _run(budget, Path(out_dir))  # thread count: `sherman reproduce --threads` (default 1)
 
 
 def _run(budget: str, out_dir: Path) -> dict:

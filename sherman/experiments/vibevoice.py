@@ -178,12 +178,7 @@ def run(budget: str, out_dir: Path) -> dict:
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs and MLPs: one thread is several times faster than two on a shared 2-core box
-    try:
-        return _run(b, budget, out_dir)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(b, budget, out_dir)  # thread count: `sherman reproduce --threads` (default 1)
 
 
 def _run(b: Budget, budget: str, out_dir: Path) -> dict:
