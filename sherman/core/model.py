@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from sherman.core.attention import AttnContext, attend
 from sherman.core.kv_cache import KVCache
+from sherman.core.linear import FusedPack, Linear, linear
 from sherman.core.moe import MoEFFN, SwiGLU
 
 
@@ -103,9 +104,18 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused op, bit-identical in fp32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least; fp64 stays fp64
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+class _EmbeddingAsLinear:
+    """The tied LM head seen as a bias-free linear layer (what `FusedPack` needs to know of it)."""
+
+    def __init__(self, emb: nn.Embedding):
+        self.weight, self.bias, self.out_features = emb.weight, None, emb.weight.shape[0]
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,10 +139,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.attn_bias)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        self.q_proj = Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.attn_bias)
+        self.k_proj = Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
+        self.v_proj = Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
+        self.o_proj = Linear(cfg.n_heads * hd, cfg.dim, bias=False)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -140,12 +150,26 @@ class Attention(nn.Module):
         """x (B, T, C) -> q (B, H_q, T, D), k, v (B, H_kv, T, D), RoPE applied."""
         b, t, _ = x.shape
         hd = self.cfg.head_dim
-        q = self.q_proj(x).view(b, t, self.cfg.n_heads, hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
+        pack = self.__dict__.get("_qkv_pack")
+        if pack is not None and pack.usable(x):
+            q, k, v = pack(x)  # one GEMM for the three projections (inference)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.cfg.n_heads, hd).transpose(1, 2)
+        k = k.view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
+        v = v.view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def pack_for_inference(self) -> list[nn.Module]:
+        """One prepacked q/k/v weight for inference (`core/linear.py`); returns the layers it covers."""
+        pack = FusedPack.build([self.q_proj, self.k_proj, self.v_proj])
+        self.__dict__["_qkv_pack"] = pack
+        return [self.q_proj, self.k_proj, self.v_proj] if pack is not None else []
+
+    def unpack_for_inference(self) -> None:
+        self.__dict__.pop("_qkv_pack", None)
 
     def forward(self, x, cos, sin, ctx: AttnContext) -> torch.Tensor:
         b, t, _ = x.shape
@@ -183,7 +207,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.dim, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -208,6 +232,22 @@ class Transformer(nn.Module):
 
     def head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., C) -> logits (..., V) through the (tied or untied) LM head."""
+        w = self.head_weight()
+        pack = self.__dict__.get("_head_pack")
+        return linear(h, w, None, pack.packed if pack is not None and pack.fresh() else None)
+
+    def pack_for_inference(self) -> list[nn.Module]:
+        """Prepack the LM head (tied or not) for fast inference; see `core/linear.py`, `packed_weights`."""
+        head = self.lm_head if self.lm_head is not None else _EmbeddingAsLinear(self.embed_tokens)
+        pack = FusedPack.build([head])
+        self.__dict__["_head_pack"] = pack
+        return [self.lm_head] if pack is not None and self.lm_head is not None else []
+
+    def unpack_for_inference(self) -> None:
+        self.__dict__.pop("_head_pack", None)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (B, T) or (T,) -> cos, sin (B|1, 1, T, D)."""
@@ -248,7 +288,7 @@ class Transformer(nn.Module):
         """
         assert (ids is None) != (embeds is None), "pass exactly one of ids and embeds"
         b, t = ids.shape if ids is not None else embeds.shape[:2]
-        ctx = dataclasses.replace(attn) if attn is not None else AttnContext()
+        ctx = dataclasses.replace(attn, scratch={}) if attn is not None else AttnContext()
         if cache is not None:
             start, _ = cache.reserve(t, key_valid)
             ctx.cache, ctx.q_start, ctx.key_valid = cache, start, cache.valid[:, : start + t]
@@ -266,7 +306,7 @@ class Transformer(nn.Module):
             if router is not None and rl is not None:
                 router.append(rl)
         h = self.norm(x)
-        logits = F.linear(h, self.head_weight()) if compute_logits else h.new_zeros(0)
+        logits = self.lm_logits(h) if compute_logits else h.new_zeros(0)
         return ModelOutput(logits=logits, hidden=h, router_logits=router)
 
 

@@ -15,18 +15,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sherman.core.linear import FusedPack, Linear
+
 
 class SwiGLU(nn.Module):
     """`down(silu(gate(x)) * up(x))`, no biases (Llama/Qwen MLP)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_proj = Linear(dim, hidden, bias=False)
+        self.up_proj = Linear(dim, hidden, bias=False)
+        self.down_proj = Linear(hidden, dim, bias=False)
+
+    def pack_for_inference(self) -> list[nn.Module]:
+        """One prepacked gate/up weight for inference (`core/linear.py`); returns the layers it covers."""
+        pack = FusedPack.build([self.gate_proj, self.up_proj])
+        self.__dict__["_gate_up_pack"] = pack
+        return [self.gate_proj, self.up_proj] if pack is not None else []
+
+    def unpack_for_inference(self) -> None:
+        self.__dict__.pop("_gate_up_pack", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        pack = self.__dict__.get("_gate_up_pack")
+        if pack is not None and pack.usable(x):
+            g, u = pack(x)  # one GEMM for gate and up (inference)
+        else:
+            g, u = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(g) * u)
 
 
 def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,10 +67,10 @@ class MoEFFN(nn.Module):
         super().__init__()
         assert 1 <= top_k <= n_experts, f"top_k={top_k} must be in [1, n_experts={n_experts}]"
         self.n_experts, self.top_k, self.norm_topk_prob = n_experts, top_k, norm_topk_prob
-        self.gate = nn.Linear(dim, n_experts, bias=False)  # the router
+        self.gate = Linear(dim, n_experts, bias=False)  # the router
         self.experts = nn.ModuleList(SwiGLU(dim, expert_hidden) for _ in range(n_experts))
         self.shared_expert = SwiGLU(dim, shared_expert_hidden) if shared_expert_hidden > 0 else None
-        self.shared_expert_gate = nn.Linear(dim, 1, bias=False) if shared_expert_hidden > 0 else None
+        self.shared_expert_gate = Linear(dim, 1, bias=False) if shared_expert_hidden > 0 else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> (out (B, T, C), router_logits (B, T, E))."""

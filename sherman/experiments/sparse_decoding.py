@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from sherman.attention.resa import resa_context
 from sherman.attention.seer import SeerConfig, SeerGates, SeerTrainConfig, capture_qk, gate_logits_dense, seer_context, train_gates
@@ -137,12 +136,12 @@ def forced_logprobs(model: Transformer, ids: torch.Tensor, n_prefix: int, attn: 
     b, t = ids.shape
     cache = model.make_cache(b, t)
     out = model(ids[:, :n_prefix], cache=cache, attn=attn, compute_logits=False)
-    logps = [torch.log_softmax(F.linear(out.hidden[:, -1], model.head_weight()).float(), -1)]
+    logps = [torch.log_softmax(model.lm_logits(out.hidden[:, -1]).float(), -1)]
     toks = ids[:, n_prefix:]
     pos = torch.full((b,), n_prefix, dtype=torch.long)
     for step in range(toks.shape[1] - 1):
         out = decode_forward(model, cache, toks, step, pos, attn)
-        logps.append(torch.log_softmax(F.linear(out.hidden[:, -1], model.head_weight()).float(), -1))
+        logps.append(torch.log_softmax(model.lm_logits(out.hidden[:, -1]).float(), -1))
         pos = pos + 1
     return torch.stack(logps, 1)
 

@@ -1,0 +1,100 @@
+"""oneDNN linear path (`core/linear.py`): same numbers as F.linear forward and backward, packs are used only
+while fresh, and a model gives the same logits with and without packed weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sherman.core import linear as L
+from sherman.core.generate import SamplingParams, cumsum_search, generate
+from sherman.core.model import ModelConfig, Transformer
+
+needs_onednn = pytest.mark.skipif(not L.onednn_available(), reason="oneDNN linear op not available in this torch build")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@needs_onednn
+def test_onednn_forward_and_backward_match_f_linear():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 96, generator=g, requires_grad=True)  # 120 rows x 96 -> 112: above MIN_MACS
+    w = torch.randn(112, 96, generator=g, requires_grad=True)
+    b = torch.randn(112, generator=g, requires_grad=True)
+    assert 120 * 96 * 112 >= L.MIN_MACS and L._use_onednn(x, w)
+    y = L.linear(x, w, b)
+    assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn).__name__  # the oneDNN autograd function ran
+    gy = torch.randn(y.shape, generator=g)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    yr = F.linear(xr, wr, br)
+    gxr, gwr, gbr = torch.autograd.grad(yr, (xr, wr, br), gy.double())
+    assert _rel(y.double(), yr) < 1e-6
+    assert _rel(gx.double(), gxr) < 1e-6 and _rel(gw.double(), gwr) < 1e-6 and _rel(gb.double(), gbr) < 1e-6
+
+
+def test_small_products_and_other_dtypes_use_f_linear():
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    assert not L._use_onednn(x, w)  # 64 MACs: below MIN_MACS
+    xd, wd = torch.randn(200, 128, dtype=torch.float64), torch.randn(128, 128, dtype=torch.float64)
+    assert not L._use_onednn(xd, wd)
+    assert torch.equal(L.linear(xd, wd), F.linear(xd, wd))  # fp64 stays on the exact F.linear path
+
+
+@needs_onednn
+def test_packs_are_used_only_while_fresh():
+    lin = L.Linear(128, 512)
+    x = torch.randn(32, 128)
+    ref = F.linear(x, lin.weight, lin.bias)
+    with torch.no_grad(), L.packed_weights(lin):
+        assert lin._pack is not None and lin._pack.fresh()
+        assert _rel(lin(x), ref) < 1e-6
+        lin.weight.mul_(2.0)  # in-place change: the pack is stale and must be ignored
+        assert not lin._pack.fresh()
+        assert _rel(lin(x), F.linear(x, lin.weight, lin.bias)) < 1e-6
+    assert lin._pack is None  # unpacked on exit
+
+
+@needs_onednn
+def test_model_logits_equal_with_fused_packs_and_generate_is_unchanged():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=512, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=256, qk_norm=True, attn_bias=True,
+                      tie_embeddings=True)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, 512, (4, 24))
+    with torch.no_grad():
+        ref = model(ids).logits
+        with L.packed_weights(model):
+            att = model.layers[0].self_attn
+            assert att.__dict__["_qkv_pack"] is not None and model.layers[0].mlp.__dict__["_gate_up_pack"] is not None
+            assert att.q_proj._pack is None  # covered by the fused q/k/v pack, not packed twice
+            got = model(ids).logits
+    assert _rel(got, ref) < 1e-5
+    sp = SamplingParams(max_new_tokens=6, temperature=0.0)
+    a = generate(model, [[1, 2, 3], [4, 5]], sp)
+    L._STATE["ok"] = False  # force the plain F.linear path everywhere
+    try:
+        b = generate(model, [[1, 2, 3], [4, 5]], sp)
+    finally:
+        L._STATE.pop("ok")
+    assert a.tokens == b.tokens
+    assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-4
+
+
+def test_cumsum_search_equals_flat_searchsorted():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1000, generator=g) * (torch.rand(8, 1000, generator=g) > 0.3)  # zeros included, V not a multiple of 128
+    cdf = x.double().cumsum(-1)
+    u = torch.rand(8, generator=g).double()
+    for right in (True, False):
+        got = cumsum_search(x, u, 0.0, right=right)
+        want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=right).squeeze(-1)
+        assert torch.equal(got, want)
+    # offset form (top-p threshold): first index whose cumulative mass reaches total - 0.9
+    got = cumsum_search(x, 1.0, -0.9, right=False)
+    want = torch.searchsorted(cdf, (cdf[:, -1] - 0.9)[:, None]).squeeze(-1)
+    assert torch.equal(got, want)
