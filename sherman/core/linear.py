@@ -173,6 +173,10 @@ class FusedPack:
         return (not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu"
                 and x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS and self.fresh())
 
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> the concatenated outputs (..., sum out_i)."""
+        return _op(x, self.packed, self.bias)
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (..., in) -> one output (..., out_i) per source layer."""
         return _op(x, self.packed, self.bias).split(self.splits, dim=-1)

@@ -149,15 +149,19 @@ class Attention(nn.Module):
     def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x (B, T, C) -> q (B, H_q, T, D), k, v (B, H_kv, T, D), RoPE applied."""
         b, t, _ = x.shape
-        hd = self.cfg.head_dim
+        hd, hq, hkv = self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads
         pack = self.__dict__.get("_qkv_pack")
-        if pack is not None and pack.usable(x):
-            q, k, v = pack(x)  # one GEMM for the three projections (inference)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(b, t, self.cfg.n_heads, hd).transpose(1, 2)
-        k = k.view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
-        v = v.view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
+        if pack is not None and pack.usable(x):  # inference: one GEMM, q and k normed and rotated together
+            qkv = pack.fused(x).view(b, t, hq + 2 * hkv, hd)  # (B, T, H_q + 2 H_kv, D)
+            qk, v = qkv[:, :, : hq + hkv], qkv[:, :, hq + hkv :]
+            if self.q_norm is not None:  # same arithmetic as the two RMSNorms (fp32: rms_norm then * weight)
+                w = torch.cat([self.q_norm.weight.expand(hq, hd), self.k_norm.weight.expand(hkv, hd)])  # (H_q + H_kv, D)
+                qk = F.rms_norm(qk, (hd,), None, self.q_norm.eps) * w
+            qk = apply_rope(qk.transpose(1, 2), cos, sin)  # (B, H_q + H_kv, T, D)
+            return qk[:, :hq], qk[:, hq:], v.transpose(1, 2)
+        q = self.q_proj(x).view(b, t, hq, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, hkv, hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, hkv, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v

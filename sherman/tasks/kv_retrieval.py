@@ -28,7 +28,9 @@ class KVRetrievalConfig:
     depth: float | None = None
     """Position of the queried pair as a fraction of the context in [0, 1]; None = uniform at random."""
     charset: str = "abcdefghijklmnopqrstuvwxyz0123456789"
-    """Characters keys and values are drawn from."""
+    """Characters keys (and, unless value_charset is set, values) are drawn from."""
+    value_charset: str | None = None
+    """Characters values are drawn from; None = the same as charset (keys and values then share one vocabulary)."""
 
     def __post_init__(self):
         if self.n_pairs < 1 or self.key_len < 1 or self.value_len < 1:
@@ -37,6 +39,10 @@ class KVRetrievalConfig:
             raise ShermanError(f"kv_retrieval: depth must be in [0, 1] or None, got {self.depth}")
         if not self.charset or any(c in ",:?#" or c.isspace() for c in self.charset) or len(set(self.charset)) != len(self.charset):
             raise ShermanError(f"kv_retrieval: charset must be distinct chars without ',:?#' or spaces, got {self.charset!r}")
+        if self.value_charset is not None and (
+            not self.value_charset or any(c in ",:?#" or c.isspace() for c in self.value_charset) or len(set(self.value_charset)) != len(self.value_charset)
+        ):
+            raise ShermanError(f"kv_retrieval: value_charset must be distinct chars without ',:?#' or spaces, got {self.value_charset!r}")
         if len(self.charset) ** self.key_len < 2 * self.n_pairs:
             raise ShermanError(f"kv_retrieval: {len(self.charset)}^{self.key_len} keys is too few for {self.n_pairs} distinct keys")
 
@@ -49,15 +55,15 @@ class KVRetrieval:
     def __init__(self, cfg: KVRetrievalConfig | None = None, **kwargs):
         self.cfg = cfg or KVRetrievalConfig(**kwargs)
 
-    def _word(self, rng: random.Random, n: int) -> str:
-        return "".join(rng.choice(self.cfg.charset) for _ in range(n))
+    def _word(self, rng: random.Random, n: int, charset: str | None = None) -> str:
+        return "".join(rng.choice(charset or self.cfg.charset) for _ in range(n))
 
     def sample(self, rng: random.Random) -> Example:
         c = self.cfg
         keys: dict[str, None] = {}
         while len(keys) < c.n_pairs:
             keys[self._word(rng, c.key_len)] = None
-        pairs = [(k, self._word(rng, c.value_len)) for k in keys]
+        pairs = [(k, self._word(rng, c.value_len, c.value_charset)) for k in keys]
         pos = rng.randrange(c.n_pairs) if c.depth is None else round(c.depth * (c.n_pairs - 1))
         key, value = pairs[pos]
         prompt = ",".join(f"{k}:{v}" for k, v in pairs) + f"?{key}:"
@@ -71,4 +77,4 @@ class KVRetrieval:
         return ex.answer
 
     def alphabet(self) -> str:
-        return self.cfg.charset + ",:?"
+        return "".join(dict.fromkeys(self.cfg.charset + (self.cfg.value_charset or ""))) + ",:?"

@@ -98,3 +98,23 @@ def test_cumsum_search_equals_flat_searchsorted():
     got = cumsum_search(x, 1.0, -0.9, right=False)
     want = torch.searchsorted(cdf, (cdf[:, -1] - 0.9)[:, None]).squeeze(-1)
     assert torch.equal(got, want)
+
+
+def test_dropping_finished_rows_does_not_change_outputs(monkeypatch):
+    import sherman.core.generate as G
+    from sherman.core.kv_cache import KVCache
+
+    torch.manual_seed(3)
+    model = Transformer(ModelConfig(vocab_size=12, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)).eval()
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [2, 2], [3, 1, 4, 1], [7]]
+    sp = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.9, stop_token_ids=(3, 5))  # rows stop at different steps
+    calls = []
+    orig = KVCache.select_rows
+    monkeypatch.setattr(KVCache, "select_rows", lambda self, rows: (calls.append(rows.numel()), orig(self, rows))[1])
+    a = generate(model, prompts, sp, generator=torch.Generator().manual_seed(0))
+    assert calls, "no row was dropped: the test does not exercise the compaction"
+    monkeypatch.setattr(G, "DROP_FINISHED_ROWS", False)
+    b = generate(model, prompts, sp, generator=torch.Generator().manual_seed(0))
+    assert a.tokens == b.tokens and a.finish_reasons == b.finish_reasons
+    assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-5
+    assert len({len(t) for t in a.tokens}) > 2  # ragged finishing times
