@@ -67,14 +67,15 @@ def make_task(n_pairs: int, depth: float | None = None) -> KVRetrieval:
 
 def train_sequence(tok: CharTokenizer, ex, rng: random.Random, n_queries: int) -> SeqExample:
     """Prompt + answer, then n_queries - 1 extra '?key:value' queries on the same context; loss on the values + eos."""
-    pairs = [p.split(":") for p in ex.prompt.split("?")[0].split(",")]
+    kl, sep = TASK["key_len"], TASK.get("sep", ":")
+    pairs = [(p[:kl], p[kl + len(sep) :]) for p in ex.prompt.split("?")[0].split(",")]
     ids = tok.encode(ex.prompt, bos=True)
     mask = [0] * len(ids)
     ans = tok.encode(ex.answer)
     ids, mask = ids + ans, mask + [1] * len(ans)
     for _ in range(n_queries - 1):
         k, v = rng.choice(pairs)
-        q, a = tok.encode(f"?{k}:"), tok.encode(v)
+        q, a = tok.encode(f"?{k}{sep}"), tok.encode(v)
         ids, mask = ids + q + a, mask + [0] * len(q) + [1] * len(a)
     return SeqExample(ids + [tok.eos_id], mask + [1])
 

@@ -29,6 +29,8 @@ class KVRetrievalConfig:
     """Position of the queried pair as a fraction of the context in [0, 1]; None = uniform at random."""
     charset: str = "abcdefghijklmnopqrstuvwxyz0123456789"
     """Characters keys (and, unless value_charset is set, values) are drawn from."""
+    sep: str = ":"
+    """Separator between a key and its value, in the pairs and after the queried key; "" = none ("k3v1,...?k3")."""
     value_charset: str | None = None
     """Characters values are drawn from; None = the same as charset (keys and values then share one vocabulary)."""
 
@@ -43,6 +45,8 @@ class KVRetrievalConfig:
             not self.value_charset or any(c in ",:?#" or c.isspace() for c in self.value_charset) or len(set(self.value_charset)) != len(self.value_charset)
         ):
             raise ShermanError(f"kv_retrieval: value_charset must be distinct chars without ',:?#' or spaces, got {self.value_charset!r}")
+        if self.sep not in ("", ":"):
+            raise ShermanError(f"kv_retrieval: sep must be ':' or '', got {self.sep!r}")
         if len(self.charset) ** self.key_len < 2 * self.n_pairs:
             raise ShermanError(f"kv_retrieval: {len(self.charset)}^{self.key_len} keys is too few for {self.n_pairs} distinct keys")
 
@@ -66,7 +70,7 @@ class KVRetrieval:
         pairs = [(k, self._word(rng, c.value_len, c.value_charset)) for k in keys]
         pos = rng.randrange(c.n_pairs) if c.depth is None else round(c.depth * (c.n_pairs - 1))
         key, value = pairs[pos]
-        prompt = ",".join(f"{k}:{v}" for k, v in pairs) + f"?{key}:"
+        prompt = ",".join(f"{k}{c.sep}{v}" for k, v in pairs) + f"?{key}{c.sep}"
         depth = pos / max(c.n_pairs - 1, 1)
         return Example(prompt, value, {"key": key, "value": value, "position": pos, "depth": depth, "n_pairs": c.n_pairs})
 

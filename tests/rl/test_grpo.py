@@ -180,3 +180,31 @@ def test_cli_smoke(tmp_path, capsys):
     assert (tmp_path / "run" / "metrics.jsonl").is_file() and (tmp_path / "run" / "tokenizer.json").is_file()
     assert "1 optimizer steps" in capsys.readouterr().out
     assert main(["rl", "--preset", "nope"]) == 2
+
+
+@pytest.mark.parametrize("n_experts", [0, 4])
+def test_length_bucketed_logprobs_equal_one_padded_forward(n_experts):
+    """forward_logprobs with buckets: same log-probs, router logits and gradients on every scored position."""
+    m = tiny(n_experts)
+    g = torch.Generator().manual_seed(0)
+    b, L = 12, 16
+    ids = torch.randint(1, TOK.vocab_size, (b, L), generator=g)
+    need = torch.randint(3, L + 1, (b,), generator=g)  # ragged real lengths (prompt + completion)
+    mask = torch.zeros(b, L - 1)
+    for i, n in enumerate(need.tolist()):
+        mask[i, n // 2 - 1 : n - 1] = 1.0  # score the second half of each row
+        ids[i, n:] = TOK.pad_id
+    moe = n_experts > 0
+    lp1, lg1, r1 = grpo.forward_logprobs(m, ids, 0.7, moe)
+    lp4, lg4, r4 = grpo.forward_logprobs(m, ids, 0.7, moe, mask, buckets=3)
+    on = mask.bool()
+    assert torch.allclose(lp1[on], lp4[on], atol=1e-5) and torch.allclose(lg1[on], lg4[on], atol=1e-5)
+    if moe:
+        assert all(torch.allclose(a[on], c[on], atol=1e-5) for a, c in zip(r1, r4))
+    params = [p for p in m.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad((lp1 * mask).sum(), params, allow_unused=True)
+    lp4, _, _ = grpo.forward_logprobs(m, ids, 0.7, moe, mask, buckets=3)
+    g4 = torch.autograd.grad((lp4 * mask).sum(), params, allow_unused=True)
+    for a, c in zip(g1, g4):
+        assert (a is None and c is None) or torch.allclose(a, c, atol=1e-5)
+    assert (lp4[~on] == 0).sum() > 0  # positions past a row's bucket length come back as zeros
