@@ -88,7 +88,11 @@ class _OneDNNLinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _op(g, weight.t(), None)  # (..., in) = g @ W
         if ctx.needs_input_grad[1]:
-            gw = _op(g2.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (out, in) = g^T x
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            if weight.shape[0] <= weight.shape[1]:
+                gw = _op(g2.t(), x2.t(), None)  # (out, in) = g^T x
+            else:  # oneDNN is faster with the smaller dimension as the output rows: (x^T g)^T
+                gw = _op(x2.t(), g2.t(), None).t().contiguous()  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb

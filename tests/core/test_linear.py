@@ -20,12 +20,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @needs_onednn
-def test_onednn_forward_and_backward_match_f_linear():
+@pytest.mark.parametrize("d_in,d_out", [(96, 112), (112, 96)])  # both weight-gradient orientations
+def test_onednn_forward_and_backward_match_f_linear(d_in, d_out):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 40, 96, generator=g, requires_grad=True)  # 120 rows x 96 -> 112: above MIN_MACS
-    w = torch.randn(112, 96, generator=g, requires_grad=True)
-    b = torch.randn(112, generator=g, requires_grad=True)
-    assert 120 * 96 * 112 >= L.MIN_MACS and L._use_onednn(x, w)
+    x = torch.randn(3, 40, d_in, generator=g, requires_grad=True)  # 120 rows x 96 x 112: above MIN_MACS
+    w = torch.randn(d_out, d_in, generator=g, requires_grad=True)
+    b = torch.randn(d_out, generator=g, requires_grad=True)
+    assert 120 * d_in * d_out >= L.MIN_MACS and L._use_onednn(x, w)
     y = L.linear(x, w, b)
     assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn).__name__  # the oneDNN autograd function ran
     gy = torch.randn(y.shape, generator=g)
