@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sherman.core import checkpoint as ckpt
-from sherman.core.common import MetricLogger, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
+from sherman.core.common import MetricLogger, adamw, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
 from sherman.core.model import Transformer
 
 
@@ -194,7 +194,7 @@ def train(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, find_unused_parameters=base.cfg.n_experts > 0)
-    opt = torch.optim.AdamW(base.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = adamw(base.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg, total))
     logger = MetricLogger(Path(cfg.out_dir) / "metrics.jsonl" if cfg.out_dir else None, echo=False)
 

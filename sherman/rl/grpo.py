@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from sherman.core import checkpoint as ckpt
-from sherman.core.common import MetricLogger, ShermanError, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
+from sherman.core.common import MetricLogger, adamw, ShermanError, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
 from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
 from sherman.rl import core as C
@@ -297,7 +297,7 @@ def rl_train(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(base, find_unused_parameters=moe)
-    opt = torch.optim.AdamW(base.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = adamw(base.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
     logger = MetricLogger(Path(cfg.out_dir) / "metrics.jsonl" if cfg.out_dir else None)
 

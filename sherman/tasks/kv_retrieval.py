@@ -47,7 +47,7 @@ class KVRetrievalConfig:
             raise ShermanError(f"kv_retrieval: value_charset must be distinct chars without ',:?#' or spaces, got {self.value_charset!r}")
         if self.sep not in ("", ":"):
             raise ShermanError(f"kv_retrieval: sep must be ':' or '', got {self.sep!r}")
-        if len(self.charset) ** self.key_len < 2 * self.n_pairs:
+        if len(self.charset) ** self.key_len < self.n_pairs:
             raise ShermanError(f"kv_retrieval: {len(self.charset)}^{self.key_len} keys is too few for {self.n_pairs} distinct keys")
 
 
