@@ -96,6 +96,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> 
 
 DROP_FINISHED_ROWS = True
 """`generate` drops finished rows from its batch (dense attention); set False to keep every row to the end."""
+SHARE_PROMPTS = True
+"""`generate` prefills each distinct prompt once and copies its KV rows to the repeats (dense attention)."""
 
 
 def _sorted_asc(x: torch.Tensor) -> torch.Tensor:
@@ -233,9 +235,22 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     ids, valid = left_pad(prompts, pad_id, dev)
     b, p = ids.shape
     n_new = params.max_new_tokens
-    cache = model.make_cache(b, p + n_new)
-    out = model(ids, positions=padded_positions(valid), cache=cache, key_valid=valid, attn=attn, compute_logits=False)
-    logits = model.lm_logits(out.hidden[:, -1])  # (B, V)
+    dense = attn is None or (attn.backend == "dense" and not attn.options.get("rectify_every"))
+    first = {}  # prompt -> its first row
+    for i, x in enumerate(prompts):
+        first.setdefault(tuple(x), i)
+    if SHARE_PROMPTS and dense and len(first) < b:  # repeated prompts (RL groups): prefill each once, copy its cache rows
+        uniq = torch.tensor(list(first.values()), device=dev)  # (U,) rows to prefill
+        slot = {i: j for j, i in enumerate(first.values())}
+        expand = torch.tensor([slot[first[tuple(x)]] for x in prompts], device=dev)  # (B,) row -> its prefilled row
+        cache = model.make_cache(len(uniq), p + n_new)
+        out = model(ids[uniq], positions=padded_positions(valid[uniq]), cache=cache, key_valid=valid[uniq], attn=attn, compute_logits=False)
+        cache.select_rows(expand)
+        logits = model.lm_logits(out.hidden[expand, -1])  # (B, V)
+    else:
+        cache = model.make_cache(b, p + n_new)
+        out = model(ids, positions=padded_positions(valid), cache=cache, key_valid=valid, attn=attn, compute_logits=False)
+        logits = model.lm_logits(out.hidden[:, -1])  # (B, V)
     pos = valid.sum(-1)  # (B,) next RoPE position per row
     toks = torch.full((b, n_new), pad_id, dtype=torch.long, device=dev)
     lps = torch.zeros(b, n_new, device=dev)
@@ -249,7 +264,7 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     # (dense attention only: sparse backends keep per-row block state in cache.extras). `rows` maps cache rows
     # to batch rows; uniforms are drawn for every batch row each step, so outputs do not depend on the dropping.
     rows: torch.Tensor | None = None  # None = all b rows are in the cache
-    can_drop = DROP_FINISHED_ROWS and (attn is None or (attn.backend == "dense" and not attn.options.get("rectify_every")))
+    can_drop = DROP_FINISHED_ROWS and dense
     n_rows, n_dead, n_done = b, 0, 0  # rows in the cache, finished rows still in it, finished rows in all
     for step in range(n_new):
         u = torch.rand(b, generator=generator, device=dev) if params.temperature > 0 else None

@@ -78,7 +78,8 @@ class KVCache:
         self.length = length
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (drops finished sequences). `extras` are dropped too."""
+        """Keep the given batch rows, in that order (repeats allowed: `generate` copies a shared prompt's rows). `extras`
+        are dropped."""
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
         self.valid = self.valid.index_select(0, rows)

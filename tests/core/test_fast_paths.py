@@ -1,5 +1,6 @@
-"""oneDNN linear path (`core/linear.py`): same numbers as F.linear forward and backward, packs are used only
-while fresh, and a model gives the same logits with and without packed weights."""
+"""Fast paths of the core: oneDNN linears (same numbers as F.linear forward and backward, packs used only while
+fresh, same logits with and without packed weights), the two-level cumsum search, and generate's row dropping and
+shared-prompt prefill (same outputs as without)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,21 @@ def test_dropping_finished_rows_does_not_change_outputs(monkeypatch):
     assert a.tokens == b.tokens and a.finish_reasons == b.finish_reasons
     assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-5
     assert len({len(t) for t in a.tokens}) > 2  # ragged finishing times
+
+
+def test_shared_prompt_prefill_does_not_change_outputs(monkeypatch):
+    import sherman.core.generate as G
+
+    torch.manual_seed(4)
+    model = Transformer(ModelConfig(vocab_size=12, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)).eval()
+    prompts = [[1, 2, 3]] * 3 + [[4, 5]] * 3 + [[6]]  # RL-style groups of repeated prompts, ragged
+    sp = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.95)
+    calls = []
+    orig = model.forward
+    monkeypatch.setattr(model, "forward", lambda ids, **kw: (calls.append(tuple(ids.shape)), orig(ids, **kw))[1])
+    a = generate(model, prompts, sp, generator=torch.Generator().manual_seed(0))
+    assert calls[0] == (3, 3), calls[0]  # the prefill ran on the 3 distinct prompts only
+    monkeypatch.setattr(G, "SHARE_PROMPTS", False)
+    b = generate(model, prompts, sp, generator=torch.Generator().manual_seed(0))
+    assert a.tokens == b.tokens
+    assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-5
