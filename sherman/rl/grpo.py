@@ -45,7 +45,17 @@ import torch
 import torch.nn.functional as F
 
 from sherman.core import checkpoint as ckpt
-from sherman.core.common import MetricLogger, adamw, ShermanError, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
+from sherman.core.common import (
+    MetricLogger,
+    ShermanError,
+    adamw,
+    init_distributed_from_env,
+    is_dist,
+    print0,
+    rank,
+    seed_everything,
+    world_size,
+)
 from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
 from sherman.rl import core as C
