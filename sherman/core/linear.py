@@ -84,11 +84,12 @@ class _OneDNNLinearFn(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
+        g = g.contiguous()  # an expanded gradient (e.g. of y.sum()) has zero strides, which oneDNN handles very slowly
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
         if ctx.needs_input_grad[0]:
             gx = _op(g, weight.t(), None)  # (..., in) = g @ W
         if ctx.needs_input_grad[1]:
-            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (N, in)
             if weight.shape[0] <= weight.shape[1]:
                 gw = _op(g2.t(), x2.t(), None)  # (out, in) = g^T x
             else:  # oneDNN is faster with the smaller dimension as the output rows: (x^T g)^T
@@ -106,6 +107,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     if not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
+    if 0 in x.stride():  # expanded (broadcast) input: oneDNN is very slow on zero strides
+        x = x.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return _OneDNNLinearFn.apply(x, weight, bias)
     return _op(x, weight if packed is None else packed, bias)

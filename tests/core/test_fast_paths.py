@@ -138,3 +138,16 @@ def test_shared_prompt_prefill_does_not_change_outputs(monkeypatch):
     b = generate(model, prompts, sp, generator=torch.Generator().manual_seed(0))
     assert a.tokens == b.tokens
     assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-5
+
+
+@needs_onednn
+def test_expanded_gradient_is_handled():
+    """y.sum() sends an expanded (zero-stride) gradient into the backward; oneDNN used to take seconds on it."""
+    import time
+
+    x = torch.randn(600, 64, requires_grad=True)
+    w = torch.randn(96, 64, requires_grad=True)  # out > in: the transposed weight-gradient orientation
+    t = time.perf_counter()
+    L.linear(x, w).sum().backward()
+    assert time.perf_counter() - t < 1.0
+    assert torch.allclose(w.grad, x.detach().sum(0).expand(96, 64), rtol=1e-4, atol=1e-3)
