@@ -141,13 +141,14 @@ def test_shared_prompt_prefill_does_not_change_outputs(monkeypatch):
 
 
 @needs_onednn
-def test_expanded_gradient_is_handled():
-    """y.sum() sends an expanded (zero-stride) gradient into the backward; oneDNN used to take seconds on it."""
-    import time
-
+def test_expanded_gradient_is_made_contiguous(monkeypatch):
+    """y.sum() sends an expanded (zero-stride) gradient into the backward; oneDNN takes ~100x longer on such
+    operands (0.9 s instead of 3 ms for 2000 x 128 -> 160), so no oneDNN call may receive one."""
+    seen = []
+    orig = L._op
+    monkeypatch.setattr(L, "_op", lambda a, w, b: (seen.append(0 in a.stride() or 0 in w.stride()), orig(a, w, b))[1])
     x = torch.randn(2000, 128, requires_grad=True)
     w = torch.randn(160, 128, requires_grad=True)  # out > in: the transposed weight-gradient orientation
-    t = time.perf_counter()
     L.linear(x, w).sum().backward()
-    assert time.perf_counter() - t < 0.3  # ~0.01 s; ~0.9 s with the zero-stride gradient handed to oneDNN
+    assert len(seen) == 3 and not any(seen)  # forward, input grad, weight grad
     assert torch.allclose(w.grad, x.detach().sum(0).expand(160, 128), rtol=1e-4, atol=1e-3)
