@@ -7,8 +7,15 @@ step per rollout batch: Sherman's `opo` preset; TRL with num_iterations = 1, ste
 the same character tokenizer (wrapped as a `PreTrainedTokenizerFast` for TRL). The first `--warmup` steps of each
 are not timed. The model is briefly SFT-warmed first (so completions end on <eos> at realistic lengths).
 
+Two model sizes by default: width 64 x 2 layers (every op is tiny, so both sides are bound by per-op overhead) and
+width 256 x 4 (~2.9M parameters; bound by matmul arithmetic). Where Sherman's step time goes down (all default on,
+same numbers as without): fp32 matmuls through oneDNN forward and backward (`core/linear.py`; MKL, which TRL's
+model uses through plain torch, does not use AVX-512 on this AMD CPU), log-prob forwards in length buckets (less
+padding), each group's shared prompt prefilled once, finished rows dropped from decoding, fused AdamW. TRL runs with
+its defaults for these settings.
+
 Needs the `bench` extra (trl; installs accelerate and datasets): `pip install -e .[bench]`.
-Run:  python benchmarks/bench_rl.py [--steps 6] [--warmup 1] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
+Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--steps 6] [--warmup 1] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -40,27 +47,11 @@ def hf_char_tokenizer(tok, path: Path):
     return hf
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per framework")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
-    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
-    ap.add_argument("--max-new", type=int, default=32, help="max completion tokens")
-    ap.add_argument("--dim", type=int, default=64, help="model width")
-    ap.add_argument("--layers", type=int, default=2, help="model depth")
-    ap.add_argument("--sft-steps", type=int, default=150, help="SFT warm-up of the shared model")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (1 is fastest for tiny models)")
-    args = ap.parse_args()
-
-    try:
-        import trl
-        from datasets import Dataset
-        from transformers import AutoModelForCausalLM
-        from trl import GRPOConfig, GRPOTrainer
-    except ImportError as e:
-        raise SystemExit(f"bench_rl needs TRL (pip install -e .[bench]): {e}") from None
-    from transformers import TrainerCallback
+def run_size(args, dim: int, layers: int) -> dict:
+    """One Sherman-vs-TRL measurement on a model of the given width and depth."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
 
     from sherman.core.hf import save_hf
     from sherman.core.model import Transformer
@@ -68,11 +59,10 @@ def main() -> None:
     from sherman.rl.grpo import preset_config, rl_train, sft_warm_start, tiny_model_config
     from sherman.tasks import get_task
 
-    torch.set_num_threads(args.threads)
     task = get_task("countdown", min_numbers=3, max_numbers=3, max_number=9, scratchpad=True)
     tok = CharTokenizer(task.alphabet())
     torch.manual_seed(0)
-    base = Transformer(tiny_model_config(tok.vocab_size, args.dim, args.layers, n_heads=4, n_kv_heads=2, max_seq_len=128))
+    base = Transformer(tiny_model_config(tok.vocab_size, dim, layers, n_heads=4, n_kv_heads=2, max_seq_len=128))
     print(f"SFT warm start ({args.sft_steps} steps) ...")
     sft_warm_start(base, task, tok, args.sft_steps, 2000, batch_size=32, lr=3e-3)
     tmp = Path(tempfile.mkdtemp(prefix="bench_rl_"))
@@ -127,13 +117,42 @@ def main() -> None:
     trl_step = (trl_stamps[-1] - trl_stamps[args.warmup - 1]) / args.steps if args.warmup else (trl_stamps[-1] - t1) / args.steps
     trl_len = statistics.fmean(trl_lens[args.warmup :]) if len(trl_lens) > args.warmup else float("nan")
 
+    return {"dim": dim, "layers": layers, "params": sum(p.numel() for p in base.parameters()), "ours_step": ours_step,
+            "trl_step": trl_step, "ours_len": ours_len, "trl_len": trl_len, "b": b}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per framework")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
+    ap.add_argument("--max-new", type=int, default=32, help="max completion tokens")
+    ap.add_argument("--sizes", nargs="+", default=["64x2", "256x4"],
+                    help="model sizes WIDTHxLAYERS (64x2 is bound by per-op overhead, 256x4 by matmul arithmetic)")
+    ap.add_argument("--sft-steps", type=int, default=150, help="SFT warm-up of the shared model")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (1 is fastest for tiny models)")
+    args = ap.parse_args()
+
+    try:
+        import trl
+    except ImportError as e:
+        raise SystemExit(f"bench_rl needs TRL (pip install -e .[bench]): {e}") from None
+    torch.set_num_threads(args.threads)
+    results = []
+    for size in args.sizes:
+        dim, layers = (int(v) for v in size.lower().split("x"))
+        print(f"== model width {dim} x {layers} layers")
+        results.append(run_size(args, dim, layers))
+    b = args.prompts * args.group
     print()
     print(f"setting: countdown, {args.prompts} prompts x G={args.group} = {b} rollouts/step, max {args.max_new} new tokens, "
-          f"model dim {args.dim} x {args.layers} layers, {args.threads} threads, {args.steps} timed steps; TRL {trl.__version__}")  # fmt: skip
-    print(f"{'':28}{'Sherman':>12}{'TRL':>12}{'ratio':>10}")
-    print(f"{'s / optimizer step':28}{ours_step:12.3f}{trl_step:12.3f}{trl_step / ours_step:9.2f}x")
-    print(f"{'rollout samples / s':28}{b / ours_step:12.1f}{b / trl_step:12.1f}{trl_step / ours_step:9.2f}x")
-    print(f"{'mean completion length':28}{ours_len:12.1f}{trl_len:12.1f}")
+          f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up; TRL {trl.__version__}")  # fmt: skip
+    print(f"{'model':>22}{'s/step Sherman':>16}{'s/step TRL':>12}{'samples/s Sherman':>19}{'samples/s TRL':>15}{'ratio':>8}{'mean len S/T':>14}")
+    for r in results:
+        name = f"{r['dim']}x{r['layers']} ({r['params'] / 1e6:.2f}M)"
+        print(f"{name:>22}{r['ours_step']:16.3f}{r['trl_step']:12.3f}{r['b'] / r['ours_step']:19.1f}{r['b'] / r['trl_step']:15.1f}"
+              f"{r['trl_step'] / r['ours_step']:7.2f}x{r['ours_len']:8.1f}/{r['trl_len']:.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
