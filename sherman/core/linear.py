@@ -1,8 +1,9 @@
 """Linear layers whose fp32 CPU matmuls run through oneDNN instead of the default BLAS.
 
-Why: on the AMD EPYC (Zen, AVX-512) machines this project targets, PyTorch's fp32 `F.linear` goes to MKL
-`sgemm`, which does not use its AVX-512 kernels on non-Intel CPUs. oneDNN (bundled with PyTorch as
-"mkldnn") does. Measured on the 2-core dev box, one thread, fp32, same results to ~1e-6 relative
+Why: PyTorch's fp32 `F.linear` on CPU goes to MKL `sgemm`, which on the dev machine (AMD EPYC, Zen 5 with
+AVX-512) reaches ~80 GFLOP/s per core, while oneDNN (bundled with PyTorch as "mkldnn") reaches 150-225 (MKL is
+known to pick slower code paths on non-Intel CPUs; on Intel CPUs the two are closer, compare with
+SHERMAN_ONEDNN=0). Measured on the 2-core dev box, one thread, fp32, same results to ~1e-6 relative
 (summation order only):
 
     shape (rows x in -> out)        MKL F.linear   oneDNN   oneDNN, weight prepacked
