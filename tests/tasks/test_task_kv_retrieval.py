@@ -58,3 +58,19 @@ def test_config_errors():
         KVRetrieval(n_pairs=100, key_len=1, charset="ab")
     with pytest.raises(ShermanError, match="charset"):
         KVRetrieval(charset="ab:")
+
+
+def test_no_separator_and_value_charset():
+    task = KVRetrieval(n_pairs=36, key_len=1, value_len=2, sep="", value_charset="0123", depth=1.0)
+    ex = task.sample(random.Random(3))
+    body, query = ex.prompt.split("?")
+    pairs = [(p[:1], p[1:]) for p in body.split(",")]
+    assert len(pairs) == 36 and len({k for k, _ in pairs}) == 36  # 36 keys from 36 chars: all distinct
+    assert all(set(v) <= set("0123") and len(v) == 2 for _, v in pairs)
+    assert query == ex.meta["key"] == pairs[35][0] and ex.answer == pairs[35][1]
+    assert task.alphabet() == task.cfg.charset + ",:?"  # value chars already in charset: no duplicates
+    assert KVRetrieval(charset="ab", value_charset="xy", n_pairs=2).alphabet() == "abxy,:?"
+    with pytest.raises(ShermanError, match="sep"):
+        KVRetrieval(sep="=")
+    with pytest.raises(ShermanError, match="value_charset"):
+        KVRetrieval(value_charset="1:")
