@@ -18,7 +18,9 @@ model stayed at ~16% dense exact match, i.e. it only learned to copy *some* valu
 
 Then, on the frozen model:
 
-1. Seer gates are self-distilled (SeerAttention-R Sec. 3) on retrieval prompts.
+1. Seer gates are self-distilled (SeerAttention-R Sec. 3) on multi-query retrieval sequences (the paper distils on
+   the model's own decoded text; here most decoded positions are queries; distilling on single-query prompts,
+   where nearly every position is context, gave 78.0% instead of 81.8% exact match at 10%, seed 0).
 2. Attention recall at the answer position: the share of each query head's true attention mass that falls in the
    blocks a method keeps (plus the always-attended local block), for budgets {5, 10, 20}% of the complete blocks:
    Seer gate, Quest scores (ReSA's group-mean form), oracle (true block mass), random, local window.
@@ -247,9 +249,11 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
     gates = SeerGates(SeerConfig.for_model(model, block_size=bs))
     grng = random.Random(seed + 1)
 
-    def gate_batches():
+    def gate_batches():  # multi-query sequences: the positions a sparse decoder serves are mostly retrieval queries
         while True:
-            yield full_sequences(tok, grng.randint(lo, hi), b["gate_batch"], grng)
+            n_pairs = grng.randint(lo, hi)
+            seqs = [train_sequence(tok, make_task(n_pairs).sample(grng), grng, b["n_queries"]) for _ in range(b["gate_batch"])]
+            yield torch.tensor([q.ids for q in seqs], dtype=torch.long)  # (B, T), equal lengths (1-char keys and values)
 
     kl_hist = train_gates(model, gates, gate_batches(), SeerTrainConfig(steps=b["gate_steps"], lr=3e-3, warmup=2))
 
@@ -381,10 +385,12 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
         "plots": ["sparse_decoding.png"],
         "notes": (
             f"{n_params / 1e3:.0f}K-param model ({b['layers']} layers, width {b['dim']}, 4 query / 2 KV heads), trained {b['steps']} steps on "
-            f"kv_retrieval ({TASK}, {lo}-{hi} pairs, {b['n_queries']} queries per training sequence) in {train_s:.0f}s; "
+            f"kv_retrieval ({TASK}, {lo}-{hi} pairs after {b['warm_steps']} curriculum steps of {lo}-{b['warm_pairs']}, "
+            f"{b['n_queries']} queries per training sequence, {b['aux_frac']:.0%} auxiliary 'x y x' previous-token sequences) in {train_s:.0f}s; "
             f"final train loss {res.history[-1]['loss/train']:.3f}. Block size {bs}; budgets are fractions of the complete blocks "
-            f"(at least 1) plus the local block. Seer gates: {b['gate_steps']} distillation steps, KL {kl_hist[0]:.3f} -> {kl_hist[-1]:.3f}. "
-            f"Grid: pairs {b['grid_pairs']} x depth {b['depths']}, {b['n_eval']} prompts per cell, greedy. "
+            f"(at least 1) plus the local block. Seer gates: {b['gate_steps']} distillation steps on multi-query sequences, "
+            f"KL {kl_hist[0]:.3f} -> {kl_hist[-1]:.3f}. Grid: pairs {b['grid_pairs']} x depth {b['depths']}, {b['n_eval']} prompts per cell; "
+            "the context is prefilled densely and the query and answer are decoded through the backend (greedy). "
             f"Perplexity and divergence: {b['forced_batch']} sequences of {ids.shape[1]} tokens ({b['forced_pairs']} pairs, then "
             f"{b['forced_queries']} retrieval queries teacher forced after a {n_prefix}-token prompt); perplexity over the retrieved values; "
             f"divergence with quest at {div_frac:.0%}. Seed {seed}, budget {budget}."
