@@ -67,7 +67,7 @@ BUDGETS = {
                   forced_queries=8, forced_batch=2, rect=[4, 8], speed=False),
     "quick": dict(dim=64, layers=2, steps=1500, batch=32, lr=5e-3, train_pairs=(4, 32), n_queries=32, aux_frac=0.3, aux_len=30, warm_pairs=16,
                   warm_steps=800, block=4, gate_steps=400, gate_batch=8, grid_pairs=[8, 16, 32], depths=[0.0, 0.5, 1.0], n_eval=64, n_recall=48,
-                  forced_pairs=32, forced_queries=32, forced_batch=4, rect=[16, 32, 64], speed=True),
+                  forced_pairs=32, forced_queries=32, forced_batch=8, rect=[16, 32, 64], speed=True),
     "full": dict(dim=128, layers=4, steps=4000, batch=32, lr=3e-3, train_pairs=(4, 32), n_queries=12, aux_frac=0.3, aux_len=30, warm_pairs=16,
                  warm_steps=1500, block=4, gate_steps=300, gate_batch=8, grid_pairs=[8, 16, 24, 32], depths=[0.0, 0.25, 0.5, 0.75, 1.0], n_eval=64,
                  n_recall=128, forced_pairs=32, forced_queries=96, forced_batch=8, rect=[16, 32, 64], speed=True),
