@@ -43,20 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sherman: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from sherman.core.common import ShermanError
+    from sherman.core.common import ShermanError, exit_distributed
 
     target = COMMANDS[name][0]
     module, func = target.split(":")
     try:
         fn = getattr(importlib.import_module(module), func)
-        code = fn(rest)
+        code = int(fn(rest) or 0)
     except ShermanError as e:
         print(f"sherman {name}: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print(f"sherman {name}: interrupted", file=sys.stderr)
-        return 130
-    return int(code or 0)
+        code = 130
+    exit_distributed(code)  # under torchrun: leave without interpreter finalization (see its docstring)
+    return code
 
 
 if __name__ == "__main__":

@@ -148,8 +148,8 @@ m = tiny(**{kw})
 train(m, data(), TrainConfig(steps=4, batch_size=8, grad_accum=2, lr=1e-2))
 if rank() == 0:
     torch.save([p.detach() for p in m.parameters()], {out!r})
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()  # a gloo group left alive at exit can abort the process
+from sherman.core.common import exit_distributed
+exit_distributed(0)  # barrier, destroy the group, leave without interpreter finalization (it can abort gloo workers)
 """
 
 
