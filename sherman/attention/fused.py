@@ -109,9 +109,11 @@ def _load():
             from torch.utils.cpp_extension import load_inline
 
             _EXT = load_inline(
-                name="sherman_block_sparse_v1",
+                name="sherman_block_sparse_v2",
                 cpp_sources=[_SRC],
-                extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+                # -fopenmp: without it at::parallel_for's OpenMP pragma is dropped and the kernel runs on one thread
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
         except Exception as e:  # no compiler, no headers: the pure path is used
