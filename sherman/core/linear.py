@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -190,24 +191,29 @@ class FusedPack:
         return _op(x, self.packed, self.bias).split(self.splits, dim=-1)
 
 
+_PACK_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def packed_weights(model: nn.Module):
     """Prepack, for fast inference, every module of `model` that defines `pack_for_inference` (our `Linear`,
-    fused q/k/v and gate/up projections, the LM head); unpack on exit. Re-entrant: an inner context leaves
-    the packs to the outermost one. Costs one reorder of the weights (a few ms for a 10M-parameter model);
-    packs made stale by weights changing inside the context are ignored."""
-    depth = getattr(model, "_pack_depth", 0)
-    model._pack_depth = depth + 1
-    try:
+    fused q/k/v and gate/up projections, the LM head); unpack on exit. Re-entrant and thread-safe: a count of
+    open contexts per model, the first one packs and the last one unpacks. Costs one reorder of the weights
+    (a few ms for a 10M-parameter model); packs made stale by weights changing inside are ignored."""
+    with _PACK_LOCK:
+        depth = model.__dict__.get("_pack_depth", 0)
+        model.__dict__["_pack_depth"] = depth + 1
         if depth == 0:
             covered: set[int] = set()  # layers already inside a fused pack (parents come first in modules())
             for m in model.modules():
                 if hasattr(m, "pack_for_inference") and id(m) not in covered:
                     covered.update(id(x) for x in m.pack_for_inference() or ())
+    try:
         yield model
     finally:
-        model._pack_depth = depth
-        if depth == 0:
-            for m in model.modules():
-                if hasattr(m, "unpack_for_inference"):
-                    m.unpack_for_inference()
+        with _PACK_LOCK:
+            model.__dict__["_pack_depth"] -= 1
+            if model.__dict__["_pack_depth"] == 0:
+                for m in model.modules():
+                    if hasattr(m, "unpack_for_inference"):
+                        m.unpack_for_inference()

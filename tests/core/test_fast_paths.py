@@ -152,3 +152,15 @@ def test_expanded_gradient_is_made_contiguous(monkeypatch):
     L.linear(x, w).sum().backward()
     assert len(seen) == 3 and not any(seen)  # forward, input grad, weight grad
     assert torch.allclose(w.grad, x.detach().sum(0).expand(160, 128), rtol=1e-4, atol=1e-3)
+
+
+@needs_onednn
+def test_packed_weights_nest_and_count_per_model():
+    lin = L.Linear(128, 512)
+    with L.packed_weights(lin):
+        with L.packed_weights(lin):
+            assert lin._pack is not None
+        assert lin._pack is not None  # the inner exit leaves the outer context's packs
+    assert lin._pack is None and lin.__dict__["_pack_depth"] == 0
+    with L.packed_weights(lin):  # packs again after a full exit
+        assert lin._pack is not None
