@@ -222,3 +222,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / f"step_{step:07d}"
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` `step_*` checkpoint directories under run_dir (keep <= 0: delete none)."""
+    if keep <= 0:
+        return
+    steps = sorted((p for p in Path(run_dir).glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    for p in steps[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)

@@ -236,13 +236,16 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     b, p = ids.shape
     n_new = params.max_new_tokens
     dense = attn is None or (attn.backend == "dense" and not attn.options.get("rectify_every"))
-    first = {}  # prompt -> its first row
+    slot: dict[tuple, int] = {}  # distinct prompt -> its index among the prefilled rows
+    first_rows, expand_l = [], []  # row of each distinct prompt's first occurrence; each row's prefilled index
     for i, x in enumerate(prompts):
-        first.setdefault(tuple(x), i)
-    if SHARE_PROMPTS and dense and len(first) < b:  # repeated prompts (RL groups): prefill each once, copy its cache rows
-        uniq = torch.tensor(list(first.values()), device=dev)  # (U,) rows to prefill
-        slot = {i: j for j, i in enumerate(first.values())}
-        expand = torch.tensor([slot[first[tuple(x)]] for x in prompts], device=dev)  # (B,) row -> its prefilled row
+        if tuple(x) not in slot:
+            slot[tuple(x)] = len(first_rows)
+            first_rows.append(i)
+        expand_l.append(slot[tuple(x)])
+    if SHARE_PROMPTS and dense and len(first_rows) < b:  # repeated prompts (RL groups): prefill each once, copy its rows
+        uniq = torch.tensor(first_rows, device=dev)  # (U,) rows to prefill
+        expand = torch.tensor(expand_l, device=dev)  # (B,) row -> its prefilled row
         cache = model.make_cache(len(uniq), p + n_new)
         out = model(ids[uniq], positions=padded_positions(valid[uniq]), cache=cache, key_valid=valid[uniq], attn=attn, compute_logits=False)
         cache.select_rows(expand)

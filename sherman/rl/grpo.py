@@ -333,12 +333,7 @@ def rl_train(
     def save(s: int) -> None:
         if cfg.out_dir and rank() == 0:
             ckpt.save_checkpoint(ckpt.step_dir(cfg.out_dir, s), base, opt, s, extra={"rl": dataclasses.asdict(cfg)}, scheduler=sched)
-            if cfg.keep_ckpts > 0:
-                import shutil
-
-                olds = sorted(Path(cfg.out_dir).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-                for p in olds[: -cfg.keep_ckpts]:
-                    shutil.rmtree(p, ignore_errors=True)
+            ckpt.prune_checkpoints(cfg.out_dir, cfg.keep_ckpts)
         if is_dist():
             torch.distributed.barrier()
 
