@@ -1,6 +1,5 @@
 """`sherman seer train CKPT` on a Sherman checkpoint and on a Hugging Face directory."""
 
-import pytest
 import torch
 
 from sherman.attention.seer import SeerGates, seer_context
@@ -28,7 +27,7 @@ def test_seer_train_on_sherman_checkpoint(tmp_path, capsys):
 
 
 def test_seer_train_on_hf_checkpoint(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a dev dependency: its absence is a failure, not a skip
     cfg = transformers.AutoConfig.for_model("llama", vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                             num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128)
     torch.manual_seed(0)

@@ -38,7 +38,6 @@ def test_generate_from_run_dir(run_dir, capsys):
 
 
 def test_convert_roundtrip(run_dir, tmp_path):
-    pytest.importorskip("transformers")
     ck = run_dir / "step_0000006"
     hf = tmp_path / "hf"
     assert main(["convert", "--to-hf", str(ck), "--out", str(hf)]) == 0

@@ -7,14 +7,13 @@ import shutil
 
 import pytest
 import torch
+import transformers  # a dev dependency: its absence is a failure, not a skip
 from safetensors.torch import load_file, save_file
 
 from sherman.core.common import ShermanError
 from sherman.core.generate import SamplingParams, generate, left_pad
 from sherman.core.hf import config_from_hf, load_hf, main, parse_size, pick_arch, save_hf
 from sherman.core.model import padded_positions
-
-transformers = pytest.importorskip("transformers")
 
 V = 100
 COMMON = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
