@@ -54,10 +54,11 @@ def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None
     return m | (kj == qi)[None, None]
 
 
-def key_bias(key_valid: torch.Tensor) -> torch.Tensor:
-    """(B, T_k) bool -> (B, T_k) additive mask: 0 where valid, -inf elsewhere (log of the 0/1 mask: one cheap
-    op, where `masked_fill` on CPU is several times slower)."""
-    return key_valid.to(torch.float32).log()
+def key_bias(key_valid: torch.Tensor, hkv: int, g: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T_k) bool -> (B*H_kv, G, T_k) additive mask for `decode_attention`'s score GEMM: 0 where valid, -inf
+    elsewhere (log of the 0/1 mask: one cheap op, where `masked_fill` on CPU is several times slower)."""
+    b, tk = key_valid.shape
+    return key_valid.to(dtype).log()[:, None, None, :].expand(b, hkv, g, tk).reshape(b * hkv, g, tk)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None,
@@ -65,9 +66,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_vali
     """One query per row over a long cache, grouped heads folded into the query dimension (matmul, softmax, matmul).
 
     q (B, H_q, 1, D); k, v (B, H_kv, T_k, D); key_valid (B, T_k) or None; bias: optional precomputed
-    `key_bias(key_valid)` (shared by all layers of a forward pass). Returns (B, H_q, 1, D).
-    The score GEMM adds the mask and the 1/sqrt(D) scale itself (`baddbmm`). Much faster on CPU than
-    `scaled_dot_product_attention(..., enable_gqa=True)` for T_q = 1.
+    `key_bias(key_valid, H_kv, G, dtype)` (the dense backend builds it once per forward pass for all layers).
+    Returns (B, H_q, 1, D). The score GEMM adds the mask and the 1/sqrt(D) scale itself (`baddbmm`). Much faster
+    on CPU than `scaled_dot_product_attention(..., enable_gqa=True)` for T_q = 1.
     """
     b, hq, _, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -78,8 +79,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_vali
         scores = torch.bmm(qg, kt).mul_(1.0 / math.sqrt(d))  # (B*H_kv, G, T_k)
     else:
         if bias is None:
-            bias = key_bias(key_valid[:, :tk])
-        bias = bias[:, None, None, :tk].to(q.dtype).expand(b, hkv, g, tk).reshape(b * hkv, g, tk)
+            bias = key_bias(key_valid[:, :tk], hkv, g, q.dtype)
         scores = torch.baddbmm(bias, qg, kt, alpha=1.0 / math.sqrt(d))  # (B*H_kv, G, T_k)
     probs = torch.softmax(scores, dim=-1)
     out = torch.bmm(probs, v.reshape(b * hkv, tk, d))  # (B*H_kv, G, D)
@@ -91,12 +91,11 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
     t_q, t_k = q.shape[2], k.shape[2]
     if t_q == 1 and ctx.q_start == t_k - 1:
         bias = None
-        if ctx.key_valid is not None:  # one additive mask per forward pass, shared by the layers
-            bias = ctx.scratch.get("key_bias")
-            if bias is None or bias[0] is not ctx.key_valid:
-                bias = (ctx.key_valid, key_bias(ctx.key_valid))
-                ctx.scratch["key_bias"] = bias
-            bias = bias[1]
+        if ctx.key_valid is not None:  # one additive mask per forward pass (ctx.scratch), shared by the layers
+            cached = ctx.scratch.get("decode_bias")
+            if cached is None or cached[0] is not ctx.key_valid:  # (a context reused outside the model: rebuild)
+                cached = ctx.scratch["decode_bias"] = (ctx.key_valid, key_bias(ctx.key_valid[:, :t_k], k.shape[1], q.shape[1] // k.shape[1], q.dtype))
+            bias = cached[1]
         return decode_attention(q, k, v, ctx.key_valid, bias)
     if ctx.key_valid is None and ctx.q_start == 0 and t_q == t_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
