@@ -70,7 +70,7 @@ class TrainConfig:
     eval_every: int = 0
     """Call eval_fn (and eval loss) every N steps and at the end; 0 = only at the end if given."""
     ckpt_every: int = 0
-    """Write out_dir/step_XXXXXXX every N steps (and at the end); 0 = only at the end when out_dir is set."""
+    """Write out_dir/step_<7-digit step> every N steps (and at the end); 0 = only at the end when out_dir is set."""
     keep_ckpts: int = 2
     """Keep only the newest N periodic checkpoints (0 keeps all)."""
     out_dir: str | None = None

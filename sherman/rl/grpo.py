@@ -23,7 +23,7 @@ policy, clip fraction, ratio variance, and for MoE models the fraction of (layer
 top-k set changed since the rollout, router-shift gamma mean and 5th percentile, router entropy.
 
 Runs unchanged under `torchrun` (DDP, gloo on CPU): each rank draws its own prompts; gradients are averaged.
-Checkpoints `out_dir/step_XXXXXXX` (model, optimizer, RNG) and resumes exactly; the initial policy (KL reference) is
+Checkpoints `out_dir/step_<7-digit step>` (model, optimizer, RNG) and resumes exactly; the initial policy (KL reference) is
 saved once to `out_dir/init`.
 
 CLI:  sherman rl --preset opo --task countdown --sft-steps 300 --steps 50 --out runs/rl_opo
