@@ -40,6 +40,27 @@ class AttnContext:
     """Backend-specific options (budget, block size, gate modules, ...)."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-forward-pass values computed once and reused by every layer (reset by the model each pass)."""
+    prefix: PrefixKV | None = None
+    """Keys/values of an earlier pass that this pass's queries attend before their own keys (no cache, autograd
+    flows through them): training on sequences that share a prompt runs the prompt once (`Transformer.forward`)."""
+    kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    """When a list, each layer appends its own (k, v) (B, H_kv, T, D), RoPE applied (`return_kv`)."""
+
+
+@dataclass
+class PrefixKV:
+    """Per-layer keys and values of a prefix, one row per row of the pass that attends them."""
+
+    k: list[torch.Tensor]
+    """Per layer (B, H_kv, P, D), RoPE applied at the prefix's own positions."""
+    v: list[torch.Tensor]
+    """Per layer (B, H_kv, P, D)."""
+    valid: torch.Tensor
+    """(B, P) bool: slot holds a real prefix token (a row's prefix may be right padded)."""
+
+    def select(self, rows: torch.Tensor) -> PrefixKV:
+        """The prefix of each row in `rows` (B',) (index_select: gradients sum back into shared rows)."""
+        return PrefixKV([k[rows] for k in self.k], [v[rows] for v in self.v], self.valid[rows])
 
 
 def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None, device) -> torch.Tensor | None:

@@ -57,6 +57,7 @@ from sherman.core.common import (
     world_size,
 )
 from sherman.core.generate import SamplingParams, generate
+from sherman.core.attention import PrefixKV
 from sherman.core.model import ModelConfig, Transformer
 from sherman.rl import core as C
 
@@ -92,10 +93,10 @@ class RLConfig:
     """Optimizer steps per pass over the rollout batch (the batch is split into this many shuffled mini-batches)."""
     epochs: int = 1
     """Passes over each rollout batch; optimizer steps per iteration = epochs * mini_batches."""
-    length_buckets: int = 4
-    """Log-prob forwards split each (mini-)batch into this many groups of similar sequence length, each padded only
-    to its own longest row (same numbers, less padding compute: rollouts of ragged prompts + completions are
-    often ~40% padding). 1 = one padded forward. Ignored under torchrun (DDP wants one forward per backward)."""
+    length_buckets: int = 2
+    """Log-prob forwards run each group's prompt once, then the completions in this many groups of similar length,
+    each padded only to its own longest row (same numbers, less padding compute: completions are ragged).
+    1 = one padded completion pass. Ignored under torchrun (DDP wants one forward of the wrapped model per backward)."""
     advantage: str = "grpo"
     """'grpo' (r - mean)/(std + eps), 'mean' (Dr. GRPO), 'opo' (length-weighted baseline per group), 'opo_batch'."""
     adv_eps: float = 1e-6
@@ -236,36 +237,127 @@ def compute_advantages(rewards: torch.Tensor, lengths: torch.Tensor, cfg: RLConf
     return C.opo_batch_advantages(rewards, lengths)
 
 
-def forward_logprobs(model: torch.nn.Module, ids: torch.Tensor, temperature: float, want_router: bool,
-                     mask: torch.Tensor | None = None, buckets: int = 1):
-    """Next-token log-probs of ids[:, 1:] under softmax(logits / T). -> (logp (B, L-1), logits (B, L-1, V), router list|None).
+def forward_logprobs(model: torch.nn.Module, ids: torch.Tensor, temperature: float, want_router: bool):
+    """Next-token log-probs of ids[:, 1:] under softmax(logits / T), one padded forward.
 
-    With `mask` (B, L-1) (1 on the scored targets) and buckets > 1, rows are sorted by the length they need
-    (last scored target + 2) and run in `buckets` forwards, each trimmed to its own longest row; positions past
-    a row's bucket length come back as zeros (logits, router logits) and 0 log-prob. Scored positions are the
-    same numbers as one padded forward (causal attention: right padding never reaches earlier positions).
+    -> (logp (B, L-1), logits (B, L-1, V), router logits per MoE layer (B, L-1, E) | None).
     """
+    out = model(ids[:, :-1], return_router_logits=want_router)
+    logits = out.logits.float() / temperature  # (B, L-1, V)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
+    return logp, logits, out.router_logits
+
+
+@dataclass
+class SharedPrompts:
+    """Rows of prompt + completion laid out so that each distinct prompt is run once (`shared_prompt_logprobs`).
+
+    Everything is completion-aligned: position j of a row is its j-th completion token.
+    """
+
+    prompt_ids: torch.Tensor
+    """(U, P) the U distinct prompts, right padded."""
+    prompt_valid: torch.Tensor
+    """(U, P) bool: real prompt token."""
+    row_prompt: torch.Tensor
+    """(b,) index of each row's prompt in prompt_ids."""
+    comp_ids: torch.Tensor
+    """(b, T) completion tokens, right padded."""
+    comp_mask: torch.Tensor
+    """(b, T) float: 1 on real completion tokens (the loss mask)."""
+
+    def rows(self, idx: torch.Tensor) -> SharedPrompts:
+        """The layout of rows `idx` only: just the prompts they use, trimmed to their own longest prompt/completion."""
+        used, inv = torch.unique(self.row_prompt[idx], return_inverse=True)  # (U',), (b',)
+        pv = self.prompt_valid[used]
+        p = max(1, int(pv.sum(-1).max()))
+        t = max(1, int(self.comp_mask[idx].sum(-1).max()))
+        return SharedPrompts(self.prompt_ids[used, :p], pv[:, :p], inv, self.comp_ids[idx, :t], self.comp_mask[idx, :t])
+
+
+def share_prompts(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> SharedPrompts:
+    """Rows ids (b, L) of prompt + completion + right padding, mask (b, L-1) = 1 on the targets ids[:, 1:] that
+    are completion tokens (one contiguous run per row, as `rollout` builds it) -> `SharedPrompts`. A row's prompt is
+    everything before its first completion token; rows whose prompts are equal share one entry (an RL group)."""
     b, L = ids.shape
-    if mask is None or buckets <= 1 or b < 2 * buckets:
-        out = model(ids[:, :-1], return_router_logits=want_router)
-        logits = out.logits.float() / temperature  # (B, L-1, V)
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
-        return logp, logits, out.router_logits
-    pos = torch.arange(1, L, device=ids.device)  # (L-1,)
-    need = ((mask > 0) * pos).amax(-1).clamp(min=1) + 1  # (B,) ids needed per row (>= 2)
-    order = torch.argsort(need)
-    parts_lp, parts_lg, parts_r = [], [], []
-    for idx in order.chunk(buckets):
-        lb = int(need[idx].max())
-        lp, lg, r = forward_logprobs(model, ids[idx, :lb], temperature, want_router)  # (n, lb-1), (n, lb-1, V)
-        pad = L - lb
-        parts_lp.append(F.pad(lp, (0, pad)))
-        parts_lg.append(F.pad(lg, (0, 0, 0, pad)))
-        parts_r.append([F.pad(x, (0, 0, 0, pad)) for x in r] if r is not None else None)
-    inv = torch.argsort(order)  # rows back in batch order
-    logp = torch.cat(parts_lp)[inv]  # (B, L-1)
-    logits = torch.cat(parts_lg)[inv]  # (B, L-1, V)
-    router = [torch.cat(layer)[inv] for layer in zip(*parts_r)] if parts_r[0] is not None else None
+    m = mask > 0
+    n = m.sum(-1)  # (b,) completion lengths
+    first = torch.where(n > 0, m.float().argmax(-1) + 1, torch.ones_like(n))  # (b,) prompt length (>= 1)
+    last = torch.where(n > 0, L - 1 - m.flip(-1).float().argmax(-1), first - 1)  # (b,) index in ids of the last completion token
+    if not bool((last - first + 1 == n).all()):
+        raise ShermanError("share_prompts needs one contiguous run of completion targets per row")
+    slot: dict[tuple[int, ...], int] = {}
+    prompts: list[list[int]] = []
+    row_prompt = []
+    for row, p in zip(ids.tolist(), first.tolist()):
+        key = tuple(row[:p])
+        if key not in slot:
+            slot[key] = len(prompts)
+            prompts.append(row[:p])
+        row_prompt.append(slot[key])
+    dev = ids.device
+    P, T = max(len(x) for x in prompts), max(1, int(n.max()))
+    prompt_ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    prompt_valid = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for u, x in enumerate(prompts):
+        prompt_ids[u, : len(x)] = torch.tensor(x, dtype=torch.long)
+        prompt_valid[u, : len(x)] = True
+    j = torch.arange(T, device=dev)  # (T,)
+    comp_mask = j[None] < n[:, None]  # (b, T)
+    src = (first[:, None] + j[None]).clamp(max=L - 1)  # (b, T) column of completion token j in ids
+    comp_ids = torch.where(comp_mask, ids.gather(1, src), torch.full_like(src, pad_id))  # (b, T)
+    return SharedPrompts(prompt_ids.to(dev), prompt_valid.to(dev), torch.tensor(row_prompt, device=dev), comp_ids, comp_mask.float())
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, buckets: int = 1,
+                           prompt_model: torch.nn.Module | None = None):  # fmt: skip
+    """Completion log-probs under softmax(logits / T), running each distinct prompt ONCE.
+
+    The U prompts go through the model once (`return_kv`); the completions then run as a second pass that attends
+    its prompt's keys/values (`Transformer.forward(prefix=...)`), so an RL group of G completions costs one prompt
+    plus G completions of arithmetic instead of G prompt + completion rows. Autograd flows through both passes.
+    The same numbers as `forward_logprobs` on the concatenated rows, at the completion positions (test).
+    Completion token 0 is scored from the prompt's last position; the router logits of a target are those of the
+    input position that predicts it (as in `forward_logprobs`).
+
+    buckets > 1 runs the completion pass in that many groups of rows of similar completion length, each trimmed
+    to its own longest row (less padding; under DDP keep 1: one forward of the wrapped model per backward).
+    prompt_model: the module for the prompt pass (default `model`; the RL loop passes the unwrapped model under
+    DDP so that the wrapped one is called once).
+    -> (logp (b, T), logits (b, T, V), router logits per MoE layer (b, T, E) | None); zeros past a row's bucket.
+    """
+    pm = prompt_model if prompt_model is not None else model
+    head = pm.module if hasattr(pm, "module") else pm  # the Transformer (for lm_logits)
+    po = pm(sp.prompt_ids, return_kv=True, return_router_logits=want_router, compute_logits=False)
+    u = torch.arange(sp.prompt_ids.shape[0], device=sp.prompt_ids.device)
+    last = sp.prompt_valid.sum(-1) - 1  # (U,) last real prompt position
+    first_logits = head.lm_logits(po.hidden[u, last])  # (U, V): predicts completion token 0
+    first_router = [r[u, last] for r in po.router_logits] if want_router else None  # per layer (U, E)
+    prefix = PrefixKV([k for k, _ in po.kv], [v for _, v in po.kv], sp.prompt_valid)
+    b, T = sp.comp_ids.shape
+    n = sp.comp_mask.sum(-1).long()  # (b,)
+    order = torch.argsort(n) if buckets > 1 and b >= 2 * buckets else torch.arange(b, device=n.device)
+    parts_lg, parts_r = [], []
+    for idx in order.chunk(buckets if buckets > 1 and b >= 2 * buckets else 1):
+        tb = max(1, int(n[idx].max()))
+        rows = sp.row_prompt[idx]  # (n_b,)
+        lg = first_logits[rows][:, None]  # (n_b, 1, V)
+        rt = [r[rows][:, None] for r in first_router] if want_router else None
+        if tb > 1:  # completion tokens 0..tb-2 predict tokens 1..tb-1
+            co = model(sp.comp_ids[idx, : tb - 1], prefix=prefix.select(rows), return_router_logits=want_router)
+            lg = torch.cat([lg, co.logits], 1)  # (n_b, tb, V)
+            if want_router:
+                rt = [torch.cat([a, c], 1) for a, c in zip(rt, co.router_logits)]
+        parts_lg.append(F.pad(lg, (0, 0, 0, T - tb)))
+        parts_r.append([F.pad(x, (0, 0, 0, T - tb)) for x in rt] if want_router else None)
+    if len(parts_lg) == 1:
+        logits, router = parts_lg[0], parts_r[0]
+    else:
+        inv = torch.argsort(order)  # rows back in batch order
+        logits = torch.cat(parts_lg)[inv]
+        router = [torch.cat(layer)[inv] for layer in zip(*parts_r)] if want_router else None
+    logits = logits.float() / temperature  # (b, T, V)
+    logp = torch.log_softmax(logits, -1).gather(-1, sp.comp_ids[..., None]).squeeze(-1) * (sp.comp_mask > 0)  # (b, T)
     return logp, logits, router
 
 
@@ -351,20 +443,21 @@ def rl_train(
         examples = [task.sample(rng) for _ in range(cfg.prompts_per_step)]
         ro = rollout(base, task, tok, examples, cfg.group_size, params, gen)
         t_roll = time.time() - t0
-        ids, mask = ro.ids.to(dev), ro.mask.to(dev)  # (B, L), (B, L-1)
+        # each group's prompt runs once in every log-prob forward; tensors below are completion-aligned (B, T)
+        sp = share_prompts(ro.ids.to(dev), ro.mask.to(dev), tok.pad_id)
         adv = compute_advantages(ro.rewards, ro.lengths, cfg).to(dev)  # (B,)
-        b = ids.shape[0]
+        b = sp.comp_ids.shape[0]
 
         # ---- old policy (rollout-time) log-probs and router logits; reference log-probs
         t1 = time.time()
         old_logp, old_router = None, None
         if not single_update:
             with torch.no_grad():
-                old_logp, _, old_router = forward_logprobs(base, ids, cfg.temperature, moe, mask, buckets)
+                old_logp, _, old_router = shared_prompt_logprobs(base, sp, cfg.temperature, moe, buckets)
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
-                ref_logp, _, _ = forward_logprobs(ref, ids, cfg.temperature, False, mask, buckets)
+                ref_logp, _, _ = shared_prompt_logprobs(ref, sp, cfg.temperature, False, buckets)
 
         # ---- updates
         agg: dict[str, list[float]] = {}
@@ -373,16 +466,15 @@ def rl_train(
         for _ in range(cfg.epochs):
             perm = torch.randperm(b, generator=gen, device=dev) if cfg.mini_batches > 1 else torch.arange(b, device=dev)
             for chunk in perm.chunk(cfg.mini_batches):
-                mb_ids, mb_mask, mb_adv = ids[chunk], mask[chunk], adv[chunk]
-                # trim right padding shared by the whole mini-batch
-                keep = int(mb_mask.sum(0).nonzero().max()) + 2 if mb_mask.sum() > 0 else 2
-                mb_ids, mb_mask = mb_ids[:, :keep], mb_mask[:, : keep - 1]
-                logp, logits, router = forward_logprobs(train_model, mb_ids, cfg.temperature, moe, mb_mask, buckets)  # (b, T), (b, T, V)
+                msp = sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed to its longest completion
+                mb_mask, mb_adv = msp.comp_mask, adv[chunk]  # (b, T), (b,)
+                t_mb = mb_mask.shape[1]
+                logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, buckets, prompt_model=base)  # (b, T), (b, T, V)
                 if single_update:
                     mb_old, mb_old_router = logp.detach(), [r.detach() for r in router] if moe else None
                 else:
-                    mb_old = old_logp[chunk, : keep - 1]
-                    mb_old_router = [r[chunk, : keep - 1] for r in old_router] if moe else None
+                    mb_old = old_logp[chunk, :t_mb]
+                    mb_old_router = [r[chunk, :t_mb] for r in old_router] if moe else None
                 gamma = None
                 if moe:
                     g = C.router_shift(router, mb_old_router, top_k, cfg.gamma_min)  # (b, T)
@@ -401,7 +493,7 @@ def rl_train(
                 if cfg.entropy_coef:
                     total = total - cfg.entropy_coef * C.aggregate_loss(ent, mb_mask, cfg.loss_agg, cfg.max_new_tokens)
                 if ref_logp is not None:
-                    mb_ref = ref_logp[chunk, : keep - 1]
+                    mb_ref = ref_logp[chunk, :t_mb]
                     kl3 = C.kl_k3(logp, mb_ref)
                     agg.setdefault("kl/to_init_k3", []).append(float(C.masked_mean(kl3.detach(), mb_mask)))
                     if cfg.kl_coef:

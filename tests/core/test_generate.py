@@ -46,6 +46,36 @@ def test_padded_batch_logits_equal_single_rows(moe):
         assert (ref - step[i]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("moe", [0, 4])
+def test_prefix_pass_equals_one_forward_with_gradients(moe):
+    """prompt pass (return_kv) + continuation pass attending it (prefix=...) = one forward over the concatenation,
+    for right-padded prompts of different lengths shared by several rows; gradients flow into the prompt pass."""
+    from sherman.core.attention import PrefixKV
+
+    m = model(moe).train()
+    ids, valid = torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, 7, dtype=torch.bool)
+    for u, p in enumerate(PROMPTS[:2]):
+        ids[u, : len(p)], valid[u, : len(p)] = torch.tensor(p), True
+    po = m(ids, return_kv=True)
+    assert len(po.kv) == 2 and po.kv[0][0].shape == (2, 2, 7, 8)  # per layer (U, H_kv, P, D)
+    rows = torch.tensor([0, 1, 1])  # row -> its prompt
+    cont = torch.tensor([[3, 4], [5, 6], [7, 8]])
+    pre = PrefixKV([k for k, _ in po.kv], [v for _, v in po.kv], valid).select(rows)
+    out = m(cont, prefix=pre).logits  # (3, 2, V)
+    params = list(m.parameters())
+    grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    ref_total = 0.0
+    for i, u in enumerate(rows.tolist()):
+        full = m(torch.tensor([PROMPTS[u] + cont[i].tolist()])).logits[0, len(PROMPTS[u]) :]  # (2, V)
+        assert (full - out[i]).abs().max() < 1e-5
+        ref_total = ref_total + full.square().sum()
+    ref = torch.autograd.grad(ref_total, params, allow_unused=True)
+    for a, c in zip(grads, ref):
+        assert (a is None and c is None) or torch.allclose(a, c, atol=1e-5)
+    with pytest.raises(ValueError, match="exclusive"):
+        m(cont, prefix=pre, cache=m.make_cache(3, 4))
+
+
 def test_router_logits_returned_per_moe_layer():
     m = model(4)
     out = m(torch.tensor([[1, 2, 3]]), return_router_logits=True)

@@ -182,29 +182,53 @@ def test_cli_smoke(tmp_path, capsys):
     assert main(["rl", "--preset", "nope"]) == 2
 
 
-@pytest.mark.parametrize("n_experts", [0, 4])
-def test_length_bucketed_logprobs_equal_one_padded_forward(n_experts):
-    """forward_logprobs with buckets: same log-probs, router logits and gradients on every scored position."""
+def test_share_prompts_layout_by_hand():
+    pad = TOK.pad_id
+    # rows: prompt [5, 6] + completion [7, 8]; the same prompt + [9]; prompt [5] + completion [4, 4, 4]
+    ids = torch.tensor([[5, 6, 7, 8, pad], [5, 6, 9, pad, pad], [5, 4, 4, 4, pad]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32)
+    sp = grpo.share_prompts(ids, mask, pad)
+    assert sp.prompt_ids.tolist() == [[5, 6], [5, pad]] and sp.prompt_valid.tolist() == [[True, True], [True, False]]
+    assert sp.row_prompt.tolist() == [0, 0, 1]
+    assert sp.comp_ids.tolist() == [[7, 8, pad], [9, pad, pad], [4, 4, 4]]
+    assert sp.comp_mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1]]
+    sub = sp.rows(torch.tensor([1]))  # one row: its prompt only, trimmed
+    assert sub.prompt_ids.tolist() == [[5, 6]] and sub.row_prompt.tolist() == [0] and sub.comp_ids.tolist() == [[9]]
+    with pytest.raises(ShermanError, match="contiguous"):
+        grpo.share_prompts(ids, torch.tensor([[0, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32), pad)
+
+
+@pytest.mark.parametrize("n_experts,buckets", [(0, 1), (0, 3), (4, 1), (4, 3)])
+def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, buckets):
+    """Each prompt run once + completions attending its keys = one forward over the concatenated rows: same
+    log-probs, logits, router logits and gradients on every scored position."""
     m = tiny(n_experts)
     g = torch.Generator().manual_seed(0)
-    b, L = 12, 16
-    ids = torch.randint(1, TOK.vocab_size, (b, L), generator=g)
-    need = torch.randint(3, L + 1, (b,), generator=g)  # ragged real lengths (prompt + completion)
+    groups, G, L = 3, 4, 18
+    b = groups * G
+    ids = torch.full((b, L), TOK.pad_id)
     mask = torch.zeros(b, L - 1)
-    for i, n in enumerate(need.tolist()):
-        mask[i, n // 2 - 1 : n - 1] = 1.0  # score the second half of each row
-        ids[i, n:] = TOK.pad_id
+    for gi in range(groups):
+        p = 2 + 2 * gi  # prompts of different lengths per group
+        prompt = torch.randint(1, TOK.vocab_size, (p,), generator=g)
+        for r in range(gi * G, (gi + 1) * G):
+            c = int(torch.randint(1, L - p + 1, (1,), generator=g))  # ragged completion lengths
+            ids[r, :p] = prompt
+            ids[r, p : p + c] = torch.randint(1, TOK.vocab_size, (c,), generator=g)
+            mask[r, p - 1 : p - 1 + c] = 1.0
     moe = n_experts > 0
-    lp1, lg1, r1 = grpo.forward_logprobs(m, ids, 0.7, moe)
-    lp4, lg4, r4 = grpo.forward_logprobs(m, ids, 0.7, moe, mask, buckets=3)
-    on = mask.bool()
-    assert torch.allclose(lp1[on], lp4[on], atol=1e-5) and torch.allclose(lg1[on], lg4[on], atol=1e-5)
+    sp = grpo.share_prompts(ids, mask, TOK.pad_id)
+    assert sp.prompt_ids.shape[0] == groups
+    lp1, lg1, r1 = grpo.forward_logprobs(m, ids, 0.7, moe)  # (b, L-1)
+    lp2, lg2, r2 = grpo.shared_prompt_logprobs(m, sp, 0.7, moe, buckets)  # (b, T) completion-aligned
+    on, son = mask.bool(), sp.comp_mask.bool()
+    assert torch.allclose(lp1[on], lp2[son], atol=1e-5) and torch.allclose(lg1[on], lg2[son], atol=1e-4)
+    assert (lp2[~son] == 0).all()
     if moe:
-        assert all(torch.allclose(a[on], c[on], atol=1e-5) for a, c in zip(r1, r4))
+        assert all(torch.allclose(a[on], c[son], atol=1e-5) for a, c in zip(r1, r2))
     params = [p for p in m.parameters() if p.requires_grad]
-    g1 = torch.autograd.grad((lp1 * mask).sum(), params, allow_unused=True)
-    lp4, _, _ = grpo.forward_logprobs(m, ids, 0.7, moe, mask, buckets=3)
-    g4 = torch.autograd.grad((lp4 * mask).sum(), params, allow_unused=True)
-    for a, c in zip(g1, g4):
+    w = torch.rand(int(on.sum()), generator=g)  # any weighting of the scored log-probs
+    g1 = torch.autograd.grad((lp1[on] * w).sum(), params, allow_unused=True, retain_graph=True)
+    g2 = torch.autograd.grad((lp2[son] * w).sum(), params, allow_unused=True)
+    for a, c in zip(g1, g2):
         assert (a is None and c is None) or torch.allclose(a, c, atol=1e-5)
-    assert (lp4[~on] == 0).sum() > 0  # positions past a row's bucket length come back as zeros
