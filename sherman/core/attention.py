@@ -43,6 +43,9 @@ class AttnContext:
     prefix: PrefixKV | None = None
     """Keys/values of an earlier pass that this pass's queries attend before their own keys (no cache, autograd
     flows through them): training on sequences that share a prompt runs the prompt once (`Transformer.forward`)."""
+    mask: torch.Tensor | None = None
+    """(B, 1, T_q, T_k) bool, True = may attend: an explicit mask that replaces the causal/key_valid one (packed
+    sequences, `Transformer.forward(segments=...)`); dense backend only."""
     kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     """When a list, each layer appends its own (k, v) (B, H_kv, T, D), RoPE applied (`return_kv`)."""
 
@@ -73,6 +76,17 @@ def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None
         return allowed[None, None]
     m = allowed[None, None] & key_valid[:, None, None, :t_k]  # (B, 1, T_q, T_k)
     return m | (kj == qi)[None, None]
+
+
+def segment_mask(segments: torch.Tensor, prefix_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask of packed sequences: (B, T) segment ids -> (B, 1, T, P + T) bool. A token attends the earlier tokens of
+    its own segment (itself included) and every valid prefix key (prefix_valid (B, P), shared by all segments)."""
+    b, t = segments.shape
+    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()  # (T, T)
+    own = (segments[:, :, None] == segments[:, None, :]) & causal  # (B, T, T)
+    if prefix_valid is not None:
+        own = torch.cat([prefix_valid[:, None, :].expand(b, t, prefix_valid.shape[1]), own], dim=-1)  # (B, T, P + T)
+    return own[:, None]
 
 
 def key_bias(key_valid: torch.Tensor, hkv: int, g: int, dtype: torch.dtype) -> torch.Tensor:
@@ -110,6 +124,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_vali
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
     """Reference dense attention (causal, padding-aware, GQA). Returns (B, H_q, T_q, D)."""
     t_q, t_k = q.shape[2], k.shape[2]
+    if ctx.mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=True)
     if t_q == 1 and ctx.q_start == t_k - 1:
         bias = None
         if ctx.key_valid is not None:  # one additive mask per forward pass (ctx.scratch), shared by the layers

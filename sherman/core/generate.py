@@ -100,6 +100,10 @@ SHARE_PROMPTS = True
 """`generate` prefills each distinct prompt once and copies its KV rows to the repeats (dense attention)."""
 
 
+FLAT_SEARCH_MAX_VOCAB = 512
+"""`sample_next` draws with one flat fp64 cumsum at or below this vocabulary size (`cumsum_search` above it)."""
+
+
 def _sorted_asc(x: torch.Tensor) -> torch.Tensor:
     """Values of x (B, V) sorted ascending along the last dim. On CPU this uses NumPy's SIMD sort: torch's
     batched CPU sort of a (16, 8192) tensor takes ~7 ms in torch 2.13 builds, NumPy's ~0.2 ms."""
@@ -159,7 +163,7 @@ def sample_next(
         tok = logits.argmax(-1)
         logp = torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
         return tok, logp
-    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    probs = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)  # (B, V)
     kept = probs
     if top_p < 1.0:
         sa = _sorted_asc(probs)  # (B, V)
@@ -169,9 +173,12 @@ def sample_next(
     if u is None:
         u = torch.rand(probs.shape[0], generator=generator, device=probs.device)  # float32 draw < 1 - 2^-24
     u = u.double()
-    tok = cumsum_search(kept, u, 0.0, right=True)  # (B,) first index with cdf > u * total
+    if kept.shape[-1] <= FLAT_SEARCH_MAX_VOCAB:  # small vocabulary: one exact fp64 cumsum is cheapest
+        tok = _flat_search(kept, u)
+    else:
+        tok = cumsum_search(kept, u, 0.0, right=True)  # (B,) first index with cdf > u * total
     p_tok = kept.gather(-1, tok[:, None]).squeeze(-1)  # (B,)
-    if bool((p_tok == 0).any()):  # a block-edge rounding miss (rare): redo those rows exactly
+    if kept.shape[-1] > FLAT_SEARCH_MAX_VOCAB and bool((p_tok == 0).any()):  # a block-edge rounding miss (rare): redo those rows exactly
         bad = p_tok == 0
         tok[bad] = _flat_search(kept[bad], u[bad])
     logp = probs.gather(-1, tok[:, None]).squeeze(-1).log()  # (B,) tempered, untruncated

@@ -157,6 +157,7 @@ class FusedPack:
         self.versions = [t._version for t in self.sources]
         self.splits = [m.out_features for m in linears]
         self.macs_per_row = sum(m.weight.numel() for m in linears)
+        self.plain: torch.Tensor | None = None  # plain (sum out, in) concatenation, for products below MIN_MACS
 
     def fresh(self) -> bool:
         """True while every source weight/bias is unchanged in place (version counter; this is called per
@@ -178,17 +179,23 @@ class FusedPack:
             return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), bias)
 
     def usable(self, x: torch.Tensor) -> bool:
-        """True when this pack may serve x: no gradient needed, fp32 CPU, big enough, weights unchanged."""
-        return (not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu"
-                and x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS and self.fresh())
+        """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged."""
+        return not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu" and self.fresh()
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> the concatenated outputs (..., sum out_i)."""
-        return _op(x, self.packed, self.bias)
+        """x (..., in) -> the concatenated outputs (..., sum out_i): one oneDNN GEMM on the prepacked weight, or,
+        for products below `MIN_MACS` (tiny models, small batches), one `F.linear` on the plain concatenated weight
+        (made on first use): one call instead of one per source layer either way."""
+        if x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS:
+            return _op(x, self.packed, self.bias)
+        if self.plain is None:
+            with torch.no_grad():
+                self.plain = torch.cat([m.weight.detach() for m in self.linears]) if len(self.linears) > 1 else self.linears[0].weight.detach()
+        return F.linear(x, self.plain, self.bias)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (..., in) -> one output (..., out_i) per source layer."""
-        return _op(x, self.packed, self.bias).split(self.splits, dim=-1)
+        return self.fused(x).split(self.splits, dim=-1)
 
 
 _PACK_LOCK = threading.Lock()

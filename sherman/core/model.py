@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sherman.core.attention import AttnContext, PrefixKV, attend
+from sherman.core.attention import AttnContext, PrefixKV, attend, segment_mask
 from sherman.core.kv_cache import KVCache
 from sherman.core.linear import FusedPack, Linear, linear
 from sherman.core.moe import MoEFFN, SwiGLU
@@ -288,6 +288,7 @@ class Transformer(nn.Module):
         embeds: torch.Tensor | None = None,
         prefix: PrefixKV | None = None,
         return_kv: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> ModelOutput:
         """ids (B, T), or ids=None and embeds (B, T, C): input embeddings used instead of `embed_tokens(ids)`.
 
@@ -302,6 +303,8 @@ class Transformer(nn.Module):
             the concatenation, and autograd flows into the prompt pass. key_valid then marks this pass's own tokens;
             positions default to (real prefix length + arange(T)) per row.
         return_kv: put this pass's own per-layer (k, v) in `out.kv` (usable as a later pass's `prefix`).
+        segments: (B, T) segment ids of packed sequences (no cache, dense attention): a token attends only the
+            earlier tokens of its own segment, plus every valid prefix key. Pass each segment's RoPE positions.
         """
         assert (ids is None) != (embeds is None), "pass exactly one of ids and embeds"
         b, t = ids.shape if ids is not None else embeds.shape[:2]
@@ -324,6 +327,10 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + t, device=self.device)
         cos, sin = self._rope(positions)
+        if segments is not None:
+            if cache is not None or ctx.backend != "dense":
+                raise ValueError("segments (packed sequences) need dense attention and no cache")
+            ctx.mask = segment_mask(segments, prefix.valid if prefix is not None else None)  # (B, 1, T, P + T)
         x = self.embed_tokens(ids) if embeds is None else embeds  # (B, T, C)
         ctx.kv_out = [] if return_kv else None
         router = [] if return_router_logits else None

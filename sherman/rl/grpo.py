@@ -93,10 +93,10 @@ class RLConfig:
     """Optimizer steps per pass over the rollout batch (the batch is split into this many shuffled mini-batches)."""
     epochs: int = 1
     """Passes over each rollout batch; optimizer steps per iteration = epochs * mini_batches."""
-    length_buckets: int = 2
-    """Log-prob forwards run each group's prompt once, then the completions in this many groups of similar length,
-    each padded only to its own longest row (same numbers, less padding compute: completions are ragged).
-    1 = one padded completion pass. Ignored under torchrun (DDP wants one forward of the wrapped model per backward)."""
+    pack_completions: bool = True
+    """Log-prob forwards run each group's prompt once, then all completions in one pass; with this on, the
+    completions of a group are packed into rows no longer than the longest completion (no padding compute;
+    same numbers). Off = one completion per row, right padded."""
     advantage: str = "grpo"
     """'grpo' (r - mean)/(std + eps), 'mean' (Dr. GRPO), 'opo' (length-weighted baseline per group), 'opo_batch'."""
     adv_eps: float = 1e-6
@@ -148,7 +148,6 @@ class RLConfig:
             self.steps >= 0 and self.prompts_per_step >= 1 and self.group_size >= 1, "steps >= 0, prompts_per_step >= 1, group_size >= 1"
         )
         _check(self.mini_batches >= 1 and self.epochs >= 1, "mini_batches and epochs must be >= 1")
-        _check(self.length_buckets >= 1, "length_buckets must be >= 1")
         _check(self.prompts_per_step * self.group_size >= self.mini_batches, "need at least one rollout per mini-batch")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature > 0, "temperature must be > 0 for RL rollouts (log-probs are of softmax(logits / T))")
@@ -309,55 +308,89 @@ def share_prompts(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> SharedP
     return SharedPrompts(prompt_ids.to(dev), prompt_valid.to(dev), torch.tensor(row_prompt, device=dev), comp_ids, comp_mask.float())
 
 
-def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, buckets: int = 1,
+def pack_bins(lengths: Sequence[int], groups: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing packing of rows into bins of at most `capacity` tokens, never mixing groups.
+
+    lengths[i] tokens of row i (rows of length 0 are left out), groups[i] its group. -> bins (lists of rows).
+    """
+    bins: list[list[int]] = []
+    space: list[int] = []
+    bin_group: list[int] = []
+    for i in sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: (groups[i], -lengths[i], i)):
+        for j in range(len(bins)):
+            if bin_group[j] == groups[i] and space[j] >= lengths[i]:
+                bins[j].append(i)
+                space[j] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            space.append(capacity - lengths[i])
+            bin_group.append(groups[i])
+    return bins
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, pack: bool = True,
                            prompt_model: torch.nn.Module | None = None):  # fmt: skip
     """Completion log-probs under softmax(logits / T), running each distinct prompt ONCE.
 
-    The U prompts go through the model once (`return_kv`); the completions then run as a second pass that attends
-    its prompt's keys/values (`Transformer.forward(prefix=...)`), so an RL group of G completions costs one prompt
-    plus G completions of arithmetic instead of G prompt + completion rows. Autograd flows through both passes.
-    The same numbers as `forward_logprobs` on the concatenated rows, at the completion positions (test).
-    Completion token 0 is scored from the prompt's last position; the router logits of a target are those of the
-    input position that predicts it (as in `forward_logprobs`).
+    Two passes, one autograd graph:
+    1. the U prompts (`return_kv`); the last prompt position scores completion token 0;
+    2. the completions (their tokens 0..n-2 score tokens 1..n-1), attending their prompt's keys/values
+       (`Transformer.forward(prefix=...)`), so an RL group of G completions costs one prompt plus G completions of
+       arithmetic instead of G prompt + completion rows.
+    pack=True packs the completions of one prompt, first-fit, into rows no longer than the longest one
+    (`segments`: each attends only itself and the prompt), so there is no padding compute beyond the last row
+    of each group, and the attention cost is at most that of the unpacked padded batch.
+    The same numbers as `forward_logprobs` on the concatenated rows, at the completion positions (test). The
+    router logits of a target are those of the input position that predicts it (as in `forward_logprobs`).
 
-    buckets > 1 runs the completion pass in that many groups of rows of similar completion length, each trimmed
-    to its own longest row (less padding; under DDP keep 1: one forward of the wrapped model per backward).
-    prompt_model: the module for the prompt pass (default `model`; the RL loop passes the unwrapped model under
-    DDP so that the wrapped one is called once).
-    -> (logp (b, T), logits (b, T, V), router logits per MoE layer (b, T, E) | None); zeros past a row's bucket.
+    prompt_model: the module for pass 1 (default `model`; the RL loop passes the unwrapped model under DDP, so
+    that the wrapped one runs one forward per backward).
+    -> (logp (b, T), logits (b, T, V), router logits per MoE layer (b, T, E) | None), zero past each completion.
     """
     pm = prompt_model if prompt_model is not None else model
     head = pm.module if hasattr(pm, "module") else pm  # the Transformer (for lm_logits)
     po = pm(sp.prompt_ids, return_kv=True, return_router_logits=want_router, compute_logits=False)
-    u = torch.arange(sp.prompt_ids.shape[0], device=sp.prompt_ids.device)
-    last = sp.prompt_valid.sum(-1) - 1  # (U,) last real prompt position
-    first_logits = head.lm_logits(po.hidden[u, last])  # (U, V): predicts completion token 0
-    first_router = [r[u, last] for r in po.router_logits] if want_router else None  # per layer (U, E)
-    prefix = PrefixKV([k for k, _ in po.kv], [v for _, v in po.kv], sp.prompt_valid)
+    dev = sp.comp_ids.device
+    n_u = sp.prompt_ids.shape[0]
+    plen = sp.prompt_valid.sum(-1)  # (U,)
+    first_logits = head.lm_logits(po.hidden[torch.arange(n_u, device=dev), plen - 1])  # (U, V): predict completion token 0
+    first_router = [r[torch.arange(n_u, device=dev), plen - 1] for r in po.router_logits] if want_router else None  # (U, E)
     b, T = sp.comp_ids.shape
-    n = sp.comp_mask.sum(-1).long()  # (b,)
-    order = torch.argsort(n) if buckets > 1 and b >= 2 * buckets else torch.arange(b, device=n.device)
-    parts_lg, parts_r = [], []
-    for idx in order.chunk(buckets if buckets > 1 and b >= 2 * buckets else 1):
-        tb = max(1, int(n[idx].max()))
-        rows = sp.row_prompt[idx]  # (n_b,)
-        lg = first_logits[rows][:, None]  # (n_b, 1, V)
-        rt = [r[rows][:, None] for r in first_router] if want_router else None
-        if tb > 1:  # completion tokens 0..tb-2 predict tokens 1..tb-1
-            co = model(sp.comp_ids[idx, : tb - 1], prefix=prefix.select(rows), return_router_logits=want_router)
-            lg = torch.cat([lg, co.logits], 1)  # (n_b, tb, V)
-            if want_router:
-                rt = [torch.cat([a, c], 1) for a, c in zip(rt, co.router_logits)]
-        parts_lg.append(F.pad(lg, (0, 0, 0, T - tb)))
-        parts_r.append([F.pad(x, (0, 0, 0, T - tb)) for x in rt] if want_router else None)
-    if len(parts_lg) == 1:
-        logits, router = parts_lg[0], parts_r[0]
-    else:
-        inv = torch.argsort(order)  # rows back in batch order
-        logits = torch.cat(parts_lg)[inv]
-        router = [torch.cat(layer)[inv] for layer in zip(*parts_r)] if want_router else None
-    logits = logits.float() / temperature  # (b, T, V)
-    logp = torch.log_softmax(logits, -1).gather(-1, sp.comp_ids[..., None]).squeeze(-1) * (sp.comp_mask > 0)  # (b, T)
+    m = (sp.comp_mask.sum(-1).long() - 1).clamp(min=0)  # (b,) completion tokens fed as inputs
+    cap = int(m.max()) if b else 0
+    src = torch.zeros(b, T, dtype=torch.long, device=dev)  # (b, T) row of [first_logits; packed logits] per position
+    src[:, 0] = sp.row_prompt
+    flat_lg, flat_r = first_logits, first_router
+    if cap > 0:
+        m_l, g_l = m.tolist(), sp.row_prompt.tolist()
+        bins = pack_bins(m_l, g_l, cap) if pack else [[i] for i in range(b) if m_l[i] > 0]
+        bin_of, off_of = [0] * b, [0] * b
+        for r, rows in enumerate(bins):
+            off = 0
+            for i in rows:
+                bin_of[i], off_of[i], off = r, off, off + m_l[i]
+        n_r = len(bins)
+        jj = torch.arange(T - 1, device=dev)[None]  # (1, T-1)
+        real = jj < m[:, None]  # (b, T-1) completion token j is an input
+        dest = (torch.tensor(bin_of, device=dev) * cap + torch.tensor(off_of, device=dev))[:, None] + jj  # (b, T-1) flat slot
+        d = dest[real]
+        ids = torch.zeros(n_r * cap, dtype=torch.long, device=dev).index_put_((d,), sp.comp_ids[:, : T - 1][real])  # (R*cap,) pads: id 0, masked
+        pos = torch.zeros(n_r * cap, dtype=torch.long, device=dev).index_put_((d,), (plen[sp.row_prompt][:, None] + jj)[real])
+        seg = torch.full((n_r * cap,), -1, dtype=torch.long, device=dev).index_put_((d,), torch.arange(b, device=dev)[:, None].expand(b, T - 1)[real])
+        bin_group = sp.row_prompt[torch.tensor([rows[0] for rows in bins], device=dev)]  # (R,) prompt of each packed row
+        prefix = PrefixKV([k for k, _ in po.kv], [v for _, v in po.kv], sp.prompt_valid).select(bin_group)
+        co = model(ids.view(n_r, cap), positions=pos.view(n_r, cap), prefix=prefix, segments=seg.view(n_r, cap),
+                   return_router_logits=want_router)  # fmt: skip
+        flat_lg = torch.cat([first_logits, co.logits.reshape(n_r * cap, -1)])  # (U + R*cap, V)
+        if want_router:
+            flat_r = [torch.cat([a, c.reshape(n_r * cap, -1)]) for a, c in zip(first_router, co.router_logits)]
+        src[:, 1:] = torch.where(real, n_u + dest, torch.zeros_like(dest))
+    on = sp.comp_mask > 0  # (b, T)
+    logits = flat_lg[src] * on[..., None]  # (b, T, V)
+    router = [r[src] * on[..., None] for r in flat_r] if want_router else None
+    logits = logits.float() / temperature
+    logp = torch.log_softmax(logits, -1).gather(-1, sp.comp_ids[..., None]).squeeze(-1) * on  # (b, T)
     return logp, logits, router
 
 
@@ -434,7 +467,6 @@ def rl_train(
     final: dict = {}
     opt_steps = 0
     single_update = cfg.updates_per_batch == 1
-    buckets = 1 if is_dist() else cfg.length_buckets
     while step < cfg.steps:
         # ---- rollouts (deterministic per seed, rank and iteration, so resume replays the same prompts)
         t0 = time.time()
@@ -453,11 +485,11 @@ def rl_train(
         old_logp, old_router = None, None
         if not single_update:
             with torch.no_grad():
-                old_logp, _, old_router = shared_prompt_logprobs(base, sp, cfg.temperature, moe, buckets)
+                old_logp, _, old_router = shared_prompt_logprobs(base, sp, cfg.temperature, moe, cfg.pack_completions)
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
-                ref_logp, _, _ = shared_prompt_logprobs(ref, sp, cfg.temperature, False, buckets)
+                ref_logp, _, _ = shared_prompt_logprobs(ref, sp, cfg.temperature, False, cfg.pack_completions)
 
         # ---- updates
         agg: dict[str, list[float]] = {}
@@ -469,7 +501,7 @@ def rl_train(
                 msp = sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed to its longest completion
                 mb_mask, mb_adv = msp.comp_mask, adv[chunk]  # (b, T), (b,)
                 t_mb = mb_mask.shape[1]
-                logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, buckets, prompt_model=base)  # (b, T), (b, T, V)
+                logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions, prompt_model=base)  # (b, T), (b, T, V)
                 if single_update:
                     mb_old, mb_old_router = logp.detach(), [r.detach() for r in router] if moe else None
                 else:

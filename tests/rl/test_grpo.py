@@ -182,6 +182,12 @@ def test_cli_smoke(tmp_path, capsys):
     assert main(["rl", "--preset", "nope"]) == 2
 
 
+def test_pack_bins_first_fit_decreasing_within_groups():
+    # group 0: lengths 5, 3, 2, 4 into capacity 6 -> [5], [4, 2], [3]; group 1: 6, 0 (left out), 1 -> [6], [1]
+    bins = grpo.pack_bins([5, 3, 2, 4, 6, 0, 1], [0, 0, 0, 0, 1, 1, 1], 6)
+    assert bins == [[0], [3, 2], [1], [4], [6]]
+
+
 def test_share_prompts_layout_by_hand():
     pad = TOK.pad_id
     # rows: prompt [5, 6] + completion [7, 8]; the same prompt + [9]; prompt [5] + completion [4, 4, 4]
@@ -198,8 +204,8 @@ def test_share_prompts_layout_by_hand():
         grpo.share_prompts(ids, torch.tensor([[0, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32), pad)
 
 
-@pytest.mark.parametrize("n_experts,buckets", [(0, 1), (0, 3), (4, 1), (4, 3)])
-def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, buckets):
+@pytest.mark.parametrize("n_experts,pack", [(0, False), (0, True), (4, False), (4, True)])
+def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, pack):
     """Each prompt run once + completions attending its keys = one forward over the concatenated rows: same
     log-probs, logits, router logits and gradients on every scored position."""
     m = tiny(n_experts)
@@ -220,7 +226,7 @@ def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, buckets):
     sp = grpo.share_prompts(ids, mask, TOK.pad_id)
     assert sp.prompt_ids.shape[0] == groups
     lp1, lg1, r1 = grpo.forward_logprobs(m, ids, 0.7, moe)  # (b, L-1)
-    lp2, lg2, r2 = grpo.shared_prompt_logprobs(m, sp, 0.7, moe, buckets)  # (b, T) completion-aligned
+    lp2, lg2, r2 = grpo.shared_prompt_logprobs(m, sp, 0.7, moe, pack)  # (b, T) completion-aligned
     on, son = mask.bool(), sp.comp_mask.bool()
     assert torch.allclose(lp1[on], lp2[son], atol=1e-5) and torch.allclose(lg1[on], lg2[son], atol=1e-4)
     assert (lp2[~son] == 0).all()
