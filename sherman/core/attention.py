@@ -44,8 +44,8 @@ class AttnContext:
     """Keys/values of an earlier pass that this pass's queries attend before their own keys (no cache, autograd
     flows through them): training on sequences that share a prompt runs the prompt once (`Transformer.forward`)."""
     mask: torch.Tensor | None = None
-    """(B, 1, T_q, T_k) bool, True = may attend: an explicit mask that replaces the causal/key_valid one (packed
-    sequences, `Transformer.forward(segments=...)`); dense backend only."""
+    """(B, 1, T_q, T_k) explicit mask that replaces the causal/key_valid one (packed sequences,
+    `Transformer.forward(segments=...)`): bool (True = may attend) or additive float (0 / -inf); dense backend only."""
     kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     """When a list, each layer appends its own (k, v) (B, H_kv, T, D), RoPE applied (`return_kv`)."""
 

@@ -37,6 +37,9 @@ import torch.nn.functional as F
 
 MIN_MACS = 1 << 20
 """Smallest rows * in_features * out_features routed to oneDNN (below it MKL's lower fixed cost wins)."""
+PACK_MIN_NUMEL = 1 << 16
+"""Smallest weight (elements) that `FusedPack` reorders into oneDNN's blocked layout (~0.1 ms per reorder, each
+generate call; smaller weights run unpacked)."""
 
 _STATE: dict[str, bool] = {}
 
@@ -73,29 +76,62 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return onednn_available()
 
 
+def bucket_rows(m: int) -> int:
+    """Row count m rounded up to one of 8 sizes per octave (m <= 16 unchanged; at most 1/8 more rows).
+
+    oneDNN JIT-compiles a kernel for every new GEMM shape (~0.1 ms each, measured: ~4 ms per RL step of a tiny model
+    when every rollout batch brings new row counts); bucketed row counts repeat, so the kernels are reused. The
+    extra rows are zeros and are cut off again: results are the same numbers."""
+    if m <= 16:
+        return m
+    step = 1 << (m.bit_length() - 4)
+    return -(-m // step) * step
+
+
+def _pad_rows(x2: torch.Tensor, rows: int) -> torch.Tensor:
+    """(m, k) -> (rows, k), zero rows appended."""
+    return x2 if x2.shape[0] == rows else F.pad(x2, (0, 0, 0, rows - x2.shape[0]))
+
+
+def _op_rows(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """`_op` on x (..., in) with its rows padded to `bucket_rows` -> (..., out)."""
+    x2 = x.reshape(-1, x.shape[-1])  # (m, in)
+    m = x2.shape[0]
+    mp = bucket_rows(m)
+    if mp == m:
+        return _op(x, w, b)
+    y = _op(_pad_rows(x2, mp), w, b)[:m]  # (m, out)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
 class _OneDNNLinearFn(torch.autograd.Function):
-    """y = x W^T + b with all three GEMMs (y, dL/dx = g W, dL/dW = g^T x) done by oneDNN."""
+    """y = x W^T + b with all three GEMMs (y, dL/dx = g W, dL/dW = g^T x) done by oneDNN, rows padded to
+    `bucket_rows` (so the weight-gradient GEMM's reduction length is bucketed too)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _op(x, weight, bias)
+        x2 = x.reshape(-1, x.shape[-1])  # (m, in)
+        m = x2.shape[0]
+        x2 = _pad_rows(x2.contiguous(), bucket_rows(m))  # (mp, in)
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias, ctx.m, ctx.x_shape = bias is not None, m, x.shape
+        y = _op(x2, weight, bias)[:m]  # (m, out)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        x2, weight = ctx.saved_tensors  # (mp, in), (out, in)
         gx = gw = gb = None
-        g = g.contiguous()  # an expanded gradient (e.g. of y.sum()) has zero strides, which oneDNN handles very slowly
-        g2 = g.reshape(-1, g.shape[-1])  # (N, out)
+        m = ctx.m
+        g2 = g.reshape(-1, g.shape[-1])  # (m, out)
+        gp = _pad_rows(g2.contiguous(), x2.shape[0])  # (mp, out); contiguous: oneDNN is very slow on zero strides
         if ctx.needs_input_grad[0]:
-            gx = _op(g, weight.t(), None)  # (..., in) = g @ W
+            gx = _op(gp, weight.t(), None)[:m].view(ctx.x_shape)  # (..., in) = g @ W
         if ctx.needs_input_grad[1]:
-            x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (N, in)
             if weight.shape[0] <= weight.shape[1]:
-                gw = _op(g2.t(), x2.t(), None)  # (out, in) = g^T x
+                gw = _op(gp.t(), x2.t(), None)  # (out, in) = g^T x
             else:  # oneDNN is faster with the smaller dimension as the output rows: (x^T g)^T
-                gw = _op(x2.t(), g2.t(), None).t().contiguous()  # (out, in)
+                gw = _op(x2.t(), gp.t(), None).t().contiguous()  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb
@@ -113,7 +149,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         x = x.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return _OneDNNLinearFn.apply(x, weight, bias)
-    return _op(x, weight if packed is None else packed, bias)
+    return _op_rows(x, weight if packed is None else packed, bias)
 
 
 class Linear(nn.Linear):
@@ -151,7 +187,7 @@ class FusedPack:
     (q/k/v, or gate/up of a SwiGLU), so inference does one GEMM instead of several. Valid while none of the
     source weights changes (tensor identity and version counter)."""
 
-    def __init__(self, linears: list[nn.Linear], packed: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, linears: list[nn.Linear], packed: torch.Tensor | None, bias: torch.Tensor | None):
         self.linears, self.packed, self.bias = linears, packed, bias
         self.sources = [m.weight for m in linears] + [m.bias for m in linears if m.bias is not None]
         self.versions = [t._version for t in self.sources]
@@ -176,6 +212,10 @@ class FusedPack:
                 bias = None
             else:
                 bias = torch.cat([b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, linears)])
+            if w.numel() < PACK_MIN_NUMEL:  # small weight: the reorder costs more than it saves
+                pack = cls(linears, None, bias)
+                pack.plain = w
+                return pack
             return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), bias)
 
     def usable(self, x: torch.Tensor) -> bool:
@@ -184,14 +224,15 @@ class FusedPack:
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> the concatenated outputs (..., sum out_i): one oneDNN GEMM on the prepacked weight, or,
-        for products below `MIN_MACS` (tiny models, small batches), one `F.linear` on the plain concatenated weight
-        (made on first use): one call instead of one per source layer either way."""
-        if x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS:
-            return _op(x, self.packed, self.bias)
+        for products below `MIN_MACS` (tiny models, small batches) and weights too small to reorder
+        (`PACK_MIN_NUMEL`), one `linear()` on the plain concatenated weight (made on first use): one call instead
+        of one per source layer either way."""
+        if self.packed is not None and x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS:
+            return _op_rows(x, self.packed, self.bias)
         if self.plain is None:
             with torch.no_grad():
                 self.plain = torch.cat([m.weight.detach() for m in self.linears]) if len(self.linears) > 1 else self.linears[0].weight.detach()
-        return F.linear(x, self.plain, self.bias)
+        return linear(x, self.plain, self.bias)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (..., in) -> one output (..., out_i) per source layer."""

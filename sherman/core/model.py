@@ -129,10 +129,21 @@ def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D); cos/sin (B, 1, T, D) or (1, 1, T, D)."""
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rot * sin
+    """x (B, H, T, D); cos/sin (B, 1, T, D) or (1, 1, T, D): x * cos + rotate_half(x) * sin."""
+    return rope_signed(x, cos, signed_sin(sin))
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin (..., D) -> sin with its first half negated, so that rotate_half(x) * sin = swap_halves(x) * signed_sin."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rope_signed(x: torch.Tensor, cos: torch.Tensor, ssin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` given `signed_sin(sin)` (the model computes that once per forward pass): three ops per call.
+    rotate_half(x) = [-x2, x1] = [x2, x1] * [-1, 1], and the sign is folded into the table (exact)."""
+    swapped = x.roll(x.shape[-1] // 2, dims=-1)  # (..., D) = [x2, x1]
+    return torch.addcmul(x * cos, swapped, ssin)
 
 
 class Attention(nn.Module):
@@ -148,7 +159,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
     def project_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x (B, T, C) -> q (B, H_q, T, D), k, v (B, H_kv, T, D), RoPE applied."""
+        """x (B, T, C) -> q (B, H_q, T, D), k, v (B, H_kv, T, D), RoPE applied (cos and signed_sin(sin) tables, `Transformer._rope`)."""
         b, t, _ = x.shape
         hd, hq, hkv = self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads
         pack = self.__dict__.get("_qkv_pack")
@@ -158,14 +169,14 @@ class Attention(nn.Module):
             if self.q_norm is not None:  # same arithmetic as the two RMSNorms (fp32: rms_norm then * weight)
                 w = torch.cat([self.q_norm.weight.expand(hq, hd), self.k_norm.weight.expand(hkv, hd)])  # (H_q + H_kv, D)
                 qk = F.rms_norm(qk, (hd,), None, self.q_norm.eps) * w
-            qk = apply_rope(qk.transpose(1, 2), cos, sin)  # (B, H_q + H_kv, T, D)
+            qk = rope_signed(qk.transpose(1, 2), cos, sin)  # (B, H_q + H_kv, T, D)
             return qk[:, :hq], qk[:, hq:], v.transpose(1, 2)
         q = self.q_proj(x).view(b, t, hq, hd).transpose(1, 2)
         k = self.k_proj(x).view(b, t, hkv, hd).transpose(1, 2)
         v = self.v_proj(x).view(b, t, hkv, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return rope_signed(q, cos, sin), rope_signed(k, cos, sin), v
 
     def pack_for_inference(self) -> list[nn.Module]:
         """One prepacked q/k/v weight for inference (`core/linear.py`); returns the layers it covers."""
@@ -260,7 +271,7 @@ class Transformer(nn.Module):
         self.__dict__.pop("_head_pack", None)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) or (T,) -> cos, sin (B|1, 1, T, D)."""
+        """positions (B, T) or (T,) -> cos, signed_sin(sin) (B|1, 1, T, D) (what the layers' `rope_signed` takes)."""
         need = int(positions.max()) + 1 if positions.numel() else 0
         if need > self.rope_cos.shape[0]:  # grow the table (rare): positions beyond max_seq_len
             cos, sin = rope_tables(self.cfg.head_dim, max(need, 2 * self.rope_cos.shape[0]), self.cfg.rope_theta, self.device)
@@ -269,7 +280,7 @@ class Transformer(nn.Module):
             positions = positions[None]
         cos = self.rope_cos[positions].unsqueeze(1).to(self.dtype)  # (B, 1, T, D)
         sin = self.rope_sin[positions].unsqueeze(1).to(self.dtype)
-        return cos, sin
+        return cos, signed_sin(sin)
 
     def make_cache(self, batch: int, max_len: int) -> KVCache:
         """A preallocated cache for `batch` rows and `max_len` slots."""
@@ -330,7 +341,8 @@ class Transformer(nn.Module):
         if segments is not None:
             if cache is not None or ctx.backend != "dense":
                 raise ValueError("segments (packed sequences) need dense attention and no cache")
-            ctx.mask = segment_mask(segments, prefix.valid if prefix is not None else None)  # (B, 1, T, P + T)
+            allowed = segment_mask(segments, prefix.valid if prefix is not None else None)  # (B, 1, T, P + T) bool
+            ctx.mask = allowed.to(self.dtype).log()  # additive 0 / -inf, built once for all layers (SDPA would convert per call)
         x = self.embed_tokens(ids) if embeds is None else embeds  # (B, T, C)
         ctx.kv_out = [] if return_kv else None
         router = [] if return_router_logits else None

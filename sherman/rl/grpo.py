@@ -216,13 +216,12 @@ def rollout(
     rewards = torch.tensor([float(task.reward(examples[i // group_size], s)) for i, s in enumerate(texts)])
     seqs = [p + c for p, c in zip(prompts, out.tokens)]
     L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), tok.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L - 1)
-    for i, (p, c) in enumerate(zip(prompts, out.tokens)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        mask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1.0  # targets ids[len(p) : len(p) + len(c)]
-    lengths = torch.tensor([len(c) for c in out.tokens], dtype=torch.float32)
-    return Rollouts(ids, mask, rewards, lengths, texts)
+    ids = torch.tensor([s + [tok.pad_id] * (L - len(s)) for s in seqs], dtype=torch.long)  # (B, L)
+    plen = torch.tensor([len(p) for p in prompts])  # (B,)
+    clen = torch.tensor([len(c) for c in out.tokens])  # (B,)
+    j = torch.arange(L - 1)[None]  # (1, L-1): target ids[:, j + 1]
+    mask = ((j >= plen[:, None] - 1) & (j < (plen + clen)[:, None] - 1)).float()  # (B, L-1) targets ids[len(p) : len(p) + len(c)]
+    return Rollouts(ids, mask, rewards, clen.float(), texts)
 
 
 def compute_advantages(rewards: torch.Tensor, lengths: torch.Tensor, cfg: RLConfig) -> torch.Tensor:
