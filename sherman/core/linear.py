@@ -66,12 +66,18 @@ def onednn_available() -> bool:
     return _STATE["ok"]
 
 
+def plain_autograd() -> bool:
+    """False inside torch.func transforms, autocast or forward-mode AD, which the custom autograd functions of the
+    core (`_OneDNNLinearFn`, the RMSNorm backward) do not implement: callers then use the stock ops."""
+    return not (torch._C._are_functorch_transforms_active() or torch.is_autocast_enabled("cpu") or fwad._current_level >= 0)
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if x.numel() // max(x.shape[-1], 1) * weight.numel() < MIN_MACS:
         return False
-    if torch._C._are_functorch_transforms_active() or torch.is_autocast_enabled("cpu") or fwad._current_level >= 0:
+    if not plain_autograd():
         return False  # torch.func transforms, autocast, forward-mode AD: leave them to F.linear
     return onednn_available()
 

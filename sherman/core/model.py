@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sherman.core.attention import AttnContext, PrefixKV, attend, segment_mask
 from sherman.core.kv_cache import KVCache
-from sherman.core.linear import FusedPack, Linear, linear
+from sherman.core.linear import FusedPack, Linear, linear, plain_autograd
 from sherman.core.moe import MoEFFN, SwiGLU
 
 
@@ -98,6 +98,28 @@ class ModelOutput:
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) (B, H_kv, T, D) when return_kv
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """y = x * r * w, r = rsqrt(mean(x^2) + eps), with the closed-form backward
+    dx = r * (g w - x_hat * mean(g w x_hat)), dw = sum over rows of g x_hat (x_hat = x r).
+    One autograd node instead of the six of F.rms_norm's CPU decomposition: ~2x faster forward + backward on small
+    training batches; same forward values, gradients within fp32 rounding (test)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        r = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        xn = x * r
+        ctx.save_for_backward(xn, r, w)
+        return xn * w
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        xn, r, w = ctx.saved_tensors
+        gw_ = g * w  # (..., C)
+        gx = (gw_ - xn * (gw_ * xn).mean(-1, keepdim=True)) * r if ctx.needs_input_grad[0] else None
+        gw = (g * xn).reshape(-1, xn.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return gx, gw, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -105,7 +127,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused op, bit-identical in fp32
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # bit-identical to the formula below in fp32
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and plain_autograd():
+                return _RMSNormFn.apply(x, self.weight, self.eps)  # training: a closed-form backward
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least; fp64 stays fp64
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)

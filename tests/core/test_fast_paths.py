@@ -30,11 +30,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def test_bucket_rows_by_hand():
+    assert [L.bucket_rows(m) for m in (1, 16, 17, 31, 32, 33, 36, 37, 120, 121, 1000, 1024, 1025)] == [
+        1, 16, 18, 32, 32, 36, 36, 40, 120, 128, 1024, 1024, 1152]  # fmt: skip
+    assert all(m <= L.bucket_rows(m) <= m * 9 // 8 + 1 for m in range(1, 5000))
+
+
 @needs_onednn
-@pytest.mark.parametrize("d_in,d_out", [(96, 112), (112, 96)])  # both weight-gradient orientations
-def test_onednn_forward_and_backward_match_f_linear(d_in, d_out):
+@pytest.mark.parametrize("d_in,d_out,rows", [(96, 112, 40), (112, 96, 40), (96, 112, 41)])  # both weight-gradient orientations; 123 rows are padded to 128
+def test_onednn_forward_and_backward_match_f_linear(d_in, d_out, rows):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 40, d_in, generator=g, requires_grad=True)  # 120 rows x 96 x 112: above MIN_MACS
+    x = torch.randn(3, rows, d_in, generator=g, requires_grad=True)  # 120 or 123 rows x 96 x 112: above MIN_MACS
     w = torch.randn(d_out, d_in, generator=g, requires_grad=True)
     b = torch.randn(d_out, generator=g, requires_grad=True)
     assert 120 * d_in * d_out >= L.MIN_MACS and L._use_onednn(x, w)
@@ -47,6 +53,25 @@ def test_onednn_forward_and_backward_match_f_linear(d_in, d_out):
     gxr, gwr, gbr = torch.autograd.grad(yr, (xr, wr, br), gy.double())
     assert _rel(y.double(), yr) < 1e-6
     assert _rel(gx.double(), gxr) < 1e-6 and _rel(gw.double(), gwr) < 1e-6 and _rel(gb.double(), gbr) < 1e-6
+
+
+def test_rmsnorm_closed_form_backward_matches_autograd():
+    from sherman.core.model import RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(48, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(48, generator=g))
+    x = torch.randn(5, 7, 48, generator=g, requires_grad=True)
+    y = norm(x)
+    assert "RMSNorm" in type(y.grad_fn).__name__  # the closed-form function ran
+    assert torch.equal(y, F.rms_norm(x, (48,), norm.weight, 1e-5))  # same forward values
+    gy = torch.randn(y.shape, generator=g)
+    gx, gw = torch.autograd.grad(y, (x, norm.weight), gy)
+    xr, wr = x.detach().double().requires_grad_(), norm.weight.detach().double().requires_grad_()
+    yr = xr * torch.rsqrt(xr.pow(2).mean(-1, keepdim=True) + 1e-5) * wr
+    gxr, gwr = torch.autograd.grad(yr, (xr, wr), gy.double())
+    assert _rel(gx.double(), gxr) < 1e-6 and _rel(gw.double(), gwr) < 1e-6
 
 
 def test_small_products_and_other_dtypes_use_f_linear():
