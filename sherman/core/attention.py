@@ -40,30 +40,13 @@ class AttnContext:
     """Backend-specific options (budget, block size, gate modules, ...)."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-forward-pass values computed once and reused by every layer (reset by the model each pass)."""
-    prefix: PrefixKV | None = None
-    """Keys/values of an earlier pass that this pass's queries attend before their own keys (no cache, autograd
-    flows through them): training on sequences that share a prompt runs the prompt once (`Transformer.forward`)."""
     mask: torch.Tensor | None = None
-    """(B, 1, T_q, T_k) explicit mask that replaces the causal/key_valid one (packed sequences,
-    `Transformer.forward(segments=...)`): bool (True = may attend) or additive float (0 / -inf); dense backend only."""
-    kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    """When a list, each layer appends its own (k, v) (B, H_kv, T, D), RoPE applied (`return_kv`)."""
-
-
-@dataclass
-class PrefixKV:
-    """Per-layer keys and values of a prefix, one row per row of the pass that attends them."""
-
-    k: list[torch.Tensor]
-    """Per layer (B, H_kv, P, D), RoPE applied at the prefix's own positions."""
-    v: list[torch.Tensor]
-    """Per layer (B, H_kv, P, D)."""
-    valid: torch.Tensor
-    """(B, P) bool: slot holds a real prefix token (a row's prefix may be right padded)."""
-
-    def select(self, rows: torch.Tensor) -> PrefixKV:
-        """The prefix of each row in `rows` (B',) (index_select: gradients sum back into shared rows)."""
-        return PrefixKV([k[rows] for k in self.k], [v[rows] for v in self.v], self.valid[rows])
+    """(B, 1, T_q, T_k) explicit mask that replaces the causal/key_valid one (packed sequences): bool (True = may
+    attend) or additive float (0 / -inf); dense backend only."""
+    prefix_rows: tuple[torch.Tensor, int] | None = None
+    """(src (B,), P): row b's keys/values are preceded by the keys/values of slots [0, P) of row src[b] of the same
+    pass, so packed rows can attend a shared prompt that sits in another row of the batch (training on RL groups:
+    `sherman.rl.grpo.shared_prompt_logprobs`); `mask` then covers P + T keys. No cache."""
 
 
 def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None, device) -> torch.Tensor | None:
@@ -76,17 +59,6 @@ def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None
         return allowed[None, None]
     m = allowed[None, None] & key_valid[:, None, None, :t_k]  # (B, 1, T_q, T_k)
     return m | (kj == qi)[None, None]
-
-
-def segment_mask(segments: torch.Tensor, prefix_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Mask of packed sequences: (B, T) segment ids -> (B, 1, T, P + T) bool. A token attends the earlier tokens of
-    its own segment (itself included) and every valid prefix key (prefix_valid (B, P), shared by all segments)."""
-    b, t = segments.shape
-    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()  # (T, T)
-    own = (segments[:, :, None] == segments[:, None, :]) & causal  # (B, T, T)
-    if prefix_valid is not None:
-        own = torch.cat([prefix_valid[:, None, :].expand(b, t, prefix_valid.shape[1]), own], dim=-1)  # (B, T, P + T)
-    return own[:, None]
 
 
 def key_bias(key_valid: torch.Tensor, hkv: int, g: int, dtype: torch.dtype) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sherman.core.attention import AttnContext, PrefixKV, attend, segment_mask
+from sherman.core.attention import AttnContext, attend
 from sherman.core.kv_cache import KVCache
 from sherman.core.linear import FusedPack, Linear, linear, plain_autograd
 from sherman.core.moe import MoEFFN, SwiGLU
@@ -95,7 +95,6 @@ class ModelOutput:
     logits: torch.Tensor  # (B, T, V)
     hidden: torch.Tensor  # (B, T, C) final normed hidden state
     router_logits: list[torch.Tensor] | None = None  # per MoE layer (B, T, E)
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) (B, H_kv, T, D) when return_kv
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -214,11 +213,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, ctx: AttnContext) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.project_qkv(x, cos, sin)
-        if ctx.kv_out is not None:
-            ctx.kv_out.append((k, v))
-        if ctx.prefix is not None:  # attend an earlier pass's keys first (shared-prompt training)
-            k = torch.cat([ctx.prefix.k[ctx.layer], k], dim=2)  # (B, H_kv, P + T, D)
-            v = torch.cat([ctx.prefix.v[ctx.layer], v], dim=2)
+        if ctx.prefix_rows is not None:  # a shared prompt held by another row of this pass comes first
+            src, p = ctx.prefix_rows
+            k = torch.cat([k[src, :, :p], k], dim=2)  # (B, H_kv, P + T, D)
+            v = torch.cat([v[src, :, :p], v], dim=2)
         elif ctx.cache is not None:
             k, v = ctx.cache.write(ctx.layer, ctx.q_start, k, v)  # all slots up to the end
         y = attend(q, k, v, ctx)  # (B, H_q, T, D)
@@ -321,9 +319,6 @@ class Transformer(nn.Module):
         return_router_logits: bool = False,
         compute_logits: bool = True,
         embeds: torch.Tensor | None = None,
-        prefix: PrefixKV | None = None,
-        return_kv: bool = False,
-        segments: torch.Tensor | None = None,
     ) -> ModelOutput:
         """ids (B, T), or ids=None and embeds (B, T, C): input embeddings used instead of `embed_tokens(ids)`.
 
@@ -332,28 +327,15 @@ class Transformer(nn.Module):
             and queries attend to all earlier valid slots.
         key_valid: without a cache, (B, T) bool marking real tokens (False = padding); with a cache,
             (B, T) validity of the NEW slots (default all valid).
-        attn: an AttnContext carrying the backend name and its options (default dense).
-        prefix: without a cache, keys/values (B, H_kv, P, D) per layer that this pass's queries attend before their
-            own keys, e.g. the `kv` of a prompt-only pass: prompt + completion in two passes equals one pass over
-            the concatenation, and autograd flows into the prompt pass. key_valid then marks this pass's own tokens;
-            positions default to (real prefix length + arange(T)) per row.
-        return_kv: put this pass's own per-layer (k, v) in `out.kv` (usable as a later pass's `prefix`).
-        segments: (B, T) segment ids of packed sequences (no cache, dense attention): a token attends only the
-            earlier tokens of its own segment, plus every valid prefix key. Pass each segment's RoPE positions.
+        attn: an AttnContext carrying the backend name and its options (default dense); for packed training rows
+            also an explicit `mask` and `prefix_rows` (a shared prompt held by another row of the pass).
         """
         assert (ids is None) != (embeds is None), "pass exactly one of ids and embeds"
         b, t = ids.shape if ids is not None else embeds.shape[:2]
         ctx = dataclasses.replace(attn, scratch={}) if attn is not None else AttnContext()
-        if prefix is not None:
-            if cache is not None:
-                raise ValueError("prefix and cache are exclusive (a prefix pass is for training, a cache for decoding)")
-            p = prefix.valid.shape[1]
-            own = key_valid if key_valid is not None else torch.ones(b, t, dtype=torch.bool, device=self.device)
-            start = 0
-            ctx.prefix, ctx.q_start, ctx.key_valid = prefix, p, torch.cat([prefix.valid, own], dim=1)  # (B, P + T)
-            if positions is None:
-                positions = prefix.valid.sum(-1, keepdim=True) + torch.arange(t, device=self.device)  # (B, T)
-        elif cache is not None:
+        if ctx.prefix_rows is not None and cache is not None:
+            raise ValueError("prefix_rows (packed training rows) and a KV cache are exclusive")
+        if cache is not None:
             start, _ = cache.reserve(t, key_valid)
             ctx.cache, ctx.q_start, ctx.key_valid = cache, start, cache.valid[:, : start + t]
         else:
@@ -362,13 +344,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + t, device=self.device)
         cos, sin = self._rope(positions)
-        if segments is not None:
-            if cache is not None or ctx.backend != "dense":
-                raise ValueError("segments (packed sequences) need dense attention and no cache")
-            allowed = segment_mask(segments, prefix.valid if prefix is not None else None)  # (B, 1, T, P + T) bool
-            ctx.mask = allowed.to(self.dtype).log()  # additive 0 / -inf, built once for all layers (SDPA would convert per call)
         x = self.embed_tokens(ids) if embeds is None else embeds  # (B, T, C)
-        ctx.kv_out = [] if return_kv else None
         router = [] if return_router_logits else None
         for i, layer in enumerate(self.layers):
             ctx.layer = i
@@ -377,7 +353,7 @@ class Transformer(nn.Module):
                 router.append(rl)
         h = self.norm(x)
         logits = self.lm_logits(h) if compute_logits else h.new_zeros(0)
-        return ModelOutput(logits=logits, hidden=h, router_logits=router, kv=ctx.kv_out)
+        return ModelOutput(logits=logits, hidden=h, router_logits=router)
 
 
 def padded_positions(valid: torch.Tensor) -> torch.Tensor:

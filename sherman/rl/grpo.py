@@ -57,7 +57,7 @@ from sherman.core.common import (
     world_size,
 )
 from sherman.core.generate import SamplingParams, generate
-from sherman.core.attention import PrefixKV
+from sherman.core.attention import AttnContext
 from sherman.core.model import ModelConfig, Transformer
 from sherman.rl import core as C
 
@@ -307,90 +307,109 @@ def share_prompts(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> SharedP
     return SharedPrompts(prompt_ids.to(dev), prompt_valid.to(dev), torch.tensor(row_prompt, device=dev), comp_ids, comp_mask.float())
 
 
-def pack_bins(lengths: Sequence[int], groups: Sequence[int], capacity: int) -> list[list[int]]:
-    """First-fit-decreasing packing of rows into bins of at most `capacity` tokens, never mixing groups.
+def pack_groups(prompt_lens: Sequence[int], lengths: Sequence[int], groups: Sequence[int], capacity: int,
+                pack: bool = True) -> list[tuple[int, list[int]]]:  # fmt: skip
+    """Rows of a training pass: each group's prompt opens its group's first row, and the group's completions fill
+    rows of at most `capacity` tokens first-fit in decreasing length (pack=False: the prompt and each completion
+    in a row of its own).
 
-    lengths[i] tokens of row i (rows of length 0 are left out), groups[i] its group. -> bins (lists of rows).
+    prompt_lens[g]: prompt tokens of group g; lengths[i], groups[i]: tokens and group of completion i (rows of
+    length 0 are left out). -> [(group, completions in the row)]; the first row of each group holds its prompt.
     """
-    bins: list[list[int]] = []
+    bins: list[tuple[int, list[int]]] = []
     space: list[int] = []
-    bin_group: list[int] = []
+    first: dict[int, int] = {}
+    for g in dict.fromkeys(groups):  # groups in order of first appearance
+        first[g] = len(bins)
+        bins.append((g, []))
+        space.append(capacity - prompt_lens[g])
     for i in sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: (groups[i], -lengths[i], i)):
-        for j in range(len(bins)):
-            if bin_group[j] == groups[i] and space[j] >= lengths[i]:
-                bins[j].append(i)
-                space[j] -= lengths[i]
-                break
-        else:
-            bins.append([i])
+        g = groups[i]
+        fits = (j for j in range(first[g], len(bins)) if bins[j][0] == g and space[j] >= lengths[i])
+        j = next(fits, None) if pack else None
+        if j is None:
+            bins.append((g, [i]))
             space.append(capacity - lengths[i])
-            bin_group.append(groups[i])
+        else:
+            bins[j][1].append(i)
+            space[j] -= lengths[i]
     return bins
 
 
-def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, pack: bool = True,
-                           prompt_model: torch.nn.Module | None = None):  # fmt: skip
-    """Completion log-probs under softmax(logits / T), running each distinct prompt ONCE.
+def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, pack: bool = True):
+    """Completion log-probs under softmax(logits / T) with each distinct prompt run ONCE, in one forward pass.
 
-    Two passes, one autograd graph:
-    1. the U prompts (`return_kv`); the last prompt position scores completion token 0;
-    2. the completions (their tokens 0..n-2 score tokens 1..n-1), attending their prompt's keys/values
-       (`Transformer.forward(prefix=...)`), so an RL group of G completions costs one prompt plus G completions of
-       arithmetic instead of G prompt + completion rows.
-    pack=True packs the completions of one prompt, first-fit, into rows no longer than the longest one
-    (`segments`: each attends only itself and the prompt), so there is no padding compute beyond the last row
-    of each group, and the attention cost is at most that of the unpacked padded batch.
+    The pass's rows: each group's prompt opens the group's first row; the completions (their tokens 0..n-2 are
+    inputs; token 0 is scored from the prompt's last position) fill that row and further rows, packed first-fit
+    into rows no longer than max(longest completion, longest prompt) (pack=False: one completion per row). Every
+    row's keys start with its group's prompt keys, taken from the row that holds the prompt (`AttnContext.prefix_rows`:
+    autograd flows back into it), and an explicit mask lets a completion token see the prompt and the earlier tokens of
+    its own completion, and a prompt token the earlier prompt tokens. So an RL group of G completions costs one prompt
+    plus G completions of arithmetic, with almost no padding, instead of G padded prompt + completion rows.
     The same numbers as `forward_logprobs` on the concatenated rows, at the completion positions (test). The
     router logits of a target are those of the input position that predicts it (as in `forward_logprobs`).
-
-    prompt_model: the module for pass 1 (default `model`; the RL loop passes the unwrapped model under DDP, so
-    that the wrapped one runs one forward per backward).
     -> (logp (b, T), logits (b, T, V), router logits per MoE layer (b, T, E) | None), zero past each completion.
     """
-    pm = prompt_model if prompt_model is not None else model
-    head = pm.module if hasattr(pm, "module") else pm  # the Transformer (for lm_logits)
-    po = pm(sp.prompt_ids, return_kv=True, return_router_logits=want_router, compute_logits=False)
     dev = sp.comp_ids.device
-    n_u = sp.prompt_ids.shape[0]
-    plen = sp.prompt_valid.sum(-1)  # (U,)
-    first_logits = head.lm_logits(po.hidden[torch.arange(n_u, device=dev), plen - 1])  # (U, V): predict completion token 0
-    first_router = [r[torch.arange(n_u, device=dev), plen - 1] for r in po.router_logits] if want_router else None  # (U, E)
     b, T = sp.comp_ids.shape
+    plen = sp.prompt_valid.sum(-1)  # (U,)
     m = (sp.comp_mask.sum(-1).long() - 1).clamp(min=0)  # (b,) completion tokens fed as inputs
-    cap = int(m.max()) if b else 0
-    src = torch.zeros(b, T, dtype=torch.long, device=dev)  # (b, T) row of [first_logits; packed logits] per position
-    src[:, 0] = sp.row_prompt
-    flat_lg, flat_r = first_logits, first_router
-    if cap > 0:
-        m_l, g_l = m.tolist(), sp.row_prompt.tolist()
-        bins = pack_bins(m_l, g_l, cap) if pack else [[i] for i in range(b) if m_l[i] > 0]
-        bin_of, off_of = [0] * b, [0] * b
-        for r, rows in enumerate(bins):
-            off = 0
-            for i in rows:
-                bin_of[i], off_of[i], off = r, off, off + m_l[i]
-        n_r = len(bins)
-        jj = torch.arange(T - 1, device=dev)[None]  # (1, T-1)
-        real = jj < m[:, None]  # (b, T-1) completion token j is an input
-        dest = (torch.tensor(bin_of, device=dev) * cap + torch.tensor(off_of, device=dev))[:, None] + jj  # (b, T-1) flat slot
-        d = dest[real]
-        ids = torch.zeros(n_r * cap, dtype=torch.long, device=dev).index_put_((d,), sp.comp_ids[:, : T - 1][real])  # (R*cap,) pads: id 0, masked
-        pos = torch.zeros(n_r * cap, dtype=torch.long, device=dev).index_put_((d,), (plen[sp.row_prompt][:, None] + jj)[real])
-        seg = torch.full((n_r * cap,), -1, dtype=torch.long, device=dev).index_put_((d,), torch.arange(b, device=dev)[:, None].expand(b, T - 1)[real])
-        bin_group = sp.row_prompt[torch.tensor([rows[0] for rows in bins], device=dev)]  # (R,) prompt of each packed row
-        prefix = PrefixKV([k for k, _ in po.kv], [v for _, v in po.kv], sp.prompt_valid).select(bin_group)
-        co = model(ids.view(n_r, cap), positions=pos.view(n_r, cap), prefix=prefix, segments=seg.view(n_r, cap),
-                   return_router_logits=want_router)  # fmt: skip
-        flat_lg = torch.cat([first_logits, co.logits.reshape(n_r * cap, -1)])  # (U + R*cap, V)
-        if want_router:
-            flat_r = [torch.cat([a, c.reshape(n_r * cap, -1)]) for a, c in zip(first_router, co.router_logits)]
-        src[:, 1:] = torch.where(real, n_u + dest, torch.zeros_like(dest))
+    plen_l, m_l, g_l = plen.tolist(), m.tolist(), sp.row_prompt.tolist()
+    cap = max(max(m_l, default=0), max(plen_l))
+    bins = pack_groups(plen_l, m_l, g_l, cap, pack)
+    n_r, p_max = len(bins), max(plen_l)
+    first_row: dict[int, int] = {}
+    bin_of, off_of = [0] * b, [0] * b
+    for r, (g, rows) in enumerate(bins):
+        off = 0
+        if g not in first_row:
+            first_row[g], off = r, plen_l[g]
+        for i in rows:
+            bin_of[i], off_of[i], off = r, off, off + m_l[i]
+    n_u = len(plen_l)
+    prow = torch.tensor([first_row[g] for g in range(n_u)], device=dev)  # (U,) row holding each prompt
+    # flat slots (R * cap) of prompt tokens and completion inputs
+    pj = torch.arange(p_max, device=dev)[None]  # (1, P)
+    p_real = pj < plen[:, None]  # (U, P)
+    p_dest = (prow[:, None] * cap + pj)[p_real]  # (n_prompt_tokens,)
+    jj = torch.arange(max(T - 1, 0), device=dev)[None]  # (1, T-1)
+    c_real = jj < m[:, None]  # (b, T-1): completion token j is an input
+    dest = (torch.tensor(bin_of, device=dev) * cap + torch.tensor(off_of, device=dev))[:, None] + jj  # (b, T-1)
+    c_dest = dest[c_real]
+    n = n_r * cap
+    ids = torch.zeros(n, dtype=torch.long, device=dev)  # pads: id 0, masked
+    ids[p_dest] = sp.prompt_ids[p_real]
+    ids[c_dest] = sp.comp_ids[:, : T - 1][c_real]
+    pos = torch.zeros(n, dtype=torch.long, device=dev)
+    pos[p_dest] = pj.expand(n_u, p_max)[p_real]
+    pos[c_dest] = (plen[sp.row_prompt][:, None] + jj)[c_real]
+    seg = torch.full((n,), -1, dtype=torch.long, device=dev)  # completion i -> i, prompt g -> b + g, pad -> -1
+    seg[p_dest] = (b + torch.arange(n_u, device=dev))[:, None].expand(n_u, p_max)[p_real]
+    seg[c_dest] = torch.arange(b, device=dev)[:, None].expand(b, T - 1)[c_real]
+    seg = seg.view(n_r, cap)
+    row_group = torch.tensor([g for g, _ in bins], device=dev)  # (R,)
+    is_comp = (seg >= 0) & (seg < b)  # (R, cap) query is a completion token
+    see_prompt = is_comp[:, :, None] & p_real[row_group][:, None, :]  # (R, cap, P)
+    causal = torch.ones(cap, cap, dtype=torch.bool, device=dev).tril()
+    own = (seg[:, :, None] == seg[:, None, :]) & causal  # (R, cap, cap)
+    mask = torch.cat([see_prompt, own], -1)[:, None].to(model_dtype(model)).log()  # (R, 1, cap, P + cap) additive 0 / -inf
+    attn = AttnContext(mask=mask, prefix_rows=(prow[row_group], p_max))
+    out = model(ids.view(n_r, cap), positions=pos.view(n_r, cap), attn=attn, return_router_logits=want_router)
+    # completion position j of row i is scored by slot src[i, j]: the prompt's last slot for j = 0, else input j - 1
+    src = torch.zeros(b, T, dtype=torch.long, device=dev)
+    src[:, 0] = (prow * cap + plen - 1)[sp.row_prompt]
+    if T > 1:
+        src[:, 1:] = torch.where(c_real, dest, torch.zeros_like(dest))
     on = sp.comp_mask > 0  # (b, T)
-    logits = flat_lg[src] * on[..., None]  # (b, T, V)
-    router = [r[src] * on[..., None] for r in flat_r] if want_router else None
+    logits = out.logits.reshape(n, -1)[src] * on[..., None]  # (b, T, V)
+    router = [r.reshape(n, -1)[src] * on[..., None] for r in out.router_logits] if want_router else None
     logits = logits.float() / temperature
     logp = torch.log_softmax(logits, -1).gather(-1, sp.comp_ids[..., None]).squeeze(-1) * on  # (b, T)
     return logp, logits, router
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -500,7 +519,7 @@ def rl_train(
                 msp = sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed to its longest completion
                 mb_mask, mb_adv = msp.comp_mask, adv[chunk]  # (b, T), (b,)
                 t_mb = mb_mask.shape[1]
-                logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions, prompt_model=base)  # (b, T), (b, T, V)
+                logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)  # (b, T), (b, T, V)
                 if single_update:
                     mb_old, mb_old_router = logp.detach(), [r.detach() for r in router] if moe else None
                 else:

@@ -47,33 +47,32 @@ def test_padded_batch_logits_equal_single_rows(moe):
 
 
 @pytest.mark.parametrize("moe", [0, 4])
-def test_prefix_pass_equals_one_forward_with_gradients(moe):
-    """prompt pass (return_kv) + continuation pass attending it (prefix=...) = one forward over the concatenation,
-    for right-padded prompts of different lengths shared by several rows; gradients flow into the prompt pass."""
-    from sherman.core.attention import PrefixKV
-
+def test_prefix_rows_pass_equals_one_forward_with_gradients(moe):
+    """Packed rows that attend a prompt held by ANOTHER row of the same pass (AttnContext.prefix_rows + mask) give
+    the logits of one forward over prompt + continuation, and the same gradients."""
     m = model(moe).train()
-    ids, valid = torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, 7, dtype=torch.bool)
-    for u, p in enumerate(PROMPTS[:2]):
-        ids[u, : len(p)], valid[u, : len(p)] = torch.tensor(p), True
-    po = m(ids, return_kv=True)
-    assert len(po.kv) == 2 and po.kv[0][0].shape == (2, 2, 7, 8)  # per layer (U, H_kv, P, D)
-    rows = torch.tensor([0, 1, 1])  # row -> its prompt
-    cont = torch.tensor([[3, 4], [5, 6], [7, 8]])
-    pre = PrefixKV([k for k, _ in po.kv], [v for _, v in po.kv], valid).select(rows)
-    out = m(cont, prefix=pre).logits  # (3, 2, V)
+    prompt, cont = PROMPTS[2], [[3, 4, 5], [6, 7]]  # row 0: the prompt; row 1: both continuations, packed
+    p = len(prompt)
+    ids = torch.tensor([prompt + [0], [3, 4, 5, 6, 7]])  # (2, 5)
+    pos = torch.tensor([[0, 1, 2, 3, 0], [p, p + 1, p + 2, p, p + 1]])
+    seg = torch.tensor([[9, 9, 9, 9, -1], [0, 0, 0, 1, 1]])
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    own = (seg[:, :, None] == seg[:, None, :]) & causal  # (2, 5, 5)
+    see_prompt = (seg >= 0)[:, :, None] & (seg < 9)[:, :, None] & torch.ones(2, 1, p, dtype=torch.bool)  # (2, 5, P)
+    mask = torch.cat([see_prompt, own], -1)[:, None]  # (2, 1, 5, P + 5)
+    attn = AttnContext(mask=mask, prefix_rows=(torch.tensor([0, 0]), p))
+    out = m(ids, positions=pos, attn=attn).logits  # (2, 5, V)
+    got = [out[0, :p], out[1, 0:3], out[1, 3:5]]
     params = list(m.parameters())
-    grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
-    ref_total = 0.0
-    for i, u in enumerate(rows.tolist()):
-        full = m(torch.tensor([PROMPTS[u] + cont[i].tolist()])).logits[0, len(PROMPTS[u]) :]  # (2, V)
-        assert (full - out[i]).abs().max() < 1e-5
-        ref_total = ref_total + full.square().sum()
-    ref = torch.autograd.grad(ref_total, params, allow_unused=True)
-    for a, c in zip(grads, ref):
+    grads = torch.autograd.grad(sum(x.square().sum() for x in got), params, allow_unused=True)
+    full = [m(torch.tensor([prompt + c])).logits[0] for c in cont]  # (p + len(c), V)
+    refs = [full[0][:p], full[0][p:], full[1][p:]]
+    assert all((a - r).abs().max() < 1e-5 for a, r in zip(got, refs))
+    ref_grads = torch.autograd.grad(sum(x.square().sum() for x in refs), params, allow_unused=True)
+    for a, c in zip(grads, ref_grads):
         assert (a is None and c is None) or torch.allclose(a, c, atol=1e-5)
     with pytest.raises(ValueError, match="exclusive"):
-        m(cont, prefix=pre, cache=m.make_cache(3, 4))
+        m(ids, attn=attn, cache=m.make_cache(2, 8))
 
 
 def test_router_logits_returned_per_moe_layer():

@@ -182,10 +182,13 @@ def test_cli_smoke(tmp_path, capsys):
     assert main(["rl", "--preset", "nope"]) == 2
 
 
-def test_pack_bins_first_fit_decreasing_within_groups():
-    # group 0: lengths 5, 3, 2, 4 into capacity 6 -> [5], [4, 2], [3]; group 1: 6, 0 (left out), 1 -> [6], [1]
-    bins = grpo.pack_bins([5, 3, 2, 4, 6, 0, 1], [0, 0, 0, 0, 1, 1, 1], 6)
-    assert bins == [[0], [3, 2], [1], [4], [6]]
+def test_pack_groups_first_fit_decreasing_after_the_prompt():
+    # capacity 6. group 0: prompt 2, completions 5, 3, 2, 4 -> [prompt, 4], [5], [3, 2];
+    # group 1: prompt 3, completions 6, 0 (left out), 1 -> [prompt, 1], [6]
+    bins = grpo.pack_groups([2, 3], [5, 3, 2, 4, 6, 0, 1], [0, 0, 0, 0, 1, 1, 1], 6)
+    assert bins == [(0, [3]), (1, [6]), (0, [0]), (0, [1, 2]), (1, [4])]
+    unpacked = grpo.pack_groups([2, 3], [5, 3, 2, 4, 6, 0, 1], [0, 0, 0, 0, 1, 1, 1], 6, pack=False)
+    assert unpacked == [(0, []), (1, []), (0, [0]), (0, [3]), (0, [1]), (0, [2]), (1, [4]), (1, [6])]
 
 
 def test_share_prompts_layout_by_hand():
