@@ -61,11 +61,18 @@ def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None
     return m | (kj == qi)[None, None]
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool mask -> the same shape in `dtype`: 0 where allowed, -inf elsewhere (one `where` on scalar tensors; on CPU
+    `log` of a 0/1 mask is ~5x slower, since log(0) takes a slow path)."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.full((), float("-inf"), dtype=dtype, device=allowed.device))
+
+
 def key_bias(key_valid: torch.Tensor, hkv: int, g: int, dtype: torch.dtype) -> torch.Tensor:
     """(B, T_k) bool -> (B*H_kv, G, T_k) additive mask for `decode_attention`'s score GEMM: 0 where valid, -inf
-    elsewhere (log of the 0/1 mask: one cheap op, where `masked_fill` on CPU is several times slower)."""
+    elsewhere."""
     b, tk = key_valid.shape
-    return key_valid.to(dtype).log()[:, None, None, :].expand(b, hkv, g, tk).reshape(b * hkv, g, tk)
+    return additive_mask(key_valid, dtype)[:, None, None, :].expand(b, hkv, g, tk).reshape(b * hkv, g, tk)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None,

@@ -57,7 +57,7 @@ from sherman.core.common import (
     world_size,
 )
 from sherman.core.generate import SamplingParams, generate
-from sherman.core.attention import AttnContext
+from sherman.core.attention import AttnContext, additive_mask
 from sherman.core.model import ModelConfig, Transformer
 from sherman.rl import core as C
 
@@ -392,7 +392,7 @@ def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperatur
     see_prompt = is_comp[:, :, None] & p_real[row_group][:, None, :]  # (R, cap, P)
     causal = torch.ones(cap, cap, dtype=torch.bool, device=dev).tril()
     own = (seg[:, :, None] == seg[:, None, :]) & causal  # (R, cap, cap)
-    mask = torch.cat([see_prompt, own], -1)[:, None].to(model_dtype(model)).log()  # (R, 1, cap, P + cap) additive 0 / -inf
+    mask = additive_mask(torch.cat([see_prompt, own], -1)[:, None], model_dtype(model))  # (R, 1, cap, P + cap) 0 / -inf
     attn = AttnContext(mask=mask, prefix_rows=(prow[row_group], p_max))
     out = model(ids.view(n_r, cap), positions=pos.view(n_r, cap), attn=attn, return_router_logits=want_router)
     # completion position j of row i is scored by slot src[i, j]: the prompt's last slot for j = 0, else input j - 1
