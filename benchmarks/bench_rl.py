@@ -9,13 +9,17 @@ are not timed. The model is briefly SFT-warmed first (so completions end on <eos
 
 Two model sizes by default: width 64 x 2 layers (every op is tiny, so both sides are bound by per-op overhead) and
 width 256 x 4 (~2.9M parameters; bound by matmul arithmetic). Where Sherman's step time goes down (all default on,
-same numbers as without): fp32 matmuls through oneDNN forward and backward (`core/linear.py`; MKL, which TRL's
-model uses through plain torch, does not use AVX-512 on this AMD CPU), log-prob forwards in length buckets (less
-padding), each group's shared prompt prefilled once, finished rows dropped from decoding, fused AdamW. TRL runs with
-its defaults for these settings.
+same numbers as without, up to fp32 rounding):
+- rollouts: each group's shared prompt prefilled once, finished rows dropped from decoding, prepacked weights;
+- the training forward runs each group's prompt ONCE and packs the group's completions into rows with almost no
+  padding, in one pass (`rl/grpo.py: shared_prompt_logprobs`); TRL runs prompt + completion per row, padded;
+- fp32 matmuls through oneDNN forward and backward (`core/linear.py`; MKL, which TRL's model uses through plain
+  torch, does not use AVX-512 on this AMD CPU), row counts bucketed so that oneDNN's JIT-compiled kernels are reused;
+- a closed-form RMSNorm backward, fused AdamW.
+TRL runs with its defaults for these settings. Both get the same untimed warm-up steps.
 
 Needs the `bench` extra (trl; installs accelerate and datasets): `pip install -e .[bench]`.
-Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--steps 6] [--warmup 1] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
+Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--steps 10] [--warmup 2] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -123,8 +127,8 @@ def run_size(args, dim: int, layers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per framework")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
+    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per framework")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (both frameworks)")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
     ap.add_argument("--max-new", type=int, default=32, help="max completion tokens")

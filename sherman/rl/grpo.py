@@ -336,7 +336,35 @@ def pack_groups(prompt_lens: Sequence[int], lengths: Sequence[int], groups: Sequ
     return bins
 
 
-def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, pack: bool = True):
+MAX_MASK_ELEMENTS = 1 << 26
+"""`shared_prompt_logprobs` falls back to one plain causal row per completion when its explicit attention mask would
+have more entries than this (rows x slots x keys: 64M entries = 256 MiB in fp32, reached with completions of a few
+thousand tokens), since the packed pass needs a dense mask."""
+
+
+def unshared_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool):
+    """`shared_prompt_logprobs`' numbers the plain way: one right-padded prompt + completion row per completion,
+    causal attention without a mask (`forward_logprobs`), then the completion positions picked out."""
+    b, T = sp.comp_ids.shape
+    dev = sp.comp_ids.device
+    plen = sp.prompt_valid.sum(-1)[sp.row_prompt]  # (b,)
+    p_max = sp.prompt_ids.shape[1]
+    col = torch.arange(p_max + T, device=dev)[None]  # (1, P + T)
+    from_prompt = sp.prompt_ids[sp.row_prompt].gather(1, col.clamp(max=p_max - 1).expand(b, -1))  # (b, P + T)
+    from_comp = sp.comp_ids.gather(1, (col - plen[:, None]).clamp(0, T - 1))  # (b, P + T)
+    ids = torch.where(col < plen[:, None], from_prompt, from_comp)  # (b, P + T): pads past the completion are harmless
+    ids = ids[:, : int((plen + sp.comp_mask.sum(-1).long()).max())]
+    lp, lg, rt = forward_logprobs(model, ids, temperature, want_router)  # (b, L-1)
+    at = (plen[:, None] - 1 + torch.arange(T, device=dev)[None]).clamp(max=ids.shape[1] - 2)  # (b, T) column of completion token j
+    on = sp.comp_mask > 0
+    logp = lp.gather(1, at) * on
+    logits = lg.gather(1, at[..., None].expand(b, T, lg.shape[-1])) * on[..., None]
+    router = [r.gather(1, at[..., None].expand(b, T, r.shape[-1])) * on[..., None] for r in rt] if want_router else None
+    return logp, logits, router
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperature: float, want_router: bool, pack: bool = True,
+                           max_mask_elements: int = MAX_MASK_ELEMENTS):  # fmt: skip
     """Completion log-probs under softmax(logits / T) with each distinct prompt run ONCE, in one forward pass.
 
     The pass's rows: each group's prompt opens the group's first row; the completions (their tokens 0..n-2 are
@@ -348,6 +376,8 @@ def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperatur
     plus G completions of arithmetic, with almost no padding, instead of G padded prompt + completion rows.
     The same numbers as `forward_logprobs` on the concatenated rows, at the completion positions (test). The
     router logits of a target are those of the input position that predicts it (as in `forward_logprobs`).
+    Where the pass's dense mask would exceed `max_mask_elements` entries (long sequences), `unshared_logprobs` runs
+    instead (same numbers, prompt recomputed per row).
     -> (logp (b, T), logits (b, T, V), router logits per MoE layer (b, T, E) | None), zero past each completion.
     """
     dev = sp.comp_ids.device
@@ -358,6 +388,8 @@ def shared_prompt_logprobs(model: torch.nn.Module, sp: SharedPrompts, temperatur
     cap = max(max(m_l, default=0), max(plen_l))
     bins = pack_groups(plen_l, m_l, g_l, cap, pack)
     n_r, p_max = len(bins), max(plen_l)
+    if n_r * cap * (p_max + cap) > max_mask_elements:
+        return unshared_logprobs(model, sp, temperature, want_router)
     first_row: dict[int, int] = {}
     bin_of, off_of = [0] * b, [0] * b
     for r, (g, rows) in enumerate(bins):

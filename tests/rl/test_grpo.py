@@ -207,8 +207,8 @@ def test_share_prompts_layout_by_hand():
         grpo.share_prompts(ids, torch.tensor([[0, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32), pad)
 
 
-@pytest.mark.parametrize("n_experts,pack", [(0, False), (0, True), (4, False), (4, True)])
-def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, pack):
+@pytest.mark.parametrize("n_experts,pack,max_mask", [(0, False, None), (0, True, None), (4, False, None), (4, True, None), (0, True, 0), (4, True, 0)])
+def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, pack, max_mask):
     """Each prompt run once + completions attending its keys = one forward over the concatenated rows: same
     log-probs, logits, router logits and gradients on every scored position."""
     m = tiny(n_experts)
@@ -229,7 +229,8 @@ def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, pack):
     sp = grpo.share_prompts(ids, mask, TOK.pad_id)
     assert sp.prompt_ids.shape[0] == groups
     lp1, lg1, r1 = grpo.forward_logprobs(m, ids, 0.7, moe)  # (b, L-1)
-    lp2, lg2, r2 = grpo.shared_prompt_logprobs(m, sp, 0.7, moe, pack)  # (b, T) completion-aligned
+    kw = {} if max_mask is None else {"max_mask_elements": max_mask}  # 0: the unshared fallback (long sequences)
+    lp2, lg2, r2 = grpo.shared_prompt_logprobs(m, sp, 0.7, moe, pack, **kw)  # (b, T) completion-aligned
     on, son = mask.bool(), sp.comp_mask.bool()
     assert torch.allclose(lp1[on], lp2[son], atol=1e-5) and torch.allclose(lg1[on], lg2[son], atol=1e-4)
     assert (lp2[~son] == 0).all()
