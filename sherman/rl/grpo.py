@@ -276,35 +276,29 @@ class SharedPrompts:
 def share_prompts(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> SharedPrompts:
     """Rows ids (b, L) of prompt + completion + right padding, mask (b, L-1) = 1 on the targets ids[:, 1:] that
     are completion tokens (one contiguous run per row, as `rollout` builds it) -> `SharedPrompts`. A row's prompt is
-    everything before its first completion token; rows whose prompts are equal share one entry (an RL group)."""
-    b, L = ids.shape
-    m = mask > 0
-    n = m.sum(-1)  # (b,) completion lengths
-    first = torch.where(n > 0, m.float().argmax(-1) + 1, torch.ones_like(n))  # (b,) prompt length (>= 1)
-    last = torch.where(n > 0, L - 1 - m.flip(-1).float().argmax(-1), first - 1)  # (b,) index in ids of the last completion token
-    if not bool((last - first + 1 == n).all()):
-        raise ShermanError("share_prompts needs one contiguous run of completion targets per row")
+    everything before its first completion token; rows whose prompts are equal share one entry (an RL group).
+    (Plain Python over the rows: a few small tensors, instead of ~90 tiny tensor ops.)"""
     slot: dict[tuple[int, ...], int] = {}
     prompts: list[list[int]] = []
-    row_prompt = []
-    for row, p in zip(ids.tolist(), first.tolist()):
+    row_prompt, comps = [], []
+    for row, mk in zip(ids.tolist(), mask.tolist()):
+        on = [j for j, x in enumerate(mk) if x > 0]
+        if on and on[-1] - on[0] + 1 != len(on):
+            raise ShermanError("share_prompts needs one contiguous run of completion targets per row")
+        p = on[0] + 1 if on else 1  # prompt length (>= 1)
         key = tuple(row[:p])
         if key not in slot:
             slot[key] = len(prompts)
             prompts.append(row[:p])
         row_prompt.append(slot[key])
+        comps.append(row[p : p + len(on)])
+    P, T = max(len(x) for x in prompts), max(1, max(len(c) for c in comps))
     dev = ids.device
-    P, T = max(len(x) for x in prompts), max(1, int(n.max()))
-    prompt_ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    prompt_valid = torch.zeros(len(prompts), P, dtype=torch.bool)
-    for u, x in enumerate(prompts):
-        prompt_ids[u, : len(x)] = torch.tensor(x, dtype=torch.long)
-        prompt_valid[u, : len(x)] = True
-    j = torch.arange(T, device=dev)  # (T,)
-    comp_mask = j[None] < n[:, None]  # (b, T)
-    src = (first[:, None] + j[None]).clamp(max=L - 1)  # (b, T) column of completion token j in ids
-    comp_ids = torch.where(comp_mask, ids.gather(1, src), torch.full_like(src, pad_id))  # (b, T)
-    return SharedPrompts(prompt_ids.to(dev), prompt_valid.to(dev), torch.tensor(row_prompt, device=dev), comp_ids, comp_mask.float())
+    prompt_ids = torch.tensor([x + [pad_id] * (P - len(x)) for x in prompts], dtype=torch.long, device=dev)  # (U, P)
+    prompt_valid = torch.tensor([[True] * len(x) + [False] * (P - len(x)) for x in prompts], device=dev)  # (U, P)
+    comp_ids = torch.tensor([c + [pad_id] * (T - len(c)) for c in comps], dtype=torch.long, device=dev)  # (b, T)
+    comp_mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in comps], device=dev)  # (b, T)
+    return SharedPrompts(prompt_ids, prompt_valid, torch.tensor(row_prompt, device=dev), comp_ids, comp_mask)
 
 
 def pack_groups(prompt_lens: Sequence[int], lengths: Sequence[int], groups: Sequence[int], capacity: int,
@@ -548,7 +542,7 @@ def rl_train(
         for _ in range(cfg.epochs):
             perm = torch.randperm(b, generator=gen, device=dev) if cfg.mini_batches > 1 else torch.arange(b, device=dev)
             for chunk in perm.chunk(cfg.mini_batches):
-                msp = sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed to its longest completion
+                msp = sp if cfg.mini_batches == 1 else sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed
                 mb_mask, mb_adv = msp.comp_mask, adv[chunk]  # (b, T), (b,)
                 t_mb = mb_mask.shape[1]
                 logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)  # (b, T), (b, T, V)
