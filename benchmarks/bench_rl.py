@@ -19,7 +19,7 @@ same numbers as without, up to fp32 rounding):
 TRL runs with its defaults for these settings. Both get the same untimed warm-up steps.
 
 Needs the `bench` extra (trl; installs accelerate and datasets): `pip install -e .[bench]`.
-Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--steps 10] [--warmup 2] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
+Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--steps 15] [--warmup 3] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -121,14 +121,17 @@ def run_size(args, dim: int, layers: int) -> dict:
     trl_step = (trl_stamps[-1] - trl_stamps[args.warmup - 1]) / args.steps if args.warmup else (trl_stamps[-1] - t1) / args.steps
     trl_len = statistics.fmean(trl_lens[args.warmup :]) if len(trl_lens) > args.warmup else float("nan")
 
+    per_step = lambda ts, t_start: [b - a for a, b in zip([t_start] + ts[:-1], ts)]  # noqa: E731
+    print(f"  per-step s, warm-up then timed: Sherman {' '.join(f'{x:.3f}' for x in per_step(stamps, t0))}")
+    print(f"                                  TRL     {' '.join(f'{x:.3f}' for x in per_step(trl_stamps, t1))}")
     return {"dim": dim, "layers": layers, "params": sum(p.numel() for p in base.parameters()), "ours_step": ours_step,
             "trl_step": trl_step, "ours_len": ours_len, "trl_len": trl_len, "b": b}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per framework")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (both frameworks)")
+    ap.add_argument("--steps", type=int, default=15, help="timed optimizer steps per framework")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (both frameworks)")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
     ap.add_argument("--max-new", type=int, default=32, help="max completion tokens")

@@ -300,9 +300,12 @@ class Transformer(nn.Module):
             self.rope_cos, self.rope_sin = cos, sin
         if positions.dim() == 1:
             positions = positions[None]
+        cached = self.__dict__.get("_rope_ssin")  # signed_sin of the whole table, redone when the table changes
+        if cached is None or cached[0] is not self.rope_sin:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self.__dict__["_rope_ssin"] = (self.rope_sin, signed_sin(self.rope_sin))
         cos = self.rope_cos[positions].unsqueeze(1).to(self.dtype)  # (B, 1, T, D)
-        sin = self.rope_sin[positions].unsqueeze(1).to(self.dtype)
-        return cos, signed_sin(sin)
+        return cos, cached[1][positions].unsqueeze(1).to(self.dtype)
 
     def make_cache(self, batch: int, max_len: int) -> KVCache:
         """A preallocated cache for `batch` rows and `max_len` slots."""
