@@ -84,14 +84,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> 
     p = max(len(x) for x in prompts)
     if p == 0:
         raise ValueError("every prompt is empty; give at least one token (e.g. a BOS id)")
-    ids = torch.full((len(prompts), p), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(prompts), p, dtype=torch.bool)
     for i, x in enumerate(prompts):
         if len(x) == 0:
             raise ValueError(f"prompt {i} is empty; give at least one token (e.g. a BOS id)")
-        ids[i, p - len(x) :] = torch.as_tensor(list(x), dtype=torch.long)
-        valid[i, p - len(x) :] = True
-    return ids.to(device), valid.to(device)
+    ids = torch.tensor([[pad_id] * (p - len(x)) + list(x) for x in prompts], dtype=torch.long, device=device)  # (B, P)
+    valid = torch.tensor([[False] * (p - len(x)) + [True] * len(x) for x in prompts], device=device)  # (B, P)
+    return ids, valid
 
 
 DROP_FINISHED_ROWS = True
