@@ -163,8 +163,9 @@ def signed_sin(sin: torch.Tensor) -> torch.Tensor:
 
 
 def rope_signed(x: torch.Tensor, cos: torch.Tensor, ssin: torch.Tensor) -> torch.Tensor:
-    """`apply_rope` given `signed_sin(sin)` (the model computes that once per forward pass): three ops per call.
-    rotate_half(x) = [-x2, x1] = [x2, x1] * [-1, 1], and the sign is folded into the table (exact)."""
+    """`apply_rope` given `signed_sin(sin)` (the model keeps that table, see `Transformer._rope`): three ops per call
+    instead of six. rotate_half(x) = [-x2, x1] = [x2, x1] * [-1, 1], the sign folded into the table; the same values
+    up to fp32 rounding (`addcmul` may fuse its multiply-add)."""
     swapped = x.roll(x.shape[-1] // 2, dims=-1)  # (..., D) = [x2, x1]
     return torch.addcmul(x * cos, swapped, ssin)
 
