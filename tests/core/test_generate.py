@@ -75,6 +75,19 @@ def test_prefix_rows_pass_equals_one_forward_with_gradients(moe):
         m(ids, attn=attn, cache=m.make_cache(2, 8))
 
 
+def test_masked_attention_bmm_equals_sdpa():
+    from sherman.core.attention import additive_mask, masked_attention_bmm
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 4, 5, 8, generator=g), torch.randn(3, 2, 7, 8, generator=g), torch.randn(3, 2, 7, 8, generator=g)
+    allowed = torch.rand(3, 1, 5, 7, generator=g) > 0.4
+    allowed[..., 0] = True  # every query sees at least one key
+    ctx = AttnContext(mask=additive_mask(allowed, torch.float32))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    assert (masked_attention_bmm(q, k, v, ctx) - ref).abs().max() < 1e-5
+    assert (dense_attention(q, k, v, ctx) - ref).abs().max() < 1e-5  # the dense backend takes this path on CPU
+
+
 def test_router_logits_returned_per_moe_layer():
     m = model(4)
     out = m(torch.tensor([[1, 2, 3]]), return_router_logits=True)
