@@ -175,10 +175,11 @@ def sample_next(
         tok = _flat_search(kept, u)
     else:
         tok = cumsum_search(kept, u, 0.0, right=True)  # (B,) first index with cdf > u * total
-    p_tok = kept.gather(-1, tok[:, None]).squeeze(-1)  # (B,)
-    if kept.shape[-1] > FLAT_SEARCH_MAX_VOCAB and bool((p_tok == 0).any()):  # a block-edge rounding miss (rare): redo those rows exactly
-        bad = p_tok == 0
-        tok[bad] = _flat_search(kept[bad], u[bad])
+    if kept.shape[-1] > FLAT_SEARCH_MAX_VOCAB:
+        p_tok = kept.gather(-1, tok[:, None]).squeeze(-1)  # (B,)
+        if bool((p_tok == 0).any()):  # a block-edge rounding miss (rare): redo those rows exactly
+            bad = p_tok == 0
+            tok[bad] = _flat_search(kept[bad], u[bad])
     logp = probs.gather(-1, tok[:, None]).squeeze(-1).log()  # (B,) tempered, untruncated
     return tok, logp
 
@@ -264,7 +265,7 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     pos = valid.sum(-1)  # (B,) next RoPE position per row
     toks = torch.full((b, n_new), pad_id, dtype=torch.long, device=dev)
     lps = torch.zeros(b, n_new, device=dev)
-    lengths = torch.full((b,), n_new, dtype=torch.long)
+    lengths = [n_new] * b
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     reasons = ["length"] * b
     stop_ids = torch.tensor(list(params.stop_token_ids), dtype=torch.long, device=dev)
@@ -289,7 +290,11 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
         toks[:, step], lps[:, step] = tok, lp
         steps = step + 1
         if stop_ids.numel() or params.stop_strings:
-            newly = ~done & torch.isin(tok, stop_ids) if stop_ids.numel() else torch.zeros_like(done)
+            if stop_ids.numel():
+                hit = tok == stop_ids[0] if stop_ids.numel() == 1 else torch.isin(tok, stop_ids)
+                newly = hit & ~done if n_done else hit
+            else:
+                newly = torch.zeros_like(done)
             if params.stop_strings:
                 for i in torch.nonzero(~done & ~newly).flatten().tolist():
                     text = tokenizer.decode(toks[i, : step + 1].tolist())
@@ -319,7 +324,7 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
         pos = pos + 1
     model.train(was_training)
     toks_l, lps_l = toks.cpu().tolist(), lps.cpu().tolist()
-    tokens = [toks_l[i][: min(int(lengths[i]), steps)] for i in range(b)]
+    tokens = [toks_l[i][: min(lengths[i], steps)] for i in range(b)]
     logprobs = [lps_l[i][: len(tokens[i])] for i in range(b)]
     texts = None
     if tokenizer is not None:
