@@ -301,11 +301,13 @@ class Transformer(nn.Module):
             self.rope_cos, self.rope_sin = cos, sin
         if positions.dim() == 1:
             positions = positions[None]
+        cos = self.rope_cos[positions].unsqueeze(1).to(self.dtype)  # (B, 1, T, D)
         cached = self.__dict__.get("_rope_ssin")  # signed_sin of the whole table, redone when the table changes
         if cached is None or cached[0] is not self.rope_sin:
+            if not plain_autograd():  # inside torch.func transforms a cached tensor would escape its level
+                return cos, signed_sin(self.rope_sin[positions].unsqueeze(1).to(self.dtype))
             with torch.inference_mode(False), torch.no_grad():
                 cached = self.__dict__["_rope_ssin"] = (self.rope_sin, signed_sin(self.rope_sin))
-        cos = self.rope_cos[positions].unsqueeze(1).to(self.dtype)  # (B, 1, T, D)
         return cos, cached[1][positions].unsqueeze(1).to(self.dtype)
 
     def make_cache(self, batch: int, max_len: int) -> KVCache:
