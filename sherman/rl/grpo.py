@@ -200,6 +200,8 @@ class Rollouts:
     """(B,) completion lengths in tokens."""
     texts: list[str]
     """Decoded completions."""
+    shared: SharedPrompts | None = None
+    """The same rows laid out for `shared_prompt_logprobs` (each distinct prompt once, completions apart)."""
 
 
 def stop_ids(tok) -> list[int]:
@@ -221,7 +223,7 @@ def rollout(
     clen = torch.tensor([len(c) for c in out.tokens])  # (B,)
     j = torch.arange(L - 1)[None]  # (1, L-1): target ids[:, j + 1]
     mask = ((j >= plen[:, None] - 1) & (j < (plen + clen)[:, None] - 1)).float()  # (B, L-1) targets ids[len(p) : len(p) + len(c)]
-    return Rollouts(ids, mask, rewards, clen.float(), texts)
+    return Rollouts(ids, mask, rewards, clen.float(), texts, SharedPrompts.build(prompts, out.tokens, tok.pad_id))
 
 
 def compute_advantages(rewards: torch.Tensor, lengths: torch.Tensor, cfg: RLConfig) -> torch.Tensor:
@@ -272,33 +274,45 @@ class SharedPrompts:
         t = max(1, int(self.comp_mask[idx].sum(-1).max()))
         return SharedPrompts(self.prompt_ids[used, :p], pv[:, :p], inv, self.comp_ids[idx, :t], self.comp_mask[idx, :t])
 
+    def to(self, device) -> SharedPrompts:
+        return SharedPrompts(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
+    @classmethod
+    def build(cls, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device=None) -> SharedPrompts:
+        """Per-row prompt and completion token lists -> the layout; rows with equal prompts share one entry (an RL
+        group). Plain Python plus one small tensor per field (cheaper than tensor ops at these sizes)."""
+        slot: dict[tuple[int, ...], int] = {}
+        uniq: list[list[int]] = []
+        row_prompt = []
+        for x in prompts:
+            key = tuple(x)
+            if key not in slot:
+                slot[key] = len(uniq)
+                uniq.append(list(x))
+            row_prompt.append(slot[key])
+        P, T = max(len(x) for x in uniq), max(1, max(len(c) for c in completions))
+        return cls(
+            torch.tensor([x + [pad_id] * (P - len(x)) for x in uniq], dtype=torch.long, device=device),  # (U, P)
+            torch.tensor([[True] * len(x) + [False] * (P - len(x)) for x in uniq], device=device),  # (U, P)
+            torch.tensor(row_prompt, device=device),  # (b,)
+            torch.tensor([list(c) + [pad_id] * (T - len(c)) for c in completions], dtype=torch.long, device=device),  # (b, T)
+            torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions], device=device),  # (b, T)
+        )
+
 
 def share_prompts(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> SharedPrompts:
     """Rows ids (b, L) of prompt + completion + right padding, mask (b, L-1) = 1 on the targets ids[:, 1:] that
     are completion tokens (one contiguous run per row, as `rollout` builds it) -> `SharedPrompts`. A row's prompt is
-    everything before its first completion token; rows whose prompts are equal share one entry (an RL group).
-    (Plain Python over the rows: a few small tensors, instead of ~90 tiny tensor ops.)"""
-    slot: dict[tuple[int, ...], int] = {}
-    prompts: list[list[int]] = []
-    row_prompt, comps = [], []
+    everything before its first completion token."""
+    prompts, comps = [], []
     for row, mk in zip(ids.tolist(), mask.tolist()):
         on = [j for j, x in enumerate(mk) if x > 0]
         if on and on[-1] - on[0] + 1 != len(on):
             raise ShermanError("share_prompts needs one contiguous run of completion targets per row")
         p = on[0] + 1 if on else 1  # prompt length (>= 1)
-        key = tuple(row[:p])
-        if key not in slot:
-            slot[key] = len(prompts)
-            prompts.append(row[:p])
-        row_prompt.append(slot[key])
+        prompts.append(row[:p])
         comps.append(row[p : p + len(on)])
-    P, T = max(len(x) for x in prompts), max(1, max(len(c) for c in comps))
-    dev = ids.device
-    prompt_ids = torch.tensor([x + [pad_id] * (P - len(x)) for x in prompts], dtype=torch.long, device=dev)  # (U, P)
-    prompt_valid = torch.tensor([[True] * len(x) + [False] * (P - len(x)) for x in prompts], device=dev)  # (U, P)
-    comp_ids = torch.tensor([c + [pad_id] * (T - len(c)) for c in comps], dtype=torch.long, device=dev)  # (b, T)
-    comp_mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in comps], device=dev)  # (b, T)
-    return SharedPrompts(prompt_ids, prompt_valid, torch.tensor(row_prompt, device=dev), comp_ids, comp_mask)
+    return SharedPrompts.build(prompts, comps, pad_id, ids.device)
 
 
 def pack_groups(prompt_lens: Sequence[int], lengths: Sequence[int], groups: Sequence[int], capacity: int,
@@ -520,7 +534,7 @@ def rl_train(
         ro = rollout(base, task, tok, examples, cfg.group_size, params, gen)
         t_roll = time.time() - t0
         # each group's prompt runs once in every log-prob forward; tensors below are completion-aligned (B, T)
-        sp = share_prompts(ro.ids.to(dev), ro.mask.to(dev), tok.pad_id)
+        sp = ro.shared.to(dev)
         adv = compute_advantages(ro.rewards, ro.lengths, cfg).to(dev)  # (B,)
         b = sp.comp_ids.shape[0]
 
