@@ -238,7 +238,8 @@ def generate(
 
 def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn, pad_id: int, on_step) -> GenerateOutput:
     was_training = model.training
-    model.eval()
+    if was_training:  # (walking the module tree costs ~0.1 ms: only when the mode changes)
+        model.eval()
     dev = model.device
     ids, valid = left_pad(prompts, pad_id, dev)
     b, p = ids.shape
@@ -322,7 +323,8 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
             out = decode_forward(model, cache, toks[rows], step, pos[rows], attn)
         logits = model.lm_logits(out.hidden[:, -1])
         pos = pos + 1
-    model.train(was_training)
+    if was_training:
+        model.train()
     toks_l, lps_l = toks.cpu().tolist(), lps.cpu().tolist()
     tokens = [toks_l[i][: min(lengths[i], steps)] for i in range(b)]
     logprobs = [lps_l[i][: len(tokens[i])] for i in range(b)]

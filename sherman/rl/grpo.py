@@ -531,6 +531,7 @@ def rl_train(
         rng = random.Random(f"{cfg.seed}-{rank()}-{step}")
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + rank() * 10_007 + step)
         examples = [task.sample(rng) for _ in range(cfg.prompts_per_step)]
+        base.eval()  # rollouts in eval mode, updates in train mode (one mode switch each)
         ro = rollout(base, task, tok, examples, cfg.group_size, params, gen)
         t_roll = time.time() - t0
         # each group's prompt runs once in every log-prob forward; tensors below are completion-aligned (B, T)
