@@ -73,7 +73,7 @@ def plain_autograd() -> bool:
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if not x.is_cpu or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if x.numel() // max(x.shape[-1], 1) * weight.numel() < MIN_MACS:
         return False
@@ -226,7 +226,7 @@ class FusedPack:
 
     def usable(self, x: torch.Tensor) -> bool:
         """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged."""
-        return not torch.is_grad_enabled() and x.dtype == torch.float32 and x.device.type == "cpu" and self.fresh()
+        return not torch.is_grad_enabled() and x.dtype == torch.float32 and x.is_cpu and self.fresh()
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> the concatenated outputs (..., sum out_i): one oneDNN GEMM on the prepacked weight, or,

@@ -126,10 +126,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # bit-identical to the formula below in fp32
-            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and plain_autograd():
-                return _RMSNormFn.apply(x, self.weight, self.eps)  # training: a closed-form backward
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        w = self.weight
+        if x.dtype == torch.float32 and w.dtype == torch.float32:  # bit-identical to the formula below in fp32
+            if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and plain_autograd():
+                return _RMSNormFn.apply(x, w, self.eps)  # training: a closed-form backward
+            return F.rms_norm(x, w.shape, w, self.eps)
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least; fp64 stays fp64
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
