@@ -199,7 +199,7 @@ class FusedPack:
         self.versions = [t._version for t in self.sources]
         self.splits = [m.out_features for m in linears]
         self.macs_per_row = sum(m.weight.numel() for m in linears)
-        self.plain: torch.Tensor | None = None  # plain (sum out, in) concatenation, for products below MIN_MACS
+        self.plain: torch.Tensor | None = None  # plain (sum out, in) concatenation, for weights not reordered
 
     def fresh(self) -> bool:
         """True while every source weight/bias is unchanged in place (version counter; this is called per
@@ -225,19 +225,19 @@ class FusedPack:
             return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), bias)
 
     def usable(self, x: torch.Tensor) -> bool:
-        """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged."""
-        return not torch.is_grad_enabled() and x.dtype == torch.float32 and x.is_cpu and self.fresh()
+        """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged, and either a plain
+        (small) pack or a product big enough for the prepacked oneDNN weight (else the layers run one by one on
+        their own weights: no extra copy of large weights is kept for small batches)."""
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or not x.is_cpu or not self.fresh():
+            return False
+        return self.packed is None or x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> the concatenated outputs (..., sum out_i): one oneDNN GEMM on the prepacked weight, or,
-        for products below `MIN_MACS` (tiny models, small batches) and weights too small to reorder
-        (`PACK_MIN_NUMEL`), one `linear()` on the plain concatenated weight (made on first use): one call instead
-        of one per source layer either way."""
-        if self.packed is not None and x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS:
+        """x (..., in) -> the concatenated outputs (..., sum out_i) in one GEMM (call when `usable`): on the
+        prepacked oneDNN weight, or, for weights too small to reorder (`PACK_MIN_NUMEL`), `linear()` on the plain
+        concatenated weight."""
+        if self.packed is not None:
             return _op_rows(x, self.packed, self.bias)
-        if self.plain is None:
-            with torch.no_grad():
-                self.plain = torch.cat([m.weight.detach() for m in self.linears]) if len(self.linears) > 1 else self.linears[0].weight.detach()
         return linear(x, self.plain, self.bias)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
