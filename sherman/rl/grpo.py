@@ -94,9 +94,9 @@ class RLConfig:
     epochs: int = 1
     """Passes over each rollout batch; optimizer steps per iteration = epochs * mini_batches."""
     pack_completions: bool = True
-    """Log-prob forwards run each group's prompt once, then all completions in one pass; with this on, the
-    completions of a group are packed into rows no longer than the longest completion (no padding compute;
-    same numbers). Off = one completion per row, right padded."""
+    """Log-prob forwards run each group's prompt once, in the same pass as its completions
+    (`shared_prompt_logprobs`). On: a group's completions are packed first-fit into rows no longer than the
+    longest completion or prompt (little padding compute); off: one completion per row. Same numbers either way."""
     advantage: str = "grpo"
     """'grpo' (r - mean)/(std + eps), 'mean' (Dr. GRPO), 'opo' (length-weighted baseline per group), 'opo_batch'."""
     adv_eps: float = 1e-6
