@@ -16,10 +16,11 @@ same numbers as without, up to fp32 rounding):
 - fp32 matmuls through oneDNN forward and backward (`core/linear.py`; MKL, which TRL's model uses through plain
   torch, does not use AVX-512 on this AMD CPU), row counts bucketed so that oneDNN's JIT-compiled kernels are reused;
 - a closed-form RMSNorm backward, fused AdamW.
-TRL runs with its defaults for these settings. Both get the same untimed warm-up steps.
+TRL runs with its defaults for these settings. The measurement alternates the two in `--rounds` blocks (this VM's
+speed drifts over minutes); every block starts with the same untimed warm-up steps.
 
 Needs the `bench` extra (trl; installs accelerate and datasets): `pip install -e .[bench]`.
-Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--steps 15] [--warmup 3] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
+Run:  python benchmarks/bench_rl.py [--sizes 64x2 256x4] [--rounds 3] [--steps 10] [--warmup 3] [--prompts 8] [--group 8] [--max-new 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -79,14 +80,16 @@ def run_size(args, dim: int, layers: int) -> dict:
     # ---------------- Sherman
     model = Transformer(base.cfg)
     model.load_state_dict(base.state_dict())
-    stamps: list[float] = []
-    lens: list[float] = []
-    cfg = preset_config("opo", steps=n_total, prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.max_new, lr=lr,
-                        track_kl_to_init=False, seed=0)  # fmt: skip
-    t0 = time.time()
-    rl_train(model, task, tok, cfg, callback=lambda s, row: (stamps.append(time.time()), lens.append(row["rollout/len_mean"])))
-    ours_step = (stamps[-1] - stamps[args.warmup - 1]) / args.steps if args.warmup else (stamps[-1] - t0) / args.steps
-    ours_len = statistics.fmean(lens[args.warmup :])
+
+    def run_ours(r: int) -> tuple[list[float], list[float]]:
+        """One block of warm-up + timed steps (seed r) -> (per-step seconds, mean completion length per step)."""
+        stamps: list[float] = []
+        lens: list[float] = []
+        cfg = preset_config("opo", steps=n_total, prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.max_new,
+                            lr=lr, track_kl_to_init=False, seed=r)  # fmt: skip
+        t0 = time.time()
+        rl_train(model, task, tok, cfg, callback=lambda s, row: (stamps.append(time.time()), lens.append(row["rollout/len_mean"])))
+        return [b - a for a, b in zip([t0] + stamps[:-1], stamps)], lens
 
     # ---------------- TRL
     rng = random.Random(0)
@@ -109,29 +112,46 @@ def run_size(args, dim: int, layers: int) -> dict:
                 trl_lens.append(float(logs["completions/mean_length"]))
 
     hf_model = AutoModelForCausalLM.from_pretrained(tmp / "hf", dtype=torch.float32)
-    gcfg = GRPOConfig(
-        output_dir=str(tmp / "trl"), per_device_train_batch_size=b, gradient_accumulation_steps=1, num_generations=args.group,
-        steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new, temperature=1.0, top_p=1.0, top_k=0,
-        learning_rate=lr, beta=0.0, max_steps=n_total, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        bf16=False, seed=0, lr_scheduler_type="constant", warmup_steps=0, disable_dropout=True, dataloader_num_workers=0,
-    )  # fmt: skip
-    trainer = GRPOTrainer(model=hf_model, reward_funcs=reward, args=gcfg, train_dataset=ds, processing_class=hf_tok, callbacks=[Clock()])
-    t1 = time.time()
-    trainer.train()
-    trl_step = (trl_stamps[-1] - trl_stamps[args.warmup - 1]) / args.steps if args.warmup else (trl_stamps[-1] - t1) / args.steps
-    trl_len = statistics.fmean(trl_lens[args.warmup :]) if len(trl_lens) > args.warmup else float("nan")
 
-    per_step = lambda ts, t_start: [b - a for a, b in zip([t_start] + ts[:-1], ts)]  # noqa: E731
-    print(f"  per-step s, warm-up then timed: Sherman {' '.join(f'{x:.3f}' for x in per_step(stamps, t0))}")
-    print(f"                                  TRL     {' '.join(f'{x:.3f}' for x in per_step(trl_stamps, t1))}")
+    def run_trl(r: int) -> tuple[list[float], list[float]]:
+        """One GRPOTrainer run of warm-up + timed steps (seed r) on the same HF model -> (per-step s, lengths)."""
+        trl_stamps.clear()
+        trl_lens.clear()
+        gcfg = GRPOConfig(
+            output_dir=str(tmp / "trl"), per_device_train_batch_size=b, gradient_accumulation_steps=1, num_generations=args.group,
+            steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new, temperature=1.0, top_p=1.0, top_k=0,
+            learning_rate=lr, beta=0.0, max_steps=n_total, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+            bf16=False, seed=r, lr_scheduler_type="constant", warmup_steps=0, disable_dropout=True, dataloader_num_workers=0,
+        )  # fmt: skip
+        trainer = GRPOTrainer(model=hf_model, reward_funcs=reward, args=gcfg, train_dataset=ds, processing_class=hf_tok, callbacks=[Clock()])
+        t1 = time.time()
+        trainer.train()
+        return [b - a for a, b in zip([t1] + trl_stamps[:-1], trl_stamps)], list(trl_lens)
+
+    # Rounds alternate the two (Sherman block, TRL block, Sherman block, ...): this VM's speed drifts over minutes,
+    # and alternating puts both through the same phases. Each block's first `warmup` steps are not timed.
+    ours_t, trl_t, ours_l, trl_l = [], [], [], []
+    for r in range(args.rounds):
+        steps_o, lens_o = run_ours(r)
+        steps_t, lens_t = run_trl(r)
+        print(f"  round {r} per-step s, warm-up then timed: Sherman {' '.join(f'{x:.3f}' for x in steps_o)}")
+        print(f"  {'':>38}TRL     {' '.join(f'{x:.3f}' for x in steps_t)}")
+        ours_t += steps_o[args.warmup :]
+        trl_t += steps_t[args.warmup :]
+        ours_l += lens_o[args.warmup :]
+        trl_l += lens_t[args.warmup :]
+    ours_step, trl_step = statistics.fmean(ours_t), statistics.fmean(trl_t)
+    ours_len = statistics.fmean(ours_l)
+    trl_len = statistics.fmean(trl_l) if trl_l else float("nan")
     return {"dim": dim, "layers": layers, "params": sum(p.numel() for p in base.parameters()), "ours_step": ours_step,
             "trl_step": trl_step, "ours_len": ours_len, "trl_len": trl_len, "b": b}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=15, help="timed optimizer steps per framework")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (both frameworks)")
+    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per framework and round")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every block (both frameworks)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating Sherman/TRL blocks (the machine's speed drifts over time)")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
     ap.add_argument("--max-new", type=int, default=32, help="max completion tokens")
@@ -154,7 +174,7 @@ def main() -> None:
     b = args.prompts * args.group
     print()
     print(f"setting: countdown, {args.prompts} prompts x G={args.group} = {b} rollouts/step, max {args.max_new} new tokens, "
-          f"{args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up; TRL {trl.__version__}")  # fmt: skip
+          f"{args.threads} threads, {args.rounds} alternating rounds of {args.warmup} warm-up + {args.steps} timed steps; TRL {trl.__version__}")  # fmt: skip
     print(f"{'model':>22}{'s/step Sherman':>16}{'s/step TRL':>12}{'samples/s Sherman':>19}{'samples/s TRL':>15}{'ratio':>8}{'mean len S/T':>14}")
     for r in results:
         name = f"{r['dim']}x{r['layers']} ({r['params'] / 1e6:.2f}M)"
