@@ -98,6 +98,20 @@ SHARE_PROMPTS = True
 """`generate` prefills each distinct prompt once and copies its KV rows to the repeats (dense attention)."""
 
 
+FAST_DECODE = True
+"""`generate` runs dense decode steps through `Transformer.decode_step` (same numbers, ~30% less overhead on small
+models) when the model is dense and has no module hooks; set False to use the general forward pass."""
+
+
+def _has_hooks(model: torch.nn.Module) -> bool:
+    """True when any forward hook is registered on a module of `model` or globally (the fast decode step skips them)."""
+    from torch.nn.modules import module as mod
+
+    if mod._global_forward_hooks or mod._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 FLAT_SEARCH_MAX_VOCAB = 512
 """`sample_next` draws with one flat fp64 cumsum at or below this vocabulary size (`cumsum_search` above it)."""
 
@@ -277,6 +291,7 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     # to batch rows; uniforms are drawn for every batch row each step, so outputs do not depend on the dropping.
     rows: torch.Tensor | None = None  # None = all b rows are in the cache
     can_drop = DROP_FINISHED_ROWS and dense
+    fast = FAST_DECODE and dense and model.cfg.n_experts == 0 and not _has_hooks(model)
     n_rows, n_dead, n_done = b, 0, 0  # rows in the cache, finished rows still in it, finished rows in all
     for step in range(n_new):
         u = torch.rand(b, generator=generator, device=dev) if params.temperature > 0 else None
@@ -317,11 +332,12 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
             keep = (~done[cur]).nonzero().flatten()  # cache rows still running
             cache.select_rows(keep)
             rows, n_rows, n_dead = cur[keep], keep.numel(), 0
-        if rows is None:
-            out = decode_forward(model, cache, toks, step, pos, attn)
+        if fast:
+            hidden = model.decode_step(toks[:, step] if rows is None else toks[rows, step], pos if rows is None else pos[rows], cache)
         else:
-            out = decode_forward(model, cache, toks[rows], step, pos[rows], attn)
-        logits = model.lm_logits(out.hidden[:, -1])
+            out = decode_forward(model, cache, toks if rows is None else toks[rows], step, pos if rows is None else pos[rows], attn)
+            hidden = out.hidden[:, -1]
+        logits = model.lm_logits(hidden)
         pos = pos + 1
     if was_training:
         model.train()

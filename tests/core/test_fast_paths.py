@@ -199,3 +199,30 @@ def test_packed_weights_nest_and_count_per_model():
     assert lin._pack is None and lin.__dict__["_pack_depth"] == 0
     with L.packed_weights(lin):  # packs again after a full exit
         assert lin._pack is not None
+
+
+@pytest.mark.parametrize("extra", [dict(qk_norm=True), dict(attn_bias=True, tie_embeddings=False)])
+def test_fast_decode_step_gives_identical_outputs(monkeypatch, extra):
+    """`Transformer.decode_step` (generate's dense fast path) = the general forward, bit for bit."""
+    import sherman.core.generate as G
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=48, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, **extra))
+    prompts = [[1, 2, 3, 4, 5][: 1 + i % 5] for i in range(12)]  # ragged: left padding, per-row positions
+    params = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=0.9, stop_token_ids=[2])
+    outs = []
+    for flag in (True, False):
+        monkeypatch.setattr(G, "FAST_DECODE", flag)
+        o = generate(m, prompts, params, generator=torch.Generator().manual_seed(3))
+        outs.append((o.tokens, o.logprobs))
+    assert outs[0] == outs[1]
+
+
+def test_fast_decode_step_is_not_used_when_a_module_has_hooks():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=48, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64))
+    calls = []
+    handle = m.layers[1].register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[1]))
+    generate(m, [[1, 2, 3]], SamplingParams(max_new_tokens=5, temperature=0.0))
+    handle.remove()
+    assert calls == [3, 1, 1, 1, 1]  # the prefill and every decode step went through the hooked module
