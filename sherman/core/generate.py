@@ -99,8 +99,8 @@ SHARE_PROMPTS = True
 
 
 FAST_DECODE = True
-"""`generate` runs dense decode steps through `Transformer.decode_step` (same numbers, ~30% less overhead on small
-models) when the model is dense and has no module hooks; set False to use the general forward pass."""
+"""`generate` runs one-token decode steps through `Transformer.decode_step` (same numbers, ~30% less overhead on
+small models) when the model has no MoE layers and no module hooks; set False to use the general forward pass."""
 
 
 def _has_hooks(model: torch.nn.Module) -> bool:
@@ -291,7 +291,8 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     # to batch rows; uniforms are drawn for every batch row each step, so outputs do not depend on the dropping.
     rows: torch.Tensor | None = None  # None = all b rows are in the cache
     can_drop = DROP_FINISHED_ROWS and dense
-    fast = FAST_DECODE and dense and model.cfg.n_experts == 0 and not _has_hooks(model)
+    fast = FAST_DECODE and model.cfg.n_experts == 0 and not _has_hooks(model)
+    rectify = int(attn.options.get("rectify_every", 0) or 0) if attn is not None else 0
     n_rows, n_dead, n_done = b, 0, 0  # rows in the cache, finished rows still in it, finished rows in all
     for step in range(n_new):
         u = torch.rand(b, generator=generator, device=dev) if params.temperature > 0 else None
@@ -332,8 +333,8 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
             keep = (~done[cur]).nonzero().flatten()  # cache rows still running
             cache.select_rows(keep)
             rows, n_rows, n_dead = cur[keep], keep.numel(), 0
-        if fast:
-            hidden = model.decode_step(toks[:, step] if rows is None else toks[rows, step], pos if rows is None else pos[rows], cache)
+        if fast and not (rectify and (step + 1) % rectify == 0):  # (rectification steps re-encode a window: forward)
+            hidden = model.decode_step(toks[:, step] if rows is None else toks[rows, step], pos if rows is None else pos[rows], cache, attn)
         else:
             out = decode_forward(model, cache, toks if rows is None else toks[rows], step, pos if rows is None else pos[rows], attn)
             hidden = out.hidden[:, -1]

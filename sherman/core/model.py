@@ -363,28 +363,36 @@ class Transformer(nn.Module):
         return ModelOutput(logits=logits, hidden=h, router_logits=router)
 
 
-    def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """`generate`'s dense decode step: ids (B,), positions (B,) -> the final normed hidden state (B, C).
+    def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, attn: AttnContext | None = None) -> torch.Tensor:
+        """`generate`'s one-token decode step: ids (B,), positions (B,) -> the final normed hidden state (B, C).
 
-        The same arithmetic as `forward(ids[:, None], positions[:, None], cache=cache).hidden[:, 0]` with dense
-        attention and dense (non-MoE) layers (test: identical generate outputs), for the one call that runs once per
-        generated token: the layers' `forward` methods are called directly (no module-call dispatch, no
-        AttnContext, one attention mask for all layers). That is ~30% of a decode step on small models. Because
-        module hooks would not fire here, `generate` uses it only when no module has any.
+        The same arithmetic as `forward(ids[:, None], positions[:, None], cache=cache, attn=attn).hidden[:, 0]` for
+        dense (non-MoE) layers, any attention backend (test: identical generate outputs), for the one call that runs
+        once per generated token: the layers' `forward` methods are called directly (no module-call dispatch; dense
+        attention without an AttnContext and with one mask for all layers). That is ~30% of a decode step on small
+        models. Because module hooks would not fire here, `generate` uses it only when no module has any.
         """
         start, _ = cache.reserve(1)
         key_valid = cache.valid[:, : start + 1]  # (B, T)
+        ctx = None
+        if attn is not None and attn.backend != "dense":  # sparse backends get the context `forward` would build
+            ctx = dataclasses.replace(attn, scratch={})
+            ctx.cache, ctx.q_start, ctx.key_valid = cache, start, key_valid
         cos, sin = self._rope(positions[:, None])  # (B, 1, 1, D)
         x = self.embed_tokens.forward(ids[:, None])  # (B, 1, C)
         bias = None
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            q, k, v = attn.project_qkv(layer.input_layernorm.forward(x), cos, sin)  # (B, H_q, 1, D), (B, H_kv, 1, D)
+            sa = layer.self_attn
+            q, k, v = sa.project_qkv(layer.input_layernorm.forward(x), cos, sin)  # (B, H_q, 1, D), (B, H_kv, 1, D)
             k, v = cache.write(i, start, k, v)  # (B, H_kv, T, D)
-            if bias is None:
-                bias = key_bias(key_valid, k.shape[1], q.shape[1] // k.shape[1], q.dtype)  # (B*H_kv, G, T)
-            y = decode_attention(q, k, v, key_valid, bias)  # (B, H_q, 1, D)
-            x = x + attn.o_proj.forward(y.transpose(1, 2).reshape(x.shape[0], 1, -1))
+            if ctx is not None:
+                ctx.layer = i
+                y = attend(q, k, v, ctx)  # (B, H_q, 1, D)
+            else:
+                if bias is None:
+                    bias = key_bias(key_valid, k.shape[1], q.shape[1] // k.shape[1], q.dtype)  # (B*H_kv, G, T)
+                y = decode_attention(q, k, v, key_valid, bias)  # (B, H_q, 1, D)
+            x = x + sa.o_proj.forward(y.transpose(1, 2).reshape(x.shape[0], 1, -1))
             x = x + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
         return self.norm.forward(x)[:, 0]
 

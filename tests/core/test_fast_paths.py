@@ -226,3 +226,20 @@ def test_fast_decode_step_is_not_used_when_a_module_has_hooks():
     generate(m, [[1, 2, 3]], SamplingParams(max_new_tokens=5, temperature=0.0))
     handle.remove()
     assert calls == [3, 1, 1, 1, 1]  # the prefill and every decode step went through the hooked module
+
+
+def test_fast_decode_step_with_a_sparse_backend_and_rectification_is_identical(monkeypatch):
+    """Sparse backends take the fast step too (ReSA: its rectification steps still run the full forward)."""
+    import sherman.core.generate as G
+    from sherman.attention.resa import resa_context
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=512))
+    prompts = [torch.randint(1, 64, (200 + 9 * i,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(2)]
+    attn = resa_context(budget=0.2, block_size=16, rectify_every=8)
+    outs = []
+    for flag in (True, False):
+        monkeypatch.setattr(G, "FAST_DECODE", flag)
+        o = generate(m, prompts, SamplingParams(max_new_tokens=20, temperature=0.9), attn=attn, generator=torch.Generator().manual_seed(1))
+        outs.append((o.tokens, o.logprobs))
+    assert outs[0] == outs[1]
