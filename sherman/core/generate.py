@@ -189,10 +189,8 @@ def sample_next(
         tok = _flat_search(kept, u)
     else:
         tok = cumsum_search(kept, u, 0.0, right=True)  # (B,) first index with cdf > u * total
-    if kept.shape[-1] > FLAT_SEARCH_MAX_VOCAB:
-        p_tok = kept.gather(-1, tok[:, None]).squeeze(-1)  # (B,)
-        if bool((p_tok == 0).any()):  # a block-edge rounding miss (rare): redo those rows exactly
-            bad = p_tok == 0
+        bad = kept.gather(-1, tok[:, None]).squeeze(-1) == 0  # (B,) a block-edge rounding miss (rare)
+        if bool(bad.any()):  # redo those rows exactly
             tok[bad] = _flat_search(kept[bad], u[bad])
     logp = probs.gather(-1, tok[:, None]).squeeze(-1).log()  # (B,) tempered, untruncated
     return tok, logp
@@ -204,12 +202,15 @@ def _find_stop(text: str, stops: Sequence[str]) -> int:
     return min(hits) if hits else -1
 
 
-def decode_forward(model: Transformer, cache, toks: torch.Tensor, step: int, pos: torch.Tensor, attn: AttnContext | None):
-    """The forward pass of decode step `step`: feeds toks[:, step] (B,) at RoPE positions pos (B,).
+def decode_forward(model: Transformer, cache, toks: torch.Tensor, step: int, pos: torch.Tensor, attn: AttnContext | None,
+                   fast: bool = False) -> torch.Tensor:  # fmt: skip
+    """Decode step `step`: feeds toks[:, step] (B,) at RoPE positions pos (B,) -> the final normed hidden state of
+    that token (B, C).
 
     With `attn.options["rectify_every"] = f > 0` (ReSA dense rectification, `sherman/attention/resa.py`), every
     f-th step rewinds the cache by f - 1 slots and re-encodes the last f generated tokens densely through the
     whole model (`options["dense"] = True`), overwriting their sparse-era keys and values; f = 1 is dense decoding.
+    fast: one-token steps go through `Transformer.decode_step` (same numbers; module hooks do not fire).
     """
     f = int(attn.options.get("rectify_every", 0) or 0) if attn is not None else 0
     if f > 0 and (step + 1) % f == 0:
@@ -218,8 +219,10 @@ def decode_forward(model: Transformer, cache, toks: torch.Tensor, step: int, pos
         window = toks[:, step - back : step + 1]  # (B, f)
         positions = pos[:, None] + torch.arange(-back, 1, device=pos.device)  # (B, f)
         dense = dataclasses.replace(attn, options={**attn.options, "dense": True})
-        return model(window, positions=positions, cache=cache, attn=dense, compute_logits=False)
-    return model(toks[:, step : step + 1], positions=pos[:, None], cache=cache, attn=attn, compute_logits=False)
+        return model(window, positions=positions, cache=cache, attn=dense, compute_logits=False).hidden[:, -1]
+    if fast:
+        return model.decode_step(toks[:, step], pos, cache, attn)
+    return model(toks[:, step : step + 1], positions=pos[:, None], cache=cache, attn=attn, compute_logits=False).hidden[:, -1]
 
 
 @torch.inference_mode()
@@ -292,7 +295,6 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
     rows: torch.Tensor | None = None  # None = all b rows are in the cache
     can_drop = DROP_FINISHED_ROWS and dense
     fast = FAST_DECODE and model.cfg.n_experts == 0 and not _has_hooks(model)
-    rectify = int(attn.options.get("rectify_every", 0) or 0) if attn is not None else 0
     n_rows, n_dead, n_done = b, 0, 0  # rows in the cache, finished rows still in it, finished rows in all
     for step in range(n_new):
         u = torch.rand(b, generator=generator, device=dev) if params.temperature > 0 else None
@@ -333,11 +335,10 @@ def _generate(model, prompts, params: SamplingParams, tokenizer, generator, attn
             keep = (~done[cur]).nonzero().flatten()  # cache rows still running
             cache.select_rows(keep)
             rows, n_rows, n_dead = cur[keep], keep.numel(), 0
-        if fast and not (rectify and (step + 1) % rectify == 0):  # (rectification steps re-encode a window: forward)
-            hidden = model.decode_step(toks[:, step] if rows is None else toks[rows, step], pos if rows is None else pos[rows], cache, attn)
+        if rows is None:
+            hidden = decode_forward(model, cache, toks, step, pos, attn, fast)  # (B, C)
         else:
-            out = decode_forward(model, cache, toks if rows is None else toks[rows], step, pos if rows is None else pos[rows], attn)
-            hidden = out.hidden[:, -1]
+            hidden = decode_forward(model, cache, toks[rows], step, pos[rows], attn, fast)
         logits = model.lm_logits(hidden)
         pos = pos + 1
     if was_training:

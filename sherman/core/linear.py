@@ -180,26 +180,19 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, pack.packed if pack is not None and pack.fresh() else None)
 
 
-def pack_weight(weight: torch.Tensor, rows_hint: int = 16) -> torch.Tensor | None:
-    """oneDNN prepacked copy of a (out, in) fp32 CPU weight, or None where the oneDNN path is not used."""
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not onednn_available():
-        return None
-    with torch.no_grad():
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows_hint)
-
-
 class FusedPack:
     """One prepacked weight made of the row-concatenation of several Linear layers that read the same input
     (q/k/v, or gate/up of a SwiGLU), so inference does one GEMM instead of several. Valid while none of the
     source weights changes (tensor identity and version counter)."""
 
-    def __init__(self, linears: list[nn.Linear], packed: torch.Tensor | None, bias: torch.Tensor | None):
-        self.linears, self.packed, self.bias = linears, packed, bias
+    def __init__(self, linears: list[nn.Linear], packed: torch.Tensor | None, plain: torch.Tensor | None, bias: torch.Tensor | None):
+        self.linears, self.bias = linears, bias
+        self.packed = packed  # oneDNN-reordered (sum out, in) concatenation, or None for small weights
+        self.plain = plain  # the plain concatenation, kept only when not reordered
         self.sources = [m.weight for m in linears] + [m.bias for m in linears if m.bias is not None]
         self.versions = [t._version for t in self.sources]
         self.splits = [m.out_features for m in linears]
         self.macs_per_row = sum(m.weight.numel() for m in linears)
-        self.plain: torch.Tensor | None = None  # plain (sum out, in) concatenation, for weights not reordered
 
     def fresh(self) -> bool:
         """True while every source weight/bias is unchanged in place (version counter; this is called per
@@ -219,10 +212,8 @@ class FusedPack:
             else:
                 bias = torch.cat([b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, linears)])
             if w.numel() < PACK_MIN_NUMEL:  # small weight: the reorder costs more than it saves
-                pack = cls(linears, None, bias)
-                pack.plain = w
-                return pack
-            return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), bias)
+                return cls(linears, None, w, bias)
+            return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), None, bias)
 
     def usable(self, x: torch.Tensor) -> bool:
         """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged, and either a plain

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sherman.core.attention import AttnContext, attend, decode_attention, key_bias
+from sherman.core.attention import AttnContext, attend
 from sherman.core.kv_cache import KVCache
 from sherman.core.linear import FusedPack, Linear, linear, plain_autograd
 from sherman.core.moe import MoEFFN, SwiGLU
@@ -339,17 +339,9 @@ class Transformer(nn.Module):
         """
         assert (ids is None) != (embeds is None), "pass exactly one of ids and embeds"
         b, t = ids.shape if ids is not None else embeds.shape[:2]
-        ctx = dataclasses.replace(attn, scratch={}) if attn is not None else AttnContext()
-        if ctx.prefix_rows is not None and cache is not None:
-            raise ValueError("prefix_rows (packed training rows) and a KV cache are exclusive")
-        if cache is not None:
-            start, _ = cache.reserve(t, key_valid)
-            ctx.cache, ctx.q_start, ctx.key_valid = cache, start, cache.valid[:, : start + t]
-        else:
-            start = 0
-            ctx.q_start, ctx.key_valid = 0, key_valid
+        ctx = self._context(attn, cache, t, key_valid)
         if positions is None:
-            positions = torch.arange(start, start + t, device=self.device)
+            positions = torch.arange(ctx.q_start, ctx.q_start + t, device=self.device)
         cos, sin = self._rope(positions)
         x = self.embed_tokens(ids) if embeds is None else embeds  # (B, T, C)
         router = [] if return_router_logits else None
@@ -366,35 +358,32 @@ class Transformer(nn.Module):
     def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, attn: AttnContext | None = None) -> torch.Tensor:
         """`generate`'s one-token decode step: ids (B,), positions (B,) -> the final normed hidden state (B, C).
 
-        The same arithmetic as `forward(ids[:, None], positions[:, None], cache=cache, attn=attn).hidden[:, 0]` for
-        dense (non-MoE) layers, any attention backend (test: identical generate outputs), for the one call that runs
-        once per generated token: the layers' `forward` methods are called directly (no module-call dispatch; dense
-        attention without an AttnContext and with one mask for all layers). That is ~30% of a decode step on small
-        models. Because module hooks would not fire here, `generate` uses it only when no module has any.
+        `forward(ids[:, None], positions[:, None], cache=cache, attn=attn).hidden[:, 0]` for dense (non-MoE) layers,
+        with the submodules' `forward` methods called directly: module-call dispatch is a large share of a decode
+        step on small models (~15% of a rollout). The same numbers (test: identical generate outputs); since module
+        hooks do not fire here, `generate` uses it only when no module has any.
         """
-        start, _ = cache.reserve(1)
-        key_valid = cache.valid[:, : start + 1]  # (B, T)
-        ctx = None
-        if attn is not None and attn.backend != "dense":  # sparse backends get the context `forward` would build
-            ctx = dataclasses.replace(attn, scratch={})
-            ctx.cache, ctx.q_start, ctx.key_valid = cache, start, key_valid
+        ctx = self._context(attn, cache, 1, None)
         cos, sin = self._rope(positions[:, None])  # (B, 1, 1, D)
         x = self.embed_tokens.forward(ids[:, None])  # (B, 1, C)
-        bias = None
         for i, layer in enumerate(self.layers):
-            sa = layer.self_attn
-            q, k, v = sa.project_qkv(layer.input_layernorm.forward(x), cos, sin)  # (B, H_q, 1, D), (B, H_kv, 1, D)
-            k, v = cache.write(i, start, k, v)  # (B, H_kv, T, D)
-            if ctx is not None:
-                ctx.layer = i
-                y = attend(q, k, v, ctx)  # (B, H_q, 1, D)
-            else:
-                if bias is None:
-                    bias = key_bias(key_valid, k.shape[1], q.shape[1] // k.shape[1], q.dtype)  # (B*H_kv, G, T)
-                y = decode_attention(q, k, v, key_valid, bias)  # (B, H_q, 1, D)
-            x = x + sa.o_proj.forward(y.transpose(1, 2).reshape(x.shape[0], 1, -1))
+            ctx.layer = i
+            x = x + layer.self_attn.forward(layer.input_layernorm.forward(x), cos, sin, ctx)
             x = x + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
         return self.norm.forward(x)[:, 0]
+
+    def _context(self, attn: AttnContext | None, cache: KVCache | None, t: int, key_valid: torch.Tensor | None) -> AttnContext:
+        """The AttnContext of one pass over t new tokens (a copy of `attn` with fresh scratch); with a cache, the
+        new slots are reserved and `key_valid` covers every slot up to them."""
+        ctx = dataclasses.replace(attn, scratch={}) if attn is not None else AttnContext()
+        if cache is not None:
+            if ctx.prefix_rows is not None:
+                raise ValueError("prefix_rows (packed training rows) and a KV cache are exclusive")
+            start, _ = cache.reserve(t, key_valid)
+            ctx.cache, ctx.q_start, ctx.key_valid = cache, start, cache.valid[:, : start + t]
+        else:
+            ctx.q_start, ctx.key_valid = 0, key_valid
+        return ctx
 
 
 def padded_positions(valid: torch.Tensor) -> torch.Tensor:

@@ -172,8 +172,8 @@ def forced_logprobs(model: Transformer, ids: torch.Tensor, n_prefix: int, attn: 
     toks = ids[:, n_prefix:]
     pos = torch.full((b,), n_prefix, dtype=torch.long)
     for step in range(toks.shape[1] - 1):
-        out = decode_forward(model, cache, toks, step, pos, attn)
-        logps.append(torch.log_softmax(model.lm_logits(out.hidden[:, -1]).float(), -1))
+        hidden = decode_forward(model, cache, toks, step, pos, attn)  # (B, C)
+        logps.append(torch.log_softmax(model.lm_logits(hidden).float(), -1))
         pos = pos + 1
     return torch.stack(logps, 1)
 

@@ -200,7 +200,7 @@ class Rollouts:
     """(B,) completion lengths in tokens."""
     texts: list[str]
     """Decoded completions."""
-    shared: SharedPrompts | None = None
+    shared: SharedPrompts
     """The same rows laid out for `shared_prompt_logprobs` (each distinct prompt once, completions apart)."""
 
 
