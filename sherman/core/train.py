@@ -21,10 +21,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Annotated, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+import tyro
 
 from sherman.core import checkpoint as ckpt
 from sherman.core.common import MetricLogger, adamw, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
@@ -76,7 +77,9 @@ class TrainConfig:
     out_dir: str | None = None
     """Run directory for checkpoints and metrics.jsonl; None = nothing written."""
     resume: bool = False
-    """Resume from the latest checkpoint under out_dir if one exists."""
+    """Resume from the latest checkpoint under out_dir if one exists (a finished run: 'already complete', or on to a larger steps)."""
+    trust_pickle: Annotated[bool, tyro.conf.arg(aliases=("--trust-pickle",))] = False
+    """Also resume from an old pickled state.pt. RISK: unpickling runs any code the file contains; use only on checkpoints you wrote."""
     log_every: int = 0
     """Print metrics every N steps on rank 0; 0 = silent."""
 
@@ -92,6 +95,8 @@ class TrainResult:
     step: int
     history: list[dict] = field(default_factory=list)
     final_eval: dict = field(default_factory=dict)
+    already_complete: bool = False
+    """True when resume found a checkpoint at (or past) the requested number of steps: nothing was trained."""
 
 
 def lr_lambda(step: int, cfg: TrainConfig, total: int) -> float:
@@ -200,9 +205,15 @@ def train(
 
     step = 0
     if cfg.resume and cfg.out_dir:
+        if rank() == 0:
+            for p in ckpt.remove_stale(cfg.out_dir):
+                print0(f"removed stale temporary {p}")
         last = ckpt.latest_checkpoint(cfg.out_dir)
         if last is not None:
-            step, _ = ckpt.load_checkpoint(last, base, opt, sched)
+            step, _ = ckpt.load_checkpoint(last, base, opt, sched, trust_pickle=cfg.trust_pickle)
+            if step >= total:
+                print0(f"{last}: run already complete ({step} of {total} steps); nothing to do")
+                return TrainResult(step=step, already_complete=True)
             print0(f"resumed from {last} at step {step}")
     else:
         seed_everything(cfg.seed)
@@ -357,6 +368,9 @@ def main(argv: list[str]) -> int:
         model = Transformer(mcfg)
     args.train.log_every = args.train.log_every or max(1, (args.train.steps or 1) // 10)
     res = train(model, data, args.train)
+    if res.already_complete:
+        print0(f"already complete: {res.step} steps; checkpoints in {out}")
+        return 0
     print0(f"done: {res.step} steps; final train loss {res.history[-1]['loss/train']:.4f}; checkpoints in {out}")
     return 0
 

@@ -134,7 +134,9 @@ class RLConfig:
     out_dir: str | None = None
     """Run directory for checkpoints and metrics.jsonl; None = nothing written."""
     resume: bool = False
-    """Resume from the newest checkpoint under out_dir."""
+    """Resume from the newest checkpoint under out_dir (a finished run: 'already complete', or on to a larger steps)."""
+    trust_pickle: bool = False
+    """Also resume from an old pickled state.pt. RISK: unpickling runs any code the file contains; use only on checkpoints you wrote."""
     log_every: int = 0
     """Print metrics every N iterations on rank 0 (0 = silent)."""
 
@@ -463,6 +465,8 @@ class RLResult:
     """Optimizer steps taken in this call."""
     history: list[dict] = field(default_factory=list)
     final_eval: dict = field(default_factory=dict)
+    already_complete: bool = False
+    """True when resume found a checkpoint at (or past) the requested iterations: nothing was trained."""
 
 
 def _quantile(x: torch.Tensor, q: float) -> float:
@@ -501,12 +505,18 @@ def rl_train(
         for p in ref.parameters():
             p.requires_grad_(False)
     if cfg.out_dir:
+        if cfg.resume and rank() == 0:
+            for p in ckpt.remove_stale(cfg.out_dir):
+                print0(f"removed stale temporary {p}")
         last = ckpt.latest_checkpoint(cfg.out_dir) if cfg.resume else None
         init_dir = Path(cfg.out_dir) / "init"
         if last is not None:
-            step, _ = ckpt.load_checkpoint(last, base, opt, sched)
+            step, _ = ckpt.load_checkpoint(last, base, opt, sched, trust_pickle=cfg.trust_pickle)
+            if step >= cfg.steps:
+                print0(f"{last}: run already complete ({step} of {cfg.steps} iterations); nothing to do")
+                return RLResult(step=step, opt_steps=0, already_complete=True)
             if ref is not None:
-                ckpt.load_checkpoint(init_dir, ref, restore_rng=False)
+                ckpt.load_checkpoint(init_dir, ref, restore_rng=False, trust_pickle=cfg.trust_pickle)
             print0(f"resumed from {last} at iteration {step}")
         elif rank() == 0:
             ckpt.save_checkpoint(init_dir, base, None, 0)
@@ -805,6 +815,9 @@ def main(argv: list[str]) -> int:
     print0(f"RL preset {name} on {args.task}: {cfg.steps} iterations x {cfg.prompts_per_step * cfg.group_size} rollouts, "
            f"{cfg.updates_per_batch} optimizer step(s) per batch, world size {world_size()}")  # fmt: skip
     res = rl_train(model, task, tok, cfg, eval_fn=eval_fn)
+    if res.already_complete:
+        print0(f"already complete: {res.step} iterations; checkpoints in {out}")
+        return 0
     print0(f"done: {res.step} iterations, {res.opt_steps} optimizer steps; final {res.final_eval}; checkpoints in {out}")
     return 0
 

@@ -97,8 +97,8 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path):
         ckpt.load_model(d)
     s = tmp_path / "b"
     ckpt.save_checkpoint(s, m, torch.optim.AdamW(m.parameters()), step=1)
-    (s / "state.pt").write_bytes(b"garbage")
-    with pytest.raises(ckpt.CheckpointError, match="state.pt"):
+    (s / "state.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="state.safetensors"):
         ckpt.load_checkpoint(s, tiny(), torch.optim.AdamW(tiny().parameters()))
     # the CLI prints it as one line with a non-zero exit
     r = subprocess.run([sys.executable, "-m", "sherman.cli", "generate", str(d), "--prompt", "1+1="], capture_output=True, text=True)
