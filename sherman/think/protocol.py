@@ -17,7 +17,11 @@ A worker thinks about its sub-query alone and ends with `<RETURN>takeaways</RETU
 
 The parser is incremental over arbitrary text chunks (tags may be split anywhere) and never raises:
 garbage, nested, stray or unclosed tags become `Malformed` events, which the engine records as format
-errors. Anything that looks like `<` but can no longer become a known tag is plain text.
+errors. Anything that looks like `<` but can no longer become a known tag is plain text. Fork / join
+indices are ASCII digits only (1 to MAX_INDEX_DIGITS of them). The parse does not depend on how the text
+is chunked (the events are the same up to how plain text is split into Think pieces), and `feed` is
+linear: it scans each character once and keeps back at most one partial tag (< MAX_TAG_LEN characters)
+between calls.
 
 The clock (Sec. 3.2, "critical-path latency"): the organizer clock advances one per organizer token;
 a worker forked at clock t_f that decodes n tokens finishes at t_f + n; `<JOIN-i>` sets the clock to
@@ -40,6 +44,8 @@ WORKER_TAGS = ("RETURN",)
 INDEXED = ("FORK", "JOIN")
 ALL_TAGS = ("FORK", "JOIN", "ANSWER", "RETURN")
 MAX_INDEX_DIGITS = 6
+MAX_TAG_LEN = len("</FORK-") + MAX_INDEX_DIGITS + 1
+"""Longest known tag, e.g. '</FORK-123456>'."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class Malformed:
 
 Event = Think | Fork | Join | Answer | Return | Malformed
 
-_TAG_RE = re.compile(r"<(/?)(FORK|JOIN|ANSWER|RETURN)(?:-(\d{1,%d}))?>" % MAX_INDEX_DIGITS)
+_TAG_RE = re.compile(r"<(/?)(FORK|JOIN|ANSWER|RETURN)(?:-([0-9]{1,%d}))?>" % MAX_INDEX_DIGITS)  # ASCII digits only
 
 
 def _could_become_tag(s: str) -> bool:
@@ -90,14 +96,14 @@ def _could_become_tag(s: str) -> bool:
             return True
         if name in INDEXED and body.startswith(full):
             digits = body[len(full) :]
-            if digits.isdigit() and len(digits) <= MAX_INDEX_DIGITS and digits.isascii():
+            if digits.isascii() and digits.isdigit() and len(digits) <= MAX_INDEX_DIGITS:
                 return True
     return False
 
 
-def _match_tag(s: str) -> tuple[str, bool, int | None, int] | None:
-    """Match a complete known tag at the start of s -> (name, closing, index, length) or None."""
-    m = _TAG_RE.match(s)
+def _match_tag(s: str, pos: int = 0) -> tuple[str, bool, int | None, int] | None:
+    """Match a complete known tag at s[pos:] -> (name, closing, index, end position in s) or None."""
+    m = _TAG_RE.match(s, pos)
     if m is None:
         return None
     closing, name, idx = m.group(1) == "/", m.group(2), m.group(3)
@@ -124,37 +130,50 @@ class StreamParser:
         self.role = role
         self.allowed = ORGANIZER_TAGS if role == "organizer" else WORKER_TAGS
         self.buf = ""
+        """Unconsumed tail of the input: at most one partial tag (shorter than MAX_TAG_LEN)."""
         self.mode = "text"  # text | fork | answer | return | done
         self.open_index: int | None = None
-        self.body = ""
+        self._body: list[str] = []
         self.done = False
+        self.scanned = 0
+        """Characters examined by feed() so far (each input character once, plus the kept-back tail again)."""
+
+    @property
+    def body(self) -> str:
+        """Text of the open FORK / ANSWER / RETURN so far."""
+        return "".join(self._body)
 
     def feed(self, chunk: str) -> list[Event]:
         if self.done:
             return []
-        self.buf += chunk
+        s = self.buf + chunk  # buf is at most one partial tag: O(len(chunk)) per call
+        self.scanned += len(s)
         out: list[Event] = []
-        while self.buf and not self.done:
-            j = self.buf.find("<")
+        text: list[str] = []  # plain text since the last tag
+        i, n = 0, len(s)
+        while i < n and not self.done:
+            j = s.find("<", i)
             if j < 0:
-                self._text(self.buf, out)
-                self.buf = ""
+                text.append(s[i:])
+                i = n
                 break
-            if j > 0:
-                self._text(self.buf[:j], out)
-                self.buf = self.buf[j:]
-            m = _match_tag(self.buf)
+            if j > i:
+                text.append(s[i:j])
+                i = j
+            m = _match_tag(s, i)  # the regex reads at most MAX_TAG_LEN characters
             if m is None:
-                head = self.buf.split(">", 1)[0] if ">" in self.buf else self.buf
-                if ">" not in self.buf and _could_become_tag(head):
-                    break  # wait for more text
-                self._text("<", out)  # a literal '<'
-                self.buf = self.buf[1:]
+                if n - i < MAX_TAG_LEN and ">" not in s[i:] and _could_become_tag(s[i:]):
+                    break  # a partial tag: wait for more text
+                text.append("<")  # a literal '<'
+                i += 1
                 continue
-            name, closing, idx, n = m
-            tag = self.buf[:n]
-            self.buf = self.buf[n:]
-            self._tag(name, closing, idx, tag, out)
+            name, closing, idx, end = m
+            self._text("".join(text), out)
+            text = []
+            self._tag(name, closing, idx, s[i:end], out)
+            i = end
+        self._text("".join(text), out)
+        self.buf = "" if self.done else s[i:]
         return out
 
     def close(self) -> list[Event]:
@@ -183,7 +202,7 @@ class StreamParser:
             else:
                 out.append(Think(text))
         else:
-            self.body += text
+            self._body.append(text)
 
     def _tag(self, name: str, closing: bool, idx: int | None, tag: str, out: list[Event]) -> None:
         if name not in self.allowed:
@@ -193,19 +212,19 @@ class StreamParser:
             if closing:
                 out.append(Malformed(f"stray closing tag {tag}", tag))
             elif name == "FORK":
-                self.mode, self.open_index, self.body = "fork", idx, ""
+                self.mode, self.open_index, self._body = "fork", idx, []
             elif name == "JOIN":
                 out.append(Join(idx))
             else:  # ANSWER / RETURN open
-                self.mode, self.body = name.lower(), ""
+                self.mode, self._body = name.lower(), []
             return
         # inside an open FORK / ANSWER / RETURN body
         if self.mode == "fork" and closing and name == "FORK" and idx == self.open_index:
             out.append(Fork(idx, self.body))
-            self.mode, self.open_index, self.body = "text", None, ""
+            self.mode, self.open_index, self._body = "text", None, []
         elif self.mode in ("answer", "return") and closing and name == self.mode.upper():
             out.append(Answer(self.body) if self.mode == "answer" else Return(self.body))
-            self.mode, self.body, self.done = "done", "", True
+            self.mode, self._body, self.done = "done", [], True
         else:
             out.append(Malformed(f"tag {tag} inside open <{self.mode.upper()}>", tag))
 
