@@ -5,11 +5,24 @@ non-streaming), `GET /v1/models`, `GET /health`. With an API key, every `/v1` re
 `Authorization: Bearer KEY` (else 401). Malformed requests get a 4xx with OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}`; nothing a client sends crashes the server.
 
+Limits and failure handling (see the README's security model):
+- the request body is capped (`max_body_bytes`, 413 beyond it); a body that is not a JSON object, or that
+  Python's parser refuses (integers of more than 4,300 digits, nesting deeper than the recursion limit), is a 400;
+- prompts are tokenized in a worker thread, then prompt + max_tokens is checked against the model's
+  `max_seq_len` before any decoding: beyond it, a 400 with code `context_length_exceeded` (OpenAI's shape). A
+  request without max_tokens gets min(default_max_tokens, room left in the window);
+- an error after a stream has started (HTTP 200 already sent) is sent as an SSE `{"error": ...}` event, then
+  `data: [DONE]`; any 500 answer carries `Connection: close`, so a pooled client connection is not reused;
+- returned text skips special tokens (`<bos>`, `<pad>`, ...) unless the request sets `skip_special_tokens: false`
+  (vLLM's extension; the AsyncThink OpenAI backend uses it to see the protocol tags);
+- the API key is compared in constant time (`hmac.compare_digest`).
+
 Concurrent requests are batched: every choice of every request is a stream of the shared
 `serve.batcher.Batcher` (continuous batching over `core.generate.Decoder`: one forward pass per step
 for all live sequences; a prompt that extends a finished one reuses its KV cache).
 
-AsyncThink is exposed as a second model, `<name>-asyncthink`: a chat call to it runs the AsyncThink
+AsyncThink is exposed as a second model, `<name>-asyncthink`, when the tokenizer can encode the protocol's
+templates and tags (`<ORG>`, `<WORK>`, `<FORK-1>`, ...): a chat call to it runs the AsyncThink
 engine (organizer + workers through the same batcher) on the last user message and returns the answer,
 with the fork-join tree, latency and eta under the extra key `asyncthink`.
 
@@ -20,6 +33,7 @@ their contents (`chat_template` in ServeConfig can name another: "plain" or "rol
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -66,6 +80,8 @@ class ServeConfig:
     """AsyncThink organizer token cap."""
     think_max_worker_tokens: int = 128
     """AsyncThink per-worker token cap."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (bytes); larger ones get a 413."""
 
 
 class APIError(Exception):
@@ -81,15 +97,20 @@ class APIError(Exception):
 # request validation (pure)
 
 
+def _short(v) -> str:
+    r = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"an integer of {len(str(abs(v)))} digits"
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 def _num(body: dict, key: str, default, lo: float, hi: float, integer: bool = False):
     v = body.get(key, default)
     if v is None:
         v = default
     ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok_type:
-        raise APIError(400, f"'{key}' must be {'an integer' if integer else 'a number'}, got {v!r}", param=key)
-    if not lo <= v <= hi:
-        raise APIError(400, f"'{key}' must be in [{lo}, {hi}], got {v}", param=key)
+        raise APIError(400, f"'{key}' must be {'an integer' if integer else 'a number'}, got {_short(v)}", param=key)
+    if not lo <= v <= hi:  # also false for NaN
+        raise APIError(400, f"'{key}' must be in [{lo}, {hi}], got {_short(v)}", param=key)
     return v
 
 
@@ -113,8 +134,9 @@ def parse_sampling(body: dict, cfg: ServeConfig) -> tuple[SamplingParams, int, l
     else:
         raise APIError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
     stops = [s for s in stops if s]
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise APIError(400, "'stream' must be a boolean", param="stream")
+    for key in ("stream", "skip_special_tokens"):
+        if body.get(key) is not None and not isinstance(body[key], bool):
+            raise APIError(400, f"'{key}' must be a boolean", param=key)
     return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p), max_tokens, stops, n
 
 
@@ -127,7 +149,8 @@ def render_chat(messages, template: str) -> str:
             raise APIError(400, "each message needs a 'role' of system, user, assistant, developer or tool", param="messages")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "".join(texts) if all(isinstance(t, str) for t in texts) else None
         if not isinstance(content, str):
             raise APIError(400, "message 'content' must be a string or a list of text parts", param="messages")
         parts.append((m["role"], content))
@@ -141,6 +164,36 @@ def last_user(messages) -> str:
         if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
             return m["content"]
     raise APIError(400, "the asyncthink model needs a user message", param="messages")
+
+
+def context_error(n_prompt: int, max_tokens: int, window: int, param: str) -> APIError:
+    where = "messages" if param == "messages" else "prompt"
+    return APIError(
+        400,
+        f"This model's maximum context length is {window} tokens. However, you requested {n_prompt + max_tokens} tokens "
+        f"({n_prompt} in the {where}, {max_tokens} in the completion). Please reduce the length of the {where} or completion.",
+        param=param, code="context_length_exceeded",
+    )  # fmt: skip
+
+
+def fit_window(n_prompt: int, max_tokens: int, explicit: bool, window: int, param: str) -> int:
+    """max_tokens that fits the context window: an explicit one must fit (else context_length_exceeded); the default
+    is cut to the room left; a prompt that fills the window leaves no room either way."""
+    if n_prompt + (max_tokens if explicit else 1) > window:
+        raise context_error(n_prompt, max_tokens if explicit else 1, window, param)
+    return max_tokens if explicit else min(max_tokens, window - n_prompt)
+
+
+def asyncthink_available(tok, tcfg=None) -> bool:
+    """True when the tokenizer can encode the AsyncThink templates and every protocol tag (else the model is not offered)."""
+    from sherman.think.engine import ThinkConfig
+    from sherman.think.protocol import format_tag
+
+    tcfg = tcfg or ThinkConfig()
+    probes = [tcfg.organizer_template.format(question="1"), tcfg.worker_template.format(question="1", query="1")]
+    probes += [format_tag(n, 1, c) for n in ("FORK", "JOIN") for c in (False, True)]
+    probes += [format_tag(n, None, c) for n in ("ANSWER", "RETURN") for c in (False, True)]
+    return all(_encodable(tok, p) for p in probes)
 
 
 def find_stop(text: str, stops: list[str]) -> int:
@@ -159,15 +212,20 @@ class Engine:
         from sherman.serve.batcher import Batcher
 
         self.model, self.tok, self.cfg = model.eval(), tokenizer, cfg
+        self.window = int(model.cfg.max_seq_len)
         self.batcher = Batcher(model, generator=torch.Generator(device=model.device).manual_seed(cfg.seed), max_batch=cfg.max_batch)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, param: str = "prompt") -> list[int]:
         try:
             return self.tok.encode(text, bos=True)
-        except (ValueError, KeyError) as e:
-            raise APIError(400, f"prompt cannot be tokenized: {e}", param="prompt") from None
+        except Exception as e:  # any tokenizer failure on client text is the client's error
+            raise APIError(400, f"{param} cannot be tokenized: {_short(str(e))}", param=param) from None
 
-    async def stream_text(self, ids: list[int], params: SamplingParams, max_tokens: int, stops: list[str]):
+    async def encode_all(self, texts: list[str], param: str = "prompt") -> list[list[int]]:
+        """Tokenize in a worker thread: a huge prompt does not hold up the event loop (other requests, the batcher)."""
+        return await asyncio.to_thread(lambda: [self.encode(t, param) for t in texts])
+
+    async def stream_text(self, ids: list[int], params: SamplingParams, max_tokens: int, stops: list[str], skip_special: bool = True):
         """Yield (text_delta, finish_reason or None); the last item has a finish reason."""
         eos = self.tok.eos_id
         gen: list[int] = []
@@ -183,7 +241,7 @@ class Engine:
                     finish = "stop"
                     break
                 gen.append(tok)
-                text = self.tok.decode(gen, skip_special=False)
+                text = self.tok.decode(gen, skip_special=skip_special)
                 j = find_stop(text, stops) if stops else -1
                 if j >= 0:
                     text, finish = text[:j], "stop"
@@ -203,6 +261,7 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
     cfg = cfg or ServeConfig()
     eng = Engine(model, tokenizer, cfg)
     think_name = f"{cfg.model_name}-asyncthink"
+    think_ok = cfg.asyncthink and asyncthink_available(tokenizer)
     app = FastAPI(title="sherman serve")
     app.state.engine = eng
     created = int(time.time())
@@ -222,29 +281,47 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
 
     @app.exception_handler(Exception)
     async def _internal(request, exc):
-        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").body(), status_code=500)
+        # close the connection: the client's pool must not reuse a connection whose request failed on our side
+        body = APIError(500, f"internal error: {type(exc).__name__}: {_short(str(exc))}", "server_error").body()
+        return JSONResponse(body, status_code=500, headers={"Connection": "close"})
+
+    want_auth = f"Bearer {cfg.api_key}".encode() if cfg.api_key is not None else None
 
     def check_auth(request: Request) -> None:
-        if cfg.api_key is None:
+        if want_auth is None:
             return
-        got = request.headers.get("authorization", "")
-        if got != f"Bearer {cfg.api_key}":
+        got = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(got, want_auth):  # constant time: no key prefix leaks through timing
             raise APIError(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
 
     async def read_body(request: Request) -> dict:
+        limit = cfg.max_body_bytes
+        too_big = APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > limit:
+                raise too_big
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise APIError(400, "request body is not valid JSON") from None
+            body = json.loads(bytes(raw))
+        except (ValueError, RecursionError):  # bad JSON or UTF-8, > 4300-digit integers, nesting too deep
+            raise APIError(400, "request body is not valid JSON (or nests too deeply / holds a too-long number)") from None
         if not isinstance(body, dict):
             raise APIError(400, "request body must be a JSON object")
         return body
+
+    def error_event(exc: Exception) -> str:
+        err = exc if isinstance(exc, APIError) else APIError(500, f"internal error: {type(exc).__name__}: {_short(str(exc))}", "server_error")
+        return f"data: {json.dumps(err.body())}\n\n"
 
     def check_model(body: dict, allow_think: bool) -> str:
         name = body.get("model")
         if not isinstance(name, str):
             raise APIError(400, "'model' is required", param="model")
-        known = [cfg.model_name] + ([think_name] if cfg.asyncthink and allow_think else [])
+        known = [cfg.model_name] + ([think_name] if think_ok and allow_think else [])
         if name not in known:
             raise APIError(404, f"The model '{name}' does not exist; available: {known}", code="model_not_found", param="model")
         return name
@@ -256,13 +333,13 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
     @app.get("/v1/models")
     async def models(request: Request):
         check_auth(request)
-        ids = [cfg.model_name] + ([think_name] if cfg.asyncthink else [])
+        ids = [cfg.model_name] + ([think_name] if think_ok else [])
         return {"object": "list", "data": [{"id": i, "object": "model", "created": created, "owned_by": "sherman"} for i in ids]}
 
-    async def run_choices(prompts: list[list[int]], params, max_tokens, stops, n):
+    async def run_choices(prompts: list[list[int]], params, max_tokens, stops, n, skip):
         async def one(ids):
             parts, finish = [], "length"
-            async for delta, fin in eng.stream_text(ids, params, max_tokens, stops):
+            async for delta, fin in eng.stream_text(ids, params, max_tokens, stops, skip):
                 parts.append(delta)
                 if fin is not None:
                     finish = fin
@@ -289,24 +366,30 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
         else:
             raise APIError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
         params, max_tokens, stops, n = parse_sampling(body, cfg)
+        skip = body.get("skip_special_tokens") is not False
         if len(texts) * n > cfg.max_batch:
             raise APIError(400, f"{len(texts)} prompts x n={n} exceeds the server's limit of {cfg.max_batch} choices", param="prompt")
-        prompts = [eng.encode(t) for t in texts]
+        if body.get("stream") and len(texts) * n != 1:
+            raise APIError(400, "streaming supports one prompt and n = 1", param="stream")
+        prompts = await eng.encode_all(texts)
+        max_tokens = fit_window(max(len(p) for p in prompts), max_tokens, explicit_max_tokens(body), eng.window, "prompt")
+        params.max_new_tokens = max_tokens
         rid = _chunk_id("cmpl")
         if body.get("stream"):
-            if len(prompts) * n != 1:
-                raise APIError(400, "streaming supports one prompt and n = 1", param="stream")
 
             async def sse():
-                async for delta, fin in eng.stream_text(prompts[0], params, max_tokens, stops):
-                    if delta or fin is not None:
-                        chunk = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": name,
-                                 "choices": [{"index": 0, "text": delta, "logprobs": None, "finish_reason": fin}]}
-                        yield f"data: {json.dumps(chunk)}\n\n"
+                try:
+                    async for delta, fin in eng.stream_text(prompts[0], params, max_tokens, stops, skip):
+                        if delta or fin is not None:
+                            chunk = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": name,
+                                     "choices": [{"index": 0, "text": delta, "logprobs": None, "finish_reason": fin}]}
+                            yield f"data: {json.dumps(chunk)}\n\n"
+                except Exception as e:  # headers (200) are out: report in-band, then end the stream properly
+                    yield error_event(e)
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(sse(), media_type="text/event-stream")
-        outs = await run_choices(prompts, params, max_tokens, stops, n)
+        outs = await run_choices(prompts, params, max_tokens, stops, n, skip)
         choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": f} for i, (t, f) in enumerate(outs)]
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": name, "choices": choices,
                 "usage": usage(prompts, [t for t, _ in outs])}
@@ -319,31 +402,40 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
         messages = body.get("messages")
         prompt_text = render_chat(messages, cfg.chat_template)
         params, max_tokens, stops, n = parse_sampling(body, cfg)
+        skip = body.get("skip_special_tokens") is not False
         rid = _chunk_id("chatcmpl")
         extra = None
         if name == think_name:
-            texts, extra = await run_asyncthink(last_user(messages), params)
+            question = last_user(messages)
+            q_ids = (await eng.encode_all([question], "messages"))[0]
+            fit_window(len(q_ids) + 1, cfg.think_max_org_tokens, True, eng.window, "messages")  # organizer: question + <ORG> + its tokens
+            texts, extra = await run_asyncthink(question, params)
             outs = [(texts, "stop")]
-            prompts = [eng.encode(prompt_text)]
+            prompts = [q_ids]
         else:
-            prompts = [eng.encode(prompt_text)]
+            if body.get("stream") and n != 1:
+                raise APIError(400, "streaming supports n = 1", param="stream")
+            prompts = await eng.encode_all([prompt_text], "messages")
+            max_tokens = fit_window(len(prompts[0]), max_tokens, explicit_max_tokens(body), eng.window, "messages")
+            params.max_new_tokens = max_tokens
             if body.get("stream"):
-                if n != 1:
-                    raise APIError(400, "streaming supports n = 1", param="stream")
 
                 async def sse():
                     first = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": name,
                              "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
                     yield f"data: {json.dumps(first)}\n\n"
-                    async for delta, fin in eng.stream_text(prompts[0], params, max_tokens, stops):
-                        if delta or fin is not None:
-                            chunk = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": name,
-                                     "choices": [{"index": 0, "delta": {"content": delta} if delta else {}, "finish_reason": fin}]}
-                            yield f"data: {json.dumps(chunk)}\n\n"
+                    try:
+                        async for delta, fin in eng.stream_text(prompts[0], params, max_tokens, stops, skip):
+                            if delta or fin is not None:
+                                chunk = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": name,
+                                         "choices": [{"index": 0, "delta": {"content": delta} if delta else {}, "finish_reason": fin}]}
+                                yield f"data: {json.dumps(chunk)}\n\n"
+                    except Exception as e:  # headers (200) are out: report in-band, then end the stream properly
+                        yield error_event(e)
                     yield "data: [DONE]\n\n"
 
                 return StreamingResponse(sse(), media_type="text/event-stream")
-            outs = await run_choices(prompts, params, max_tokens, stops, n)
+            outs = await run_choices(prompts, params, max_tokens, stops, n, skip)
         if body.get("stream"):  # asyncthink: the whole answer as one delta
             async def sse_once():
                 for i, (t, f) in enumerate(outs):
@@ -366,10 +458,6 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
         from sherman.think.backends import LocalBackend
         from sherman.think.engine import AsyncThinkEngine, ThinkConfig
 
-        try:
-            tokenizer.encode(question)
-        except (ValueError, KeyError) as e:
-            raise APIError(400, f"question cannot be tokenized: {e}", param="messages") from None
         backend = LocalBackend(model, tokenizer, params, batcher=eng.batcher)
         tcfg = ThinkConfig(capacity=cfg.think_capacity, max_org_tokens=cfg.think_max_org_tokens, max_worker_tokens=cfg.think_max_worker_tokens)
         r = await AsyncThinkEngine(backend, tcfg).run(question)
@@ -379,11 +467,15 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
     return app
 
 
+def explicit_max_tokens(body: dict) -> bool:
+    return body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+
+
 def _encodable(tok, text: str) -> bool:
     try:
         tok.encode(text)
         return True
-    except (ValueError, KeyError):
+    except Exception:
         return False
 
 

@@ -91,7 +91,8 @@ class OpenAIBackend:
         return self._count(text)
 
     async def stream(self, prompt: str, max_tokens: int) -> AsyncIterator[Piece]:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": self.temperature, "top_p": self.top_p}
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": self.temperature, "top_p": self.top_p,
+                "skip_special_tokens": False}  # keep protocol tags that are special tokens (vLLM / sherman serve extension)
         async with self.client.stream("POST", f"{self.url}/completions", json=body) as r:
             if r.status_code != 200:
                 detail = (await r.aread()).decode(errors="replace")[:300]

@@ -100,7 +100,7 @@ def expected_greedy(server, prompt, n):
     ids = server.tok.encode(prompt, bos=True)
     out = generate(server.model, [ids], SamplingParams(max_new_tokens=n, temperature=0.0, stop_token_ids=[server.tok.eos_id]))
     toks = [t for t in out.tokens[0] if t != server.tok.eos_id]
-    return server.tok.decode(toks, skip_special=False)
+    return server.tok.decode(toks)  # the server skips special tokens by default
 
 
 def test_completion_greedy_matches_core_generate_and_streaming_matches(server):
