@@ -12,7 +12,7 @@ width 256 x 4 (~2.9M parameters; bound by matmul arithmetic). Where Sherman's st
 same numbers as without, up to fp32 rounding):
 - rollouts: each group's shared prompt prefilled once, finished rows dropped from decoding, prepacked weights;
 - the training forward runs each group's prompt ONCE and packs the group's completions into rows with almost no
-  padding, in one pass (`rl/grpo.py: shared_prompt_logprobs`); TRL runs prompt + completion per row, padded;
+  padding, in one pass (`rl/logprobs.py: shared_prompt_logprobs`); TRL runs prompt + completion per row, padded;
 - fp32 matmuls through oneDNN forward and backward (`core/linear.py`; MKL, which TRL's model uses through plain
   torch, does not use AVX-512 on this AMD CPU), row counts bucketed so that oneDNN's JIT-compiled kernels are reused;
 - a closed-form RMSNorm backward, fused AdamW.

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sherman.core.train:main", "train a model on a task or a text corpus (LM / SFT)"),
     "generate": ("sherman.core.generate_cli:main", "sample completions from a checkpoint"),
     "convert": ("sherman.core.hf:main", "convert checkpoints between Hugging Face and Sherman formats"),
-    "rl": ("sherman.rl.grpo:main", "RL on a task: GRPO, Dr. GRPO, OPO, GSPO, GMPO, RSPO (--preset)"),
+    "rl": ("sherman.rl.cli:main", "RL on a task: GRPO, Dr. GRPO, OPO, GSPO, GMPO, RSPO (--preset)"),
     "think": ("sherman.think.cli:main", "AsyncThink: answer a question with organizer-worker asynchronous thinking"),
     "serve": ("sherman.serve.cli:main", "OpenAI-compatible HTTP server over a Sherman checkpoint"),
     "seer": ("sherman.attention.cli:main", "SeerAttention-R: `seer train CKPT` distils block-sparse gates beside a checkpoint"),

@@ -46,7 +46,7 @@ class AttnContext:
     prefix_rows: tuple[torch.Tensor, int] | None = None
     """(src (B,), P): row b's keys/values are preceded by the keys/values of slots [0, P) of row src[b] of the same
     pass, so packed rows can attend a shared prompt that sits in another row of the batch (training on RL groups:
-    `sherman.rl.grpo.shared_prompt_logprobs`); `mask` then covers P + T keys. No cache."""
+    `sherman.rl.logprobs.shared_prompt_logprobs`); `mask` then covers P + T keys. No cache."""
 
 
 def causal_mask(q_start: int, t_q: int, t_k: int, key_valid: torch.Tensor | None, device) -> torch.Tensor | None:
