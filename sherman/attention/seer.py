@@ -191,7 +191,7 @@ class AttnGate(nn.Module):
 
 
 class SeerGates(nn.Module):
-    """The gates of every layer of one model, saved as `seer_gates.pt` ({"config", "state_dict"})."""
+    """The gates of every layer of one model, saved as `seer_gates.pt` ({"config", "state_dict"} in safetensors + JSON)."""
 
     def __init__(self, cfg: SeerConfig):
         super().__init__()
@@ -199,17 +199,22 @@ class SeerGates(nn.Module):
         self.layers = nn.ModuleList(AttnGate(cfg) for _ in range(cfg.n_layers))
 
     def save(self, path: str | Path) -> None:
-        torch.save({"config": asdict(self.cfg), "state_dict": self.state_dict()}, Path(path))
+        """A safetensors file (weights + JSON config in its header; no pickle), whatever the file name."""
+        from sherman.core.checkpoint import save_tree_file
+
+        save_tree_file(Path(path), {"config": asdict(self.cfg), "state_dict": self.state_dict()})
 
     @classmethod
     def load(cls, path: str | Path, map_location="cpu") -> SeerGates:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no Seer gates file (train them with `sherman seer train CKPT`)")
-        blob = torch.load(p, map_location=map_location, weights_only=True)
+        from sherman.core.checkpoint import load_tree_file
+
+        blob = load_tree_file(p)
         gates = cls(SeerConfig(**blob["config"]))
         gates.load_state_dict(blob["state_dict"])
-        return gates.eval()
+        return gates.to(map_location).eval()
 
     def check_model(self, model: Transformer) -> None:
         c, m = self.cfg, model.cfg

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sherman.core.common import ShermanError
@@ -155,12 +155,61 @@ def _hashable(k: Any) -> Any:
     return k
 
 
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies for tensors that share storage with an earlier one (safetensors stores each tensor on its own)."""
+    seen: set[int] = set()
+    out = {}
+    for k, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else -1
+        out[k] = t.clone() if ptr in seen else t
+        if ptr != -1:
+            seen.add(ptr)
+    return out
+
+
+TREE_KEY = "sherman_tree"
+
+
+def save_tree_file(path: str | Path, tree: Any) -> Path:
+    """Atomically write `tree` (nested dicts / lists of numbers, strings, tensors, arrays) as ONE safetensors file:
+    the tensors as its tensors, the rest as JSON in its header metadata. The pickle-free replacement of torch.save."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {TREE_KEY: json.dumps(encode_tree(tree, tensors))}
+    atomic_write(path, lambda p: save_file(_unshare(tensors), p, metadata=meta))
+    return Path(path)
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(2)
+
+
+def load_tree_file(path: str | Path) -> Any:
+    """Read a save_tree_file file. Raises CheckpointError (one line) for a missing, corrupted or pickled file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        hint = " (an old pickled file? Sherman no longer unpickles these: re-create it)" if _head(path) in (b"PK", b"\x80\x02") else ""
+        raise CheckpointError(f"{path}: not a readable safetensors file{hint} ({str(e).splitlines()[0][:100]})") from None
+    if TREE_KEY not in meta:
+        raise CheckpointError(f"{path}: safetensors file without a Sherman manifest ({TREE_KEY!r} metadata)")
+    try:
+        return decode_tree(json.loads(meta[TREE_KEY]), tensors)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: corrupted manifest ({type(e).__name__}: {str(e)[:120]})") from None
+
+
 def save_state(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
     """Write `state` (state dicts, RNG states, numbers) as state.safetensors + state.json, atomically per file."""
     ckpt_dir = Path(ckpt_dir)
     tensors: dict[str, torch.Tensor] = {}
     tree = encode_tree(state, tensors)
-    atomic_write(ckpt_dir / STATE_TENSORS, lambda p: save_file(tensors, p))
+    atomic_write(ckpt_dir / STATE_TENSORS, lambda p: save_file(_unshare(tensors), p))
     manifest = {"format": STATE_FORMAT, "version": 1, "tensors": STATE_TENSORS, "state": tree}
     atomic_write_text(ckpt_dir / STATE_JSON, json.dumps(manifest, indent=1))
 

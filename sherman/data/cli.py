@@ -27,6 +27,7 @@ import torch
 import tyro
 from tyro.conf import Positional
 
+from sherman.core.checkpoint import load_tree_file, save_tree_file
 from sherman.core.common import ShermanError, init_distributed_from_env, is_dist, print0, rank, world_size
 from sherman.core.model import ModelConfig, Transformer
 from sherman.data.corpus import CorpusConfig, make_corpus, read_jsonl, write_corpus, write_jsonl
@@ -174,13 +175,11 @@ def _save_run(run: ProxyRun, cfg: LQSConfig, path: Path) -> None:
         "train_loss": run.train_loss,
         "target_loss": run.target_loss,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_tree_file(path, state)  # safetensors + JSON header (no pickle), atomic
 
 
 def _load_run(path: Path) -> ProxyRun:
-    st = torch.load(path, weights_only=True)
+    st = load_tree_file(path)
     T = st["T"]
     thetas = [st["thetas"].get(s) for s in range(T + 1)]
     lambdas = [st["lambdas"].get(s) for s in range(T + 1)]

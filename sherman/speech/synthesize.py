@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,10 +70,9 @@ def save_bundle(path: str | Path, b: Bundle) -> Path:
         "semantic": b.semantic.state_dict(),
         "lm": b.lm.state_dict(),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    from sherman.core.checkpoint import save_tree_file
+
+    return save_tree_file(path, blob)  # safetensors + JSON header (no pickle), atomic
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -82,7 +80,9 @@ def load_bundle(path: str | Path) -> Bundle:
     if not path.is_file():
         raise ShermanError(f"no trained VibeVoice model at {path}: run `sherman reproduce vibevoice` (it writes model.pt) or pass --model")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        from sherman.core.checkpoint import load_tree_file
+
+        blob = load_tree_file(path)
         ac = AcousticTokenizer(TokenizerConfig(**{**blob["acoustic_cfg"], "ratios": tuple(blob["acoustic_cfg"]["ratios"])}))
         ac.load_state_dict(blob["acoustic"])
         dim, layers = blob["semantic_dec"]

@@ -252,3 +252,18 @@ def test_prune_renames_before_deleting(tmp_path, monkeypatch):
     assert ckpt.latest_checkpoint(tmp_path).name == "step_0000003"
     assert [p.name for p in ckpt.remove_stale(tmp_path)] == [".step_0000001.deleting"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000002", "step_0000003"]
+
+
+def test_tree_file_roundtrip_shared_tensors_and_pickled_file_refused(tmp_path):
+    """The single-file format used by Seer gates, the VibeVoice bundle and DELT's proxy run."""
+    w = torch.randn(3, 4)
+    tree = {"config": {"dim": 4, "ratios": (2, 2)}, "sd": {"a": w, "b": w, "view": w[1]}, "curve": [0.5, 0.25], 7: np.ones(2)}
+    p = ckpt.save_tree_file(tmp_path / "x.pt", tree)
+    got = ckpt.load_tree_file(p)
+    assert got["config"] == {"dim": 4, "ratios": (2, 2)} and got["curve"] == [0.5, 0.25] and list(got[7]) == [1.0, 1.0]
+    assert torch.equal(got["sd"]["a"], w) and torch.equal(got["sd"]["b"], w) and torch.equal(got["sd"]["view"], w[1])
+    marker = tmp_path / "pwned"
+    torch.save({"x": Marker(marker)}, tmp_path / "old.pt")  # an old pickled file (here a malicious one)
+    with pytest.raises(ckpt.CheckpointError, match="old pickled file") as e:
+        ckpt.load_tree_file(tmp_path / "old.pt")
+    assert "\n" not in str(e.value) and not marker.exists()
