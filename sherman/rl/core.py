@@ -9,8 +9,8 @@ Every function is small, stateless and documented with its formula and source:
       gradient norm of a sequence grows with its length, `b = sum_i l_i r_i / sum_i l_i`,
       `A_i = r_i - b` (no std division). Group and batch-level variants.
 * Ratios: per-token `r_t = exp(logp_t - old_logp_t)`; GSPO (arXiv 2507.18071, Sec. 4.1) sequence ratio
-  `s_i = exp(mean_t log r_t)`; GMPO (arXiv 2507.20673, Sec. 3) geometric-mean objective with a
-  sign-aware clamp of the token log-ratios.
+  `s_i = exp(mean_t log r_t)`; GMPO (arXiv 2507.20673, Sec. 3, Eq. 4) geometric-mean objective with the
+  token log-ratios clipped to [-clip_low, clip_high] on the side the advantage's sign selects.
 * PPO clipped surrogate with separate low/high clip (DAPO's clip-higher, arXiv 2503.14476, Sec. 3.1).
 * Loss aggregation: `token_mean`, `seq_mean_token_mean`, `seq_mean_token_sum_norm` (Dr. GRPO).
 * KL estimators k1 and k3 (Schulman, "Approximating KL divergence", 2020).
@@ -119,15 +119,15 @@ def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
 
 
 def gmpo_clamped_log_ratio(log_r: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
-    """GMPO sign-aware clamp of token log-ratios (the log of `min(r A, clip(r) A)` per token, up to sign(A)).
+    """GMPO per-token clamp in log space (arXiv 2507.20673, Eq. 4), before the geometric mean.
 
-    With `s = sign(A)`: `y = s * log r`, `y' = min(y, clamp(y, -clip_low, clip_high))`, returns `s * y'`.
-    For A > 0 the log-ratio is capped at +clip_high; for A < 0 it is floored at -clip_high (the paper
-    clips in log space, e.g. clip_low = clip_high = 0.4). log_r (B, T), adv (B,) -> (B, T).
+    Eq. 4 takes per token `min(r A, clip(r, e^-clip_low, e^clip_high) A)`; in log space, with
+    `s = sign(A)`: `y' = min(s log r, s clamp(log r, -clip_low, clip_high))`, returned as `s * y'`.
+    Hence for A > 0 the log-ratio is capped at +clip_high (no floor) and for A < 0 it is floored at
+    -clip_low (no cap); A = 0 gives 0 (the term carries no weight). log_r (B, T), adv (B,) -> (B, T).
     """
     s = torch.sign(adv).to(log_r.dtype)[:, None]  # (B, 1)
-    y = s * log_r
-    y = torch.minimum(y, y.clamp(-clip_low, clip_high))
+    y = torch.minimum(s * log_r, s * log_r.clamp(-clip_low, clip_high))  # (B, T)
     return s * y
 
 

@@ -86,6 +86,28 @@ def test_gmpo_sign_aware_clamp():
     assert torch.allclose(s, torch.exp(torch.tensor([(0.4 - 0.6 + 0.1) / 3, (0.6 - 0.4 + 0.1) / 3])))
 
 
+def test_gmpo_asymmetric_bounds_both_signs():
+    # GMPO Eq. 4 with eps_low = 0.2, eps_high = 0.28: per token min(r A, clip(r, e^-0.2, e^0.28) A), in log space
+    lo, hi = 0.2, 0.28
+    row = [0.5, -0.5, 0.25, -0.25, 0.1]
+    log_r = torch.tensor([row, row])
+    adv = torch.tensor([1.0, -1.0])
+    out = C.gmpo_clamped_log_ratio(log_r, adv, lo, hi)
+    # A > 0: min(log r, clamp) caps at +0.28 only; A < 0: max(log r, clamp) floors at -0.2 (= -clip_low) only
+    assert torch.allclose(out, torch.tensor([[0.28, -0.5, 0.25, -0.25, 0.1], [0.5, -0.2, 0.25, -0.2, 0.1]]))
+    logp = log_r.clone().requires_grad_(True)
+    loss, st = C.policy_loss(logp, torch.zeros(2, 5), adv, torch.ones(2, 5), ratio_type="geometric", clip_low=lo, clip_high=hi)
+    # seq 0: -exp((0.28 - 0.5 + 0.25 - 0.25 + 0.1) / 5) = -exp(-0.024); seq 1: +exp((0.5 - 0.2 + 0.25 - 0.2 + 0.1) / 5) = exp(0.09)
+    assert loss.item() == pytest.approx((-math.exp(-0.024) + math.exp(0.09)) / 2, rel=1e-6)
+    # clipped tokens: 1 of 5 for A > 0, 2 of 5 for A < 0
+    assert st["clip_frac"].item() == pytest.approx(3 / 10)
+    loss.backward()
+    # d loss / d logp_t = -A exp(mean) / (5 B) on unclipped tokens, 0 on clipped ones
+    g0, g1 = -math.exp(-0.024) / 10, math.exp(0.09) / 10
+    expected = torch.tensor([[0.0, g0, g0, g0, g0], [g1, 0.0, g1, 0.0, g1]])
+    assert torch.allclose(logp.grad, expected, atol=1e-7)
+
+
 def test_aggregation_modes():
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
