@@ -7,9 +7,20 @@ DeepSeek style) always runs and is scaled by `sigmoid(w_g . x)`.
 
 The block returns the router logits `(B, T, E)` so RL code (router-aware importance sampling) can
 compare the old and new router distributions.
+
+Routing replay (an explicit, typed hook; used by RL as a control for router-driven off-policyness, cf. the
+"routing replay" of GSPO, arXiv 2507.18071, Sec. 5.3): `routing_hook(model, RoutingRecord())` records each MoE
+layer's expert choice `(N, k)` during one forward; `routing_hook(model, RoutingReplay(ids))` makes a later forward
+over the SAME token layout reuse those experts instead of its own top-k. The mixing weights are the current
+router's probabilities of the replayed experts (renormalised when `norm_topk_prob`), so the router still gets a
+gradient; only the discrete choice is frozen to the old policy's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -54,6 +65,52 @@ def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tupl
     return weights, ids
 
 
+def route_given(router_logits: torch.Tensor, ids: torch.Tensor, norm_topk_prob: bool) -> torch.Tensor:
+    """Mixing weights (N, k) of the given experts ids (N, k) under the current router logits (N, E)."""
+    probs = torch.softmax(router_logits.float(), dim=-1)  # (N, E)
+    weights = probs.gather(-1, ids)  # (N, k)
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights
+
+
+@dataclass
+class RoutingRecord:
+    """Hook that records the expert choice of every MoE layer during one forward."""
+
+    ids: list[torch.Tensor] = field(default_factory=list)
+    """Per MoE layer, in forward order: chosen experts (N, k) with N = B * T of that forward."""
+
+
+@dataclass
+class RoutingReplay:
+    """Hook that makes a forward reuse a recorded expert choice (routing replay)."""
+
+    ids: list[torch.Tensor]
+    """Per MoE layer, in forward order: the experts (N, k) to use; the forward must have the same (B, T) layout."""
+    used: list[torch.Tensor] = field(default_factory=list)
+    """Filled by the forward: the experts each layer actually used (for checks)."""
+
+
+RoutingHook = RoutingRecord | RoutingReplay
+
+
+@contextmanager
+def routing_hook(model: nn.Module, hook: RoutingHook) -> Iterator[RoutingHook]:
+    """Attach `hook` to every MoE block of `model` (layer index = order of the blocks) for the duration."""
+    blocks = [m for m in model.modules() if isinstance(m, MoEFFN)]
+    assert blocks, "routing_hook needs a model with MoE layers"
+    if isinstance(hook, RoutingReplay):
+        assert len(hook.ids) == len(blocks), f"replay has {len(hook.ids)} layers of expert ids, the model {len(blocks)} MoE layers"
+    for i, m in enumerate(blocks):
+        m.routing, m.routing_layer = hook, i
+    try:
+        yield hook
+    finally:
+        for m in blocks:
+            m.routing, m.routing_layer = None, -1
+
+
 class MoEFFN(nn.Module):
     def __init__(
         self,
@@ -71,13 +128,24 @@ class MoEFFN(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(dim, expert_hidden) for _ in range(n_experts))
         self.shared_expert = SwiGLU(dim, shared_expert_hidden) if shared_expert_hidden > 0 else None
         self.shared_expert_gate = Linear(dim, 1, bias=False) if shared_expert_hidden > 0 else None
+        self.routing: RoutingHook | None = None  # set only inside `routing_hook`
+        self.routing_layer = -1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C) -> (out (B, T, C), router_logits (B, T, E))."""
         b, t, c = x.shape
         flat = x.reshape(-1, c)  # (N, C)
         logits = self.gate(flat)  # (N, E)
-        weights, ids = route(logits, self.top_k, self.norm_topk_prob)  # (N, k), (N, k)
+        hook = self.routing
+        if isinstance(hook, RoutingReplay):
+            ids = hook.ids[self.routing_layer].to(flat.device)  # (N, k) the old policy's experts
+            assert ids.shape == (flat.shape[0], self.top_k), f"replayed ids {tuple(ids.shape)} do not match {flat.shape[0]} tokens x top-{self.top_k}"
+            weights = route_given(logits, ids, self.norm_topk_prob)
+            hook.used.append(ids)
+        else:
+            weights, ids = route(logits, self.top_k, self.norm_topk_prob)  # (N, k), (N, k)
+            if isinstance(hook, RoutingRecord):
+                hook.ids.append(ids.detach())
         weights = weights.to(flat.dtype)
         out = torch.zeros_like(flat)
         # Loop over experts that received tokens: gather their tokens, run, scatter-add weighted output.

@@ -71,6 +71,11 @@ class RLConfig:
     """Floor of the router-shift weight gamma (the paper's gamma_min; its value is not given, 0 = no floor)."""
     gamma_mode: str = "before"
     """Apply gamma to the ratio 'before' clipping (the paper's v2 reading) or to the clipped loss 'after'."""
+    routing_replay: bool = False
+    """Routing replay (MoE only): each update forward reuses the expert choice of the rollout-time (old) policy on the
+    same tokens (`core/moe.py` `RoutingReplay`); the router still gets gradients through the mixing weights."""
+    freeze_router: bool = False
+    """Freeze the MoE routers (gate weights get no gradient): a control where off-policyness cannot come from routing."""
     track_kl_to_init: bool = True
     """Keep a frozen copy of the initial policy and log k3 KL to it every step (needed when kl_coef > 0)."""
     seed: int = 0

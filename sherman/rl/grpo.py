@@ -57,6 +57,7 @@ from sherman.core.common import (
 )
 from sherman.core.generate import SamplingParams, generate  # noqa: F401  (re-exported)
 from sherman.core.model import Transformer
+from sherman.core.moe import MoEFFN, RoutingRecord, RoutingReplay, routing_hook
 from sherman.rl import core as C
 from sherman.rl.config import ADVANTAGES, PRESETS, RATIO_TYPES, RLConfig, preset_config  # noqa: F401  (re-exported)
 from sherman.rl.evaluation import evaluate, pass_at_k, sft_warm_start, tiny_model_config  # noqa: F401  (re-exported)
@@ -117,6 +118,12 @@ def rl_train(
     moe = base.cfg.n_experts > 0
     if cfg.router_shift and not moe:
         raise ShermanError("router_shift (RSPO / rs) needs an MoE model (n_experts > 0)")
+    if (cfg.routing_replay or cfg.freeze_router) and not moe:
+        raise ShermanError("routing_replay and freeze_router need an MoE model (n_experts > 0)")
+    if cfg.freeze_router:
+        for m in base.modules():
+            if isinstance(m, MoEFFN):
+                m.gate.weight.requires_grad_(False)
     top_k = base.cfg.n_experts_per_tok
     dev = base.device
     train_model: torch.nn.Module = base
@@ -185,6 +192,9 @@ def rl_train(
         if not single_update:
             with torch.no_grad():
                 old_logp, _, old_router = shared_prompt_logprobs(base, sp, cfg.temperature, moe, cfg.pack_completions)
+        replay_src = None  # routing replay: the rollout-time weights, to record the old expert choice per mini-batch layout
+        if cfg.routing_replay and not single_update:
+            replay_src = copy.deepcopy(base).eval()
         ref_logp = None
         if ref is not None:
             with torch.no_grad():
@@ -200,7 +210,13 @@ def rl_train(
                 msp = sp if cfg.mini_batches == 1 else sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed
                 mb_mask, mb_adv = msp.comp_mask, adv[chunk]  # (b, T), (b,)
                 t_mb = mb_mask.shape[1]
-                logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)  # (b, T), (b, T, V)
+                if replay_src is not None:
+                    with torch.no_grad(), routing_hook(replay_src, RoutingRecord()) as rec:
+                        shared_prompt_logprobs(replay_src, msp, cfg.temperature, False, cfg.pack_completions)
+                    with routing_hook(base, RoutingReplay(rec.ids)):
+                        logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)
+                else:
+                    logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)  # (b, T), (b, T, V)
                 if single_update:
                     mb_old, mb_old_router = logp.detach(), [r.detach() for r in router] if moe else None
                 else:
