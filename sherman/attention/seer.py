@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from sherman.attention.sparse import decode_selected, mark_written, n_keep, select_topk
 from sherman.core.attention import AttnContext, dense_attention
+from sherman.core.common import ShermanError
 from sherman.core.kv_cache import KVCache
 from sherman.core.model import Transformer, apply_rope, padded_positions
 
@@ -71,6 +72,8 @@ class SeerConfig:
     @classmethod
     def for_model(cls, model: Transformer, block_size: int = 64, gate_dim: int = 0) -> SeerConfig:
         c = model.cfg
+        if c.rope_scaling is not None:  # the gate de-rotates q and k with plain RoPE (`unrope`)
+            raise ShermanError(f"SeerAttention-R's gate supports plain RoPE only, this model uses {c.rope_scaling.rope_type!r} scaling")
         return cls(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_theta, block_size, gate_dim)
 
 

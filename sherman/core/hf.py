@@ -16,8 +16,10 @@ experts. Checkpoints may store experts either per expert (`mlp.experts.j.gate_pr
 transformers 5 (`mlp.experts.gate_up_proj` (E, 2*I, C) with gate rows first, `mlp.experts.down_proj` (E, C, I));
 both load. Export writes the per-expert layout, which every transformers version reads.
 
-RoPE scaling variants (linear, dynamic, yarn, llama3, ...), sliding-window attention, partial rotary
-embeddings and biases we do not model are rejected with a clear error rather than loaded wrongly.
+RoPE scaling: linear, dynamic (NTK), yarn and llama3 load and export (`RopeScaling` in `core/model.py`, the same
+formulas as transformers' `ROPE_INIT_FUNCTIONS`); Llama / Qwen3 `attention_bias=True` (q, k, v and o_proj biases)
+too. Other RoPE variants (longrope, per-layer-type), sliding-window attention, partial rotary embeddings and MLP
+biases are rejected with a clear error rather than loaded wrongly.
 
 Python:
     model = load_hf("path/to/hf_dir")                 # fp32 on CPU by default
@@ -41,7 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sherman.core.common import ShermanError
-from sherman.core.model import ModelConfig, Transformer, rope_tables
+from sherman.core.model import ROPE_TYPES, ModelConfig, RopeScaling, Transformer, rope_tables
 
 ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
@@ -65,24 +67,66 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 # Config
 
 
-def _rope_theta(hf: dict, model_type: str) -> float:
-    """RoPE base from a transformers 4.x (`rope_theta`, `rope_scaling`) or 5.x (`rope_parameters`) config."""
+def _rope_params(hf: dict, model_type: str) -> tuple[float, RopeScaling | None]:
+    """RoPE base and scaling from a transformers 4.x (`rope_theta`, `rope_scaling`) or 5.x (`rope_parameters`) config,
+    read as transformers' `standardize_rope_params` and `ROPE_INIT_FUNCTIONS` read them."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
     if not isinstance(params, dict) or not isinstance(scaling, dict):
         raise ShermanError(f"unsupported rope_parameters / rope_scaling in config: {params or scaling!r}")
     if any(isinstance(v, dict) for v in params.values()):
         raise ShermanError("per-layer-type rope_parameters are not supported (only one global RoPE)")
-    for d in (params, scaling):
-        kind = d.get("rope_type", d.get("type", "default"))
-        if kind not in ("default", None):
-            raise ShermanError(f"RoPE scaling type {kind!r} is not implemented in Sherman (only plain RoPE is)")
-        if d.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ShermanError(f"partial_rotary_factor={d['partial_rotary_factor']} is not supported")
-    if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ShermanError(f"partial_rotary_factor={hf['partial_rotary_factor']} is not supported")
-    theta = params.get("rope_theta", hf.get("rope_theta", DEFAULT_ROPE_THETA.get(model_type, 10000.0)))
-    return float(theta)
+    kinds = {d.get("rope_type", d.get("type", "default")) for d in (params, scaling) if d} - {"default", None}
+    if len(kinds) > 1:
+        raise ShermanError(f"rope_parameters and rope_scaling disagree on the RoPE type: {sorted(kinds)}")
+    kind = kinds.pop() if kinds else "default"
+    if kind not in ("default", *ROPE_TYPES):
+        raise ShermanError(f"RoPE scaling type {kind!r} is not implemented in Sherman (supported: default, {', '.join(ROPE_TYPES)})")
+    d = {**scaling, **params} if params.get("rope_type", params.get("type", "default")) == kind else {**params, **scaling}
+    for src in (d, hf):
+        if src.get("partial_rotary_factor", 1.0) not in (None, 1.0):
+            raise ShermanError(f"partial_rotary_factor={src['partial_rotary_factor']} is not supported")
+    theta = float(d.get("rope_theta") or hf.get("rope_theta") or DEFAULT_ROPE_THETA.get(model_type, 10000.0))
+    if kind == "default":
+        return theta, None
+    max_pos = int(hf.get("max_position_embeddings") or 4096)
+    orig = int(hf.get("original_max_position_embeddings") or d.get("original_max_position_embeddings") or max_pos)
+    factor = d.get("factor")
+    if factor is None:
+        if kind != "yarn":
+            raise ShermanError(f"RoPE scaling {kind!r} needs a 'factor'")
+        factor = max_pos / orig
+    try:
+        if kind == "linear":
+            return theta, RopeScaling("linear", float(factor))
+        if kind == "dynamic":
+            return theta, RopeScaling("dynamic", float(factor), original_max_len=max_pos)
+        if kind == "llama3":
+            return theta, RopeScaling("llama3", float(factor), original_max_len=orig, low_freq_factor=float(d["low_freq_factor"]),
+                                      high_freq_factor=float(d["high_freq_factor"]))
+        opt = lambda k: None if d.get(k) is None else float(d[k])  # noqa: E731
+        return theta, RopeScaling("yarn", float(factor), original_max_len=orig, beta_fast=float(d.get("beta_fast") or 32),
+                                  beta_slow=float(d.get("beta_slow") or 1), attention_factor=opt("attention_factor"),
+                                  mscale=opt("mscale"), mscale_all_dim=opt("mscale_all_dim"), truncate=bool(d.get("truncate", True)))
+    except KeyError as e:
+        raise ShermanError(f"RoPE scaling {kind!r} lacks parameter {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise ShermanError(f"invalid RoPE scaling parameters {d!r}: {e}") from None
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict:
+    """ModelConfig's RoPE -> transformers' `rope_parameters` dict."""
+    out: dict = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    r = cfg.rope_scaling
+    if r is None:
+        return out
+    out.update(rope_type=r.rope_type, factor=r.factor)
+    if r.rope_type == "llama3":
+        out.update(original_max_position_embeddings=r.original_max_len, low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor)
+    elif r.rope_type == "yarn":
+        out.update(original_max_position_embeddings=r.original_max_len, beta_fast=r.beta_fast, beta_slow=r.beta_slow, truncate=r.truncate)
+        out.update({k: getattr(r, k) for k in ("attention_factor", "mscale", "mscale_all_dim") if getattr(r, k) is not None})
+    return out
 
 
 def _need(hf: dict, key: str) -> int:
@@ -99,14 +143,16 @@ def config_from_hf(hf: dict) -> ModelConfig:
                            f"supported: {', '.join(ARCHITECTURES)}")
     if hf.get("hidden_act", "silu") != "silu":
         raise ShermanError(f"hidden_act={hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
-    if mt in ("llama", "qwen3", "qwen3_moe", "mixtral") and hf.get("attention_bias", False):
-        raise ShermanError(f"{mt} with attention_bias=True (bias on o_proj) is not supported")
+    if mt == "mixtral" and hf.get("attention_bias", False):
+        raise ShermanError("mixtral with attention_bias=True is not supported")
     if hf.get("mlp_bias", False):
         raise ShermanError("mlp_bias=True is not supported")
     if hf.get("use_sliding_window", False):
         raise ShermanError("sliding-window attention (use_sliding_window=True) is not supported")
     if mt == "mixtral" and hf.get("sliding_window"):
         raise ShermanError(f"mixtral with sliding_window={hf['sliding_window']} is not supported")
+    theta, scaling = _rope_params(hf, mt)
+    bias_all = mt in ("llama", "qwen3", "qwen3_moe") and bool(hf.get("attention_bias", False))  # q, k, v and o_proj
     dim, n_layers, n_heads = _need(hf, "hidden_size"), _need(hf, "num_hidden_layers"), _need(hf, "num_attention_heads")
     kw: dict = dict(
         vocab_size=_need(hf, "vocab_size"),
@@ -117,10 +163,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
         head_dim=int(hf.get("head_dim") or dim // n_heads),
         ffn_dim=_need(hf, "intermediate_size"),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_theta(hf, mt),
+        rope_theta=theta,
+        rope_scaling=scaling,
         max_seq_len=min(int(hf.get("max_position_embeddings") or 4096), MAX_INITIAL_ROPE),
         qk_norm=mt in ("qwen3", "qwen3_moe"),
-        attn_bias=mt == "qwen2" or (mt == "qwen2_moe" and bool(hf.get("qkv_bias", True))),
+        attn_bias=bias_all or mt == "qwen2" or (mt == "qwen2_moe" and bool(hf.get("qkv_bias", True))),
+        o_bias=bias_all,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
     if mt in MOE_TYPES:
@@ -150,11 +198,13 @@ def pick_arch(cfg: ModelConfig) -> str:
     if cfg.n_experts > 0:
         if cfg.shared_expert_dim > 0:
             return "qwen2_moe"
-        if cfg.qk_norm or cfg.attn_bias or not cfg.norm_topk_prob or cfg.mlp_only_layers:
+        if cfg.qk_norm or cfg.attn_bias or cfg.o_bias or not cfg.norm_topk_prob or cfg.mlp_only_layers:
             return "qwen3_moe"
         return "mixtral"
     if cfg.qk_norm:
         return "qwen3"
+    if cfg.o_bias:
+        return "llama"
     return "qwen2" if cfg.attn_bias else "llama"
 
 
@@ -168,8 +218,10 @@ def _check_exportable(cfg: ModelConfig, arch: str) -> None:
         problems.append("it is a Mixture-of-Experts model")
     if cfg.qk_norm != (arch in ("qwen3", "qwen3_moe")):
         problems.append(f"qk_norm={cfg.qk_norm}")
-    if cfg.attn_bias and arch not in ("qwen2", "qwen2_moe"):
-        problems.append("attn_bias=True")
+    if cfg.o_bias and arch not in ("llama", "qwen3", "qwen3_moe"):
+        problems.append("o_bias=True")
+    elif cfg.attn_bias and not cfg.o_bias and arch not in ("qwen2", "qwen2_moe"):
+        problems.append("attn_bias=True without o_bias (only Qwen2 biases q/k/v alone)")
     if moe and (cfg.shared_expert_dim > 0) != (arch == "qwen2_moe"):
         problems.append(f"shared_expert_dim={cfg.shared_expert_dim}")
     if arch == "mixtral" and (not cfg.norm_topk_prob or cfg.mlp_only_layers):
@@ -180,6 +232,7 @@ def _check_exportable(cfg: ModelConfig, arch: str) -> None:
 
 def config_to_hf(cfg: ModelConfig, arch: str, dtype: torch.dtype = torch.float32) -> dict:
     """ModelConfig -> a config.json dict for `arch` that transformers 4.x and 5.x read."""
+    dynamic = cfg.rope_scaling is not None and cfg.rope_scaling.rope_type == "dynamic"
     hf: dict = {
         "architectures": [ARCHITECTURES[arch]],
         "model_type": arch,
@@ -193,14 +246,16 @@ def config_to_hf(cfg: ModelConfig, arch: str, dtype: torch.dtype = torch.float32
         "hidden_act": "silu",
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "max_position_embeddings": cfg.max_seq_len,
+        "rope_parameters": rope_to_hf(cfg),
+        "max_position_embeddings": cfg.rope_scaling.original_max_len if dynamic else cfg.max_seq_len,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": False,
+        "attention_bias": cfg.o_bias,
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "dtype": str(dtype).removeprefix("torch."),
     }
+    if cfg.rope_scaling is not None:  # transformers 4.x reads rope_scaling
+        hf["rope_scaling"] = {k: v for k, v in hf["rope_parameters"].items() if k != "rope_theta"}
     if arch in ("qwen2", "qwen2_moe"):
         hf.update(use_sliding_window=False, sliding_window=None)
     if arch == "qwen2_moe":
@@ -324,7 +379,7 @@ def _empty_model(cfg: ModelConfig, device: torch.device | str, dtype: torch.dtyp
     if {n for n, _ in model.named_buffers()} != {"rope_cos", "rope_sin"}:
         return Transformer(cfg).to(device, dtype)  # unknown buffers: build normally so they hold real values
     model = model.to_empty(device=device)
-    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device)
+    cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device, cfg.rope_scaling)
     model.rope_cos, model.rope_sin = cos.to(dtype), sin.to(dtype)  # as `Transformer(cfg).to(dtype)` would hold them
     return model
 
@@ -399,7 +454,7 @@ def hf_state_dict(model: Transformer, arch: str, dtype: torch.dtype | None = Non
     out = {}
     for name, t in model.state_dict().items():
         out[_export_name(arch, name)] = t
-    if arch in ("qwen2", "qwen2_moe") and not cfg.attn_bias:
+    if (arch in ("qwen2", "qwen2_moe") or cfg.o_bias) and not cfg.attn_bias:  # the format has q/k/v biases; ours are zero
         for i in range(cfg.n_layers):
             for proj, width in (("q_proj", cfg.n_heads), ("k_proj", cfg.n_kv_heads), ("v_proj", cfg.n_kv_heads)):
                 out[f"model.layers.{i}.self_attn.{proj}.bias"] = torch.zeros(width * cfg.head_dim, dtype=model.dtype)

@@ -1,6 +1,7 @@
 """The one Sherman language model: a Llama / Qwen2 / Qwen3(-MoE)-style decoder-only transformer.
 
-Pre-norm blocks of RMSNorm -> grouped-query attention with rotary embeddings (half-split "rotate_half"
+Pre-norm blocks of RMSNorm -> grouped-query attention with rotary embeddings (optionally scaled: linear, dynamic
+NTK, YaRN, Llama 3; `RopeScaling`; half-split "rotate_half"
 convention, as in Hugging Face Llama/Qwen) and optional per-head QK RMSNorm (Qwen3) and QKV bias
 (Qwen2) -> RMSNorm -> SwiGLU MLP or Mixture-of-Experts FFN (`core/moe.py`). Embeddings are tied or
 untied. Parameter names follow Hugging Face's so `core/hf.py` is a near-identity mapping.
@@ -15,6 +16,7 @@ Forward:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +27,52 @@ from sherman.core.attention import AttnContext, attend
 from sherman.core.kv_cache import KVCache
 from sherman.core.linear import FusedPack, Linear, linear, plain_autograd
 from sherman.core.moe import MoEFFN, SwiGLU
+
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
+
+
+@dataclass
+class RopeScaling:
+    """How RoPE's inverse frequencies are rescaled for contexts beyond pre-training (transformers' `rope_parameters`).
+
+    linear  (position interpolation, Chen et al. 2023, arXiv 2306.15595): every frequency / factor.
+    dynamic (dynamic NTK, bloc97/emozilla 2023): a larger base, recomputed from the current sequence length L once
+            L > original_max_len: theta * (factor L / L0 - (factor - 1)) ** (D / (D - 2)).
+    yarn    (Peng et al. 2023, arXiv 2309.00071, Sec. 3.2-3.4): NTK-by-parts interpolation of the frequencies between
+            beta_fast and beta_slow rotations, and cos/sin scaled by the attention factor 0.1 ln(factor) + 1.
+    llama3  (Llama 3.1, Meta 2024): low frequencies / factor, high ones kept, a smooth ramp between.
+    """
+
+    rope_type: str = "linear"
+    """One of linear, dynamic, yarn, llama3."""
+    factor: float = 1.0
+    """Context extension factor."""
+    original_max_len: int = 0
+    """Pre-training context (llama3, yarn: original_max_position_embeddings; dynamic: max_position_embeddings)."""
+    low_freq_factor: float = 1.0
+    """llama3: wavelengths above original_max_len / low_freq_factor are divided by factor."""
+    high_freq_factor: float = 4.0
+    """llama3: wavelengths below original_max_len / high_freq_factor are kept."""
+    beta_fast: float = 32.0
+    """yarn: rotations over the original context above which a dimension is extrapolated (kept)."""
+    beta_slow: float = 1.0
+    """yarn: rotations below which a dimension is interpolated (divided by factor)."""
+    attention_factor: float | None = None
+    """yarn: scale of cos and sin; None derives it from factor (and mscale / mscale_all_dim)."""
+    mscale: float | None = None
+    """yarn (DeepSeek style): attention_factor = mscale_fn(factor, mscale) / mscale_fn(factor, mscale_all_dim)."""
+    mscale_all_dim: float | None = None
+    """yarn: see mscale."""
+    truncate: bool = True
+    """yarn: round the correction range outward to whole dimensions."""
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"unknown RoPE scaling type {self.rope_type!r}; choose one of {', '.join(ROPE_TYPES)}")
+        if self.rope_type != "linear" and self.original_max_len <= 0:
+            raise ValueError(f"RoPE scaling {self.rope_type!r} needs original_max_len > 0")
+        if self.factor <= 0:
+            raise ValueError(f"RoPE scaling factor must be > 0, got {self.factor}")
 
 
 @dataclass
@@ -47,12 +95,16 @@ class ModelConfig:
     """RMSNorm epsilon."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""
+    rope_scaling: RopeScaling | None = None
+    """RoPE frequency scaling (linear, dynamic NTK, YaRN, Llama 3); None = plain RoPE."""
     max_seq_len: int = 2048
     """Longest position the RoPE table covers (grown on demand)."""
     qk_norm: bool = False
     """Per-head RMSNorm on queries and keys before RoPE (Qwen3)."""
     attn_bias: bool = False
-    """Bias on the q/k/v projections (Qwen2)."""
+    """Bias on the q/k/v projections (Qwen2; Llama's attention_bias with o_bias)."""
+    o_bias: bool = False
+    """Bias on the attention output projection o_proj (Llama / Qwen3 attention_bias=True)."""
     tie_embeddings: bool = True
     """Share the input embedding and the LM head."""
     n_experts: int = 0
@@ -69,6 +121,8 @@ class ModelConfig:
     """Layer indices that use a dense MLP even in an MoE model."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):  # from_dict / a checkpoint's config.json
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
         if self.head_dim == 0:
             assert self.dim % self.n_heads == 0, f"dim={self.dim} not divisible by n_heads={self.n_heads}"
             self.head_dim = self.dim // self.n_heads
@@ -143,13 +197,104 @@ class _EmbeddingAsLinear:
         self.weight, self.bias, self.out_features = emb.weight, None, emb.weight.shape[0]
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (max_len, head_dim) in the half-split layout."""
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))  # (D/2,)
-    t = torch.arange(max_len, dtype=torch.float32, device=device)
-    freqs = torch.outer(t, inv)  # (T, D/2)
-    emb = torch.cat([freqs, freqs], dim=-1)  # (T, D)
-    return emb.cos(), emb.sin()
+def default_inv_freq(head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """Plain RoPE inverse frequencies theta^(-2i/D), i = 0..D/2-1 (D/2,)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+
+
+def linear_inv_freq(inv: torch.Tensor, factor: float) -> torch.Tensor:
+    """Position interpolation: positions / factor, i.e. every frequency / factor."""
+    return inv / factor
+
+
+def llama3_inv_freq(inv: torch.Tensor, factor: float, low_freq_factor: float, high_freq_factor: float, old_len: int) -> torch.Tensor:
+    """Llama 3.1: wavelength 2 pi / f above old_len / low_freq_factor -> f / factor; below old_len / high_freq_factor
+    -> f; between, (1 - s) f / factor + s f with s = (old_len / wavelength - low) / (high - low)."""
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old_len / low_freq_factor, inv / factor, inv)
+    s = (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - s) * scaled / factor + s * scaled
+    medium = (wavelen >= old_len / high_freq_factor) & (wavelen <= old_len / low_freq_factor)
+    return torch.where(medium, smoothed, scaled)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature sqrt(1/t) = 0.1 ln(s) + 1 (paper Sec. 3.4), with DeepSeek's extra multiplier."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_attention_factor(r: RopeScaling) -> float:
+    """The factor cos and sin are multiplied by (so attention logits by its square)."""
+    if r.attention_factor is not None:
+        return float(r.attention_factor)
+    if r.mscale and r.mscale_all_dim:
+        return float(yarn_mscale(r.factor, r.mscale) / yarn_mscale(r.factor, r.mscale_all_dim))
+    return yarn_mscale(r.factor)
+
+
+def yarn_inv_freq(inv: torch.Tensor, theta: float, factor: float, old_len: int, beta_fast: float, beta_slow: float,
+                  truncate: bool = True) -> torch.Tensor:
+    """YaRN NTK-by-parts (paper Sec. 3.2): dimension d makes old_len / (2 pi / f_d) rotations over the original context;
+    dimensions with more than beta_fast rotations keep f_d, fewer than beta_slow get f_d / factor, a linear ramp between
+    (over the dimension index, between the dimensions where the rotation count crosses beta_fast and beta_slow)."""
+    dim = 2 * inv.shape[-1]
+
+    def correction_dim(rotations: float) -> float:  # the dimension index whose frequency makes `rotations` turns
+        return dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=inv.device) - low) / (high - low)).clamp(0, 1)  # (D/2,)
+    keep = 1 - ramp  # 1 = extrapolate (keep f), 0 = interpolate (f / factor)
+    return (inv / factor) * (1 - keep) + inv * keep
+
+
+def dynamic_inv_freq(head_dim: int, theta: float, factor: float, max_pos: int, seq_len: torch.Tensor) -> torch.Tensor:
+    """Dynamic NTK: seq_len (B,) int64 current lengths -> (B, D/2) inverse frequencies of the base
+    theta * (factor L / L0 - (factor - 1)) ** (D / (D - 2)), L = max(seq_len, L0). Computed in fp32 tensor arithmetic
+    as transformers does in its forward pass; rows with L <= L0 get the plain frequencies (transformers' reset)."""
+    L = torch.clamp(seq_len, min=max_pos)  # (B,)
+    base = theta * ((factor * L / max_pos) - (factor - 1)) ** (head_dim / (head_dim - 2))  # (B,) fp32
+    exps = torch.arange(0, head_dim, 2, dtype=torch.int64, device=seq_len.device).float() / head_dim  # (D/2,)
+    dyn = 1.0 / (base[:, None] ** exps)  # (B, D/2)
+    plain_base = theta * ((factor * max_pos / max_pos) - (factor - 1)) ** (head_dim / (head_dim - 2))  # python float, as at init
+    plain = 1.0 / (plain_base ** exps)
+    return torch.where((seq_len > max_pos)[:, None], dyn, plain)
+
+
+def scaled_inv_freq(head_dim: int, theta: float, r: RopeScaling | None, device=None) -> tuple[torch.Tensor, float]:
+    """The static frequency table of a config -> (inv (D/2,), attention factor). For dynamic NTK this is the table
+    of sequences within the original context (longer ones are recomputed per row, `Transformer._rope`)."""
+    inv = default_inv_freq(head_dim, theta, device)
+    if r is None:
+        return inv, 1.0
+    if r.rope_type == "linear":
+        return linear_inv_freq(inv, r.factor), 1.0
+    if r.rope_type == "llama3":
+        return llama3_inv_freq(inv, r.factor, r.low_freq_factor, r.high_freq_factor, r.original_max_len), 1.0
+    if r.rope_type == "yarn":
+        inv = yarn_inv_freq(inv, theta, r.factor, r.original_max_len, r.beta_fast, r.beta_slow, r.truncate)
+        return inv, yarn_attention_factor(r)
+    plain = theta * ((r.factor * r.original_max_len / r.original_max_len) - (r.factor - 1)) ** (head_dim / (head_dim - 2))
+    return default_inv_freq(head_dim, plain, device), 1.0  # dynamic: transformers' init-time table
+
+
+def tables_from_freqs(inv: torch.Tensor, positions: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """inv (D/2,) or (B, D/2), positions (T,) or (B, T) -> cos, sin (..., T, D) in the half-split layout, times `scale`."""
+    freqs = positions.float()[..., None] * (inv[..., None, :] if inv.dim() == 2 else inv)  # (..., T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (..., T, D)
+    cos, sin = emb.cos(), emb.sin()
+    return (cos * scale, sin * scale) if scale != 1.0 else (cos, sin)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None, scaling: RopeScaling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (max_len, head_dim) in the half-split layout (for dynamic NTK: the within-context table)."""
+    inv, scale = scaled_inv_freq(head_dim, theta, scaling, device)
+    return tables_from_freqs(inv, torch.arange(max_len, dtype=torch.float32, device=device), scale)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -179,7 +324,7 @@ class Attention(nn.Module):
         self.q_proj = Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.attn_bias)
         self.k_proj = Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
         self.v_proj = Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
-        self.o_proj = Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        self.o_proj = Linear(cfg.n_heads * hd, cfg.dim, bias=cfg.o_bias)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -253,7 +398,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
@@ -295,13 +440,27 @@ class Transformer(nn.Module):
         self.__dict__.pop("_head_pack", None)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) or (T,) -> cos, signed_sin(sin) (B|1, 1, T, D) (what the layers' `rope_signed` takes)."""
-        need = int(positions.max()) + 1 if positions.numel() else 0
-        if need > self.rope_cos.shape[0]:  # grow the table (rare): positions beyond max_seq_len
-            cos, sin = rope_tables(self.cfg.head_dim, max(need, 2 * self.rope_cos.shape[0]), self.cfg.rope_theta, self.device)
-            self.rope_cos, self.rope_sin = cos, sin
+        """positions (B, T) or (T,) -> cos, signed_sin(sin) (B|1, 1, T, D) (what the layers' `rope_signed` takes).
+
+        Every RoPE variant comes through here (full forward, prefill and each KV-cached decode step alike): the
+        static ones (plain, linear, llama3, yarn) index one precomputed table; dynamic NTK rows whose current length
+        (max position + 1 of the row in this pass) exceeds the original context get frequencies recomputed from that
+        length, as transformers' `dynamic_rope_update` does per forward call (keys already in a KV cache keep the
+        rotation they were written with, as in transformers' generate)."""
         if positions.dim() == 1:
             positions = positions[None]
+        r = self.cfg.rope_scaling
+        if r is not None and r.rope_type == "dynamic" and positions.numel():
+            lens = positions.amax(-1) + 1  # (B,)
+            if bool((lens > r.original_max_len).any()):
+                inv = dynamic_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, r.factor, r.original_max_len, lens)  # (B, D/2)
+                cos, sin = tables_from_freqs(inv.to(self.device), positions)  # (B, T, D)
+                return cos.unsqueeze(1).to(self.dtype), signed_sin(sin).unsqueeze(1).to(self.dtype)
+        need = int(positions.max()) + 1 if positions.numel() else 0
+        if need > self.rope_cos.shape[0]:  # grow the table (rare): positions beyond max_seq_len
+            cos, sin = rope_tables(self.cfg.head_dim, max(need, 2 * self.rope_cos.shape[0]), self.cfg.rope_theta, self.device,
+                                   self.cfg.rope_scaling)
+            self.rope_cos, self.rope_sin = cos, sin
         cos = self.rope_cos[positions].unsqueeze(1).to(self.dtype)  # (B, 1, T, D)
         cached = self.__dict__.get("_rope_ssin")  # signed_sin of the whole table, redone when the table changes
         if cached is None or cached[0] is not self.rope_sin:

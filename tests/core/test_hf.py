@@ -203,10 +203,12 @@ def test_config_mapping_by_hand():
 
 @pytest.mark.parametrize("bad, message", [
     ({"model_type": "gpt2"}, "unsupported Hugging Face architecture model_type='gpt2'"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE scaling type 'linear'"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}, "RoPE scaling type 'yarn'"),
+    ({"rope_scaling": {"type": "longrope", "factor": 2.0}}, "RoPE scaling type 'longrope'"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 4.0}}, "lacks parameter 'low_freq_factor'"),
+    ({"rope_scaling": {"type": "linear"}}, "needs a 'factor'"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}, "rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "disagree"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"attention_bias": True}, "attention_bias=True"),
+    ({"model_type": "mixtral", "num_local_experts": 4, "attention_bias": True}, "attention_bias=True"),
     ({"use_sliding_window": True}, "sliding-window"),
     ({"num_key_value_heads": 3}, "invalid model shape"),
     ({"hidden_size": None}, "hidden_size"),
