@@ -425,10 +425,16 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
 
 def remove_stale(run_dir: str | Path) -> list[Path]:
     """Delete leftovers of killed saves and prunes under run_dir: hidden `.step_*` / `.init.*` directories
-    (temporary checkpoints, `.old` copies, half-deleted prunes). Call only when no save is running. Returns them."""
+    (temporary checkpoints, `.old` copies, half-deleted prunes). An `.old` copy whose final name is missing (a kill
+    between the two renames of an overwrite) is complete: it is renamed back instead. Call only when no save is
+    running. Returns the deleted paths."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
+    for old in [*run_dir.glob(".step_*.old"), *run_dir.glob(".init.old")]:  # killed between the two renames of an overwrite
+        final = run_dir / old.name[1 : -len(".old")]
+        if old.is_dir() and not final.exists() and (old / CONFIG).is_file() and (old / WEIGHTS).is_file():
+            os.replace(old, final)  # put the complete previous version back under its name
     stale = [p for pat in (".step_*", ".init.*") for p in run_dir.glob(pat) if p.is_dir()]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)

@@ -267,3 +267,13 @@ def test_tree_file_roundtrip_shared_tensors_and_pickled_file_refused(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="old pickled file") as e:
         ckpt.load_tree_file(tmp_path / "old.pt")
     assert "\n" not in str(e.value) and not marker.exists()
+
+
+def test_remove_stale_restores_an_old_copy_left_by_a_killed_overwrite(tmp_path):
+    m = tiny()
+    d = ckpt.save_checkpoint(ckpt.step_dir(tmp_path, 5), m, step=5)
+    d.rename(tmp_path / ".step_0000005.old")  # killed after moving the old version away, before the new one landed
+    (tmp_path / ".step_0000005.x7q").mkdir()  # the unfinished new version
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    assert [p.name for p in ckpt.remove_stale(tmp_path)] == [".step_0000005.x7q"]
+    assert ckpt.latest_checkpoint(tmp_path) == d and torch.equal(params(ckpt.load_model(d)), params(m))
