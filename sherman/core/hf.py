@@ -24,9 +24,12 @@ biases are rejected with a clear error rather than loaded wrongly.
 Python:
     model = load_hf("path/to/hf_dir")                 # fp32 on CPU by default
     save_hf(model, "out_dir", arch="qwen3")           # config.json + model.safetensors (or shards + index)
+    save_hf(model, "out_dir", tokenizer=tok)          # + tokenizer.json, tokenizer_config.json (chat template),
+                                                      #   generation_config.json, bos/eos/pad ids in config.json
 CLI:
     sherman convert --from-hf HF_DIR --out CKPT_DIR
-    sherman convert --to-hf CKPT_DIR --out HF_DIR [--arch auto|llama|qwen2|qwen3|qwen3_moe|mixtral|qwen2_moe]
+    sherman convert --to-hf CKPT_DIR --out HF_DIR [--arch auto|llama|qwen2|qwen3|qwen3_moe|mixtral|qwen2_moe] [--chat-template plain|roles]
+        (the checkpoint's tokenizer.json, when present, is exported too; --from-hf imports the folder's tokenizer)
 """
 
 from __future__ import annotations
@@ -463,13 +466,16 @@ def hf_state_dict(model: Transformer, arch: str, dtype: torch.dtype | None = Non
 
 
 def save_hf(model: Transformer, path: str | Path, arch: str = "auto", max_shard_bytes: int | str = "5GB",
-            dtype: torch.dtype | None = None) -> Path:
+            dtype: torch.dtype | None = None, tokenizer=None, chat_template: str = "plain") -> Path:
     """Export a Sherman model to a Hugging Face folder that `AutoModelForCausalLM.from_pretrained` loads.
 
     arch: one of ARCHITECTURES or "auto" (picks the architecture that represents the model exactly).
     max_shard_bytes: above this total size the weights are split into model-0000i-of-0000n.safetensors shards
         with a model.safetensors.index.json, as transformers does.
     dtype: weight dtype in the files (default the model's).
+    tokenizer: a Sherman tokenizer; when given, the folder also gets tokenizer.json, tokenizer_config.json (with the
+        chat template `chat_template`, see `core.tokenizer.CHAT_TEMPLATES`), special_tokens_map.json and
+        generation_config.json, and config.json names the bos/eos/pad ids, so `AutoTokenizer` and vLLM run it.
     """
     from sherman.core.checkpoint import atomic_write, atomic_write_text
 
@@ -508,10 +514,22 @@ def save_hf(model: Transformer, path: str | Path, arch: str = "auto", max_shard_
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         atomic_write_text(path / "model.safetensors.index.json", json.dumps(index, indent=2))
     hf = config_to_hf(cfg, arch, dtype or model.dtype)
+    extra_files: dict[str, str] = {}
+    if tokenizer is not None:
+        from sherman.core.tokenizer import hf_special_ids, hf_tokenizer_files
+
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ShermanError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.vocab_size}")
+        ids = {k: v for k, v in hf_special_ids(tokenizer).items() if v is not None}
+        hf.update(ids)
+        extra_files = hf_tokenizer_files(tokenizer, chat_template, cfg.max_seq_len)
+        extra_files["generation_config.json"] = json.dumps({**ids, "_from_model_config": False}, indent=2)
     atomic_write_text(path / "config.json", json.dumps(hf, indent=2))
+    for name, text in extra_files.items():
+        atomic_write_text(path / name, text)
     umask = os.umask(0)
     os.umask(umask)
-    for f in [path / "config.json", path / "model.safetensors.index.json", *path.glob("model*.safetensors")]:
+    for f in [path / "config.json", path / "model.safetensors.index.json", *path.glob("model*.safetensors"), *(path / n for n in extra_files)]:
         if f.exists():  # atomic_write's temporary files are private (0600); an export is meant to be shared
             f.chmod(0o666 & ~umask)
     return path
@@ -537,6 +555,8 @@ class ConvertArgs:
     """Weight dtype: float32, bfloat16, float16, or auto (keep the source's)."""
     max_shard_size: str = "5GB"
     """--to-hf: split weights into shards of at most this size (with an index file)."""
+    chat_template: Literal["plain", "roles"] = "plain"
+    """--to-hf: the exported chat template, as `sherman serve --chat-template` renders messages."""
 
 
 def main(argv: list[str]) -> int:
@@ -546,17 +566,25 @@ def main(argv: list[str]) -> int:
     if (args.from_hf is None) == (args.to_hf is None):
         raise ShermanError("give exactly one of --from-hf HF_DIR or --to-hf CKPT_DIR")
     from sherman.core.checkpoint import load_model, save_checkpoint
+    from sherman.core.tokenizer import load_tokenizer
 
     if args.from_hf is not None:
         model = load_hf(args.from_hf, dtype=args.dtype)
+        tok = load_tokenizer(args.from_hf) if (Path(args.from_hf) / "tokenizer.json").is_file() else None
         save_checkpoint(args.out, model, extra={"source": {"hf": str(Path(args.from_hf).resolve())}})
-        print(f"converted {args.from_hf} ({model.cfg.n_layers} layers, {sum(p.numel() for p in model.parameters()):,} params) -> {args.out}")
+        if tok is not None:
+            tok.save(Path(args.out) / "tokenizer.json")
+        print(f"converted {args.from_hf} ({model.cfg.n_layers} layers, {sum(p.numel() for p in model.parameters()):,} params"
+              f"{', tokenizer' if tok is not None else ''}) -> {args.out}")
         return 0
     src = Path(args.to_hf)
     if not src.is_dir():
         raise ShermanError(f"{src}: not a directory (expected a Sherman checkpoint)")
     model = load_model(src)
+    tok = load_tokenizer(src) if (src / "tokenizer.json").is_file() else None
     dt = None if args.dtype == "auto" else _resolve_dtype(args.dtype, {})
-    out = save_hf(model, args.out, arch=args.arch, max_shard_bytes=args.max_shard_size, dtype=dt)
-    print(f"exported {src} as {json.loads((out / 'config.json').read_text())['architectures'][0]} -> {out}")
+    out = save_hf(model, args.out, arch=args.arch, max_shard_bytes=args.max_shard_size, dtype=dt, tokenizer=tok,
+                  chat_template=args.chat_template)
+    note = " with tokenizer, chat template and generation config" if tok is not None else " (no tokenizer.json in the checkpoint: weights and config only)"
+    print(f"exported {src} as {json.loads((out / 'config.json').read_text())['architectures'][0]}{note} -> {out}")
     return 0

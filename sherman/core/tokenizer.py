@@ -10,6 +10,14 @@ Both tokenizer classes share one interface:
 
 `save(dir)` writes `dir/tokenizer.json`; `load_tokenizer(path)` reads a directory or a file and returns the right
 class (our char format carries `"type": "char"`; anything else is a Hugging Face `tokenizer.json`).
+
+Export for other tools (`sherman convert --to-hf`, `hf_tokenizer_files`): every tokenizer becomes a Hugging Face
+`tokenizer.json` that `tokenizers` / `AutoTokenizer` / vLLM read and that encodes to Sherman's ids. The character
+tokenizer is an equivalent `tokenizers` model: WordLevel over its characters, a pre-tokenizer that splits text into
+single characters, the special tokens (all of them, whatever the list holds) as special added tokens at their ids,
+and a `Fuse` decoder. A post-processor adds BOS, as Sherman's prompts do (`encode(text, bos=True)`), and
+`tokenizer_config.json` carries bos/eos/pad and a Jinja chat template that renders as `serve.app.render_chat` does,
+BOS first. `load_tokenizer` recognises such an exported character tokenizer and returns a `CharTokenizer` again.
 """
 
 from __future__ import annotations
@@ -268,6 +276,100 @@ def _special_ids_from_configs(folder: Path) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Hugging Face export
+
+_CHAR_SPLIT = r"[\s\S]"  # one match per character (newlines included), the char tokenizer's pre-tokenizer
+
+_CONTENT = ("{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}{%- for p in m['content'] -%}"
+            "{%- if p['type'] == 'text' -%}{{ p['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}")
+CHAT_TEMPLATES: dict[str, str] = {
+    "plain": "{%- if bos_token -%}{{ bos_token }}{%- endif -%}{%- for m in messages -%}" + _CONTENT + "{%- endfor -%}",
+    "roles": ("{%- if bos_token -%}{{ bos_token }}{%- endif -%}{%- for m in messages -%}{{ m['role'] + ': ' }}" + _CONTENT
+              + "{{ '\n' }}{%- endfor -%}{{ 'assistant: ' }}"),
+}
+"""Jinja chat templates equal to `serve.app.render_chat(messages, name)` with BOS in front (as the server encodes
+prompts); 'roles' always ends with 'assistant: ', as render_chat does, whatever add_generation_prompt says."""
+
+
+def hf_backend(tok: CharTokenizer | BPETokenizer):
+    """A `tokenizers.Tokenizer` encoding like `tok.encode(text, bos=True)` with special tokens on (BOS added by a
+    post-processor when the tokenizer has one) and like `tok.encode(text)` with them off."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if isinstance(tok, CharTokenizer):
+        t = Tokenizer(models.WordLevel({s: i for i, s in enumerate(tok.vocab)}, unk_token=None))
+        t.pre_tokenizer = pre_tokenizers.Split(Regex(_CHAR_SPLIT), behavior="isolated")
+        t.decoder = decoders.Fuse()
+        t.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tok.specials])
+        bos = "<bos>" if "<bos>" in tok.specials else None
+    else:
+        t = Tokenizer.from_str(tok.tok.to_str())
+        bos = tok.bos
+    if bos is not None:
+        bos_id = t.token_to_id(bos)
+        probe = "a"
+        if t.encode(probe, add_special_tokens=True).ids != [bos_id] + t.encode(probe, add_special_tokens=False).ids:
+            tmpl = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+            t.post_processor = tmpl if t.post_processor is None else processors.Sequence([t.post_processor, tmpl])
+    return t
+
+
+def _names(tok: CharTokenizer | BPETokenizer) -> dict[str, str | None]:
+    if isinstance(tok, CharTokenizer):
+        return {k: (f"<{k}>" if f"<{k}>" in tok.specials else None) for k in ("bos", "eos", "pad")}
+    return {"bos": tok.bos, "eos": tok.eos, "pad": tok.pad}
+
+
+def hf_special_ids(tok: CharTokenizer | BPETokenizer) -> dict[str, int | list[int] | None]:
+    """bos/eos/pad token ids for config.json and generation_config.json (eos a list when there are several)."""
+    n = _names(tok)
+    ids = {k: (tok.token_id(v) if v is not None else None) for k, v in n.items()}
+    if isinstance(tok, BPETokenizer) and len(tok.eos_ids) > 1:
+        ids["eos"] = list(tok.eos_ids)
+    if ids["pad"] is None and isinstance(tok, BPETokenizer) and tok.eos_ids:
+        ids["pad"] = tok.pad_id  # Sherman pads with eos when there is no pad token
+    return {f"{k}_token_id": v for k, v in ids.items()}
+
+
+def hf_tokenizer_files(tok: CharTokenizer | BPETokenizer, chat_template: str = "plain", max_len: int | None = None) -> dict[str, str]:
+    """File name -> text of the Hugging Face tokenizer files: tokenizer.json, tokenizer_config.json and
+    special_tokens_map.json."""
+    if chat_template not in CHAT_TEMPLATES:
+        raise ShermanError(f"unknown chat template {chat_template!r}; choose one of {', '.join(CHAT_TEMPLATES)}")
+    n = _names(tok)
+    cfg: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": n["bos"], "eos_token": n["eos"], "pad_token": n["pad"] or n["eos"], "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATES[chat_template],
+    }
+    if max_len:
+        cfg["model_max_length"] = int(max_len)
+    special_map = {f"{k}_token": v for k, v in (("bos", n["bos"]), ("eos", n["eos"]), ("pad", n["pad"] or n["eos"])) if v is not None}
+    return {
+        "tokenizer.json": hf_backend(tok).to_str(pretty=True),
+        "tokenizer_config.json": json.dumps(cfg, indent=2, ensure_ascii=False),
+        "special_tokens_map.json": json.dumps(special_map, indent=2, ensure_ascii=False),
+    }
+
+
+def _as_char_tokenizer(d: dict[str, Any]) -> CharTokenizer | None:
+    """Our exported character tokenizer (WordLevel + single-character split, specials first) -> CharTokenizer, else None."""
+    model, pre = d.get("model") or {}, d.get("pre_tokenizer") or {}
+    if model.get("type") != "WordLevel" or pre.get("type") != "Split" or (pre.get("pattern") or {}).get("Regex") != _CHAR_SPLIT:
+        return None
+    vocab = model.get("vocab") or {}
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        return None
+    specials = [a["content"] for a in sorted(d.get("added_tokens") or [], key=lambda a: a["id"]) if a.get("special")]
+    tokens = [s for s, _ in by_id]
+    if tokens[: len(specials)] != specials or not all(len(s) == 1 for s in tokens[len(specials):]):
+        return None
+    return CharTokenizer("".join(tokens[len(specials):]), specials)
+
+
 def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     """Load a tokenizer from a directory (its `tokenizer.json`) or a JSON file.
 
@@ -284,6 +386,9 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
             return CharTokenizer.from_dict(d)
         except (ValueError, AssertionError) as e:
             raise ShermanError(f"{p}: corrupt char tokenizer ({e})") from None
+    char = _as_char_tokenizer(d)
+    if char is not None:
+        return char
     from tokenizers import Tokenizer
 
     try:
@@ -299,4 +404,5 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     return BPETokenizer(tok, bos=names["bos"], eos=names["eos"], pad=names["pad"], extra_eos_ids=cfg.get("eos_ids", []))
 
 
-__all__ = ["CharTokenizer", "BPETokenizer", "train_bpe", "load_tokenizer", "DEFAULT_SPECIALS"]
+__all__ = ["CharTokenizer", "BPETokenizer", "train_bpe", "load_tokenizer", "DEFAULT_SPECIALS", "hf_tokenizer_files", "hf_special_ids",
+           "hf_backend", "CHAT_TEMPLATES"]
