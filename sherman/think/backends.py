@@ -10,7 +10,12 @@ A backend streams one agent's continuation of a text prompt as `Piece`s (one dec
   (`core.generate.Decoder`); a resumed prompt with a byte-identical prefix reuses its cache.
 - `OpenAIBackend`: any OpenAI-compatible server (ours: `sherman serve`; vLLM, SGLang) through streaming
   `/v1/completions`. After a join the organizer resumes with its exact previous text plus the inserted
-  text, so the server's prefix cache hits.
+  text, so the server's prefix cache hits. It asks the server to keep special tokens in the returned text
+  (`skip_special_tokens: false`, a vLLM/SGLang extension: AsyncThink's tags are special tokens, which servers strip
+  by default) and for per-token log-probs (`logprobs: 0`) and final usage (`stream_options.include_usage`), and
+  counts generated tokens from those (one `Piece` per token the server reports), not from text chunks, which merge
+  or vanish (a stripped special token streams as an empty chunk). A server that rejects one of these fields with a
+  4xx is asked again without it (remembered for later calls).
 - `ScriptedBackend`: replays fixed texts (tests, property tests, demos of the protocol).
 """
 
@@ -71,6 +76,33 @@ class LocalBackend:
         await self.batcher.close()
 
 
+OPTIONAL_FIELDS: dict[str, object] = {
+    "skip_special_tokens": False,
+    "logprobs": 0,
+    "stream_options": {"include_usage": True},
+}
+"""Request fields beyond the basic completion API that `OpenAIBackend` sends while the server accepts them."""
+
+
+def chunk_pieces(choice: dict) -> list[Piece]:
+    """One streamed completion choice -> one Piece per generated token it reports.
+
+    With `logprobs` (OpenAI's legacy shape: tokens, token_logprobs), every token is a Piece; the chunk's text goes to
+    the first one when the token strings do not spell it (byte-level pieces, stripped specials), so the concatenated
+    text is always the server's. Without logprobs, a chunk with text is one token."""
+    text = choice.get("text") or ""
+    lp = choice.get("logprobs") or {}
+    toks = lp.get("tokens") if isinstance(lp, dict) else None
+    if not toks:
+        return [Piece(text)] if text else []
+    lps = lp.get("token_logprobs") or [0.0] * len(toks)
+    if "".join(toks) == text:
+        texts = list(toks)
+    else:
+        texts = [text] + [""] * (len(toks) - 1)
+    return [Piece(t, (), float(x) if x is not None else 0.0) for t, x in zip(texts, lps)]
+
+
 class OpenAIBackend:
     """Streaming `/v1/completions` of an OpenAI-compatible server."""
 
@@ -86,29 +118,51 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.AsyncClient(timeout=timeout, headers=headers)
         self._count = count_tokens or len
+        self.optional = dict(OPTIONAL_FIELDS)
+        """The optional fields still sent (a field the server rejected is dropped)."""
 
     def count_tokens(self, text: str) -> int:
         return self._count(text)
 
+    def _drop_rejected(self, status: int, detail: str) -> bool:
+        """After a 4xx: drop the optional fields the error names (all of them when it names none); False if none left."""
+        if status not in (400, 422) or not self.optional:
+            return False
+        named = [k for k in self.optional if k in detail]
+        for k in named or list(self.optional):
+            del self.optional[k]
+        return True
+
     async def stream(self, prompt: str, max_tokens: int) -> AsyncIterator[Piece]:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": self.temperature, "top_p": self.top_p,
-                "skip_special_tokens": False}  # keep protocol tags that are special tokens (vLLM / sherman serve extension)
-        async with self.client.stream("POST", f"{self.url}/completions", json=body) as r:
-            if r.status_code != 200:
-                detail = (await r.aread()).decode(errors="replace")[:300]
-                raise RuntimeError(f"{self.url}/completions returned {r.status_code}: {detail}")
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise RuntimeError(f"server error: {chunk['error']}")
-                text = chunk["choices"][0].get("text", "")
-                if text:
-                    yield Piece(text)
+        base = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": self.temperature, "top_p": self.top_p}
+        while True:
+            body = {**base, **self.optional}
+            async with self.client.stream("POST", f"{self.url}/completions", json=body) as r:
+                if r.status_code != 200:
+                    detail = (await r.aread()).decode(errors="replace")[:300]
+                    if self._drop_rejected(r.status_code, detail):
+                        continue
+                    raise RuntimeError(f"{self.url}/completions returned {r.status_code}: {detail}")
+                n = 0
+                async for line in r.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise RuntimeError(f"server error: {chunk['error']}")
+                    for choice in chunk.get("choices") or []:
+                        for piece in chunk_pieces(choice):
+                            n += 1
+                            yield piece
+                    usage = chunk.get("usage")
+                    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                        for _ in range(min(usage["completion_tokens"], max_tokens) - n):  # tokens the text did not show
+                            n += 1
+                            yield Piece("")
+                return
 
     async def aclose(self) -> None:
         await self.client.aclose()
