@@ -196,6 +196,28 @@ def asyncthink_available(tok, tcfg=None) -> bool:
     return all(_encodable(tok, p) for p in probes)
 
 
+def token_prompts(prompt, vocab_size: int) -> list[list[int]] | None:
+    """`prompt` given as token ids, as vLLM and the OpenAI API accept: a list of ints (one prompt) or a non-empty list
+    of such lists -> the id lists, used as they are (no BOS added: the client's ids are the prompt); None when `prompt`
+    is not made of ints (text, handled by the caller). Ids outside [0, vocab_size) or an empty prompt are a 400."""
+    if not isinstance(prompt, list) or not prompt:
+        return None
+    is_ids = lambda x: isinstance(x, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in x)  # noqa: E731
+    if is_ids(prompt):
+        rows = [prompt]
+    elif all(isinstance(p, list) for p in prompt) and all(is_ids(p) for p in prompt):
+        rows = prompt
+    else:
+        return None
+    for r in rows:
+        if not r:
+            raise APIError(400, "a token-id prompt must not be empty", param="prompt")
+        bad = next((i for i in r if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is out of range [0, {vocab_size})", param="prompt")
+    return [list(r) for r in rows]
+
+
 def find_stop(text: str, stops: list[str]) -> int:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else -1
@@ -359,19 +381,23 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None):
         body = await read_body(request)
         name = check_model(body, allow_think=False)
         prompt = body.get("prompt")
-        if isinstance(prompt, str):
+        id_prompts = token_prompts(prompt, model.cfg.vocab_size)
+        if id_prompts is not None:
+            texts = id_prompts
+        elif isinstance(prompt, str):
             texts = [prompt]
         elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
             texts = prompt
         else:
-            raise APIError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
+            raise APIError(400, "'prompt' must be a string, a non-empty list of strings, a list of token ids or a list of such lists",
+                           param="prompt")
         params, max_tokens, stops, n = parse_sampling(body, cfg)
         skip = body.get("skip_special_tokens") is not False
         if len(texts) * n > cfg.max_batch:
             raise APIError(400, f"{len(texts)} prompts x n={n} exceeds the server's limit of {cfg.max_batch} choices", param="prompt")
         if body.get("stream") and len(texts) * n != 1:
             raise APIError(400, "streaming supports one prompt and n = 1", param="stream")
-        prompts = await eng.encode_all(texts)
+        prompts = id_prompts if id_prompts is not None else await eng.encode_all(texts)
         max_tokens = fit_window(max(len(p) for p in prompts), max_tokens, explicit_max_tokens(body), eng.window, "prompt")
         params.max_new_tokens = max_tokens
         rid = _chunk_id("cmpl")
