@@ -22,7 +22,7 @@ from sherman.core.common import ShermanError
 from sherman.experiments import BUDGETS, EXPERIMENTS
 
 REQUIRED_KEYS = ("name", "claim", "verdict", "rows")
-VERDICTS = ("reproduced", "partly", "not reproduced")
+VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
 
 
 def run_one(name: str, budget: str, out_root: Path) -> dict:

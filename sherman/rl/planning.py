@@ -18,6 +18,12 @@ per node reads `s t s` and continues with a path `v1 ... t`. From one SFT checkp
       whose fixed point gives every valid successor on a route to t the same value, so the
       Boltzmann policy over Q keeps all routes (diversity preserved).
 
+PG ablations (not in the paper; they test why PG wanders on the cyclic Blocksworld graph): a mean baseline
+(`pg_baseline="mean"`: the batch-mean sequence return is subtracted), a discount (`pg_gamma` < 1: the terminal
+reward reaches step t as gamma^(n-1-t) r, so shorter paths earn more) and a per-step cost (`pg_step_cost` c: every
+action costs c, return G_t = gamma^(n-1-t) r - c sum_{j=t}^{n-1} gamma^(j-t)); `pg_token_weights` computes them.
+With the defaults (no baseline, gamma 1, c 0) the weight is r at every step: plain REINFORCE.
+
 Choices the paper leaves open (config fields below): Q-learning rewards are +-reward_scale (10, the
 scale of the SFT logits it starts from; with +-1 the regression first squashes every logit into
 [-1, 1], where softmax(Q) is near uniform over 100 nodes and the policy falls apart) and the
@@ -29,7 +35,8 @@ every visited state, with the SFT checkpoint as reference. Rollouts use the one 
 
 Metrics (`Evaluator`): accuracy (sampled path valid and ending at t), diversity (distinct correct
 paths among N samples per pair), path entropy (Monte-Carlo -log p of the sampled paths), "stuck"
-(samples that never emit t within max_len), adjacency recovery (precision / recall of the successors
+(samples that never emit t within max_len), mean path length (all samples / correct ones), greedy accuracy
+(one temperature-0 path per pair), adjacency recovery (precision / recall of the successors
 with mean next-token probability > 0.05 at `u t u`), and accuracy on test pairs whose source never lies
 on an SFT path to that target (the transitivity probe) vs the other test pairs.
 
@@ -183,9 +190,28 @@ def full_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
 
 
 def pg_loss(logp: torch.Tensor, mask: torch.Tensor, reward: torch.Tensor, kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """REINFORCE with KL: mean over rollouts of -r * sum_t log pi(a_t) + beta * sum_t KL_t. logp, mask, kl (B, T); reward (B,)."""
-    per_seq = -(reward[:, None] * logp * mask).sum(-1) + kl_coef * (kl * mask).sum(-1)  # (B,)
+    """REINFORCE with KL: mean over rollouts of -w_t * sum_t log pi(a_t) + beta * sum_t KL_t. logp, mask, kl (B, T);
+    reward (B,) (the same weight r at every step) or per-step weights (B, T) from `pg_token_weights`."""
+    w = reward[:, None] if reward.dim() == 1 else reward  # (B, 1) or (B, T)
+    per_seq = -(w * logp * mask).sum(-1) + kl_coef * (kl * mask).sum(-1)  # (B,)
     return per_seq.mean()
+
+
+def pg_token_weights(reward: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, step_cost: float = 0.0,
+                     baseline: str = "none") -> torch.Tensor:  # fmt: skip
+    """Per-step PG weights (B, T): the return from step t, `G_t = gamma^(n-1-t) r - c sum_{j=t}^{n-1} gamma^(j-t)`
+    (r: terminal outcome reward, n: path length, c: step cost), minus the batch mean of G_0 when baseline='mean'.
+    reward (B,), mask (B, T) with each row's n actions first; zero past each path."""
+    assert baseline in ("none", "mean"), f"baseline must be 'none' or 'mean', got {baseline!r}"
+    n = mask.sum(-1, keepdim=True)  # (B, 1)
+    t = torch.arange(mask.shape[1], dtype=mask.dtype, device=mask.device)[None]  # (1, T)
+    left = (n - t).clamp(min=0)  # steps from t to the end, inclusive (B, T)
+    disc = torch.full_like(left, gamma).pow(left - 1)  # gamma^(n-1-t)
+    cost = step_cost * (left if gamma == 1.0 else (1 - torch.full_like(left, gamma).pow(left)) / (1 - gamma))
+    g = (reward[:, None] * disc - cost) * mask  # (B, T)
+    if baseline == "mean":
+        g = (g - g[:, 0].mean()) * mask
+    return g
 
 
 def distinct_correct(paths: list[list[int]], correct: list[bool]) -> int:
@@ -267,6 +293,11 @@ class Evaluator:
                 div = [distinct_correct([r.path for r in rolls[i : i + n]], ok[i : i + n]) for i in range(0, len(rolls), n)]
                 out[f"div/{name}"] = float(np.mean(div))
                 out[f"entropy/{name}"] = float(np.mean([-r.logp for r in rolls]))
+                out[f"len/{name}"] = float(np.mean([len(r.actions) for r in rolls]))
+                lens_ok = [len(r.actions) for r, k in zip(rolls, ok) if k]
+                out[f"len_correct/{name}"] = float(np.mean(lens_ok)) if lens_ok else float("nan")
+                greedy = sample_paths(model, pairs, 1, self.max_len, 0.0, gen, self.data.pad_id)
+                out[f"acc_greedy/{name}"] = float(np.mean([outcome_reward(self.data, r) > 0 for r in greedy]))
         out["adj/precision"], out["adj/recall"] = self.adjacency(model, temperature)
         return out
 
@@ -290,6 +321,12 @@ class ArmConfig:
     """Maximum generated tokens per rollout."""
     gamma: float = 1.0
     """Q-learning discount (the paper's episodic, undiscounted setting)."""
+    pg_baseline: str = "none"
+    """PG baseline: 'none' (the paper's REINFORCE) or 'mean' (batch-mean sequence return subtracted)."""
+    pg_gamma: float = 1.0
+    """PG discount of the terminal reward per step (1 = the paper's undiscounted return)."""
+    pg_step_cost: float = 0.0
+    """PG cost per action (0 = none); with it, wandering paths earn less."""
     q_temperature: float = 1.0
     """Temperature of the Boltzmann policy softmax(Q / T) that Q-learning explores with and is evaluated with."""
     reward_scale: float = 10.0
@@ -353,7 +390,8 @@ def run_pg(model: Transformer, ref: Transformer, data: PlanningData, cfg: ArmCon
             kl = full_kl(logits, ref_logits)  # (B, T)
         else:
             kl = torch.zeros_like(logp)
-        loss = pg_loss(logp, mask, reward, kl, kl_coef)
+        weights = pg_token_weights(reward.to(mask.device), mask, cfg.pg_gamma, cfg.pg_step_cost, cfg.pg_baseline)  # (B, T)
+        loss = pg_loss(logp, mask, weights, kl, kl_coef)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -3,7 +3,7 @@ import json
 import torch
 
 from sherman.experiments import EXPERIMENTS
-from sherman.experiments.planning import ARMS, BUDGETS, run
+from sherman.experiments.planning import ARMS, BUDGETS, PG_ABLATIONS, run
 
 
 def test_planning_experiment_smoke(tmp_path):
@@ -12,14 +12,18 @@ def test_planning_experiment_smoke(tmp_path):
     res = run("smoke", tmp_path)
     assert torch.get_num_threads() == threads  # restored
     assert res["name"] == "planning" and res["verdict"] in ("reproduced", "partly", "not reproduced")
-    assert [r["claim"][:3] for r in res["rows"]] == ["(1)", "(2)", "(3)", "(4)"]
-    for row in res["rows"]:
+    assert [r["claim"][:3] for r in res["rows"]] == ["(1)", "(2)", "(3)", "(4)", "(5)"]
+    for row in res["rows"][:4]:
         assert set(row) == {"claim", "paper", "ours", "verdict"} and "ER:" in row["ours"] and "BW:" in row["ours"]
+    assert "BW" in res["rows"][4]["ours"] and "stuck" in res["rows"][4]["ours"] and "acc_greedy" in res["rows"][4]["ours"]
     for name in res["plots"]:
         assert (tmp_path / name).stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
     runs = saved["metrics"]["results"]
     assert set(runs) == {"er", "bw"} and set(runs["er"][0]["arms"]) == set(ARMS)
+    assert set(runs["bw"][0]["arms"]) == set(ARMS) | set(PG_ABLATIONS)
+    last = runs["bw"][0]["arms"]["pg_step_cost"][-1]
+    assert {"stuck/test", "len/test", "acc_greedy/test"} <= set(last)
     steps = [h["step"] for h in runs["bw"][0]["arms"]["q_process"]]
     assert steps == [0, 2, 4] == list(range(0, BUDGETS["smoke"].arm_steps + 1, BUDGETS["smoke"].eval_every))
 
@@ -40,3 +44,15 @@ def test_plan_cli_smoke_and_bad_input(tmp_path, capsys):
     assert main(["plan", "--arm", "dqn"]) == 2
     assert main(["plan", "--task", "er", "--nodes", "1"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_pg_ablations_change_one_field_each():
+    from dataclasses import fields, replace
+
+    from sherman.rl.planning import ArmConfig
+
+    base = ArmConfig()
+    assert (base.pg_baseline, base.pg_gamma, base.pg_step_cost) == ("none", 1.0, 0.0)  # the paper's REINFORCE
+    for kw in PG_ABLATIONS.values():
+        arm = replace(base, **kw)
+        assert [f.name for f in fields(base) if getattr(arm, f.name) != getattr(base, f.name)] == list(kw)

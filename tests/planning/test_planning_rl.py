@@ -155,3 +155,17 @@ def test_bad_q_reward_is_rejected(small):
     data, base, _, ev = small
     with pytest.raises(ValueError):
         run_q_learning(copy.deepcopy(base), data, ArmConfig(steps=1), "dense", ev)
+
+
+def test_pg_token_weights_by_hand():
+    from sherman.rl.planning import pg_token_weights
+
+    r = torch.tensor([1.0, 0.0])
+    m = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    assert torch.allclose(pg_token_weights(r, m), torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))  # plain REINFORCE
+    assert torch.allclose(pg_token_weights(r, m, gamma=0.9), torch.tensor([[0.81, 0.9, 1.0], [0.0, 0.0, 0.0]]))
+    assert torch.allclose(pg_token_weights(r, m, step_cost=0.1), torch.tensor([[0.7, 0.8, 0.9], [-0.2, -0.1, 0.0]]))
+    both = pg_token_weights(r, m, gamma=0.9, step_cost=0.1)  # 0.81 - 0.1 (1 + 0.9 + 0.81), 0.9 - 0.1 * 1.9, 1 - 0.1
+    assert torch.allclose(both, torch.tensor([[0.539, 0.71, 0.9], [-0.19, -0.1, 0.0]]))
+    # mean baseline: batch mean of G_0 = 0.5 subtracted on the path steps
+    assert torch.allclose(pg_token_weights(r, m, baseline="mean"), torch.tensor([[0.5, 0.5, 0.5], [-0.5, -0.5, 0.0]]))
