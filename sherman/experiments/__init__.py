@@ -25,6 +25,7 @@ EXPERIMENTS: dict[str, str] = {
     "asyncthink": "sherman.experiments.asyncthink",
     "delt": "sherman.experiments.delt",
     "vibevoice": "sherman.experiments.vibevoice",
+    "agentic6g": "sherman.experiments.agentic6g",
 }
 
 BUDGETS = ("smoke", "quick", "full")
