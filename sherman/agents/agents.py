@@ -114,6 +114,7 @@ def guard_numbers(answer: str, calls: list[ToolResult], question: str, tol: floa
     """Numbers in the answer that appear neither in a successful tool result nor in the question (to the precision
     printed in the answer). Returns the ungrounded ones; an empty list means the answer passes."""
     logged = [x for c in calls if c.ok for x in numbers_in(c.content)] + numbers_in(question)
+    answer = re.sub(r"\[[^\]]*#[^\]]*\]", "", answer)  # citation lists ("[downlink#pathloss-3gpp]") hold ids, not figures
     bad = []
     for tok in re.findall(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", answer):
         x = float(tok)

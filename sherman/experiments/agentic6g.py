@@ -37,7 +37,7 @@ CLAIM = (
     "Retrieval, collaborative planning and reflective evaluation together beat a single agent on communication "
     "system design (arXiv 2505.22311 Sec. IV; CommLLM, arXiv 2312.07850)."
 )
-SIZES = {"smoke": (4, 2), "quick": (200, 3), "full": (1000, 5)}
+SIZES = {"smoke": (4, 2), "quick": (200, 5), "full": (1000, 5)}
 """budget -> (scenarios per seed, seeds)."""
 ARMS = ("fixed", "single", "parallel", "multi")
 EFFECT = 0.03

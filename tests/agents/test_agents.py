@@ -239,3 +239,9 @@ def test_cli_agent_and_bench(capsys):
     assert "multi" in capsys.readouterr().out
     assert main(["agent", "4 users"]) == 2
     assert "could not read antennas" in capsys.readouterr().err
+
+
+def test_guardrail_ignores_citation_ids():
+    calls = [ToolResult("evaluate", {}, True, {"sum_rate": 22.3573})]
+    assert ag.guard_numbers("sum rate 22.3573 [downlink#pathloss-3gpp, downlink#precoder-zf]", calls, "") == []
+    assert ag.guard_numbers("sum rate 22.3573 and 3 gpp", calls, "") == [3.0]
