@@ -16,9 +16,10 @@ token the organizer and its workers decoded (inserted text and prompts are maske
 the advantages are `sherman.rl.core`'s.
 
 Tasks: multi-expression arithmetic (sub-query = one expression, worked with the place-value scratchpad) and
-multi-solution Countdown (sub-query = a required top-level operator such as `*`, so workers search disjoint
-spaces; thinking = the expression's steps "3*7=21,21+5=26" before it is returned). Sequential thinking
-works the same steps one after the other.
+multi-solution Countdown (sub-query `{op}{rank}` = "the rank-th solution whose top-level operator is op", so
+workers search disjoint spaces and every solution in the organizer's answer is one a worker returned;
+thinking = the expression's steps "3*7=21,21+5=26" before it is returned). Sequential thinking works the
+same steps one after the other.
 """
 
 from __future__ import annotations
@@ -86,26 +87,41 @@ def plan(task, ex: Example) -> Plan:
         solo = ";".join(scratchpad(a, op, b) for a, op, b in ex.meta["exprs"])
         return Plan(subs, traces, solo, ex.answer)
     if isinstance(task, Countdown):
-        nums, target, n = ex.meta["numbers"], ex.meta["target"], ex.meta["n_solutions"]
-        table = solutions(tuple(sorted(nums)), task.cfg.ops).get(target, {})
-        by_op: dict[str, str] = {}
-        for k in sorted(table):
-            by_op.setdefault(top_op(table[k]), table[k])
-        ops = [o for o in "+-*/" if o in by_op]
-
-        def think(e: str) -> str:
-            return ",".join(steps(parse_expr(e)))
-
-        traces = [f"{think(by_op[o])}<RETURN>{by_op[o]}</RETURN>" for o in ops]
-        picked = [by_op[o] for o in ops]
-        for s in ex.answer.split(";"):  # top up with the reference solutions when few operators have one
-            if len(picked) >= n:
-                break
-            if s not in picked:
-                picked.append(s)
-        refs = ex.answer.split(";")
-        return Plan(ops, traces, ";".join(think(e) for e in refs), ";".join(picked), ex.answer)
+        return _countdown_plan(task, ex)
     raise TypeError(f"no AsyncThink decomposition for task {type(task).__name__}")
+
+
+def countdown_assignments(task: Countdown, ex: Example) -> list[tuple[str, int, str]]:
+    """The n solutions an organizer collects, as (top operator, rank among that operator's solutions, expression).
+
+    Solutions are grouped by top-level operator (disjoint search spaces) in canonical order; the n required
+    ones are taken round-robin over the operators (every operator's 1st, then every operator's 2nd, ...), so a
+    question where one operator holds every solution gets workers `*1`, `*2`, ... of that operator. Each
+    assignment is one worker's sub-query `{op}{rank}` ("the rank-th solution with top operator op"), whose
+    returned result is exactly that expression: every answer comes from some worker."""
+    nums, target, n = ex.meta["numbers"], ex.meta["target"], ex.meta["n_solutions"]
+    table = solutions(tuple(sorted(nums)), task.cfg.ops).get(target, {})
+    by_op: dict[str, list[str]] = {}
+    for k in sorted(table):
+        by_op.setdefault(top_op(table[k]), []).append(table[k])
+    ops = [o for o in "+-*/" if o in by_op]
+    out: list[tuple[str, int, str]] = []
+    for rank in range(max((len(v) for v in by_op.values()), default=0)):
+        for o in ops:
+            if rank < len(by_op[o]) and len(out) < n:
+                out.append((o, rank + 1, by_op[o][rank]))
+    return out
+
+
+def _countdown_plan(task: Countdown, ex: Example) -> Plan:
+    def think(e: str) -> str:
+        return ",".join(steps(parse_expr(e)))
+
+    assign = countdown_assignments(task, ex)
+    subs = [f"{o}{rank}" for o, rank, _ in assign]
+    traces = [f"{think(e)}<RETURN>{e}</RETURN>" for _, _, e in assign]
+    answer = ";".join(e for _, _, e in assign)
+    return Plan(subs, traces, ";".join(think(e) for _, _, e in assign), answer)
 
 
 def organizer_trace(p: Plan, topology: str, capacity: int, rng: random.Random) -> list[tuple[str, bool]]:

@@ -133,3 +133,39 @@ def test_rollout_reward_format_penalty_and_accuracy():
     assert acc == 1.0 and rew == pytest.approx(1.0 + 0.5 * min(r.eta / 4, 0.5) / 0.5)
     r.errors.append(FormatError("pool_full"))
     assert rollout_reward(task, ex, r, 4, cfg) == (-1.0, 1.0)
+
+
+@pytest.mark.parametrize("task", TASKS + [Countdown(n_solutions=3, max_numbers=4)], ids=lambda t: f"{t.name}")
+def test_every_sft_answer_is_in_the_organizers_context(task):
+    """Each answer of each sampled organizer target is a result some worker returned (joined into the context)."""
+    tok = make_tokenizer(*TASKS)
+    rng = random.Random(3)
+    org_id = tok.token_id("<ORG>")
+    n_checked = 0
+    for e in sft_examples(task, tok, 60, rng, capacity=4, topologies=("interleaved", "fork_all")):
+        if org_id not in e.ids:
+            continue
+        text = tok.decode(e.ids, skip_special=False)
+        body = text.split("<ORG>", 1)[1]
+        answer = body.split("<ANSWER>", 1)[1].split("</ANSWER>", 1)[0]
+        joined = re.findall(r"<JOIN-(\d+)>(.*?)</JOIN-\1>", body.split("<ANSWER>", 1)[0])
+        returned = {t for _, t in joined}
+        parts = answer.split(";")
+        assert parts and all(p in returned for p in parts), (answer, returned)
+        n_checked += 1
+    assert n_checked == 60
+
+
+def test_countdown_plan_covers_single_operator_questions():
+    """A question whose solutions all share one top operator still gets n workers, each returning a distinct one."""
+    from sherman.tasks.base import Example
+    from sherman.think.train import countdown_assignments
+
+    task = Countdown(n_solutions=2, max_numbers=3)
+    ex = Example("1,2,2>5|2:", "", {"numbers": [1, 2, 2], "target": 5, "n_solutions": 2})  # 1+2+2 and 1+2*2: both top "+"
+    assign = countdown_assignments(task, ex)
+    assert [(o, k) for o, k, _ in assign] == [("+", 1), ("+", 2)]
+    p = plan(task, ex)
+    assert len(assign) == 2 and len(p.subqueries) == 2
+    assert task.reward(ex, "#" + p.answer) == 1.0
+    assert p.answer.split(";") == [t.split("<RETURN>")[1].split("</RETURN>")[0] for t in p.worker_traces]
