@@ -26,6 +26,7 @@ EXPERIMENTS: dict[str, str] = {
     "delt": "sherman.experiments.delt",
     "vibevoice": "sherman.experiments.vibevoice",
     "agentic6g": "sherman.experiments.agentic6g",
+    "rpt": "sherman.experiments.rpt",
 }
 
 BUDGETS = ("smoke", "quick", "full")

@@ -9,7 +9,7 @@ import torch
 
 from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
-from sherman.rl.rollout import stop_ids
+from sherman.rl.rollout import prompt_ids, stop_ids
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -31,7 +31,7 @@ def evaluate(model: Transformer, task, tok, examples: Sequence, n_samples: int =
     flat = [(i, ex) for i, ex in enumerate(examples) for _ in range(n_samples)]
     for s in range(0, len(flat), batch):
         part = flat[s : s + batch]
-        out = generate(model, [tok.encode(ex.prompt, bos=True) for _, ex in part], params, generator=gen, pad_id=tok.pad_id)
+        out = generate(model, [prompt_ids(tok, ex) for _, ex in part], params, generator=gen, pad_id=tok.pad_id)
         for (i, ex), t in zip(part, out.tokens):
             rwd = float(task.reward(ex, tok.decode(t)))
             reward_sum += rwd

@@ -31,6 +31,13 @@ class Rollouts:
     """The same rows laid out for `shared_prompt_logprobs` (each distinct prompt once, completions apart)."""
 
 
+def prompt_ids(tok, ex) -> list[int]:
+    """Token ids of an example's prompt: `ex.meta["prompt_ids"]` when the task gives them (token-exact contexts, e.g.
+    RPT's document prefixes), else `tok.encode(ex.prompt, bos=True)`."""
+    ids = ex.meta.get("prompt_ids") if ex.meta else None
+    return list(ids) if ids is not None else tok.encode(ex.prompt, bos=True)
+
+
 def stop_ids(tok) -> list[int]:
     return list(getattr(tok, "eos_ids", None) or [tok.eos_id])
 
@@ -39,7 +46,7 @@ def rollout(
     model: Transformer, task, tok, examples: Sequence, group_size: int, params: SamplingParams, generator: torch.Generator
 ) -> Rollouts:
     """Sample `group_size` completions per example (rows of a group are contiguous) and score them."""
-    prompts = [tok.encode(ex.prompt, bos=True) for ex in examples for _ in range(group_size)]
+    prompts = [prompt_ids(tok, ex) for ex in examples for _ in range(group_size)]
     out = generate(model, prompts, params, generator=generator, pad_id=tok.pad_id)
     texts = [tok.decode(t) for t in out.tokens]
     rewards = torch.tensor([float(task.reward(examples[i // group_size], s)) for i, s in enumerate(texts)])

@@ -1,0 +1,202 @@
+"""RPT (sherman.rl.rpt): hand-derived rewards, top-k entropy, selection, extraction, and RPTTask through rl_train."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from sherman.core.common import ShermanError
+from sherman.rl import rpt
+from sherman.rl.rpt import RPTConfig, boundaries, prefix_reward
+
+# ----------------------------------------------------------------------------------------- reward (Eq. 3)
+
+# continuation tokens "The", " cat", " sat": bytes 3 + 4 + 4, boundaries {3, 7, 11}
+GT_TOKENS = [b"The", b" cat", b" sat"]
+GT = b"".join(GT_TOKENS)
+B = boundaries(GT_TOKENS)
+
+
+def test_boundaries_are_cumulative_byte_lengths():
+    assert B == [3, 7, 11]
+
+
+def test_prefix_reward_hand_values():
+    assert prefix_reward(b"The", GT, B) == 1.0  # one whole token
+    assert prefix_reward(b"The cat", GT, B) == 1.0  # two whole tokens
+    assert prefix_reward(b"The c", GT, B) == 0.0  # partial token (5 not a boundary)
+    assert prefix_reward(b"Th", GT, B) == 0.0  # partial first token
+    assert prefix_reward(b"The cat sat down", GT, B) == 0.0  # runs past the continuation
+    assert prefix_reward(b"", GT, B) == 0.0  # empty
+    assert prefix_reward(b"The dog", GT, B) == 0.0  # right length, wrong bytes
+
+
+def test_prefix_reward_multibyte_utf8_split_across_tokens():
+    # "é" = C3 A9 split over two byte-level tokens: [b"caf", b"\xc3", b"\xa9!"] -> boundaries {3, 4, 6}
+    toks = [b"caf", b"\xc3", b"\xa9!"]
+    gt, bd = b"".join(toks), boundaries(toks)
+    assert bd == [3, 4, 6]
+    assert prefix_reward("caf".encode(), gt, bd) == 1.0
+    assert prefix_reward("café".encode(), gt, bd) == 0.0  # 5 bytes: ends inside the third token
+    assert prefix_reward("café!".encode(), gt, bd) == 1.0  # 6 bytes: three whole tokens
+    assert prefix_reward(b"caf\xc3", gt, bd) == 1.0  # two whole tokens, even though not valid UTF-8 on its own
+
+
+def test_prefix_reward_string_that_is_two_tokens_but_no_single_vocab_item():
+    from sherman.core.tokenizer import train_bpe
+
+    tok = train_bpe(["ab ab ab ab cd cd cd cd"] * 20, 260 + 3)  # merges: "ab", " ab", ...; " abcd" is no token
+    tb = rpt.token_bytes_fn(tok)
+    ids = tok.encode("ab cd")
+    assert len(ids) == 2 and [tb(i) for i in ids] == [b"ab", b" cd"]
+    vocab = {tb(i) for i in range(tok.vocab_size)}
+    assert b"ab cd" not in vocab  # the prediction is no single vocabulary item
+    pieces = [tb(i) for i in ids]
+    assert prefix_reward(b"ab cd", b"".join(pieces), boundaries(pieces)) == 1.0
+
+
+def test_appendix_a_alternatives_hand_values():
+    # first token: only the first 3 bytes matter
+    assert rpt.first_token_reward(b"The", GT, B) == 1.0
+    assert rpt.first_token_reward(b"The dog", GT, B) == 1.0
+    assert rpt.first_token_reward(b"Th", GT, B) == 0.0
+    # dense: matched whole tokens / tokens reached. "The cat" -> 2/2; "The c" -> 1 matched of 2 reached = 0.5;
+    # "The dog" -> 1/2; "The cat sat down" -> 3 matched, reaches 3 tokens + past the end = 4 -> 0.75; "x" -> 0/1
+    assert rpt.dense_reward(b"The cat", GT, B) == 1.0
+    assert rpt.dense_reward(b"The c", GT, B) == 0.5
+    assert rpt.dense_reward(b"The dog", GT, B) == 0.5
+    assert rpt.dense_reward(b"The cat sat down", GT, B) == 0.75
+    assert rpt.dense_reward(b"x", GT, B) == 0.0
+    # conditional dense: 0 unless the first token matches
+    assert rpt.conditional_dense_reward(b"The c", GT, B) == 0.5
+    assert rpt.conditional_dense_reward(b"Tha cat", GT, B) == 0.0
+
+
+# ----------------------------------------------------------------------------------------- extraction
+
+
+def test_extraction_direct_and_malformed():
+    cfg = RPTConfig(think_tokens=0, max_pred_bytes=5)
+    assert rpt.extract_prediction("47}", cfg) == ("47", "ok")
+    assert rpt.extract_prediction("47", cfg) == (None, "unclosed")
+    assert rpt.extract_prediction("}", cfg) == (None, "empty")
+    assert rpt.extract_prediction("123456}", cfg) == (None, "too_long")
+    assert rpt.extract_prediction("4}\\boxed{7}", cfg) == (None, "multiple_answers")
+    assert rpt.extract_prediction("4}\\boxed{7}", RPTConfig(on_multiple="last")) == ("7", "ok")
+
+
+def test_extraction_with_thinking():
+    cfg = RPTConfig(think_tokens=8)
+    assert rpt.extract_prediction("carry 1 </think>\\boxed{ cat}", cfg) == (" cat", "ok")
+    assert rpt.extract_prediction("carry 1 \\boxed{ cat}", cfg) == (None, "no_think_close")
+    assert rpt.extract_prediction("a</think>b</think>\\boxed{c}", cfg) == (None, "multiple_think_close")
+    assert rpt.extract_prediction("a</think> cat", cfg) == (None, "no_answer")
+    assert rpt.extract_prediction("a</think>\\boxed{}", cfg) == (None, "empty")
+
+
+def test_task_counts_malformed():
+    docs, tok, cfg = _tiny_corpus()
+    ents = [torch.ones(len(d)) for d in docs]
+    task = rpt.RPTTask(tok, docs, rpt.select_positions(ents, cfg), cfg)
+    ex = task.sample(random.Random(0))
+    nxt = ex.meta["gt"][: ex.meta["bounds"][0]].decode()
+    assert task.reward(ex, nxt + "}") == 1.0
+    assert task.reward(ex, nxt) == 0.0
+    assert task.reward(ex, "}") == 0.0
+    assert task.malformed == {"ok": 1, "unclosed": 1, "empty": 1}
+    assert task.malformed_frac() == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------------------- entropy and selection
+
+
+def test_topk_entropy_hand_built_logits():
+    # top-2 of [log 1, log 3, -5, -7]: probabilities renormalised to 1/4, 3/4 -> H = -(1/4 ln 1/4 + 3/4 ln 3/4)
+    logits = torch.tensor([0.0, math.log(3.0), -5.0, -7.0])
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert rpt.topk_entropy(logits, 2).item() == pytest.approx(h, abs=1e-6)
+    # 16 equal logits among 20: top-16 entropy = ln 16 whatever the other 4 hold
+    lg = torch.cat([torch.zeros(16), torch.full((4,), -3.0)])
+    assert rpt.topk_entropy(lg, 16).item() == pytest.approx(math.log(16), abs=1e-6)
+    assert rpt.topk_entropy(lg[None, None], 16).shape == (1, 1)
+
+
+def test_select_positions_threshold_and_quantile():
+    ents = [torch.tensor([9.0, 0.2, 1.4, 0.7, 2.0]), torch.tensor([0.1, 1.0, 0.3])]
+    cfg = RPTConfig(min_context=1, threshold=1.0, quantile=None)
+    assert rpt.select_positions(ents, cfg) == [(0, 2, pytest.approx(1.4)), (0, 4, 2.0), (1, 1, 1.0)]
+    # quantile 0.5 of the eligible entropies [0.2, 1.4, 0.7, 2.0, 1.0, 0.3] = 0.85
+    cfg = RPTConfig(min_context=1, threshold=None, quantile=0.5)
+    assert [(d, t) for d, t, _ in rpt.select_positions(ents, cfg)] == [(0, 2), (0, 4), (1, 1)]
+    with pytest.raises(ShermanError, match="selects no position"):
+        rpt.select_positions(ents, RPTConfig(min_context=1, threshold=5.0))
+
+
+def test_split_of_edges():
+    edges = (0.5, 1.0, 1.5)
+    assert [rpt.split_of(x, edges) for x in (0.4, 0.5, 0.99, 1.0, 1.6)] == [None, "easy", "easy", "medium", "hard"]
+
+
+def test_proxy_entropies_one_forward_per_document_match_per_position(tmp_path):
+    docs, tok, cfg = _tiny_corpus()
+    proxy = _model(tok.vocab_size, max_seq_len=16)  # shorter than some documents: windows
+    calls = []
+    h = proxy.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
+    ents = rpt.proxy_entropies(proxy, docs[:3], tok.bos_id, 16)
+    h.remove()
+    ids = [tok.bos_id] + docs[0]
+    for t in (0, 5, len(docs[0]) - 1):
+        lo = max(0, t + 1 - 16)
+        ref = rpt.topk_entropy(proxy(torch.tensor([ids[lo : t + 1]])).logits[0, -1], 16)
+        if t < 16:
+            assert ents[0][t].item() == pytest.approx(ref.item(), abs=1e-5)
+    assert len(calls) >= 3
+    # cache: same numbers back, and the second call runs no forward
+    a = rpt.cached_entropies(proxy, docs[:3], tok.bos_id, 16, tmp_path)
+    calls.clear()
+    h = proxy.register_forward_hook(lambda m, a_, o: calls.append(1))
+    b = rpt.cached_entropies(proxy, docs[:3], tok.bos_id, 16, tmp_path)
+    h.remove()
+    assert not calls and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert len(list(tmp_path.glob("entropy_*.safetensors"))) == 1
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_corpus_errors(tmp_path):
+    with pytest.raises(ShermanError, match="not found"):
+        rpt.load_corpus(tmp_path / "nope.txt")
+    (tmp_path / "e.txt").write_text("\n\n")
+    with pytest.raises(ShermanError, match="empty"):
+        rpt.load_corpus(tmp_path / "e.txt")
+    (tmp_path / "b.txt").write_bytes(b"ok\n\xff\xfe bad\n")
+    with pytest.raises(ShermanError, match="not UTF-8"):
+        rpt.load_corpus(tmp_path / "b.txt")
+    (tmp_path / "g.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert rpt.load_corpus(tmp_path / "g.jsonl") == ["one", "two"]
+
+
+def test_vocab_mismatch_error():
+    a, b = _model(300), _model(301)
+    with pytest.raises(ShermanError, match="vocabulary"):
+        rpt.check_vocab(b, a, type("T", (), {"vocab_size": 300})())
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _tiny_corpus(n=60, vocab=330):
+    cfg = RPTConfig(min_context=2, threshold=0.0, quantile=None)
+    texts = rpt.generate_corpus(n, seed=0)
+    tok = rpt.corpus_tokenizer(texts, vocab, cfg)
+    return rpt.tokenize_corpus(texts, tok, 96), tok, cfg
+
+
+def _model(vocab, n_experts=0, max_seq_len=128, seed=0):
+    from sherman.core.model import Transformer
+    from sherman.rl.evaluation import tiny_model_config
+
+    torch.manual_seed(seed)
+    return Transformer(tiny_model_config(vocab, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, n_experts=n_experts, max_seq_len=max_seq_len))
