@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("sherman.data.cli:main", "DELT data scoring, selection and ordering of a JSONL corpus"),
     "tts": ("sherman.speech.synthesize:main", "multi-speaker speech synthesis with VibeVoice (script + voice prompts -> WAV)"),
     "agent": ("sherman.agents.cli:main", "agentic 6G: tool-using agents configure a multi-user MISO downlink (`agent bench` scores every arm)"),
+    "rpt": ("sherman.rl.rpt_cli:main", "RPT: reinforcement pre-training on a corpus (`rpt entropy|train|eval`)"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),
 }
 

@@ -200,3 +200,98 @@ def _model(vocab, n_experts=0, max_seq_len=128, seed=0):
 
     torch.manual_seed(seed)
     return Transformer(tiny_model_config(vocab, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, n_experts=n_experts, max_seq_len=max_seq_len))
+
+
+# ----------------------------------------------------------------------------------------- training through rl_train
+
+
+def _warm(n_experts=0, seed=0):
+    """Tiny corpus, tokenizer and a policy pre-trained a little with NTP, then taught the output format."""
+    docs, tok, cfg = _tiny_corpus()
+    cfg = RPTConfig(min_context=2, threshold=0.0, quantile=None, max_pred_tokens=3)  # every position: some are easy
+    m = _model(tok.vocab_size, n_experts=n_experts, seed=seed)
+    rpt.ntp_train(m, rpt.lm_data(docs, tok.bos_id), 60, 16, 1e-2, seed, tok.pad_id)
+    pos = rpt.select_positions(rpt.proxy_entropies(m, docs, tok.bos_id, 16), cfg)
+    task = rpt.RPTTask(tok, docs, pos, cfg)
+    rpt.ntp_train(m, rpt.format_sft_data(task, range(0, len(pos), max(1, len(pos) // 256))), 40, 16, 1e-2, seed, tok.pad_id, warmup=0)
+    return m, rpt.RPTTask(tok, docs, pos[:16], cfg), tok  # RL on a few positions: reward can rise within seconds
+
+
+def _rpt_run(m, task, tok, steps=10):
+    from sherman.rl.grpo import preset_config, rl_train
+
+    cfg = preset_config("opo", **{**rpt.PRESET, "steps": steps, "prompts_per_step": 8, "group_size": 8, "max_new_tokens": task.cfg.max_new_tokens,
+                                  "lr": 3e-3, "track_kl_to_init": False})  # fmt: skip
+    return [r["rollout/reward_mean"] for r in rl_train(m, task, tok, cfg).history]
+
+
+def _rises(r):
+    k = len(r) // 3
+    return sum(r[-k:]) / k > sum(r[:k]) / k
+
+
+def test_rpt_task_trains_through_rl_train_dense_reward_rises():
+    m, task, tok = _warm()
+    r = _rpt_run(m, task, tok)
+    assert _rises(r), r
+    assert sum(task.malformed.values()) == 10 * 64
+
+
+def test_rpt_task_trains_through_rl_train_moe():
+    m, task, tok = _warm(n_experts=4)
+    r = _rpt_run(m, task, tok)
+    assert _rises(r), r
+
+
+def test_rpt_from_imported_hf_checkpoint(tmp_path):
+    """A Qwen2 checkpoint built with transformers, its byte-level BPE tokenizer.json beside it, through `sherman rpt`."""
+    pytest.importorskip("transformers")
+    from sherman.cli import main
+    from sherman.core.hf import save_hf
+
+    m, task, tok = _warm()
+    save_hf(m, tmp_path / "hf", arch="qwen2")
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    from sherman.rl.rpt_cli import load_any
+
+    m2, tok2 = load_any(str(tmp_path / "hf"))
+    assert tok2.encode("so 12+3=") == tok.encode("so 12+3=")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join('{"text": "%s"}' % t for t in rpt.generate_corpus(30, seed=3)))
+    code = main(["rpt", "train", str(tmp_path / "hf"), "--data", str(corpus), "--out", str(tmp_path / "run"), "--steps", "2",
+                 "--prompts-per-step", "2", "--group-size", "4", "--max-pred-tokens", "2"])  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "run" / "step_0000002").is_dir()
+    assert list((tmp_path / "run" / "entropy_cache").glob("entropy_*.safetensors"))
+    assert main(["rpt", "eval", str(tmp_path / "run" / "step_0000002"), "--data", str(corpus), "--positions", "8"]) == 0
+    assert main(["rpt", "entropy", str(corpus), "--proxy", str(tmp_path / "hf"), "--out", str(tmp_path / "e.safetensors")]) == 0
+    assert (tmp_path / "e.json").is_file()
+
+
+def test_cli_one_line_errors(tmp_path, capsys):
+    from sherman.cli import main
+    from sherman.core import checkpoint as ckpt
+
+    m, task, tok = _warm()
+    ckpt.save_checkpoint(tmp_path / "pol", m, None, 0)
+    tok.save(tmp_path / "pol" / "tokenizer.json")
+    other = _model(tok.vocab_size + 5)
+    ckpt.save_checkpoint(tmp_path / "prox", other, None, 0)
+    tok.save(tmp_path / "prox" / "tokenizer.json")
+    good = tmp_path / "c.txt"
+    good.write_text("\n".join(rpt.generate_corpus(10, seed=4)))
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\n")
+    (tmp_path / "empty.txt").write_text("")
+    cases = [
+        (["rpt", "train", str(tmp_path / "pol"), "--data", str(tmp_path / "missing.txt")], "not found"),
+        (["rpt", "train", str(tmp_path / "pol"), "--data", str(tmp_path / "empty.txt")], "empty"),
+        (["rpt", "train", str(tmp_path / "pol"), "--data", str(tmp_path / "bad.txt")], "not UTF-8"),
+        (["rpt", "train", str(tmp_path / "pol"), "--data", str(good), "--proxy", str(tmp_path / "prox")], "vocabulary"),
+        (["rpt", "train", str(tmp_path / "pol"), "--data", str(good), "--threshold", "100", "--out", str(tmp_path / "r")], "selects no position"),
+        (["rpt", "nope"], "unknown rpt subcommand"),
+    ]
+    for argv, msg in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, (argv, err)
