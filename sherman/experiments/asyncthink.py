@@ -5,7 +5,7 @@ What runs:
    organizer/worker traces with randomized topologies (AsyncThink) and sequential traces (`<SEQ>` prompts,
    the baselines' format), for multi-solution Countdown and multi-expression arithmetic (2-3 expressions).
 2. RL of the organizer and workers with the AsyncThink reward (accuracy + lambda * min(eta/c, tau)/tau,
-   format penalty), one run per lambda in the sweep, each from the SFT weights.
+   format penalty), one run per lambda in the sweep (one optimizer, resumable), each from the SFT weights.
 3. Evaluation with the local backend (one batched forward per step for all agents of all questions):
    AsyncThink (greedy), sequential thinking (greedy, same token budget as the organizer) and parallel
    thinking (k = c - 1 samples at temperature 1, majority vote; set union for multi-solution Countdown).
@@ -16,12 +16,10 @@ Claims checked (paper -> ours): higher accuracy than both baselines on multi-sol
 ~28% lower latency than parallel thinking at equal or better accuracy; generalization to an unseen task;
 and (ablation) the concurrency reward raises eta.
 
-Measured at the quick budget (seed 0, 1 torch thread, 345 s wall with `sherman reproduce asyncthink`): arithmetic is solved by every method
-(accuracy 1.0) but Countdown accuracy is async 0.33 / parallel 0.46 / sequential 0.40, AsyncThink latency
-is about equal to parallel's (36.9 vs 36.6 steps), and 4-expression arithmetic is not generalized to
-(accuracy 0, format ok 0.42): the paper's gains do not appear at this scale, where each sub-problem's
-thinking is a few tokens and the organizer's fork/join/answer tokens dominate the critical path.
-lambda = 0.5 raised eta over lambda = 0 (1.31 vs 1.19).
+Before the fixes of issue 15 (answers no worker returned, eight fresh optimizers of one step each) the quick
+budget gave Countdown accuracy async 0.33 / parallel 0.46 / sequential 0.40 at equal latency (36.9 vs 36.6
+steps). RL is now one run per lambda (one AdamW over every step, checkpointed and resumed through
+`core.checkpoint`, G = 8); the new quick budget has not been measured yet.
 """
 
 from __future__ import annotations
@@ -66,12 +64,18 @@ class Budget:
     seeds: tuple[int, ...] = (0,)
     log_every: int = 0
     """Print SFT progress every N steps (0 = silent)."""
+    rl_questions: int = 4
+    """Questions per RL update."""
+    group: int = 8
+    """RL group size G."""
+    save_every: int = 25
+    """RL checkpoint interval (steps)."""
 
 
 BUDGETS = {
-    "smoke": Budget(n_sft=8, sft_steps=4, rl_steps=1, lambdas=(0.5, 0.0), n_eval=2, dim=32, n_layers=1),
-    "quick": Budget(n_sft=800, sft_steps=2000, rl_steps=8, lambdas=(0.5, 0.0), n_eval=40, dim=128, n_layers=2, log_every=250),
-    "full": Budget(n_sft=3000, sft_steps=2500, rl_steps=60, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, seeds=(0, 1, 2)),
+    "smoke": Budget(n_sft=8, sft_steps=4, rl_steps=1, lambdas=(0.5, 0.0), n_eval=2, dim=32, n_layers=1, rl_questions=1, group=2),
+    "quick": Budget(n_sft=800, sft_steps=2000, rl_steps=30, lambdas=(0.5, 0.0), n_eval=40, dim=128, n_layers=2, log_every=250),
+    "full": Budget(n_sft=3000, sft_steps=2500, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, seeds=(0, 1, 2)),
 }
 
 CAPACITY = 4
@@ -124,7 +128,7 @@ def evaluate(model, tok, task, exs, think: ThinkConfig, base: BaselineConfig, se
 
 
 def run(budget: str, out_dir: Path) -> dict:
-    """The quick budget was measured with one intra-op thread (`sherman reproduce --threads 1`, the default): 345 s."""
+    """The quick budget runs with one intra-op thread (`sherman reproduce --threads 1`, the default); not yet timed after the RL fix."""
     return _run(budget, out_dir)
 
 
@@ -155,11 +159,9 @@ def _run(budget: str, out_dir: Path) -> dict:
         models = {"sft": model}
         for lam in b.lambdas:  # RL on the mixture of training tasks, one run per lambda
             m = copy.deepcopy(model)
-            hist = []
-            for k, t in enumerate([countdown, *arith] * max(1, b.rl_steps)):
-                if k >= b.rl_steps:
-                    break
-                hist += rl_train(m, tok, t, think, RLConfig(steps=1, questions=4, group=4, lr=2e-4, lam=lam, tau=TAU, seed=seed * 1000 + k))
+            hist = rl_train(m, tok, [countdown, *arith], think, RLConfig(steps=b.rl_steps, questions=b.rl_questions, group=b.group, lr=2e-4, lam=lam,
+                                                                          tau=TAU, seed=seed, save_every=b.save_every),
+                            run_dir=out_dir / "rl" / f"seed{seed}_lam{lam:g}")  # one run, one optimizer, resumable
             models[f"rl_lam{lam:g}"] = m
             rl_curves[f"seed{seed}_lam{lam:g}"] = hist
         eval_rng = random.Random(10_000 + seed)

@@ -190,12 +190,12 @@ def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity:
 
 @dataclass
 class RLConfig:
-    steps: int = 20
-    """RL updates."""
+    steps: int = 200
+    """RL updates of the one run (one optimizer whose state is kept across steps and checkpoints)."""
     questions: int = 4
-    """Questions per update."""
-    group: int = 4
-    """Rollouts per question (G): the advantage is group-relative."""
+    """Questions per update (tasks of a mixture are cycled, one task per update)."""
+    group: int = 8
+    """Rollouts per question (G): the advantage is group-relative ; default G = 8."""
     lr: float = 3e-4
     """AdamW learning rate."""
     lam: float = 0.5
@@ -209,6 +209,11 @@ class RLConfig:
     clip: float = 0.2
     """PPO clip (one update per batch, so the ratio is 1 at the start; kept for parity with rl/)."""
     seed: int = 0
+    """Step t samples its questions and rollouts from seeds derived from (seed, t): resume is exact."""
+    save_every: int = 0
+    """Checkpoint (weights + optimizer state + history) every N steps into run_dir (0 = only at the end)."""
+    keep: int = 2
+    """Checkpoints kept in run_dir."""
 
 
 def rollout_reward(task, ex: Example, r: ThinkResult, capacity: int, cfg: RLConfig) -> tuple[float, float]:
@@ -288,17 +293,28 @@ def policy_update(model, opt, tok, results: list[ThinkResult], adv: list[float],
     return float(loss.detach())
 
 
-def rl_train(model, tok, task, think: ThinkConfig, cfg: RLConfig, log=None) -> list[dict]:
-    """GRPO-style RL of the organizer and workers with the AsyncThink reward. Returns per-step metrics."""
+def rl_train(model, tok, tasks, think: ThinkConfig, cfg: RLConfig, log=None, run_dir=None) -> list[dict]:
+    """GRPO-style RL of the organizer and workers with the AsyncThink reward, as ONE run with ONE AdamW.
+
+    `tasks`: a task or a list (a mixture, one task per step in turn). With `run_dir`, the run checkpoints
+    (`core.checkpoint`: weights, optimizer state, step, history; no pickle) and resumes from the newest
+    checkpoint there, continuing the same optimizer state. Returns the per-step metrics of the whole run."""
+    from sherman.core.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, step_dir
     from sherman.core.generate import SamplingParams
     from sherman.rl.core import grpo_advantages
     from sherman.think.backends import LocalBackend
 
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    history = []
-    for step in range(cfg.steps):
+    history: list[dict] = []
+    start = 0
+    if run_dir is not None and (ck := latest_checkpoint(run_dir)) is not None:
+        start, extra = load_checkpoint(ck, model, opt, restore_rng=False)
+        history = list(extra.get("history", []))[:start]
+    for step in range(start, cfg.steps):
+        task = tasks[step % len(tasks)]
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         exs = [task.sample(rng) for _ in range(cfg.questions)]
         model.eval()
         backend = LocalBackend(model, tok, SamplingParams(temperature=cfg.temperature), generator=gen)
@@ -312,15 +328,21 @@ def rl_train(model, tok, task, think: ThinkConfig, cfg: RLConfig, log=None) -> l
         loss_v = policy_update(model, opt, tok, results, adv.tolist(), cfg.clip)
         row = {
             "step": step,
+            "task": getattr(task, "name", type(task).__name__),
             "rollout/reward_mean": sum(rewards) / len(rewards),
             "rollout/acc_mean": sum(accs) / len(accs),
             "rollout/format_ok": sum(1 for r in results if not r.errors) / len(results),
             "rollout/eta_mean": sum(r.eta for r in results) / len(results),
             "rollout/latency_mean": sum(r.latency for r in results) / len(results),
             "loss/policy": loss_v,
+            "updates": sum(1 for h in history if h["loss/policy"] != 0.0) + (loss_v != 0.0),
         }
         history.append(row)
         if log is not None:
             log(row)
+        last = step + 1 == cfg.steps
+        if run_dir is not None and (last or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+            save_checkpoint(step_dir(run_dir, step + 1), model, opt, step + 1, extra={"history": history})
+            prune_checkpoints(run_dir, cfg.keep)
     model.eval()
     return history

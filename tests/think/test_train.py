@@ -169,3 +169,48 @@ def test_countdown_plan_covers_single_operator_questions():
     assert len(assign) == 2 and len(p.subqueries) == 2
     assert task.reward(ex, "#" + p.answer) == 1.0
     assert p.answer.split(";") == [t.split("<RETURN>")[1].split("</RETURN>")[0] for t in p.worker_traces]
+
+
+def _adam_steps(ck) -> set[float]:
+    from sherman.core.checkpoint import load_state
+
+    st = load_state(ck)["optimizer"]["state"]
+    return {float(v["step"]) for v in st.values()}
+
+
+def test_rl_is_one_run_with_one_optimizer_across_steps_and_resume(tmp_path, monkeypatch):
+    """Straight 4 steps == 2 steps + resume for 2; the Adam step count equals the updates made (state kept).
+
+    An untrained model makes format errors only (every reward equal, no update), so the reward is replaced
+    by a deterministic function of the rollout (its token count mod 3): the test is about the optimizer."""
+    import sherman.think.train as tt
+    from sherman.core.checkpoint import latest_checkpoint
+
+    monkeypatch.setattr(tt, "rollout_reward", lambda task, ex, r, c, cfg: (float(r.total_tokens % 3), 0.0))
+
+    tok = make_tokenizer(*TASKS)
+    task = Arithmetic(n_expressions=2, max_digits=1, ops="+")
+    think = ThinkConfig(capacity=3, max_org_tokens=24, max_worker_tokens=10)
+
+    def fresh():
+        torch.manual_seed(0)
+        return Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64))
+
+    cfg = dict(questions=1, group=4, lr=1e-3, temperature=1.0, format_penalty=-1.0)
+    a = fresh()
+    init = {k: v.clone() for k, v in a.state_dict().items()}
+    ha = rl_train(a, tok, task, think, RLConfig(steps=4, save_every=1, **cfg), run_dir=tmp_path / "a")
+    updates = ha[-1]["updates"]
+    assert updates >= 3, ha  # the test needs real updates to mean anything
+    assert any(not torch.equal(init[k], v) for k, v in a.state_dict().items())
+    assert _adam_steps(latest_checkpoint(tmp_path / "a")) == {float(updates)}  # one optimizer over the whole run
+
+    b = fresh()
+    rl_train(b, tok, task, think, RLConfig(steps=2, save_every=1, **cfg), run_dir=tmp_path / "b")
+    c = fresh()  # a new process: fresh weights, resumed from the checkpoint (weights + optimizer state)
+    hc = rl_train(c, tok, task, think, RLConfig(steps=4, save_every=1, **cfg), run_dir=tmp_path / "b")
+    assert [h["step"] for h in hc] == [0, 1, 2, 3]
+    assert [h["rollout/reward_mean"] for h in hc] == [h["rollout/reward_mean"] for h in ha]
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, c.state_dict()[k], atol=1e-6), k
+    assert _adam_steps(latest_checkpoint(tmp_path / "b")) == {float(updates)}
