@@ -295,3 +295,18 @@ def test_cli_one_line_errors(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_thinking_format_trace_and_sft_data_extract_ok():
+    texts = rpt.generate_corpus(20, seed=1)
+    cfg = RPTConfig(think_tokens=6, min_context=2, threshold=0.0, quantile=None)
+    tok = rpt.corpus_tokenizer(texts, 320, cfg)
+    docs = rpt.tokenize_corpus(texts, tok, 96)
+    task = rpt.RPTTask(tok, docs, rpt.select_positions([torch.ones(len(d)) for d in docs], cfg), cfg)
+    ex = task.example(3)
+    assert ex.meta["prompt_ids"][-1] == tok.token_id("<think>")  # the prompt opens the chain of thought
+    assert task.reward(ex, "some thought " + task.trace(ex)) == 1.0
+    (sft,) = rpt.format_sft_data(task, [3])
+    comp = [i for i, m in zip(sft.ids, sft.mask) if m]
+    assert rpt.extract_prediction(tok.decode(comp), cfg)[1] == "ok"
+    assert cfg.max_new_tokens == 6 + cfg.max_pred_tokens + 4
