@@ -1,7 +1,7 @@
 """Load check of `sherman serve`: N concurrent clients on loopback against a small random checkpoint (or --ckpt).
 
 Prints throughput (requests/s, generated tokens/s), p50/p99 request latency and the failed-request count
-for the server (continuous batching through `core.generate.Decoder`), beside the peer: the same requests
+for the server (continuous batching through `core.decoder.Decoder`), beside the peer: the same requests
 answered one at a time by `core.generate.generate` in-process (no HTTP, no batching), measured in the same
 run, and their ratio.
 

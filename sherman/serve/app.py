@@ -18,7 +18,7 @@ Limits and failure handling (see the README's security model):
 - the API key is compared in constant time (`hmac.compare_digest`).
 
 Concurrent requests are batched: every choice of every request is a stream of the shared
-`serve.batcher.Batcher` (continuous batching over `core.generate.Decoder`: one forward pass per step
+`core.decoder.Batcher` (continuous batching over `core.decoder.Decoder`: one forward pass per step
 for all live sequences; a prompt that extends a finished one reuses its KV cache).
 
 AsyncThink is exposed as a second model, `<name>-asyncthink`, when the tokenizer can encode the protocol's
@@ -231,7 +231,7 @@ class Engine:
     """Model + tokenizer + batcher: turns (prompt text, sampling) into streamed text."""
 
     def __init__(self, model, tokenizer, cfg: ServeConfig):
-        from sherman.serve.batcher import Batcher
+        from sherman.core.decoder import Batcher
 
         self.model, self.tok, self.cfg = model.eval(), tokenizer, cfg
         self.window = int(model.cfg.max_seq_len)

@@ -5,9 +5,9 @@ A backend streams one agent's continuation of a text prompt as `Piece`s (one dec
     async for piece in backend.stream(prompt, max_tokens): ...      # break out to stop early
     backend.count_tokens(text) -> int                               # for the clock's insert charge
 
-- `LocalBackend`: a Sherman model. Every stream joins the shared `serve.batcher.Batcher`, which advances
+- `LocalBackend`: a Sherman model. Every stream joins the shared `core.decoder.Batcher`, which advances
   the organizer and all active workers in ONE forward pass per step, each sequence with its own KV cache
-  (`core.generate.Decoder`); a resumed prompt with a byte-identical prefix reuses its cache.
+  (`core.decoder.Decoder`); a resumed prompt with a byte-identical prefix reuses its cache.
 - `OpenAIBackend`: any OpenAI-compatible server (ours: `sherman serve`; vLLM, SGLang) through streaming
   `/v1/completions`. After a join the organizer resumes with its exact previous text plus the inserted
   text, so the server's prefix cache hits. It asks the server to keep special tokens in the returned text
@@ -49,7 +49,7 @@ class LocalBackend:
     """A Sherman model + tokenizer behind the shared continuous batcher."""
 
     def __init__(self, model, tokenizer, params: SamplingParams | None = None, *, batcher=None, generator=None, add_bos: bool = True):
-        from sherman.serve.batcher import Batcher
+        from sherman.core.decoder import Batcher
 
         self.model = model
         self.tokenizer = tokenizer

@@ -4,10 +4,10 @@ from contextlib import aclosing
 import pytest
 import torch
 
+from sherman.core.decoder import Batcher
 from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.tokenizer import CharTokenizer
-from sherman.serve.batcher import Batcher
 from sherman.think.backends import LocalBackend, ScriptedBackend
 from sherman.think.baselines import BaselineConfig, aggregate, parallel, sequential
 from sherman.think.engine import AsyncThinkEngine, ThinkConfig

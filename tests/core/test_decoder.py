@@ -1,8 +1,10 @@
-"""Parity of the step-wise `Decoder` (core/generate.py) with `generate`."""
+"""Parity of the step-wise `Decoder` (core/decoder.py) with `generate`, and of its fast decode step with the forward pass."""
 
 import torch
 
-from sherman.core.generate import Decoder, SamplingParams, generate
+import sherman.core.generate as gen
+from sherman.core.decoder import Decoder
+from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
 
 
@@ -75,3 +77,43 @@ def test_decoder_truncate_then_extend_equals_fresh_prompt():
     cont = [d.step(params=greedy)[a][0] for _ in range(4)]
     ref = generate(m, [[1, 2, 3, 4] + got[:2] + [9]], SamplingParams(max_new_tokens=4, temperature=0.0))
     assert cont == ref.tokens[0] and d.length(a) == 7 + 4
+
+
+def run_mixed(m, gen_seed):
+    """Decode with membership changes and inserted text, so steps alternate between prefill and one-token decode."""
+    d = Decoder(m, generator=torch.Generator().manual_seed(gen_seed), init_len=4)
+    p = SamplingParams(temperature=1.0)
+    a, b = d.add([1, 2, 3]), d.add([4, 5, 6, 7])
+    out = [d.step(params=p) for _ in range(6)]
+    d.extend(a, [8, 9])  # a prefills 3 tokens in the next step while b decodes one
+    c = d.add([10, 11])
+    out += [d.step(params=p) for _ in range(8)]
+    d.truncate(b, 5)
+    d.extend(b, [12])
+    out += [d.step([b, c], params=p) for _ in range(5)]
+    return out
+
+
+def test_fast_decode_step_is_bit_identical_to_forward(monkeypatch):
+    m = tiny_model(seed=4)
+    fast = run_mixed(m, 5)
+    calls = []
+    orig = m.decode_step
+    monkeypatch.setattr(m, "decode_step", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    fast2 = run_mixed(m, 5)
+    assert fast2 == fast and len(calls) >= 12  # the fast step ran on the one-token steps
+    monkeypatch.setattr(gen, "FAST_DECODE", False)
+    calls.clear()
+    slow = run_mixed(m, 5)
+    assert not calls
+    assert slow == fast  # tokens and log-probs equal as Python floats: bit-identical
+    assert len({t for o in fast for t, _ in o.values()}) > 3
+
+
+def test_fast_decode_not_used_with_hooks_or_moe():
+    m = tiny_model(seed=5)
+    h = m.layers[0].register_forward_hook(lambda *a: None)
+    assert not Decoder(m)._fast()
+    h.remove()
+    assert Decoder(m)._fast()
+    assert not Decoder(tiny_model(seed=1, n_experts=4, n_experts_per_tok=2, moe_ffn_dim=32))._fast()
