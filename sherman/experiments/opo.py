@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.tokenizer import CharTokenizer
 from sherman.experiments.rl_common import (
@@ -172,6 +173,8 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
     res = rl_train(model, task, tok, cfg)
     ev = held_out_metrics(model, task, tok, held, b["eval_samples"], b["max_new"], seed=4321 + seed)
     kl = _opt_step_curve(res.history, "kl/to_init_k3")
+    print0(f"  [opo {cfg.advantage} x{cfg.updates_per_batch} seed {seed}] {res.opt_steps} steps, {time.time() - t0:.0f}s: KL {tail_mean(kl):.4f} "
+           f"held-out pass@1 {ev['pass@1']:.3f} entropy {ev['entropy']:.3f} distinct3 {ev['distinct3']:.3f}")
     return {
         "seed": seed,
         **{f"held/{k}": v for k, v in ev.items()},

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.tokenizer import CharTokenizer
 from sherman.experiments.rl_common import fmt_ci, held_out_metrics, held_out_prompts, paired, plot_curves, tail_mean, warm_start
@@ -141,6 +142,9 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
         return [x.get(key, float("nan")) for x in h]
 
     rew = curve("rollout/reward_mean")
+    print0(f"  [rspo {cfg.ratio_type} rs={cfg.router_shift} frozen={cfg.freeze_router} replay={cfg.routing_replay} moe={model0.cfg.n_experts} "
+           f"seed {seed}] {time.time() - t0:.0f}s: start reward {statistics.fmean(rew[:3]):.3f} tail {tail_mean(rew):.3f} "
+           f"pass@1 {ev['pass@1']:.3f} KL {tail_mean(curve('kl/to_init_k3')):.4f} top-k changed {tail_mean(curve('moe/topk_changed_frac')):.3f}")
     return {
         "seed": seed,
         "pass@1": ev["pass@1"],
@@ -176,6 +180,7 @@ def _run(budget: str, out_dir: Path) -> dict:
     n_active = {"moe": _active_params(moe0), "dense": _active_params(dense0)}
     held = held_out_prompts(task, b["eval_prompts"])
     k = b["eval_samples"]
+    print0(f"  [rspo] warm starts: MoE {moe_sft} SFT steps, dense {dense_sft} ({time.time() - t_start:.0f}s)")
     init = {"moe": held_out_metrics(moe0, task, tok, held, k, b["max_new"]), "dense": held_out_metrics(dense0, task, tok, held, k, b["max_new"])}
     cfgs = arms(b)
     results = {a: [run_arm(dense0 if a.startswith("dense") else moe0, task, tok, c, s, held, b) for s in b["seeds"]] for a, c in cfgs.items()}
