@@ -169,11 +169,11 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
     model = copy.deepcopy(model0)
     cfg = dataclasses.replace(cfg, seed=seed)
     torch.manual_seed(seed)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     res = rl_train(model, task, tok, cfg)
     ev = held_out_metrics(model, task, tok, held, b["eval_samples"], b["max_new"], seed=4321 + seed)
     kl = _opt_step_curve(res.history, "kl/to_init_k3")
-    print0(f"  [opo {cfg.advantage} x{cfg.updates_per_batch} seed {seed}] {res.opt_steps} steps, {time.time() - t0:.0f}s: KL {tail_mean(kl):.4f} "
+    print0(f"  [opo {cfg.advantage} x{cfg.updates_per_batch} seed {seed}] {res.opt_steps} steps, {time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu: KL {tail_mean(kl):.4f} "
            f"held-out pass@1 {ev['pass@1']:.3f} entropy {ev['entropy']:.3f} distinct3 {ev['distinct3']:.3f}")
     return {
         "seed": seed,
@@ -186,6 +186,7 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
         "train_entropy_curve": _opt_step_curve(res.history, "policy/entropy"),
         "opt_steps": res.opt_steps,
         "seconds": time.time() - t0,
+        "cpu_s": time.process_time() - c0,
     }
 
 

@@ -133,7 +133,7 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
     model = copy.deepcopy(model0)
     cfg = dataclasses.replace(cfg, seed=seed)
     torch.manual_seed(seed)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     res = rl_train(model, task, tok, cfg)
     ev = held_out_metrics(model, task, tok, held, b["eval_samples"], b["max_new"], seed=4321 + seed)
     h = res.history
@@ -143,7 +143,7 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
 
     rew = curve("rollout/reward_mean")
     print0(f"  [rspo {cfg.ratio_type} rs={cfg.router_shift} frozen={cfg.freeze_router} replay={cfg.routing_replay} moe={model0.cfg.n_experts} "
-           f"seed {seed}] {time.time() - t0:.0f}s: start reward {statistics.fmean(rew[:3]):.3f} tail {tail_mean(rew):.3f} "
+           f"seed {seed}] {time.time() - t0:.0f}s wall, {time.process_time() - c0:.0f}s cpu: start reward {statistics.fmean(rew[:3]):.3f} tail {tail_mean(rew):.3f} "
            f"pass@1 {ev['pass@1']:.3f} KL {tail_mean(curve('kl/to_init_k3')):.4f} top-k changed {tail_mean(curve('moe/topk_changed_frac')):.3f}")
     return {
         "seed": seed,
@@ -159,6 +159,7 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
         "kl_curve": curve("kl/to_init_k3"),
         "opt_steps": res.opt_steps,
         "seconds": time.time() - t0,
+        "cpu_s": time.process_time() - c0,
     }
 
 
