@@ -11,7 +11,8 @@ On Blocksworld three PG ablations run as well (row (5), not part of the overall 
 discount gamma = 0.9 and a per-step cost 0.05 (`rl/planning.py` `pg_token_weights`), each against PG with KL 0,
 reporting test accuracy (sampled and greedy), the stuck fraction and path lengths.
 
-Run: `sherman reproduce planning --budget quick` (about 620 s of single-thread CPU; 3 seeds x 2 tasks).
+Run: `sherman reproduce planning --budget quick` (about 620 s of single-thread CPU for 3 seeds x 2 tasks before the
+Blocksworld PG ablations were added; they add 9 arm runs, estimated ~150 s).
 
 What the quick budget showed (3 seeds, means): (1) SFT solves observed test pairs far better than
 unobserved ones (ER 0.90 vs 0.68, Blocksworld 0.42 vs 0.32) with adjacency precision 0.98-0.99;
