@@ -117,6 +117,15 @@ def format_tag(name: str, index: int | None = None, closing: bool = False) -> st
     return "<" + ("/" if closing else "") + name + (f"-{index}" if index is not None else "") + ">"
 
 
+def protocol_specials(max_forks: int) -> tuple[str, ...]:
+    """Every protocol tag for indices 1..max_forks, plus the role markers: register them as special tokens of
+    any tokenizer (`CharTokenizer(specials=...)`, `train_bpe(specials=...)`, the HF export keeps them as added
+    special tokens) so each tag costs ONE decode step, as in the paper's token-level clock."""
+    tags = [format_tag(n, None, c) for n in ("ANSWER", "RETURN") for c in (False, True)]
+    tags += [format_tag(n, i, c) for n in ("FORK", "JOIN") for c in (False, True) for i in range(1, max_forks + 1)]
+    return ("<ORG>", "<WORK>", "<SEQ>", *tags)
+
+
 class StreamParser:
     """Incremental parser for one agent's output. `feed(chunk) -> events`, then `close() -> events`.
 

@@ -37,16 +37,10 @@ from sherman.tasks.base import Example
 from sherman.tasks.countdown import Countdown, solutions, steps
 from sherman.tasks.parsing import parse_expr
 from sherman.think.engine import AsyncThinkEngine, ThinkConfig, ThinkResult
-from sherman.think.protocol import thinking_reward
+from sherman.think.protocol import protocol_specials, thinking_reward
 
 MAX_FORKS = 8
-SPECIALS: tuple[str, ...] = (
-    ("<pad>", "<bos>", "<eos>", "<ORG>", "<WORK>", "<SEQ>", "<ANSWER>", "</ANSWER>", "<RETURN>", "</RETURN>")
-    + tuple(f"<FORK-{i}>" for i in range(1, MAX_FORKS + 1))
-    + tuple(f"</FORK-{i}>" for i in range(1, MAX_FORKS + 1))
-    + tuple(f"<JOIN-{i}>" for i in range(1, MAX_FORKS + 1))
-    + tuple(f"</JOIN-{i}>" for i in range(1, MAX_FORKS + 1))
-)
+SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", *protocol_specials(MAX_FORKS))
 TOPOLOGIES = ("interleaved", "fork_all", "no_fork")
 
 

@@ -184,3 +184,25 @@ def test_reward_values():
     assert thinking_reward([], accuracy=1.0, eta=2.0, capacity=4, lam=0.5, tau=0.25) == pytest.approx(1.5)
     # eta / c = 1 / 4 = 0.25 < tau = 0.5 -> 0.5 + 0.2 * 0.25 / 0.5 = 0.6
     assert thinking_reward([], accuracy=0.5, eta=1.0, capacity=4, lam=0.2, tau=0.5) == pytest.approx(0.6)
+
+
+def test_protocol_tags_are_one_token_each_in_every_tokenizer(tmp_path):
+    """Char tokenizer, a trained BPE and the exported HF tokenizer.json all encode each tag as one id."""
+    from tokenizers import Tokenizer
+
+    from sherman.core.tokenizer import hf_tokenizer_files, train_bpe
+    from sherman.tasks.countdown import Countdown
+    from sherman.think.protocol import protocol_specials
+    from sherman.think.train import SPECIALS, make_tokenizer
+
+    tags = protocol_specials(8)
+    assert len(set(tags)) == len(tags) == 3 + 4 + 4 * 8 and set(tags) <= set(SPECIALS)
+    char = make_tokenizer(Countdown(n_solutions=2))
+    bpe = train_bpe(["3*7=21,21+5=26<RETURN>3*7+5</RETURN> <FORK-1>*1</FORK-1>"] * 20, 300, specials=("<pad>", "<bos>", "<eos>", *tags))
+    for tok in (char, bpe):
+        hf = Tokenizer.from_str(hf_tokenizer_files(tok)["tokenizer.json"])
+        for t in tags:
+            assert len(tok.encode(t)) == 1, (tok, t)
+            assert hf.encode(t, add_special_tokens=False).ids == tok.encode(t), (tok, t)
+        text = "1,2>3|1:<ORG><FORK-2>+1</FORK-2><JOIN-2>"
+        assert tok.encode("<JOIN-2>") == [tok.token_id("<JOIN-2>")] and tok.decode(tok.encode(text), skip_special=False) == text
