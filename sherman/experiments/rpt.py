@@ -322,7 +322,7 @@ def run(budget: str, out_dir: Path) -> dict:
     plots = _plots(results, fits, out_dir, b)
     mal = sum((Counter(r["malformed"]) for r in results), Counter())
     notes = (
-        f"Budget {budget}; seeds {list(b['seeds'])}; policy dim {b['dim']} x 2 layers ({results[0]['n_params']} non-embedding params), "
+        f"Budget {budget}; seeds {list(b['seeds'])}; policy dim {b['dim']} x 2 layers ({results[0]['n_params']} params excluding the input embedding), "
         f"proxy dim {b['proxy_dim']}; corpus {b['docs']} generated documents (80% train / 20% held out by document), byte-level BPE "
         f"vocab {tok.vocab_size}; {len(train_pos)} train positions (proxy top-16 entropy >= median), {len(held_all)} held-out positions, "
         f"split edges (held-out entropy tertiles) {tuple(round(e, 3) for e in edges)} nats. S = {b['base_steps']} NTP steps + "

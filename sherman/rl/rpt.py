@@ -611,9 +611,10 @@ def ntp_train(model, data: list, steps: int, batch_size: int, lr: float, seed: i
 
 
 def n_params(model) -> int:
-    """Non-embedding parameters (the N of the 2N / 6N FLOPs-per-token rule)."""
-    emb = model.cfg.vocab_size * model.cfg.dim * (1 if getattr(model.cfg, "tie_embeddings", False) else 2)
-    return sum(p.numel() for p in model.parameters()) - emb + model.cfg.vocab_size * model.cfg.dim
+    """Parameters that cost FLOPs per token (the N of the 2N / 6N rule): all but the input embedding table (with tied
+    embeddings the table is the output head and counts)."""
+    tied = getattr(model.cfg, "tie_embeddings", False)
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else model.cfg.vocab_size * model.cfg.dim)
 
 
 def rpt_step_cost(n: int, prompt_tokens: int, completion_tokens: int) -> tuple[float, int]:

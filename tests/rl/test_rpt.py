@@ -1,5 +1,6 @@
 """RPT (sherman.rl.rpt): hand-derived rewards, top-k entropy, selection, extraction, and RPTTask through rl_train."""
 
+import functools
 import math
 import random
 
@@ -206,7 +207,18 @@ def _model(vocab, n_experts=0, max_seq_len=128, seed=0):
 
 
 def _warm(n_experts=0, seed=0):
-    """Tiny corpus, tokenizer and a policy pre-trained a little with NTP, then taught the output format."""
+    """Tiny corpus, tokenizer and a policy pre-trained a little with NTP, then taught the output format (built once per
+    configuration; every call gets a fresh model and task)."""
+    state, cfg_model, docs, tok, cfg, pos = _warm_cached(n_experts, seed)
+    from sherman.core.model import Transformer
+
+    m = Transformer(cfg_model)
+    m.load_state_dict(state)
+    return m, rpt.RPTTask(tok, docs, pos[:16], cfg), tok  # RL on a few positions: reward can rise within seconds
+
+
+@functools.lru_cache(maxsize=4)
+def _warm_cached(n_experts, seed):
     docs, tok, cfg = _tiny_corpus()
     cfg = RPTConfig(min_context=2, threshold=0.0, quantile=None, max_pred_tokens=3)  # every position: some are easy
     m = _model(tok.vocab_size, n_experts=n_experts, seed=seed)
@@ -214,7 +226,7 @@ def _warm(n_experts=0, seed=0):
     pos = rpt.select_positions(rpt.proxy_entropies(m, docs, tok.bos_id, 16), cfg)
     task = rpt.RPTTask(tok, docs, pos, cfg)
     rpt.ntp_train(m, rpt.format_sft_data(task, range(0, len(pos), max(1, len(pos) // 256))), 40, 16, 1e-2, seed, tok.pad_id, warmup=0)
-    return m, rpt.RPTTask(tok, docs, pos[:16], cfg), tok  # RL on a few positions: reward can rise within seconds
+    return {k: v.clone() for k, v in m.state_dict().items()}, m.cfg, docs, tok, cfg, pos
 
 
 def _rpt_run(m, task, tok, steps=10):
@@ -310,3 +322,12 @@ def test_thinking_format_trace_and_sft_data_extract_ok():
     comp = [i for i, m in zip(sft.ids, sft.mask) if m]
     assert rpt.extract_prediction(tok.decode(comp), cfg)[1] == "ok"
     assert cfg.max_new_tokens == 6 + cfg.max_pred_tokens + 4
+
+
+def test_compute_accounting():
+    m = _model(300)
+    emb = 0 if m.cfg.tie_embeddings else 300 * 32  # tied: the table is also the output head and costs FLOPs
+    assert rpt.n_params(m) == sum(p.numel() for p in m.parameters()) - emb
+    # RPT: 100 prompt tokens (once per group) + 40 completion tokens -> forward 2N and train 6N per token, both passes
+    assert rpt.rpt_step_cost(10, 100, 40) == (2.0 * 10 * 140 + 6.0 * 10 * 140, 280)
+    assert rpt.ntp_step_cost(10, 50) == (3000.0, 50)
