@@ -1,8 +1,8 @@
 """RPT: Reinforcement Pre-Training (Dong et al., arXiv 2506.08007): next-token prediction as RL with a verifiable reward.
 
 For a context x_<t of a plain-text document the policy writes a chain of thought and then a prediction of what
-comes next (the paper, Sec. 3.2: the content of the last `\\boxed{}` after `</think>`). The prefix-matching reward
-(Sec. 3.2, Eq. 3) works on BYTES: with gt the byte string of the true continuation x_>=t and L_gt the set of the
+comes next (the paper: the content of the last `\\boxed{}` after `</think>`). The prefix-matching reward
+(Eq. 3) works on BYTES: with gt the byte string of the true continuation x_>=t and L_gt the set of the
 cumulative byte lengths of its tokens (the valid token boundaries), a prediction y of byte length l earns 1 iff
 y == gt[:l] and l is in L_gt. So one or several whole tokens earn 1, a partial token earns 0, and a prediction need
 not be a single vocabulary item. Appendix A's alternatives are config choices (`RPTConfig.reward`):
@@ -11,9 +11,9 @@ not be a single vocabulary item. Appendix A's alternatives are config choices (`
     conditional_dense  the dense reward, but only when the first token matches (else 0)
 The exact formulas of the two dense variants are not printed in the paper; these are our readings (documented here).
 
-Data filtering (Sec. 3.3): a smaller proxy model computes at every position the entropy of its top-16 next-token
+Data filtering: a smaller proxy model computes at every position the entropy of its top-16 next-token
 distribution (renormalised over the top k); positions below a threshold are dropped (`select_positions`, by an
-absolute threshold or a quantile). Evaluation (Sec. 4.1) splits positions into easy / medium / hard by the proxy's
+absolute threshold or a quantile). Evaluation splits positions into easy / medium / hard by the proxy's
 entropy (the paper: thresholds 0.5 / 1.0 / 1.5 nats; `RPTConfig.split_edges`). Entropies are computed in one forward
 per document (`proxy_entropies`) and cached on disk as safetensors + JSON, keyed by a hash of the proxy's weights and
 the tokenized corpus (`cached_entropies`).
@@ -53,7 +53,7 @@ REWARDS = ("prefix", "first_token", "dense", "conditional_dense")
 SPLITS = ("easy", "medium", "hard")
 PRESET: dict[str, Any] = dict(advantage="grpo", ratio_type="token", loss_agg="token_mean", mini_batches=1, epochs=1, kl_coef=0.0,
                               group_size=8, temperature=0.8)  # fmt: skip
-"""RLConfig overrides of the paper's training setup (Sec. 4: GRPO, on-policy, no KL, G = 8, T = 0.8)."""
+"""RLConfig overrides of the paper's training setup (GRPO, exact on-policy, no KL, G = 8, T = 0.8)."""
 
 
 @dataclass
