@@ -169,19 +169,30 @@ class OpenAIBackend:
 
 
 class ScriptedBackend:
-    """Replays scripted outputs: `script(prompt) -> text`, streamed in chunks of `chunk` characters."""
+    """Replays scripted outputs: `script(prompt) -> text`, streamed in chunks of `chunk` characters, or one
+    token of `tokenizer` per piece when one is given (then the clock counts that tokenizer's tokens)."""
 
-    def __init__(self, script: Callable[[str], str], chunk: int = 1):
+    def __init__(self, script: Callable[[str], str], chunk: int = 1, tokenizer=None):
         self.script = script
         self.chunk = max(1, chunk)
+        self.tokenizer = tokenizer
 
     def count_tokens(self, text: str) -> int:
+        if self.tokenizer is not None:
+            return len(self.tokenizer.encode(text))
         return -(-len(text) // self.chunk)
 
     async def stream(self, prompt: str, max_tokens: int) -> AsyncIterator[Piece]:
         import asyncio
 
         text = self.script(prompt)
+        if self.tokenizer is not None:
+            for n, i in enumerate(self.tokenizer.encode(text)):
+                if n >= max_tokens:
+                    return
+                await asyncio.sleep(0)
+                yield Piece(self.tokenizer.decode([i], skip_special=False))
+            return
         for n, i in enumerate(range(0, len(text), self.chunk)):
             if n >= max_tokens:
                 return

@@ -147,6 +147,51 @@ def organizer_trace(p: Plan, topology: str, capacity: int, rng: random.Random) -
     return segs
 
 
+def replay_trace(task, ex: Example, tok, topology: str, capacity: int, rng: random.Random) -> ThinkResult:
+    """Play the ground-truth trace through the real engine, one token of `tok` per decode step (the organizer's
+    text from `organizer_trace`, each worker's from the plan): its latency is the fork-join critical path."""
+    import re
+
+    from sherman.think.backends import ScriptedBackend
+
+    p = plan(task, ex)
+    org = "".join(t for t, learn in organizer_trace(p, topology, capacity, rng) if learn)
+    workers = dict(zip(p.subqueries, p.worker_traces))
+
+    def script(prompt: str) -> str:
+        if "<ORG>" in prompt:
+            done = re.sub(r"(<JOIN-(\d+)>).*?</JOIN-\2>", r"\1", prompt.split("<ORG>", 1)[1], flags=re.S)
+            return org[len(done):]
+        return workers[prompt.split("<WORK>")[1]]
+
+    cfg = ThinkConfig(capacity=capacity, max_org_tokens=10**5, max_worker_tokens=10**5)
+    return AsyncThinkEngine(ScriptedBackend(script, tokenizer=tok), cfg).run_sync(ex.prompt)
+
+
+def sequential_length(task, ex: Example, tok) -> int:
+    """Tokens of the ground-truth sequential trace: the latency of parallel thinking, whose k samples each
+    solve the whole question (the critical path of k parallel samples is the longest one)."""
+    p = plan(task, ex)
+    return len(tok.encode(p.solo + f"<ANSWER>{p.solo_answer or p.answer}</ANSWER>"))
+
+
+def latency_precondition(task, tok, n: int, capacity: int, seed: int = 0, max_ratio: float = 0.7,
+                         topologies=("interleaved", "fork_all")) -> dict:
+    """On n ground-truth traces per topology: mean fork-join critical path / mean parallel-thinking latency.
+    The paper's latency claim is testable on `task` only if some topology reaches ratio <= max_ratio."""
+    rng = random.Random(seed)
+    exs = [task.sample(rng) for _ in range(n)]
+    par = sum(sequential_length(task, ex, tok) for ex in exs) / n
+    out: dict = {"parallel_latency": par, "max_ratio": max_ratio}
+    for topo in topologies:
+        fj = sum(replay_trace(task, ex, tok, topo, capacity, rng).latency for ex in exs) / n
+        out[f"{topo}_latency"] = fj
+        out[f"{topo}_ratio"] = fj / max(par, 1e-9)
+    out["best_ratio"] = min(out[f"{t}_ratio"] for t in topologies)
+    out["passed"] = out["best_ratio"] <= max_ratio
+    return out
+
+
 def _example(tok: CharTokenizer, prompt: str, segs: list[tuple[str, bool]]) -> SeqExample:
     ids = tok.encode(prompt, bos=True)
     mask = [0] * len(ids)

@@ -214,3 +214,22 @@ def test_rl_is_one_run_with_one_optimizer_across_steps_and_resume(tmp_path, monk
     for k, v in a.state_dict().items():
         assert torch.allclose(v, c.state_dict()[k], atol=1e-6), k
     assert _adam_steps(latest_checkpoint(tmp_path / "b")) == {float(updates)}
+
+
+def test_latency_precondition_on_ground_truth_traces():
+    """Long sub-problems (3-digit products) let fork-join beat parallel thinking's latency by >= 30%; 1-digit
+    sums (a few thinking tokens each, as in the old experiment) cannot: fork/join/answer tokens dominate."""
+    from sherman.think.train import latency_precondition, replay_trace, sequential_length
+
+    long_, short = Arithmetic(n_expressions=3, min_digits=3, max_digits=3, ops="*"), Arithmetic(n_expressions=3, max_digits=1, ops="+-")
+    tok = make_tokenizer(long_, short)
+    ex = long_.sample(random.Random(0))
+    p = plan(long_, ex)
+    assert sequential_length(long_, ex, tok) == len(tok.encode(p.solo)) + len(tok.encode(ex.answer)) + 2
+    r = replay_trace(long_, ex, tok, "fork_all", 4, random.Random(0))
+    # fork_all with c = 4: three forks, then the joins; the critical path is at least the longest worker plus the answer
+    longest = max(len(tok.encode(t)) for t in p.worker_traces)
+    assert r.errors == [] and r.latency >= longest + len(tok.encode(f"<ANSWER>{ex.answer}</ANSWER>"))
+    good, bad = latency_precondition(long_, tok, 8, 4), latency_precondition(short, tok, 8, 4)
+    assert good["passed"] and good["fork_all_ratio"] <= 0.7
+    assert not bad["passed"] and bad["best_ratio"] > 1.0
