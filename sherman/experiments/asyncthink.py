@@ -7,8 +7,8 @@ What runs:
 2. RL of the organizer and workers with the AsyncThink reward (accuracy + lambda * min(eta/c, tau)/tau,
    format penalty), one run per lambda in the sweep (one optimizer, resumable), each from the SFT weights.
 3. Evaluation with the local backend (one batched forward per step for all agents of all questions):
-   AsyncThink (greedy), sequential thinking (greedy, same token budget as the organizer) and parallel
-   thinking (k = c - 1 samples at temperature 1, majority vote; set union for multi-solution Countdown).
+   AsyncThink, sequential thinking (same per-sample token budget as the organizer) and parallel
+   thinking (k = c - 1 samples, majority vote; set union for multi-solution Countdown), all at one temperature.
    Accuracy, critical-path latency (mean, p50, p90), eta, total tokens, wall time.
 4. Generalization: arithmetic with 4 expressions, a shape never trained on.
 5. Precondition (`think.train.latency_precondition`): on 20 ground-truth traces per training task, replayed
@@ -76,6 +76,8 @@ class Budget:
     """RL group size G."""
     save_every: int = 25
     """RL checkpoint interval (steps)."""
+    eval_temperature: float = 1.0
+    """One sampling temperature for every method at evaluation (AsyncThink, sequential, parallel)."""
 
 
 BUDGETS = {
@@ -95,14 +97,13 @@ def make_tasks():
     return countdown, arith, heldout
 
 
-def evaluate(model, tok, task, exs, think: ThinkConfig, base: BaselineConfig, seed: int) -> dict[str, dict]:
-    """Run the three methods on the same questions -> {method: metrics}."""
+def evaluate(model, tok, task, exs, think: ThinkConfig, base: BaselineConfig, seed: int, temperature: float = 1.0) -> dict[str, dict]:
+    """Run the three methods on the same questions, at one temperature -> {method: metrics}."""
     import asyncio
 
     out = {}
     for method in ("asyncthink", "sequential", "parallel"):
-        temp = 1.0 if method == "parallel" else 0.0
-        backend = LocalBackend(model, tok, SamplingParams(temperature=temp), generator=torch.Generator().manual_seed(seed))
+        backend = LocalBackend(model, tok, SamplingParams(temperature=temperature), generator=torch.Generator().manual_seed(seed))
 
         async def main(method=method, backend=backend):
             try:
@@ -180,7 +181,7 @@ def _run(budget: str, out_dir: Path) -> dict:
         res = {}
         for mname, m in models.items():
             for sname, (task, exs, base) in sets.items():
-                res[f"{mname}/{sname}"] = evaluate(m, tok, task, exs, think, base, seed)
+                res[f"{mname}/{sname}"] = evaluate(m, tok, task, exs, think, base, seed, b.eval_temperature)
         per_seed.append({"seed": seed, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "eval": res})
     # aggregate over seeds
     keys = per_seed[0]["eval"].keys()
@@ -218,11 +219,12 @@ def _run(budget: str, out_dir: Path) -> dict:
     verdicts = [r["verdict"] for r in rows]
     verdict = ("reproduced" if all(v == "reproduced" for v in verdicts) else "not reproduced" if all(v == "not reproduced" for v in verdicts)
                else "not testable here" if all(v in ("not reproduced", "not testable here") for v in verdicts) else "partly")
-    plots = _plot(agg, out_dir)
+    plots = _plot(agg, out_dir) + _plot_rl(rl_curves, out_dir)
     notes = (f"budget {budget}, seeds {list(b.seeds)}; model dim {b.dim} x {b.n_layers} layers, char tokenizer with protocol tags; "
              f"SFT {b.sft_steps} steps on {b.n_sft} questions/task; RL {b.rl_steps} steps per lambda in {list(b.lambdas)} (tau {TAU}, c {CAPACITY}); "
              f"{b.n_eval} test questions per task; claims use model '{main_model}'. Latency is the fork-join critical path in decode steps; "
-             f"parallel = {CAPACITY - 1} samples at T=1 (union on Countdown, vote on arithmetic); AsyncThink and sequential greedy. "
+             f"parallel = {CAPACITY - 1} samples (union on Countdown, vote on arithmetic); every method at T={b.eval_temperature:g}, "
+             f"per-sample budget {think.max_org_tokens} tokens (organizer, sequential and each parallel sample). "
              f"Total wall {time.perf_counter() - t_start:.0f}s.")
     result = {"name": "asyncthink", "claim": CLAIM, "verdict": verdict, "rows": rows, "plots": plots, "notes": notes,
               "metrics": {"eval": agg, "per_seed": per_seed, "rl": rl_curves, "precondition": pre}}
@@ -255,3 +257,25 @@ def _plot(agg: dict, out_dir: Path) -> list[str]:
     fig.savefig(out_dir / "asyncthink_acc_vs_latency.png", dpi=110)
     plt.close(fig)
     return ["asyncthink_acc_vs_latency.png"]
+
+
+def _plot_rl(curves: dict[str, list], out_dir: Path) -> list[str]:
+    """RL training curves (reward, accuracy, eta, latency per step) of every (seed, lambda) run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["rollout/reward_mean", "rollout/acc_mean", "rollout/eta_mean", "rollout/latency_mean"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        for name, hist in curves.items():
+            ax.plot([h["step"] for h in hist], [h[k] for h in hist], label=name, lw=1)
+        ax.set_title(k.split("/")[1])
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "asyncthink_rl_curves.png", dpi=110)
+    plt.close(fig)
+    return ["asyncthink_rl_curves.png"]
