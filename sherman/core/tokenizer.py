@@ -308,8 +308,8 @@ def hf_backend(tok: CharTokenizer | BPETokenizer):
         bos = tok.bos
     if bos is not None:
         bos_id = t.token_to_id(bos)
-        probe = tok.alphabet[:1] if isinstance(tok, CharTokenizer) else "a"  # a char tokenizer may lack "a"
-        if probe and t.encode(probe, add_special_tokens=True).ids != [bos_id] + t.encode(probe, add_special_tokens=False).ids:
+        probe = ""  # any text works; the empty one is encodable by every vocabulary
+        if t.encode(probe, add_special_tokens=True).ids != [bos_id] + t.encode(probe, add_special_tokens=False).ids:
             tmpl = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
             t.post_processor = tmpl if t.post_processor is None else processors.Sequence([t.post_processor, tmpl])
     return t

@@ -135,3 +135,10 @@ def test_export_refuses_a_tokenizer_larger_than_the_model(tmp_path):
     tok.save(tmp_path / "c" / "tokenizer.json")
     with pytest.raises(ShermanError, match="tokenizer has"):
         main(["--to-hf", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
+
+
+def test_char_export_of_a_vocabulary_without_latin_letters():
+    from sherman.core.tokenizer import hf_backend
+
+    tok = CharTokenizer("0123", ("<pad>", "<bos>", "<eos>"))
+    assert hf_backend(tok).encode("01").ids == tok.encode("01", bos=True) == [1, 3, 4]
