@@ -3,7 +3,10 @@
 Each entry of `COMMANDS` names `module:function`; the function takes the remaining argv (list of
 str) and returns an exit code (or None for 0). Modules are imported only when their command runs, so
 `sherman --help` stays fast and an optional dependency is needed only by the command that uses it.
-Errors of type `ShermanError` (bad input, missing files) print as one line and exit with status 2.
+Errors of type `ShermanError` (bad input, missing files, a bad flag or config value) print as one line
+`sherman CMD: error: ...` and exit with status 2, without a traceback. Each command parses its options
+with `sherman.core.config.parse` (generated from a dataclass), so every command has the same help style,
+the same error style and `--threads`.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"sherman: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        print(f"sherman: error: unknown command {name!r}; commands: {', '.join(COMMANDS)} (see `sherman --help`)", file=sys.stderr)
         return 2
-    from sherman.core.common import ShermanError, exit_distributed
+    from sherman.core.errors import ShermanError
 
     target = COMMANDS[name][0]
     module, func = target.split(":")
@@ -53,13 +56,30 @@ def main(argv: list[str] | None = None) -> int:
         fn = getattr(importlib.import_module(module), func)
         code = int(fn(rest) or 0)
     except ShermanError as e:
-        print(f"sherman {name}: error: {e}", file=sys.stderr)
+        print(f"sherman {name}: error: {one_line(str(e))}", file=sys.stderr)
         code = 2
+    except SystemExit as e:  # `--help` (0), or a library that exits on its own
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        if not isinstance(e.code, (int, type(None))):
+            print(f"sherman {name}: error: {one_line(str(e.code))}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"sherman {name}: interrupted", file=sys.stderr)
         code = 130
-    exit_distributed(code)  # under torchrun: leave without interpreter finalization (see its docstring)
+    except BrokenPipeError:  # `sherman ... | head`: the reader left; nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    if "torch" in sys.modules:
+        from sherman.core.common import exit_distributed
+
+        exit_distributed(code)  # under torchrun: leave without interpreter finalization (see its docstring)
     return code
+
+
+def one_line(msg: str) -> str:
+    """Collapse a message to one line (errors are one line on stderr)."""
+    return " ".join(msg.split()) or "(no message)"
 
 
 if __name__ == "__main__":

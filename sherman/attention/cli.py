@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tyro.conf import Positional
 
 from sherman.core.common import ShermanError, seed_everything
+from sherman.core.config import Positional, check, parse
 
 USAGE = "usage: sherman seer train CKPT [--hf] [--data FILE] [--steps N] [--seq-len N] [--block-size N] ...  (sherman seer train --help)"
 
@@ -45,31 +45,20 @@ class SeerTrainArgs:
     out: str | None = None
     """Where to write the gates (default CKPT/seer_gates.pt)."""
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "block_size"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.seq_len >= 2 * self.block_size, "seq_len", f"{self.seq_len} must be at least 2 blocks of --block-size ({self.block_size})")
+        check(self.gate_dim >= 0 and self.gate_dim % 2 == 0, "gate_dim", f"must be even and >= 0 (RoPE), got {self.gate_dim}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+
 
 def _load(args: SeerTrainArgs):
-    """(model, tokenizer or None, directory to save beside)."""
-    if args.hf:
-        from sherman.core.hf import load_hf
+    """(model, tokenizer or None, directory to save beside), for any path `sherman.core.paths` accepts."""
+    from sherman.core.paths import load_model_and_tokenizer
 
-        p = Path(args.ckpt)
-        if not (p / "config.json").is_file():
-            raise ShermanError(f"{p}: not a Hugging Face checkpoint directory (no config.json)")
-        model = load_hf(p)
-        tok = None
-        if args.data is not None:
-            from sherman.core.tokenizer import load_tokenizer
-
-            tok = load_tokenizer(p)
-        return model, tok, p
-    from sherman.core.generate_cli import load_for_inference, resolve_checkpoint
-
-    ck = resolve_checkpoint(args.ckpt)
-    if args.data is None:
-        from sherman.core.checkpoint import load_model
-
-        return load_model(ck), None, ck
-    model, tok = load_for_inference(ck)
-    return model, tok, ck
+    model, tok, where = load_model_and_tokenizer(args.ckpt, hf=True if args.hf else None, need_tokenizer=args.data is not None)
+    return model, tok, where.path
 
 
 def _text_batches(ids: torch.Tensor, batch: int, seq_len: int, g: torch.Generator):
@@ -87,18 +76,9 @@ def _sampled_batches(model, batch: int, seq_len: int, bos: int, g: torch.Generat
 
 
 def train_main(argv: list[str]) -> int:
-    import tyro
-
     from sherman.attention.seer import GATES_FILE, SeerConfig, SeerGates, SeerTrainConfig, train_gates
 
-    args = tyro.cli(SeerTrainArgs, args=argv, prog="sherman seer train", description=__doc__.splitlines()[0])
-    for name in ("steps", "batch_size", "seq_len", "block_size"):
-        if getattr(args, name) < 1:
-            raise ShermanError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.seq_len < 2 * args.block_size:
-        raise ShermanError(f"--seq-len ({args.seq_len}) must be at least 2 blocks of --block-size ({args.block_size})")
-    if args.gate_dim % 2:
-        raise ShermanError("--gate-dim must be even (RoPE)")
+    args = parse(SeerTrainArgs, argv, prog="sherman seer train", description=__doc__)
     seed_everything(args.seed)
     model, tok, where = _load(args)
     g = torch.Generator().manual_seed(args.seed)
@@ -124,9 +104,11 @@ def train_main(argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """`sherman seer <subcommand>`; the only subcommand is `train`."""
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    if not argv:
+        raise ShermanError(f"missing subcommand; {USAGE}")
     if argv[0] != "train":
         raise ShermanError(f"unknown seer subcommand {argv[0]!r}; {USAGE}")
     return train_main(argv[1:])

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-
-class ShermanError(Exception):
-    """An error caused by user input (bad file, bad flag, bad config). The CLI prints it as one line."""
+from sherman.core.errors import ShermanError  # noqa: F401 - re-exported: `from sherman.core.common import ShermanError`
 
 
 def get_device(name: str | None = None) -> torch.device:

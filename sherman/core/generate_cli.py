@@ -11,37 +11,35 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import torch
-from tyro.conf import Positional, UseAppendAction
-
-from sherman.core.attention import AttnContext
-from sherman.core.common import ShermanError
-from sherman.core.generate import SamplingParams, generate
+from sherman.core import paths
+from sherman.core.config import Append, Positional, check, parse
+from sherman.core.errors import ShermanError
 
 
 @dataclass
 class GenerateArgs:
     ckpt: Positional[str]
-    """Sherman checkpoint directory (a run directory picks its latest step_*) or, with --hf, a Hugging Face directory."""
-    prompt: UseAppendAction[list[str]] = field(default_factory=list)
+    """Run directory (its newest step_*), step_* checkpoint or Hugging Face folder."""
+    prompt: Append[list[str]] = field(default_factory=list)
     """Prompt text; repeat the flag for a batch."""
     prompts_file: str | None = None
     """A file with one prompt per line (added to --prompt)."""
     hf: bool = False
-    """Treat CKPT as a Hugging Face checkpoint directory."""
+    """Insist that CKPT is a Hugging Face folder (detected without it)."""
     max_new_tokens: int = 64
     """Tokens to generate per prompt."""
     temperature: float = 0.0
     """0 = greedy."""
     top_p: float = 1.0
     """Nucleus mass."""
-    stop: UseAppendAction[list[str]] = field(default_factory=list)
+    stop: Append[list[str]] = field(default_factory=list)
     """Stop strings (repeatable)."""
     seed: int = 0
     """Sampling seed."""
-    attn: str = "dense"
-    """Attention backend (see sherman.core.attention.BACKENDS)."""
+    attn: Literal["dense", "quest", "seer", "resa"] = "dense"
+    """Attention backend: dense (exact), quest (block-sparse, min/max block scores), seer (block-sparse, learned gates), resa (quest with periodic dense rectification)."""
     budget: float = 1.0
     """Sparse backends: fraction of KV blocks kept per step."""
     block_size: int = 64
@@ -52,49 +50,38 @@ class GenerateArgs:
     """Seer only: trained gates (`sherman seer train` output: a checkpoint directory or seer_gates.pt); default: beside CKPT."""
     threshold: float | None = None
     """Seer only: select blocks whose gate probability exceeds this instead of a token budget."""
-    impl: str = "torch"
+    impl: Literal["torch", "cpp"] = "torch"
     """Sparse kernels: 'torch' (pure PyTorch) or 'cpp' (fused C++ extension, compiled on first use)."""
     json_out: bool = False
     """Print one JSON object per prompt instead of plain text."""
 
+    def __post_init__(self) -> None:
+        check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        check(0 < self.budget <= 1, "budget", f"must be in (0, 1], got {self.budget}")
+        check(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+        check(self.rectify_every >= 1, "rectify_every", f"must be >= 1, got {self.rectify_every}")
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir, or a run dir whose newest step_* is used; clear error otherwise."""
-    from sherman.core.checkpoint import latest_checkpoint
-
-    p = Path(path)
-    if not p.exists():
-        raise ShermanError(f"{p}: no such checkpoint directory")
-    if (p / "config.json").is_file():
-        return p
-    last = latest_checkpoint(p)
-    if last is None:
-        raise ShermanError(f"{p}: neither a checkpoint (config.json) nor a run directory with step_* checkpoints")
-    return last
+    """The Sherman checkpoint directory a user path means (see `sherman.core.paths`)."""
+    return paths.resolve_checkpoint(path, hf=False).path
 
 
 def load_for_inference(path: str | Path, hf: bool = False):
-    """(model, tokenizer) from a Sherman checkpoint/run dir or a Hugging Face dir."""
-    from sherman.core.tokenizer import load_tokenizer
-
-    if hf:
-        from sherman.core.hf import load_hf
-
-        return load_hf(path), load_tokenizer(path)
-    from sherman.core.checkpoint import load_model
-
-    ck = resolve_checkpoint(path)
-    model = load_model(ck)
-    for cand in (ck / "tokenizer.json", ck.parent / "tokenizer.json"):
-        if cand.is_file():
-            return model, load_tokenizer(cand)
-    raise ShermanError(f"{ck}: no tokenizer.json in the checkpoint or its run directory")
+    """(model, tokenizer) from a Sherman run/step directory or a Hugging Face folder (see `sherman.core.paths`)."""
+    model, tok, _ = paths.load_model_and_tokenizer(path, hf=True if hf else None)
+    return model, tok
 
 
 def main(argv: list[str]) -> int:
-    import tyro
+    args = parse(GenerateArgs, argv, prog="sherman generate", description=__doc__)
+    import torch
 
-    args = tyro.cli(GenerateArgs, args=argv, prog="sherman generate", description=__doc__.splitlines()[0])
+    from sherman.core.attention import AttnContext
+    from sherman.core.generate import SamplingParams, generate
+
     prompts = list(args.prompt)
     if args.prompts_file:
         pf = Path(args.prompts_file)
@@ -112,18 +99,12 @@ def main(argv: list[str]) -> int:
         ids = [tok.encode(p, bos=True) for p in prompts]
     except ValueError as e:
         raise ShermanError(f"prompt cannot be encoded: {e}") from None
-    from sherman.core.attention import BACKENDS
-
-    if args.attn not in BACKENDS:
-        raise ShermanError(f"unknown --attn {args.attn!r}; available: {sorted(BACKENDS)}")
     options: dict = {"budget": args.budget, "block_size": args.block_size, "impl": args.impl}
     if args.attn == "resa":
         options["rectify_every"] = args.rectify_every
     if args.attn == "seer":
         options["gates"] = args.gates or str(resolve_checkpoint(args.ckpt) if not args.hf else args.ckpt)
         options["threshold"] = args.threshold
-    if not 0.0 < args.budget <= 1.0:
-        raise ShermanError(f"--budget must be in (0, 1], got {args.budget}")
     attn = AttnContext(backend=args.attn, options=options)
     stops = [tok.eos_id] if getattr(tok, "eos_id", None) is not None else []
     params.stop_token_ids = tuple(stops)

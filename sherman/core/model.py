@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sherman.core.attention import AttnContext, attend
+from sherman.core.config import check, check_types
 from sherman.core.kv_cache import KVCache
 from sherman.core.linear import FusedPack, Linear, linear, plain_autograd
 from sherman.core.moe import MoEFFN, SwiGLU
@@ -123,11 +124,22 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):  # from_dict / a checkpoint's config.json
             self.rope_scaling = RopeScaling(**self.rope_scaling)
+        check_types(self)  # a config.json with "dim": "x" is one clear line, not an error deep in a reshape
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.head_dim >= 0, "head_dim", f"must be >= 0, got {self.head_dim}")
         if self.head_dim == 0:
-            assert self.dim % self.n_heads == 0, f"dim={self.dim} not divisible by n_heads={self.n_heads}"
+            check(self.dim % self.n_heads == 0, "n_heads", f"{self.n_heads} does not divide dim {self.dim}")
             self.head_dim = self.dim // self.n_heads
-        assert self.n_heads % self.n_kv_heads == 0, f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}"
-        assert self.vocab_size > 0 and self.n_layers > 0
+        check(self.head_dim % 2 == 0, "head_dim", f"must be even for RoPE, got {self.head_dim}")
+        check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"{self.n_kv_heads} does not divide n_heads {self.n_heads}")
+        check(self.n_experts >= 0, "n_experts", f"must be >= 0, got {self.n_experts}")
+        if self.n_experts > 0:
+            check(1 <= self.n_experts_per_tok <= self.n_experts, "n_experts_per_tok",
+                  f"top-k {self.n_experts_per_tok} must be in 1..n_experts ({self.n_experts})")  # fmt: skip
+            check(self.moe_ffn_dim >= 1, "moe_ffn_dim", f"must be >= 1, got {self.moe_ffn_dim}")
+        check(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
+        check(self.rope_theta > 0, "rope_theta", f"must be > 0, got {self.rope_theta}")
 
     def is_moe_layer(self, i: int) -> bool:
         return self.n_experts > 0 and i not in self.mlp_only_layers

@@ -25,10 +25,10 @@ from typing import Annotated, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-import tyro
 
 from sherman.core import checkpoint as ckpt
 from sherman.core.common import MetricLogger, adamw, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
+from sherman.core.config import Alias, check
 from sherman.core.model import Transformer
 
 
@@ -78,16 +78,25 @@ class TrainConfig:
     """Run directory for checkpoints and metrics.jsonl; None = nothing written."""
     resume: bool = False
     """Resume from the latest checkpoint under out_dir if one exists (a finished run: 'already complete', or on to a larger steps)."""
-    trust_pickle: Annotated[bool, tyro.conf.arg(aliases=("--trust-pickle",))] = False
+    trust_pickle: Annotated[bool, Alias("--trust-pickle")] = False
     """Also resume from an old pickled state.pt. RISK: unpickling runs any code the file contains; use only on checkpoints you wrote."""
     log_every: int = 0
     """Print metrics every N steps on rank 0; 0 = silent."""
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.steps < 0:
-            raise ValueError("batch_size and grad_accum must be >= 1 and steps >= 0")
+        check(self.schedule in ("cosine", "constant"), "schedule", f"must be 'cosine' or 'constant', got {self.schedule!r}")
+        check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        check(self.batch_size % self.grad_accum == 0, "grad_accum",
+              f"batch size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")  # fmt: skip
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        check(self.max_len >= 0, "max_len", f"must be >= 0, got {self.max_len}")
+        for name in ("eval_every", "ckpt_every", "keep_ckpts", "log_every"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -189,9 +198,8 @@ def train(
     init_distributed_from_env()
     ws = world_size()
     per_micro = cfg.batch_size // cfg.grad_accum
-    assert cfg.batch_size % (cfg.grad_accum * ws) == 0, (
-        f"batch_size={cfg.batch_size} must be divisible by grad_accum*world_size={cfg.grad_accum * ws}"
-    )
+    check(cfg.batch_size % (cfg.grad_accum * ws) == 0, "batch_size",
+          f"{cfg.batch_size} must be divisible by grad_accum * world size = {cfg.grad_accum * ws}")  # fmt: skip
     total = cfg.steps if cfg.steps > 0 else math.ceil(len(data) / cfg.batch_size)
     dev = model.device
     base = model
@@ -236,7 +244,7 @@ def train(
     history: list[dict] = []
     final: dict = {}
     model.train()
-    t0 = time.time()
+    t0 = t_step = time.time()
     while step < total:
         idx = batch_indices(step, len(data), cfg)
         batch = [data[i] for i in idx]
@@ -260,7 +268,11 @@ def train(
         opt.zero_grad(set_to_none=True)
         step += 1
         row = {"step": step, "loss/train": loss_sum / n_targets, "lr": sched.get_last_lr()[0], "grad/norm": float(gnorm)}
-        row["perf/sec"] = time.time() - t0
+        now = time.time()
+        row["perf/step_s"] = now - t_step  # wall seconds of this optimizer step (incl. eval/logging of the previous one)
+        row["perf/tok_per_s"] = n_targets / max(now - t_step, 1e-9)  # target tokens per second in this step
+        row["time/elapsed_s"] = now - t0
+        t_step = now
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
             row.update(run_eval())
         if step == total:
@@ -307,6 +319,16 @@ class TrainArgs:
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation settings."""
 
+    def __post_init__(self) -> None:
+        for name in ("n_examples", "dim", "n_layers", "n_heads", "n_kv_heads"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.dim % self.n_heads == 0, "n_heads", f"{self.n_heads} does not divide --dim {self.dim}")
+        check((self.dim // self.n_heads) % 2 == 0, "n_heads", f"head width --dim / --n-heads = {self.dim / self.n_heads:g} must be even (RoPE)")
+        check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"{self.n_kv_heads} does not divide --n-heads {self.n_heads}")
+        check(self.n_experts >= 0, "n_experts", f"must be >= 0, got {self.n_experts}")
+        check(self.n_experts == 0 or self.n_experts >= 2, "n_experts", f"an MoE model needs >= 2 experts (top-2 routing), got {self.n_experts}")
+        check(self.vocab_size >= 256 + 3, "vocab_size", f"BPE needs 256 byte tokens + 3 specials, so >= 259; got {self.vocab_size}")
+
 
 def build_sft_data(task, tok, n: int, seed: int) -> list[SeqExample]:
     """Task traces -> SeqExamples with the prompt masked from the loss (prompt <bos>, completion <eos>)."""
@@ -321,12 +343,12 @@ def build_sft_data(task, tok, n: int, seed: int) -> list[SeqExample]:
 
 
 def main(argv: list[str]) -> int:
-    import tyro
-
     from sherman.core.common import ShermanError
+    from sherman.core.config import parse
     from sherman.core.model import ModelConfig
 
-    args = tyro.cli(TrainArgs, args=argv, prog="sherman train", description=__doc__.splitlines()[0])
+    default = TrainArgs(train=TrainConfig(log_every=20))  # the CLI prints every 20 steps unless told (0 = silent)
+    args = parse(TrainArgs, argv, prog="sherman train", description=__doc__, default=default, exclude=("train.out_dir",))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.train.out_dir = str(out)
@@ -366,7 +388,6 @@ def main(argv: list[str]) -> int:
             moe_ffn_dim=max(16, args.dim // 2),
         )  # fmt: skip
         model = Transformer(mcfg)
-    args.train.log_every = args.train.log_every or max(1, (args.train.steps or 1) // 10)
     res = train(model, data, args.train)
     if res.already_complete:
         print0(f"already complete: {res.step} steps; checkpoints in {out}")

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import tyro
-from tyro.conf import Positional
 
 from sherman.core.checkpoint import load_tree_file, save_tree_file
 from sherman.core.common import ShermanError, init_distributed_from_env, is_dist, print0, rank, world_size
+from sherman.core.config import Positional, parse
 from sherman.core.model import ModelConfig, Transformer
 from sherman.data.corpus import CorpusConfig, make_corpus, read_jsonl, write_corpus, write_jsonl
 from sherman.data.ordering import ORDERS, make_order
@@ -301,11 +300,13 @@ COMMANDS = {"score": (ScoreArgs, score_main), "select": (SelectArgs, select_main
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if not argv:
+        raise ShermanError(f"missing subcommand: sherman data {{{','.join(COMMANDS)}}} ... (see `sherman data --help`)")
     if argv[0] not in COMMANDS:
         raise ShermanError(f"unknown data command {argv[0]!r}; known: {', '.join(COMMANDS)}")
     cls, fn = COMMANDS[argv[0]]
-    args = tyro.cli(cls, args=argv[1:], prog=f"sherman data {argv[0]}")
+    args = parse(cls, argv[1:], prog=f"sherman data {argv[0]}")
     return fn(args)

@@ -8,18 +8,20 @@ Exit status 0 when every experiment ran (whatever its verdict), 1 when one crash
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import platform
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 
 from sherman.core.common import ShermanError
-from sherman.experiments import BUDGETS, EXPERIMENTS
+from sherman.core.config import Alias, Positional, parse
+from sherman.experiments import EXPERIMENTS
 
 REQUIRED_KEYS = ("name", "claim", "verdict", "rows")
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
@@ -94,20 +96,21 @@ def reproduce(names: list[str], budget: str, out_root: Path) -> list[dict]:
     return results
 
 
+@dataclass
+class ReproduceArgs:
+    names: Positional[list[str]] = field(default_factory=list)
+    """Experiments to run (default: all); `--list` shows them with their claims."""
+    budget: Literal["smoke", "quick", "full"] = "quick"
+    """smoke (seconds, for tests), quick (minutes; `make demo`) or full."""
+    out: str = "runs"
+    """Output root: each experiment writes OUT/<name>/, the report goes to OUT/report/index.html."""
+    list_experiments: Annotated[bool, Alias("--list", replace=True)] = False
+    """List the experiments and their claims, then exit."""
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="sherman reproduce", description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help=f"experiments to run (default: all): {', '.join(EXPERIMENTS)}")
-    ap.add_argument("--budget", default="quick", choices=BUDGETS, help="smoke (seconds), quick (minutes, default) or full")
-    ap.add_argument("--out", default="runs", help="output root; the report goes to OUT/report/index.html")
-    ap.add_argument("--list", action="store_true", help="list experiments and their claims, then exit")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the tiny models here are bound by per-op overhead, and extra threads "
-                         "only add contention; measured 4x faster than 2 threads on a busy 2-core machine)")  # fmt: skip
-    args = ap.parse_args(argv)
-    if args.threads < 1:
-        raise ShermanError("--threads must be >= 1")
-    torch.set_num_threads(args.threads)
-    if args.list:
+    args = parse(ReproduceArgs, argv, prog="sherman reproduce", description=__doc__)
+    if args.list_experiments:
         for name, mod in EXPERIMENTS.items():
             print(f"{name:<18} {getattr(importlib.import_module(mod), 'CLAIM', '')}")
         return 0

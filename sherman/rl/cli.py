@@ -1,21 +1,20 @@
-"""`sherman rl`: RL on a task with a named preset (`sherman.rl.grpo`); tyro options from `RLConfig`.
+"""`sherman rl`: RL on a task with a named preset (`sherman.rl.grpo`); options generated from `RLConfig` (no prefix).
 
 CLI:  sherman rl --preset opo --task countdown --sft-steps 300 --steps 50 --out runs/rl_opo
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sherman.core import checkpoint as ckpt
 from sherman.core.common import ShermanError, print0, rank, seed_everything, world_size
+from sherman.core.config import check, parse
 from sherman.core.model import Transformer
 from sherman.rl import grpo
-from sherman.rl.config import RLConfig, preset_config
+from sherman.rl.config import PRESETS, RLConfig, preset_config
 from sherman.rl.evaluation import evaluate, sft_warm_start, tiny_model_config
 from sherman.rl.grpo import rl_train
 
@@ -49,6 +48,14 @@ class RLArgs:
     rl: RLConfig = field(default_factory=RLConfig)
     """RL options."""
 
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "sft_examples"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("sft_steps", "eval_prompts", "n_experts"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, "top_k", f"{self.top_k} must be in 1..--n-experts ({self.n_experts})")
+        check(not (self.init and self.hf), "hf", "give at most one of --init and --hf")
+
 
 def _preset_from_argv(argv: list[str]) -> str:
     for i, a in enumerate(argv):
@@ -59,44 +66,31 @@ def _preset_from_argv(argv: list[str]) -> str:
     return RLArgs.preset
 
 
-def _find_tokenizer(path: Path):
-    from sherman.core.tokenizer import load_tokenizer
-
-    for p in (path, path.parent):
-        if (p / "tokenizer.json").is_file():
-            return load_tokenizer(p)
-    raise ShermanError(f"{path}: no tokenizer.json in it or its parent")
-
-
 def main(argv: list[str]) -> int:
-    import tyro
-
     from sherman.core.tokenizer import CharTokenizer
     from sherman.tasks import get_task
 
     name = _preset_from_argv(argv)
-    default = RLArgs(preset=name, rl=preset_config(name))
-    try:
-        args = tyro.cli(RLArgs, args=argv, default=default, prog="sherman rl", description=grpo.__doc__.splitlines()[0],
-                        config=(tyro.conf.OmitArgPrefixes,))  # fmt: skip
-    except SystemExit as e:
-        return int(e.code or 0)
-    cfg = dataclasses.replace(args.rl)  # re-run validation
+    if name not in PRESETS:
+        raise ShermanError(f"--preset: unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    default = RLArgs(preset=name, rl=preset_config(name, log_every=5))  # the CLI prints every 5 iterations unless told (0 = silent)
+    args = parse(RLArgs, argv, prog="sherman rl", description=grpo.__doc__, default=default, flatten=("rl",), exclude=("rl.out_dir",))
+    cfg = args.rl
     task = get_task(args.task)
     out = Path(args.out)
     cfg.out_dir = str(out)
-    cfg.log_every = cfg.log_every or max(1, cfg.steps // 10)
     seed_everything(cfg.seed)
-    if args.init and args.hf:
-        raise ShermanError("give at most one of --init and --hf")
-    if args.init:
-        model = ckpt.load_model(args.init)
-        tok = _find_tokenizer(Path(args.init))
-    elif args.hf:
-        from sherman.core.hf import load_hf
+    if args.init or args.hf:
+        from sherman.core.paths import load_model_and_tokenizer
 
-        model = load_hf(args.hf)
-        tok = _find_tokenizer(Path(args.hf))
+        model, tok, _ = load_model_and_tokenizer(args.init or args.hf, hf=bool(args.hf))
+        model.train()
+        ex_rng = random.Random(0)
+        ex = task.sample(ex_rng)
+        try:
+            tok.encode(ex.prompt + task.trace(ex, ex_rng))
+        except ValueError as e:
+            raise ShermanError(f"--{'init' if args.init else 'hf'}: its tokenizer cannot encode task {args.task!r} ({e})") from None
     else:
         tok = CharTokenizer(task.alphabet())
         model = Transformer(tiny_model_config(tok.vocab_size, args.dim, args.n_layers, n_experts=args.n_experts, top_k=args.top_k))

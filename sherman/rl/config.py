@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sherman.core.common import ShermanError
+from sherman.core.config import check
 from sherman.rl import core as C
 
 ADVANTAGES = ("grpo", "mean", "opo", "opo_batch")
@@ -104,6 +105,8 @@ class RLConfig:
         _check(
             self.steps >= 0 and self.prompts_per_step >= 1 and self.group_size >= 1, "steps >= 0, prompts_per_step >= 1, group_size >= 1"
         )
+        check(self.group_size >= 2 or self.advantage == "opo_batch", "group_size",
+              f"must be >= 2 with advantage {self.advantage!r}: a group of one has a zero advantage, so nothing is learned")  # fmt: skip
         _check(self.mini_batches >= 1 and self.epochs >= 1, "mini_batches and epochs must be >= 1")
         _check(self.prompts_per_step * self.group_size >= self.mini_batches, "need at least one rollout per mini-batch")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")

@@ -50,7 +50,7 @@ import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -460,9 +460,9 @@ def run_q_learning(model: Transformer, data: PlanningData, cfg: ArmConfig, rewar
 
 @dataclass
 class PlanArgs:
-    task: str = "er"
+    task: Literal["er", "blocksworld"] = "er"
     """'er' (Erdős–Rényi DAG) or 'blocksworld'."""
-    arm: str = "pg"
+    arm: Literal["sft", "pg", "q-outcome", "q-process"] = "pg"
     """'sft' (continual SFT), 'pg' (policy gradient, see --kl), 'q-outcome' or 'q-process' (Q-learning)."""
     kl: float = 0.0
     """KL(pi || pi_sft) coefficient of the pg arm."""
@@ -485,22 +485,23 @@ class PlanArgs:
     out: str = "runs/plan"
     """Output directory (metrics.jsonl)."""
 
+    def __post_init__(self) -> None:
+        from sherman.core.config import check
+
+        check(self.kl >= 0, "kl", f"must be >= 0, got {self.kl}")
+        for name in ("sft_steps", "steps", "eval_every", "nodes", "blocks", "paths_per_pair"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(0 < self.edge_prob <= 1, "edge_prob", f"must be in (0, 1], got {self.edge_prob}")
+
 
 def main(argv: list[str]) -> int:
     """`sherman plan`: SFT checkpoint then one arm on one task; prints and logs metrics every eval_every steps."""
-    import tyro
-
     from sherman.core.common import MetricLogger, ShermanError
+    from sherman.core.config import parse
     from sherman.tasks.blocksworld import blocksworld_graph
     from sherman.tasks.graphs import DataConfig, GraphConfig, erdos_renyi_dag, make_planning_data
 
-    args = tyro.cli(PlanArgs, args=argv, prog="sherman plan", description="SFT vs policy gradient vs Q-learning on path-finding (arXiv 2509.22613)")
-    if args.task not in ("er", "blocksworld"):
-        raise ShermanError(f"--task must be 'er' or 'blocksworld', got {args.task!r}")
-    if args.arm not in ("sft", "pg", "q-outcome", "q-process"):
-        raise ShermanError(f"--arm must be one of sft, pg, q-outcome, q-process; got {args.arm!r}")
-    if args.kl < 0 or args.sft_steps < 1 or args.steps < 1 or args.eval_every < 1:
-        raise ShermanError("--kl must be >= 0 and --sft-steps, --steps, --eval-every >= 1")
+    args = parse(PlanArgs, argv, prog="sherman plan", description="SFT vs policy gradient vs Q-learning on path-finding (arXiv 2509.22613)")
     try:
         if args.task == "er":
             g = erdos_renyi_dag(GraphConfig(n_nodes=args.nodes, edge_prob=args.edge_prob, seed=args.seed))

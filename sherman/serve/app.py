@@ -544,44 +544,15 @@ class ServerThread:
 
 
 def load_for_serving(ckpt: str, device: str | None = None):
-    """(model, tokenizer) from a checkpoint directory holding tokenizer.json."""
-    from pathlib import Path
+    """(model, tokenizer) from any checkpoint path `sherman.core.paths` accepts (run, step or Hugging Face directory)."""
+    from sherman.core.paths import load_model_and_tokenizer
 
-    from sherman.core.checkpoint import load_model
-    from sherman.core.common import ShermanError, get_device
-    from sherman.core.tokenizer import load_tokenizer
-
-    p = Path(ckpt)
-    if not p.is_dir():
-        raise ShermanError(f"{ckpt}: not a checkpoint directory")
-    model = load_model(p, device=get_device(device))
-    tok = load_tokenizer(p)
-    return model.eval(), tok
+    model, tok, _ = load_model_and_tokenizer(ckpt, device=device)
+    return model, tok
 
 
 def main(argv: list[str]) -> int:
-    import argparse
+    """`sherman serve`: parsing and start-up live in `sherman.serve.cli`."""
+    from sherman.serve.cli import main as serve_main
 
-    ap = argparse.ArgumentParser(prog="sherman serve", description="OpenAI-compatible server over a Sherman checkpoint")
-    ap.add_argument("ckpt", help="checkpoint directory (config.json, model.safetensors, tokenizer.json)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
-    ap.add_argument("--name", default=None, help="model id (default: the checkpoint directory name)")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--chat-template", choices=["plain", "roles"], default="plain")
-    ap.add_argument("--no-asyncthink", action="store_true", help="do not expose <name>-asyncthink")
-    a = ap.parse_args(argv)
-    from pathlib import Path
-
-    import uvicorn
-
-    model, tok = load_for_serving(a.ckpt, a.device)
-    cfg = ServeConfig(host=a.host, port=a.port, api_key=a.api_key, model_name=a.name or Path(a.ckpt).resolve().name, seed=a.seed,
-                      max_batch=a.max_batch, chat_template=a.chat_template, asyncthink=not a.no_asyncthink)
-    app = create_app(model, tok, cfg)
-    print(f"sherman serve: {cfg.model_name} on http://{a.host}:{a.port}/v1", flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="info")
-    return 0
+    return serve_main(argv)

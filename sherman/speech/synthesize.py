@@ -15,16 +15,16 @@ Transformer, its KV cache and its attention call site.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sherman.core.common import ShermanError
+from sherman.core.config import Positional, check, parse
 from sherman.speech.data import parse_script
 from sherman.speech.dsp import SAMPLE_RATE, loudness_normalize, read_wav, resample, trim_silence, write_wav
 from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, normalize_text, turn_header
@@ -185,20 +185,31 @@ def synthesize(b: Bundle, script: str | list[tuple[int, str]], voices: list[np.n
     return audio.astype(np.float32), [(s, e) for s, e in spans]
 
 
+@dataclass
+class TTSArgs:
+    script: Positional[str]
+    """Text file with one 'Speaker k: text' line per turn (k = 0, 1, ...)."""
+    voices: list[str] = field(default_factory=list)
+    """One WAV voice prompt per speaker, Speaker 0 first (any sample rate; resampled to 24 kHz)."""
+    out: str = "out.wav"
+    """Output WAV (24 kHz, 16-bit mono)."""
+    model: str = str(DEFAULT_MODEL)
+    """Trained VibeVoice bundle, as written by `sherman reproduce vibevoice`."""
+    cfg_scale: float = 1.3
+    """Classifier-free guidance scale (1 = no guidance)."""
+    steps: int = 10
+    """DPM-Solver++ steps per acoustic latent."""
+    seed: int = 0
+    """Sampling seed of the diffusion noise."""
+
+    def __post_init__(self) -> None:
+        check(len(self.voices) >= 1, "voices", "give one WAV per speaker: --voices a.wav [b.wav ...]")
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.cfg_scale >= 0, "cfg_scale", f"must be >= 0, got {self.cfg_scale}")
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="sherman tts", description="Synthesize a 'Speaker k: text' script with VibeVoice voice prompts.")
-    ap.add_argument("script", help="text file, one 'Speaker k: text' line per turn")
-    ap.add_argument("--voices", nargs="+", required=True, help="one WAV voice prompt per speaker (Speaker 0 first)")
-    ap.add_argument("--out", default="out.wav", help="output WAV (24 kHz, 16-bit)")
-    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="trained bundle written by `sherman reproduce vibevoice`")
-    ap.add_argument("--cfg-scale", type=float, default=1.3, help="classifier-free guidance scale")
-    ap.add_argument("--steps", type=int, default=10, help="DPM-Solver++ steps per latent")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (models this small run fastest on one)")
-    a = ap.parse_args(argv)
-    torch.set_num_threads(max(1, a.threads))
-    if a.steps < 1:
-        raise ShermanError("--steps must be >= 1")
+    a = parse(TTSArgs, argv, prog="sherman tts", description="Synthesize a 'Speaker k: text' script with VibeVoice voice prompts.")
     sp = Path(a.script)
     if not sp.is_file():
         raise ShermanError(f"script file not found: {sp}")

@@ -1,21 +1,70 @@
 """`sherman think "question" --backend local|URL`: run AsyncThink once and print the answer, the fork-join tree
 and the critical-path latency.
 
-    sherman think "12+5;7*8=" --backend local --ckpt runs/asyncthink/model
+    sherman think "12+5;7*8=" --backend local --ckpt runs/asyncthink/organizer
     sherman think "12+5;7*8=" --backend http://127.0.0.1:8000 --model tiny [--api-key KEY]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
+from dataclasses import dataclass
 
-import torch
+from sherman.core.config import Positional, check, parse
+from sherman.core.errors import ShermanError
 
-from sherman.core.common import ShermanError
-from sherman.core.generate import SamplingParams
-from sherman.think.engine import AsyncThinkEngine, ThinkConfig
+
+@dataclass
+class ThinkArgs:
+    question: Positional[str]
+    """The question, in the task's format (e.g. "12+5;7*8=" for the arithmetic organizer)."""
+    backend: str = "local"
+    """'local' (a Sherman checkpoint given by --ckpt) or the URL of an OpenAI-compatible server (http://HOST:PORT)."""
+    ckpt: str | None = None
+    """Local backend: a checkpoint whose tokenizer knows the protocol tags, e.g. runs/asyncthink/organizer (written by `sherman reproduce asyncthink`); a run or step directory."""
+    model: str | None = None
+    """URL backend: model id on the server; default: the first of /v1/models."""
+    api_key: str | None = None
+    """URL backend: sent as `Authorization: Bearer KEY`."""
+    capacity: int = 4
+    """Pool size c: the organizer plus at most c - 1 concurrent workers."""
+    max_org_tokens: int = 256
+    """Cap on the organizer's decoded tokens."""
+    max_worker_tokens: int = 128
+    """Cap on each worker's decoded tokens."""
+    temperature: float = 0.0
+    """Sampling temperature of organizer and workers (0 = greedy)."""
+    seed: int = 0
+    """Sampling seed (local backend)."""
+    json: bool = False
+    """Print the full result (answer, tree, latency, concurrency) as JSON instead of the tree."""
+
+    def __post_init__(self) -> None:
+        check(self.capacity >= 1, "capacity", f"must be >= 1, got {self.capacity}")
+        check(self.max_org_tokens >= 1, "max_org_tokens", f"must be >= 1, got {self.max_org_tokens}")
+        check(self.max_worker_tokens >= 1, "max_worker_tokens", f"must be >= 1, got {self.max_worker_tokens}")
+        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check(self.backend == "local" or self.backend.startswith(("http://", "https://")), "backend",
+              f"must be 'local' or an http(s) URL, got {self.backend!r}")  # fmt: skip
+        check(self.backend != "local" or bool(self.ckpt), "ckpt", "--backend local needs --ckpt DIR")
+
+
+def check_protocol(tok, cfg, question: str) -> None:
+    """ShermanError unless `tok` can encode the question in the organizer and worker prompts and every protocol tag
+    (a checkpoint trained without the AsyncThink vocabulary cannot think asynchronously)."""
+    from sherman.think.protocol import format_tag
+
+    tags = "".join(format_tag(n, i, c) for n, i in (("FORK", 1), ("JOIN", 1), ("ANSWER", None), ("RETURN", None)) for c in (False, True))
+    try:
+        tok.encode(question)
+    except ValueError as e:
+        raise ShermanError(f"the question cannot be encoded with this checkpoint's tokenizer ({e})") from None
+    try:
+        tok.encode(cfg.organizer_template.format(question=question) + cfg.worker_template.format(question=question, query="") + tags)
+    except ValueError as e:
+        raise ShermanError(f"this checkpoint's tokenizer does not know the AsyncThink protocol ({e}); use an organizer "
+                           "checkpoint such as runs/asyncthink/organizer from `sherman reproduce asyncthink`") from None  # fmt: skip
 
 
 def _first_model(url: str, api_key: str | None) -> str:
@@ -34,42 +83,25 @@ def _first_model(url: str, api_key: str | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="sherman think", description="AsyncThink: organizer-worker asynchronous thinking")
-    ap.add_argument("question")
-    ap.add_argument("--backend", default="local", help="'local' (a Sherman checkpoint, --ckpt) or the URL of an OpenAI-compatible server")
-    ap.add_argument("--ckpt", default=None, help="checkpoint directory with tokenizer.json (local backend)")
-    ap.add_argument("--model", default=None, help="model id on the server (default: the first of /v1/models)")
-    ap.add_argument("--api-key", default=None)
-    ap.add_argument("--capacity", type=int, default=4, help="pool size c (organizer + c-1 workers)")
-    ap.add_argument("--max-org-tokens", type=int, default=256)
-    ap.add_argument("--max-worker-tokens", type=int, default=128)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="print the full result as JSON")
-    a = ap.parse_args(argv)
-    try:
-        cfg = ThinkConfig(capacity=a.capacity, max_org_tokens=a.max_org_tokens, max_worker_tokens=a.max_worker_tokens)
-        params = SamplingParams(temperature=a.temperature)
-    except ValueError as e:
-        raise ShermanError(str(e)) from None
+    a = parse(ThinkArgs, argv, prog="sherman think", description=__doc__)
+    import torch
+
+    from sherman.core.generate import SamplingParams
+    from sherman.think.engine import AsyncThinkEngine, ThinkConfig
+
+    cfg = ThinkConfig(capacity=a.capacity, max_org_tokens=a.max_org_tokens, max_worker_tokens=a.max_worker_tokens)
+    params = SamplingParams(temperature=a.temperature)
     if a.backend == "local":
-        if not a.ckpt:
-            raise ShermanError("--backend local needs --ckpt DIR")
-        from sherman.serve.app import load_for_serving
+        from sherman.core.paths import load_model_and_tokenizer
         from sherman.think.backends import LocalBackend
 
-        model, tok = load_for_serving(a.ckpt)
-        try:
-            tok.encode(a.question)
-        except ValueError as e:
-            raise ShermanError(f"question: {e}") from None
+        model, tok, _ = load_model_and_tokenizer(a.ckpt)
+        check_protocol(tok, cfg, a.question)
         backend = LocalBackend(model, tok, params, generator=torch.Generator().manual_seed(a.seed))
-    elif a.backend.startswith(("http://", "https://")):
+    else:
         from sherman.think.backends import OpenAIBackend
 
         backend = OpenAIBackend(a.backend, a.model or _first_model(a.backend, a.api_key), api_key=a.api_key, temperature=a.temperature)
-    else:
-        raise ShermanError(f"--backend must be 'local' or an http(s) URL, got {a.backend!r}")
 
     async def run():
         try:

@@ -147,7 +147,7 @@ def test_cli_round_trip(tmp_path, capsys):
     assert max_diff(hf_logits(back, ids, valid, pos), hf_logits(hf, ids, valid, pos), valid) < 1e-6
     with pytest.raises(ShermanError, match="exactly one"):
         main(["--out", str(tmp_path / "x")])
-    with pytest.raises(ShermanError, match="not a directory"):
+    with pytest.raises(ShermanError, match="no such checkpoint directory"):
         main(["--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     with pytest.raises(ShermanError, match="cannot export as llama"):
         main(["--to-hf", str(tmp_path / "ckpt"), "--out", str(tmp_path / "y"), "--arch", "llama"])
