@@ -1,7 +1,7 @@
 """`sherman reproduce [NAMES ...] [--budget smoke|quick|full] [--out runs]`: the main job.
 
 Runs each named experiment (default: all of `EXPERIMENTS`) in its own folder `OUT/<name>/`, shows
-progress, keeps going when one fails (its error is recorded and shown in the report), and writes
+progress (each line names its experiment; inside experiments: arm, seed, step of total, ETA), keeps going when one fails (its error is recorded and shown in the report), and writes
 `OUT/report/index.html` (self-contained: plots and audio embedded) plus `OUT/report/results.json`.
 Exit status 0 when every experiment ran (whatever its verdict), 1 when one crashed.
 """
@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
-
-from sherman.core.common import ShermanError
 from sherman.core.config import Alias, Positional, parse
+from sherman.core.errors import ShermanError
 from sherman.experiments import EXPERIMENTS
+from sherman.experiments.verdict import VERDICTS, overall
 
 REQUIRED_KEYS = ("name", "claim", "verdict", "rows")
-VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
 
 
 def run_one(name: str, budget: str, out_root: Path) -> dict:
@@ -40,6 +38,11 @@ def run_one(name: str, budget: str, out_root: Path) -> dict:
             raise ValueError(f"experiment {name} returned no {missing}")
         if res["verdict"] not in VERDICTS:
             raise ValueError(f"experiment {name}: verdict {res['verdict']!r} not in {VERDICTS}")
+        bad = [r.get("verdict") for r in res["rows"] if r.get("verdict") not in VERDICTS]
+        if bad:
+            raise ValueError(f"experiment {name}: row verdicts {bad} not in {VERDICTS}")
+        if res["rows"]:  # the experiment's verdict is the rule's combination of its rows (sherman.experiments.verdict)
+            res["verdict"] = overall([r["verdict"] for r in res["rows"]])
     except Exception as e:  # noqa: BLE001 - a crash of one experiment must not stop the others
         tb = traceback.format_exc()
         (out_dir / "error.txt").write_text(tb)
@@ -62,6 +65,8 @@ def run_one(name: str, budget: str, out_root: Path) -> dict:
 def environment() -> dict:
     import os
 
+    import torch
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -74,25 +79,26 @@ def environment() -> dict:
 
 
 def reproduce(names: list[str], budget: str, out_root: Path) -> list[dict]:
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run the experiments one after another. Each one's output lines start with `[name]` (stdout is prefixed, and
+    its progress lines, see `sherman.core.progress`, name it too); after each, one line with its verdict and time and
+    the overall elapsed time."""
+    import contextlib
+    import sys
 
+    from sherman.core.progress import LinePrefixer, experiment_context, fmt_duration
     from sherman.report import write_report
 
-    console = Console()
     results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as prog:
-        task = prog.add_task(f"reproduce ({budget})", total=len(names))
-        for name in names:
-            prog.update(task, description=f"reproduce ({budget}): {name}")
+    t0 = time.time()
+    for i, name in enumerate(names, 1):
+        print(f"== reproduce ({budget}) {i}/{len(names)}: {name}", flush=True)
+        with experiment_context(name), contextlib.redirect_stdout(LinePrefixer(sys.stdout, f"[{name}] ")):
             res = run_one(name, budget, out_root)
-            results.append(res)
-            color = {"reproduced": "green", "partly": "yellow", "not reproduced": "red"}.get(res["verdict"], "bold red")
-            console.print(f"[{color}]{name}: {res['verdict']}[/] ({res['seconds']} s)")
-            prog.advance(task)
+        results.append(res)
+        print(f"== {name}: {res['verdict']} ({fmt_duration(res['seconds'])}; {fmt_duration(time.time() - t0)} since start)", flush=True)
     report_dir = out_root / "report"
     path = write_report(results, report_dir, environment())
-    console.print(f"report: {path}")
+    print(f"report: {path}")
     return results
 
 
