@@ -121,7 +121,7 @@ def test_every_command_parser_builds():
     from sherman.core.train import TrainArgs
     from sherman.data.cli import COMMANDS as DATA
     from sherman.experiments.runner import ReproduceArgs
-    from sherman.rl.grpo import RLArgs
+    from sherman.rl.cli import RLArgs
     from sherman.rl.planning import PlanArgs
     from sherman.serve.cli import ServeArgs
     from sherman.speech.synthesize import TTSArgs
