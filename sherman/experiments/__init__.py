@@ -6,10 +6,11 @@ returns a dict with (at least) these keys:
 
     name      str                    experiment name (key of EXPERIMENTS)
     claim     str                    the paper's headline claim, one sentence, with its source
-    verdict   str                    "reproduced" | "partly" | "not reproduced"
+    verdict   str                    "reproduced" | "partly" | "not reproduced" | "not testable here" (rule: verdict.py)
     rows      list[dict]             one per claim: {"claim", "paper", "ours", "verdict"} (strings)
     plots     list[str]              PNG file names relative to out_dir
     audio     list[str]              optional WAV file names relative to out_dir (embedded as players)
+    texts     list[str]              optional text files relative to out_dir, shown beside the players (e.g. the dialogue)
     notes     str                    optional free text: what was measured, on what, with which seeds
     metrics   dict                   optional raw numbers
 

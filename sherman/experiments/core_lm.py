@@ -14,6 +14,7 @@ from pathlib import Path
 from sherman.core.common import seed_everything
 from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
+from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import TrainConfig, build_sft_data, train
 from sherman.experiments.runner import dump_results
@@ -62,7 +63,9 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
         return {"eval/accuracy": acc}
 
     cfg = TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20), eval_every=b["eval_every"], seed=seed)
-    res = train(model, data, cfg, eval_fn=eval_fn)
+    prog = progress(b["steps"], "training steps")
+    res = train(model, data, cfg, eval_fn=eval_fn, callback=lambda step, row: prog.advance(seed=seed))
+    prog.close()
     steps = [r["step"] for r in res.history]
     losses = [r["loss/train"] for r in res.history]
     curve = [(r["step"], r["eval/accuracy"]) for r in res.history if "eval/accuracy" in r]

@@ -30,6 +30,7 @@ import torch
 
 from sherman.core.common import print0
 from sherman.core.model import ModelConfig, Transformer
+from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample, TrainConfig, eval_loss, train
 from sherman.data.corpus import ALPHABET, ClozeItem, CorpusConfig, make_corpus
@@ -225,10 +226,16 @@ def _run(budget: str, out_dir: Path) -> dict:
 
     # ---- training grid
     results: dict[str, list[dict]] = {}
+    prog = progress(len(conds) * len(b.seeds), "training runs")
     for i, cond in enumerate(conds):
-        results[cond.label] = [run_condition(cond, s, scores, seqs, noise, b, tok, target, valid, corpus.cloze) for s in b.seeds]
+        t_cond = time.time()
+        results[cond.label] = []
+        for s in b.seeds:
+            prog.set(condition=cond.label, seed=s)
+            results[cond.label].append(run_condition(cond, s, scores, seqs, noise, b, tok, target, valid, corpus.cloze))
+            prog.advance()
         tl = np.mean([r["target_loss"] for r in results[cond.label]])
-        print0(f"delt [{i + 1}/{len(conds)}] {cond.label:<28} target loss {tl:.4f}  ({time.time() - t0:.0f}s)")
+        print0(f"delt [{i + 1}/{len(conds)}] {cond.label:<28} target loss {tl:.4f}  ({time.time() - t_cond:.0f}s for this condition, {time.time() - t0:.0f}s since start)")
     summary = {lab: {k: _agg(rows, k) for k in ("target_loss", "cloze_acc", "val_auc", "noise_removed")} for lab, rows in results.items()}
     metrics = {
         "summary": summary,

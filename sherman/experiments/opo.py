@@ -50,6 +50,7 @@ import torch
 
 from sherman.core.common import print0
 from sherman.core.model import Transformer
+from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.experiments.rl_common import (
     below,
@@ -217,7 +218,14 @@ def _run(budget: str, out_dir: Path) -> dict:
     init = held_out_metrics(model0, task, tok, held, n, b["max_new"])
     variance = gradient_variance(model0, task, tok, b)
     cfgs = arms(b)
-    results = {arm: [run_arm(model0, task, tok, cfg, s, held, b) for s in b["seeds"]] for arm, cfg in cfgs.items()}
+    results: dict[str, list[dict]] = {arm: [] for arm in cfgs}
+    prog = progress(len(cfgs) * len(b["seeds"]), "arm runs")
+    for arm, cfg in cfgs.items():
+        for s in b["seeds"]:
+            prog.set(arm=arm, seed=s)
+            results[arm].append(run_arm(model0, task, tok, cfg, s, held, b))
+            prog.advance()
+    prog.close()
 
     def col(arm: str, key: str) -> list[float]:
         return [float(r[key]) for r in results[arm]]

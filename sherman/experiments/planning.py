@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from sherman.core.common import print0
+from sherman.core.progress import progress
 from sherman.experiments.runner import dump_results
 from sherman.rl.planning import (
     ArmConfig,
@@ -260,7 +261,8 @@ def plot(results: dict[str, list[dict]], out_dir: Path) -> list[str]:
               ("entropy/train", "path entropy, nats (train)")]
     titles = {"er": "Erdős–Rényi DAG", "bw": "Blocksworld"}
     for task, runs in results.items():
-        fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))  # 2 x 2 so that each panel is legible at report width
+        axes = axes.ravel()
         for ax, (key, label) in zip(axes, panels):
             for arm in ARMS:
                 steps = [h["step"] for h in runs[0]["arms"][arm]]
@@ -269,7 +271,7 @@ def plot(results: dict[str, list[dict]], out_dir: Path) -> list[str]:
                 if len(runs) > 1:
                     ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15)
             ax.set(xlabel="RL / continual-SFT step", ylabel=label)
-        axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=8)
         fig.suptitle(f"{titles[task]}: mean over {len(runs)} seed(s), band = min..max")
         fig.tight_layout()
         name = f"planning_{task}.png"
@@ -286,7 +288,14 @@ def run(budget: str, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.time(), time.process_time()  # thread count: `sherman reproduce --threads` (default 1)
-    results = {task: [run_seed(task, b, seed) for seed in range(b.seeds)] for task in ("er", "bw")}
+    prog, results = progress(2 * b.seeds, "task-seed runs (SFT + every arm)"), {}
+    for task in ("er", "bw"):
+        results[task] = []
+        for seed in range(b.seeds):
+            prog.set(task=task, seed=seed)
+            results[task].append(run_seed(task, b, seed))
+            prog.advance()
+    prog.close()
     return report(results, budget, out_dir, time.time() - t0, time.process_time() - c0)
 
 

@@ -47,6 +47,7 @@ import torch
 
 from sherman.core.common import print0
 from sherman.core.model import Transformer
+from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.experiments.rl_common import fmt_ci, held_out_metrics, held_out_prompts, paired, plot_curves, tail_mean, warm_start
 from sherman.rl import grpo
@@ -184,7 +185,14 @@ def _run(budget: str, out_dir: Path) -> dict:
     print0(f"  [rspo] warm starts: MoE {moe_sft} SFT steps, dense {dense_sft} ({time.time() - t_start:.0f}s)")
     init = {"moe": held_out_metrics(moe0, task, tok, held, k, b["max_new"]), "dense": held_out_metrics(dense0, task, tok, held, k, b["max_new"])}
     cfgs = arms(b)
-    results = {a: [run_arm(dense0 if a.startswith("dense") else moe0, task, tok, c, s, held, b) for s in b["seeds"]] for a, c in cfgs.items()}
+    results: dict[str, list[dict]] = {a: [] for a in cfgs}
+    prog = progress(len(cfgs) * len(b["seeds"]), "arm runs")
+    for a, c in cfgs.items():
+        for s in b["seeds"]:
+            prog.set(arm=a, seed=s)
+            results[a].append(run_arm(dense0 if a.startswith("dense") else moe0, task, tok, c, s, held, b))
+            prog.advance()
+    prog.close()
 
     def col(arm: str, key: str) -> list[float]:
         return [float(r[key]) for r in results[arm]]

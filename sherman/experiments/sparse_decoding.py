@@ -50,6 +50,7 @@ from sherman.core.attention import AttnContext
 from sherman.core.common import seed_everything
 from sherman.core.generate import decode_forward
 from sherman.core.model import ModelConfig, Transformer
+from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample, TrainConfig, train
 from sherman.experiments.runner import dump_results
@@ -240,8 +241,10 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
             n_pairs = rng.randint(lo, b["warm_pairs"]) if i < b["warm_steps"] * b["batch"] else rng.randint(lo, hi)
             data.append(train_sequence(tok, make_task(n_pairs).sample(rng), rng, b["n_queries"]))
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b["dim"], n_layers=b["layers"], n_heads=4, n_kv_heads=2, ffn_dim=2 * b["dim"]))
+    prog = progress(b["steps"], "LM training steps (then gates and evaluation)")
     res = train(model, data, TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20), seed=seed,
-                                      shuffle=False))
+                                      shuffle=False), callback=lambda step, row: prog.advance(seed=seed))
+    prog.close()
     model.eval()
     train_s = time.time() - t0
 

@@ -11,7 +11,7 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path):
 
     res = run("smoke", tmp_path)
     assert res["name"] == "vibevoice" and res["claim"] == CLAIM
-    assert res["verdict"] in ("reproduced", "partly", "not reproduced")
+    assert res["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here")
     assert {"claim", "paper", "ours", "verdict"} <= set(res["rows"][0])
     assert res["rows"][0]["verdict"] == "reproduced"  # 3200x / 7.5 Hz
     assert res["metrics"]["compress/token_rate_ratio_vs_encodec"] == 80.0
@@ -41,9 +41,12 @@ def test_verdict_criteria_are_not_vacuous():
 
     v = {r["claim"][:20]: r["verdict"] for r in _verdicts(_metrics(0.05, 0.95, 0.95))}
     assert list(v.values())[3] == "not reproduced"  # unintelligible synthesis
-    assert list(v.values())[5] == "not reproduced"  # tie with the regression head is no win
-    assert list(v.values())[6] == "not reproduced"  # solver-step row needs intelligible synthesis
+    assert list(v.values())[5] == "not testable here"  # two unintelligible heads: a comparison of two failures
+    assert list(v.values())[6] == "not testable here"  # solver-step row needs intelligible synthesis
+    # the quick-budget numbers of the issue: diffusion PER 0.948 vs regression 1.034, real audio 0.007
+    assert _verdicts(_metrics(0.007, 0.948, 1.034))[5]["verdict"] == "not testable here"
+    assert _verdicts(_metrics(0.05, 0.1, 0.1, vv_sim=0.5, reg_sim=0.5))[5]["verdict"] == "not reproduced"  # a tie is no win
     good = [r["verdict"] for r in _verdicts(_metrics(0.05, 0.1, 0.5, vv_sim=0.85, reg_sim=0.3))]
-    assert good[3:] == ["reproduced"] * 4
+    assert good[3:] == ["reproduced", "reproduced", "partly", "reproduced"]  # the head comparison has one seed: at most partly
     broken_evaluator = [r["verdict"] for r in _verdicts(_metrics(0.9, 0.9, 0.9))]
-    assert broken_evaluator[2] == broken_evaluator[3] == "not reproduced"
+    assert broken_evaluator[2] == broken_evaluator[3] == "not testable here"

@@ -1,0 +1,51 @@
+"""The HTML report: verdict classes, the dialogue text beside its audio players, plots at report width; the runner
+combines row verdicts with the shared rule and names each experiment in its output."""
+
+import wave
+
+import numpy as np
+
+from sherman.report import render
+
+
+def _wav(path):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(np.zeros(240, np.int16).tobytes())
+
+
+def test_dialogue_text_beside_players_and_untestable_class(tmp_path):
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "script_0.txt").write_text("Speaker 0: hello there\nSpeaker 1: hi")
+    res = [{"name": "x", "claim": "c", "verdict": "not testable here", "dir": str(tmp_path), "audio": ["a.wav"], "texts": ["script_0.txt"],
+            "rows": [{"claim": "c", "paper": "p", "ours": "o", "verdict": "not testable here"}]}]
+    html = render(res, {"cpu": "test"})
+    block = html[html.index("<div class='dialogue'>"):]
+    assert block.index("Speaker 0: hello there") < block.index("<audio controls src='data:audio/wav;base64,")
+    assert "class='v-untestable'" in html and "verdict.py" in html
+
+
+def test_runner_uses_the_rule_and_prefixes_lines(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    from sherman.experiments import EXPERIMENTS, runner
+
+    mod = types.ModuleType("fake_exp")
+    mod.CLAIM = "claim"
+
+    def run(budget, out_dir):
+        print("training arm a")
+        return {"name": "fake", "claim": "claim", "verdict": "reproduced",  # the rows say otherwise
+                "rows": [{"claim": "1", "paper": "", "ours": "", "verdict": "reproduced"},
+                         {"claim": "2", "paper": "", "ours": "", "verdict": "not testable here"}]}
+
+    mod.run = run
+    monkeypatch.setitem(sys.modules, "fake_exp", mod)
+    monkeypatch.setitem(EXPERIMENTS, "fake", "fake_exp")
+    res = runner.reproduce(["fake"], "smoke", tmp_path)
+    out = capsys.readouterr().out
+    assert res[0]["verdict"] == "partly"
+    assert "[fake] training arm a" in out and "== fake: partly" in out
