@@ -17,7 +17,7 @@ def test_plain_lines_every_period_with_eta_and_name():
     clock, out = Clock(), io.StringIO()
     with experiment_context("planning"):
         p = Progress(10, "steps", stream=out, every_s=30, tty=False, clock=clock)
-    for i in range(10):
+    for _ in range(10):
         clock.t += 10.0  # 10 s per step
         p.advance(1, arm="pg", seed=1)
     p.close()
