@@ -96,6 +96,10 @@ CASES = [
     ("reproduce-type", ["reproduce", "--threads", "x"], "--threads: invalid int"),
     ("reproduce-range", ["reproduce", "--threads", "0"], "--threads: must be >= 1"),
     ("reproduce-unknown", ["reproduce", "--bogus"], "unrecognized arguments: --bogus"),
+    ("agent-missing", ["agent", "4 users, 8 antennas, 30 dBm, min rate 1 bit/s/Hz", "--backend", "local", "--ckpt", NOPE], "no such checkpoint"),
+    ("agent-type", ["agent", "bench", "--scenarios", "x"], "argument --scenarios: invalid int value: 'x'"),
+    ("agent-range", ["agent", "bench", "--scenarios", "0"], "--scenarios must be >= 1"),
+    ("agent-unknown", ["agent", "bench", "--bogus"], "unrecognized arguments: --bogus"),
     ("unknown-command", ["frobnicate"], "unknown command"),
 ]
 

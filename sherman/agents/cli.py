@@ -9,6 +9,7 @@ import argparse
 import json
 
 from sherman.core.common import ShermanError
+from sherman.core.config import DEFAULT_THREADS, ArgumentParser, apply_threads  # one-line usage errors, --threads
 
 
 def _backend_factory(a):
@@ -43,18 +44,20 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--api-key", default=None, help="API key for the server")
     ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of model backends (default: 0, greedy)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the channel draw / scenario set (default: 0)")
+    ap.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {DEFAULT_THREADS})")
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "bench":
         return bench(argv[1:])
-    ap = argparse.ArgumentParser(prog="sherman agent", description="agentic 6G: configure a multi-user MISO downlink with tool-using agents")
+    ap = ArgumentParser(prog="sherman agent", description="agentic 6G: configure a multi-user MISO downlink with tool-using agents")
     ap.add_argument("scenario", help="e.g. '4 users, 8 antennas, 30 dBm, min rate 1 bit/s/Hz' (optionally ', rician 6 dB'); or 'bench'")
     ap.add_argument("--arm", choices=("single", "multi", "parallel"), default="multi", help="agent arrangement (default: multi)")
     ap.add_argument("--memory", default=":memory:", help="SQLite file for short- and long-term memory (default: in memory)")
     ap.add_argument("--json", action="store_true", help="print the whole episode as JSON")
     _common(ap)
     a = ap.parse_args(argv)
+    apply_threads(a.threads)
     from sherman.agents.agents import run_episode
     from sherman.agents.knowledge import KnowledgeBase
     from sherman.agents.memory import Memory
@@ -91,10 +94,11 @@ def main(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="sherman agent bench", description="every arm on seeded scenarios, scored against the WMMSE / exhaustive oracle")
+    ap = ArgumentParser(prog="sherman agent bench", description="every arm on seeded scenarios, scored against the WMMSE / exhaustive oracle")
     ap.add_argument("--scenarios", type=int, default=50, help="number of seeded scenarios (default: 50)")
     _common(ap)
     a = ap.parse_args(argv)
+    apply_threads(a.threads)
     if a.scenarios < 1:
         raise ShermanError(f"--scenarios must be >= 1, got {a.scenarios}")
     from sherman.agents.agents import AgentConfig
