@@ -100,6 +100,11 @@ CASES = [
     ("agent-type", ["agent", "bench", "--scenarios", "x"], "argument --scenarios: invalid int value: 'x'"),
     ("agent-range", ["agent", "bench", "--scenarios", "0"], "--scenarios must be >= 1"),
     ("agent-unknown", ["agent", "bench", "--bogus"], "unrecognized arguments: --bogus"),
+    ("rpt-no-subcommand", ["rpt"], "missing subcommand"),
+    ("rpt-missing", ["rpt", "eval", NOPE, "--data", "x.txt"], "no such checkpoint directory"),
+    ("rpt-type", ["rpt", "train", "{run}", "--group-size", "x"], "argument --group-size: invalid int value: 'x'"),
+    ("rpt-range", ["rpt", "train", "{run}", "--group-size", "1"], "--group-size: must be >= 2"),
+    ("rpt-unknown", ["rpt", "entropy", "c.txt", "--bogus"], "unrecognized arguments: --bogus"),
     ("unknown-command", ["frobnicate"], "unknown command"),
 ]
 

@@ -16,24 +16,18 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 from sherman.core.common import ShermanError, print0, seed_everything
+from sherman.core.config import Positional, parse
 from sherman.rl.config import RLConfig, preset_config
 from sherman.rl.rpt import PRESET, RPTConfig
 
 SUBCOMMANDS = ("entropy", "train", "eval")
 
 
-def _positional():
-    import tyro
-
-    return tyro.conf.Positional
-
-
 @dataclass
 class EntropyArgs:
-    corpus: Annotated[str, _positional()]
+    corpus: Positional[str]
     """Corpus file (.txt or .jsonl)."""
     proxy: str = ""
     """Proxy checkpoint (Sherman directory or Hugging Face folder)."""
@@ -47,7 +41,7 @@ class EntropyArgs:
 
 @dataclass
 class TrainArgs:
-    ckpt: Annotated[str, _positional()]
+    ckpt: Positional[str]
     """Policy checkpoint (Sherman directory or Hugging Face folder)."""
     data: str = ""
     """Corpus file (.txt or .jsonl)."""
@@ -65,7 +59,7 @@ class TrainArgs:
 
 @dataclass
 class EvalArgs:
-    ckpt: Annotated[str, _positional()]
+    ckpt: Positional[str]
     """Checkpoint to evaluate (Sherman directory or Hugging Face folder)."""
     data: str = ""
     """Corpus file (.txt or .jsonl)."""
@@ -82,27 +76,11 @@ class EvalArgs:
 
 
 def load_any(path: str):
-    """(model, tokenizer) from a Sherman checkpoint directory or a Hugging Face folder."""
-    from sherman.core import checkpoint as ckpt
-    from sherman.rl.cli import _find_tokenizer
+    """(model, tokenizer) from any checkpoint path `sherman.core.paths` accepts (run, step or Hugging Face directory)."""
+    from sherman.core.paths import load_model_and_tokenizer
 
-    p = Path(path)
-    if not p.is_dir():
-        raise ShermanError(f"{p}: checkpoint directory not found")
-    if (p / "config.json").is_file() and not (p / "state.json").is_file() and _is_hf(p):
-        from sherman.core.hf import load_hf
-
-        return load_hf(p), _find_tokenizer(p)
-    return ckpt.load_model(p), _find_tokenizer(p)
-
-
-def _is_hf(p: Path) -> bool:
-    import json
-
-    try:
-        return "model_type" in json.loads((p / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
+    model, tok, _ = load_model_and_tokenizer(path)
+    return model.train(), tok
 
 
 def _corpus(path: str, tok, max_tokens: int) -> list[list[int]]:
@@ -117,9 +95,7 @@ def _corpus(path: str, tok, max_tokens: int) -> list[list[int]]:
 
 
 def _parse(cls, argv: list[str], prog: str):
-    import tyro
-
-    return tyro.cli(cls, args=argv, prog=prog, description=__doc__.splitlines()[0], config=(tyro.conf.OmitArgPrefixes,))
+    return parse(cls, argv, prog=prog, description=__doc__, flatten=("rpt", "rl"), exclude=("rl.out_dir",))
 
 
 def entropy_main(argv: list[str]) -> int:
@@ -197,16 +173,15 @@ def eval_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if not argv:
+        raise ShermanError(f"missing subcommand: sherman rpt {{{','.join(SUBCOMMANDS)}}} ... (see `sherman rpt --help`)")
     if argv[0] not in SUBCOMMANDS:
         raise ShermanError(f"unknown rpt subcommand {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}")
     fn = {"entropy": entropy_main, "train": train_main, "eval": eval_main}[argv[0]]
-    try:
-        return fn(argv[1:])
-    except SystemExit as e:
-        return int(e.code or 0)
+    return fn(argv[1:])
 
 
 if __name__ == "__main__":
