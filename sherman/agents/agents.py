@@ -240,7 +240,7 @@ async def multi_agent(backend: Backend, question: str, box: Toolbox, kb: Knowled
         organizer_template=PLAN_ORG.replace("{perspectives}", ", ".join(persp)).replace("{insights}", insights.replace("{", "{{").replace("}", "}}")),
         worker_template=PLAN_WORKER,
     )
-    res = await AsyncThinkEngine(backend, tcfg).run(question)
+    res = await AsyncThinkEngine(backend, tcfg).run(f"{question}\nFeatures: {fjson}")  # planners see the features
     ep.messages.append(Message("planning-organizer", "completion", res.organizer.generated))
     for i, log in res.worker_logs.items():
         ep.messages.append(Message(f"planner-{i}", "completion", log.generated))

@@ -186,7 +186,7 @@ def _powers_for_sinr(gains: np.ndarray, t: float) -> np.ndarray | None:
     return p if np.all(p >= 0) else None
 
 
-def max_min_fair(gains: np.ndarray, total_power: float, iters: int = 100) -> np.ndarray:
+def max_min_fair(gains: np.ndarray, total_power: float, iters: int = 50) -> np.ndarray:
     """Maximise min_k SINR_k s.t. sum p <= P, by bisection on the common SINR target t. (K,)"""
     lo, hi = 0.0, float(np.max(np.diag(gains))) * total_power  # no user beats its interference-free SINR
     best = equal_power(len(gains), total_power) * 0.0

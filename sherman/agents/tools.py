@@ -77,6 +77,21 @@ class Scenario:
             raise ValueError(f"cell radius must exceed 35 m, got {self.cell_radius_m}")
 
 
+def sample_scenario(rng: np.random.Generator, seed: int) -> Scenario:
+    """The experiments' scenario distribution: 2-8 users, up to 16 antennas, 0-30 dBm, small to large cells."""
+    k = int(rng.integers(2, 9))
+    return Scenario(
+        users=k,
+        antennas=int(rng.integers(max(2, k - 1), 17)),
+        power_dbm=float(rng.choice([0.0, 10.0, 20.0, 30.0])),
+        min_rate=float(rng.choice([0.0, 0.5, 1.0, 2.0, 3.0])),
+        fading=str(rng.choice(["rayleigh", "rician"])),
+        k_factor_db=float(rng.choice([0.0, 6.0, 12.0])),
+        cell_radius_m=float(rng.choice([150.0, 400.0, 1000.0])),
+        seed=seed,
+    )
+
+
 _NUM = r"(-?\d+(?:\.\d+)?)"
 
 
