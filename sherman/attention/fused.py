@@ -106,8 +106,12 @@ def _load():
     global _EXT, _FAILED
     if _EXT is None and _FAILED is None:
         try:
+            import sys
+
             from torch.utils.cpp_extension import load_inline
 
+            # first use compiles (20-25 s on 2 cores; later runs load torch's build cache): say so instead of a silent pause
+            print("sherman: loading the fused C++ sparse-decode kernel (--impl cpp); the first use compiles it, ~20-25 s ...", file=sys.stderr, flush=True)
             _EXT = load_inline(
                 name="sherman_block_sparse_v2",
                 cpp_sources=[_SRC],
