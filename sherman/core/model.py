@@ -458,7 +458,11 @@ class Transformer(nn.Module):
         static ones (plain, linear, llama3, yarn) index one precomputed table; dynamic NTK rows whose current length
         (max position + 1 of the row in this pass) exceeds the original context get frequencies recomputed from that
         length, as transformers' `dynamic_rope_update` does per forward call (keys already in a KV cache keep the
-        rotation they were written with, as in transformers' generate)."""
+        rotation they were written with, as in transformers' generate). Two deliberate differences: transformers takes
+        the longest row of the whole batch (here each row its own length, so a sequence's numbers do not depend on its
+        batchmates in the server's batcher) and keeps the largest length seen by earlier calls until a call falls
+        back inside the original context (here a pass depends on its input only). For one sequence decoded or
+        run from a fresh model the two agree exactly (tests/core/test_rope_scaling.py)."""
         if positions.dim() == 1:
             positions = positions[None]
         r = self.cfg.rope_scaling
