@@ -35,6 +35,14 @@ def run(tmp_path_factory):
     (root / "existing").mkdir()
     (root / "existing" / "config.json").write_text("{}")
     (root / "script.txt").write_text("Speaker 0: hello\n")
+    import json
+    import shutil
+
+    shutil.copytree(root / "run", root / "badcfg")  # a checkpoint whose config.json says "dim": "x" (issue 13)
+    step = root / "badcfg" / "step_0000002" / "config.json"
+    cfg = json.loads(step.read_text())
+    cfg["model"]["dim"] = "x"
+    step.write_text(json.dumps(cfg))
     return root
 
 
@@ -52,6 +60,7 @@ CASES = [
     ("generate-type", ["generate", "{run}", "--prompt", "1", "--max-new-tokens", "many"], "--max-new-tokens: invalid int"),
     ("generate-range", ["generate", "{run}", "--prompt", "1", "--budget", "2"], "--budget: must be in (0, 1]"),
     ("generate-choice", ["generate", "{run}", "--prompt", "1", "--attn", "flash"], "--attn: invalid choice"),
+    ("generate-bad-config", ["generate", "{root}/badcfg", "--prompt", "1"], "dim: expected an integer, got str 'x'"),
     ("generate-unknown", ["generate", "{run}", "--bogus"], "unrecognized arguments: --bogus"),
     ("convert-missing", ["convert", "--to-hf", NOPE, "--out", "{root}/hf"], "no such checkpoint directory"),
     ("convert-type", ["convert", "--to-hf", "{run}", "--out", "{root}/hf", "--max-shard-size", "lots"], "--max-shard-size"),
