@@ -318,7 +318,14 @@ def run(budget: str, out_dir: Path) -> dict:
         "precondition": f"some arm solves an arithmetic prompt before RL (reward signal): {pre3}",
     })  # fmt: skip
     vs = [r["verdict"] for r in rows]
-    verdict = "reproduced" if all(v == "reproduced" for v in vs) else "partly" if "reproduced" in vs else "not reproduced"
+    if all(v == "reproduced" for v in vs):
+        verdict = "reproduced"
+    elif "reproduced" in vs or "partly" in vs:
+        verdict = "partly"
+    elif all(v == "not testable here" for v in vs):
+        verdict = "not testable here"  # every precondition failed: nothing was tested
+    else:
+        verdict = "not reproduced"
     plots = _plots(results, fits, out_dir, b)
     mal = sum((Counter(r["malformed"]) for r in results), Counter())
     notes = (

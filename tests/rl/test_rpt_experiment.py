@@ -10,7 +10,7 @@ from sherman.experiments import rpt as exp
 def test_rpt_experiment_smoke(tmp_path):
     out = exp.run("smoke", tmp_path)
     assert out["name"] in EXPERIMENTS and out["claim"] == exp.CLAIM
-    assert out["verdict"] in ("reproduced", "partly", "not reproduced")
+    assert out["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here")
     assert len(out["rows"]) == 3 and all(set(r) >= {"claim", "paper", "ours", "verdict", "precondition"} for r in out["rows"])
     assert all(r["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here") for r in out["rows"])
     for p in out["plots"]:
