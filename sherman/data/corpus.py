@@ -225,3 +225,211 @@ def write_corpus(corpus: Corpus, out_dir: str | Path) -> dict[str, Path]:
     write_jsonl(paths["valid"], [{"text": t} for t in corpus.valid])
     write_jsonl(paths["cloze"], [asdict(c) for c in corpus.cloze])
     return paths
+
+
+# ----------------------------------------------------------------------------------------------- graded corpus
+#
+# The corpus above has discrete document kinds, and LQS then acts as a kind label. The graded corpus gives every
+# document a continuous quality and a graded difficulty (DELT's premise, Sec. 4.1: scores that separate "good and
+# learnable" from "bad or hard" data along a continuum):
+#
+# * quality: a corruption rate c ~ U(0, 1) per document; each of its sentences is independently replaced by a
+#   corrupted version with probability c (a false fact with the same surface form, the sentence's words shuffled,
+#   or random characters, chosen uniformly). A `junk_frac` share (<= 5%) of documents is pure junk (boilerplate
+#   or random characters, c = 1);
+# * difficulty: reasoning hops h in 1..4. A hop-h sentence states an attribute of the entity reached by following
+#   the friend relation h - 1 times ("the friend of the friend of bavo lives in rome." is h = 3); every sentence
+#   of a document has the document's h, so the difficulty is one number per document.
+#
+# Target J, validation and the downstream cloze test are clean and disjoint (no J text is a validation or
+# training text); J is meant for scoring only, validation and cloze for evaluation only.
+
+RELATIONS = ("city", "color", "pet")
+"""Attributes a hop sentence can state."""
+CORRUPTIONS = ("false", "shuffled", "random")
+"""How a corrupted sentence is made from a true one."""
+HOPS = (1, 2, 3, 4)
+"""Difficulty levels: reasoning hops of every sentence of a document."""
+
+
+@dataclass
+class GradedConfig:
+    n_entities: int = 48
+    """Entities in the world (each has a city, a colour, a pet and a friend)."""
+    n_train: int = 8192
+    """Training documents (junk included)."""
+    sentences: int = 3
+    """Sentences per (non-junk) document."""
+    junk_frac: float = 0.04
+    """Fraction of training documents that are pure junk (boilerplate or random characters); at most 0.05."""
+    hop_probs: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
+    """Probability of difficulty 1, 2, 3, 4 hops for a document."""
+    n_target: int = 64
+    """Clean documents in the target set J (scoring only)."""
+    n_valid: int = 256
+    """Clean held-out validation documents (evaluation only)."""
+    n_cloze_per_hop: int = 48
+    """Downstream cloze items per hop level (evaluation only)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.junk_frac <= 0.05:
+            raise ValueError(f"junk_frac must be in [0, 0.05], got {self.junk_frac}")
+        if self.sentences < 1 or self.n_train < 1 or self.n_entities < 2:
+            raise ValueError("need sentences >= 1, n_train >= 1, n_entities >= 2")
+
+
+@dataclass
+class GradedDoc:
+    text: str
+    """The document (sentences joined by one space)."""
+    hops: int
+    """Difficulty: reasoning hops of each sentence (0 for junk)."""
+    corrupt_rate: float
+    """The document's drawn corruption rate c (1.0 for junk)."""
+    corrupted: list[bool]
+    """Per sentence: was it corrupted (all True for junk, which is one 'sentence')."""
+    kind: str = "graded"
+    """graded | junk."""
+
+    @property
+    def corrupt_frac(self) -> float:
+        """Realized fraction of corrupted sentences."""
+        return sum(self.corrupted) / len(self.corrupted)
+
+
+@dataclass
+class GradedCorpus:
+    train: list[GradedDoc]
+    target: list[str]
+    """J: clean documents for scoring only."""
+    valid: list[str]
+    """Clean held-out documents for evaluation only."""
+    cloze: list[ClozeItem]
+    """Downstream cloze items (kind = f"hop{h}") for evaluation only."""
+    world: dict = field(default_factory=dict)
+
+    def eval_texts(self) -> list[str]:
+        """Every text an evaluation may read (validation documents and cloze prompts); disjoint from J."""
+        return list(self.valid) + [c.prompt for c in self.cloze]
+
+
+def follow(world: dict, e: str, hops: int) -> str:
+    """The entity reached from `e` by following the friend relation hops - 1 times."""
+    for _ in range(hops - 1):
+        e = world[e]["friend"]
+    return e
+
+
+def hop_subject(e: str, hops: int) -> str:
+    """'bavo' (1 hop), 'the friend of bavo' (2), 'the friend of the friend of bavo' (3), ..."""
+    return "the friend of " * (hops - 1) + e
+
+
+def hop_prompt(e: str, hops: int, rel: str) -> str:
+    """The sentence up to its answer: '<subject> lives in' | '<subject> likes' | '<subject> has a'."""
+    verb = {"city": "lives in", "color": "likes", "pet": "has a"}[rel]
+    return f"{hop_subject(e, hops)} {verb}"
+
+
+def _values(rel: str) -> tuple[str, ...]:
+    return {"city": CITIES, "color": COLORS, "pet": PETS}[rel]
+
+
+def hop_sentence(world: dict, e: str, hops: int, rel: str, value: str | None = None) -> str:
+    """A hop sentence; true unless `value` overrides the attribute."""
+    v = world[follow(world, e, hops)][rel] if value is None else value
+    return f"{hop_prompt(e, hops, rel)} {v}."
+
+
+def parse_hop_sentence(world: dict, s: str) -> tuple[int, bool] | None:
+    """(hops, is_true) of a well-formed hop sentence, None when `s` is not one (shuffled or random text)."""
+    if not s.endswith("."):
+        return None
+    words = s[:-1].split(" ")
+    hops = 1
+    while words[:3] == ["the", "friend", "of"]:
+        words, hops = words[3:], hops + 1
+    for rel, verb in (("city", ["lives", "in"]), ("color", ["likes"]), ("pet", ["has", "a"])):
+        if len(words) == 2 + len(verb) and words[1 : 1 + len(verb)] == verb and words[0] in world and words[-1] in _values(rel):
+            return hops, world[follow(world, words[0], hops)][rel] == words[-1]
+    return None
+
+
+def corrupt_sentence(world: dict, e: str, hops: int, rel: str, how: str, rng: random.Random) -> str:
+    """A corrupted version of the true hop sentence about (e, hops, rel)."""
+    true = hop_sentence(world, e, hops, rel)
+    if how == "false":  # same surface form, wrong attribute value
+        v = world[follow(world, e, hops)][rel]
+        return hop_sentence(world, e, hops, rel, rng.choice([x for x in _values(rel) if x != v]))
+    if how == "shuffled":
+        words = true[:-1].split(" ")
+        while True:
+            rng.shuffle(words)
+            s = " ".join(words)
+            if parse_hop_sentence(world, s + ".") is None:
+                return s + ","  # ends without a period, so it can never parse as a fact
+    if how == "random":
+        return "".join(rng.choice(ALPHABET[:27]) for _ in range(len(true) - 1)).strip() + ","
+    raise ValueError(f"unknown corruption {how!r}")
+
+
+def graded_doc(world: dict, cfg: GradedConfig, rng: random.Random) -> GradedDoc:
+    """One non-junk document: hops ~ hop_probs, c ~ U(0, 1), each sentence corrupted with probability c."""
+    hops = rng.choices(HOPS, weights=cfg.hop_probs)[0]
+    c = rng.random()
+    ents = list(world)
+    sents, flags = [], []
+    for _ in range(cfg.sentences):
+        e, rel = rng.choice(ents), rng.choice(RELATIONS)
+        bad = rng.random() < c
+        sents.append(corrupt_sentence(world, e, hops, rel, rng.choice(CORRUPTIONS), rng) if bad else hop_sentence(world, e, hops, rel))
+        flags.append(bad)
+    return GradedDoc(" ".join(sents), hops, c, flags)
+
+
+def junk_doc(n_chars: int, rng: random.Random) -> GradedDoc:
+    """Pure junk: repeated boilerplate or random characters, about n_chars long."""
+    if rng.random() < 0.5:
+        phrase = rng.choice(BOILERPLATE)
+        text = (phrase * (n_chars // len(phrase) + 1))[:n_chars].rstrip()
+    else:
+        text = "".join(rng.choice(ALPHABET) for _ in range(n_chars)).strip() or "x"
+    return GradedDoc(text, 0, 1.0, [True], "junk")
+
+
+def clean_graded_text(world: dict, cfg: GradedConfig, rng: random.Random) -> str:
+    """A clean document (c = 0) at a random difficulty."""
+    hops = rng.choices(HOPS, weights=cfg.hop_probs)[0]
+    return " ".join(hop_sentence(world, rng.choice(list(world)), hops, rng.choice(RELATIONS)) for _ in range(cfg.sentences))
+
+
+def graded_cloze(world: dict, n_per_hop: int, rng: random.Random) -> list[ClozeItem]:
+    """n_per_hop items per hop level: '<subject> <verb>' -> ' <value>.' over every value of the relation."""
+    items = []
+    for h in HOPS:
+        for _ in range(n_per_hop):
+            e, rel = rng.choice(list(world)), rng.choice(RELATIONS)
+            vals = _values(rel)
+            items.append(ClozeItem(hop_prompt(e, h, rel), [f" {v}." for v in vals], vals.index(world[follow(world, e, h)][rel]), f"hop{h}"))
+    return items
+
+
+def make_graded_corpus(cfg: GradedConfig, seed: int = 0) -> GradedCorpus:
+    """The graded benchmark, deterministic given `seed`; J, validation and training texts are pairwise disjoint."""
+    rng = random.Random(seed)
+    world = make_world(cfg.n_entities, rng)
+    n_junk = round(cfg.junk_frac * cfg.n_train)
+    train = [graded_doc(world, cfg, rng) for _ in range(cfg.n_train - n_junk)]
+    mean_len = sum(len(d.text) for d in train) // max(1, len(train))
+    train += [junk_doc(mean_len, rng) for _ in range(n_junk)]
+    rng.shuffle(train)
+    seen = {d.text for d in train}
+    target: list[str] = []
+    valid: list[str] = []
+    for out, n in ((target, cfg.n_target), (valid, cfg.n_valid)):
+        while len(out) < n:
+            t = clean_graded_text(world, cfg, rng)
+            if t not in seen:
+                seen.add(t)
+                out.append(t)
+    return GradedCorpus(train, target, valid, graded_cloze(world, cfg.n_cloze_per_hop, rng), world)

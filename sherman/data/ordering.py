@@ -7,6 +7,10 @@ score, which the paper argues mitigates forgetting (the model sees high- and low
 part of training) and distribution bias (each sweep covers the whole distribution), while keeping the
 curriculum's easy-to-hard progression inside each sweep. Sorted orders break ties by position.
 
+Window jitter (the official DELT code, `data_ordering/folding.py`, option `window_size`): after folding, the
+sequence is cut into consecutive windows of `window` documents and each window is shuffled (seeded), so the
+order stays globally folded but is locally random; window <= 1 leaves it unchanged (the official default is 0).
+
 Every order is a permutation of `range(n)`, deterministic given its seed. The training loop must consume
 it as given (`TrainConfig(shuffle=False)`).
 """
@@ -33,15 +37,27 @@ def shuffled(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def folding(scores: np.ndarray | list[float], folds: int = 3) -> np.ndarray:
-    """Folding Ordering with L = `folds` layers: asc = ascending(scores); concat(asc[i::L] for i in range(L))."""
+def window_jitter(order: np.ndarray, window: int, seed: int = 0) -> np.ndarray:
+    """Shuffle each consecutive block order[i : i + window] independently (seeded); window <= 1 is the identity."""
+    order = np.asarray(order).copy()
+    if window <= 1:
+        return order
+    rng = np.random.default_rng(seed)
+    for lo in range(0, len(order), window):
+        rng.shuffle(order[lo : lo + window])
+    return order
+
+
+def folding(scores: np.ndarray | list[float], folds: int = 3, window: int = 0, seed: int = 0) -> np.ndarray:
+    """Folding Ordering with L = `folds` layers: asc = ascending(scores); concat(asc[i::L] for i in range(L)),
+    then `window_jitter(., window, seed)`."""
     if folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
     asc = ascending(scores)
-    return np.concatenate([asc[i::folds] for i in range(folds)])
+    return window_jitter(np.concatenate([asc[i::folds] for i in range(folds)]), window, seed)
 
 
-def make_order(scores: np.ndarray | list[float], method: str, seed: int = 0, folds: int = 3) -> np.ndarray:
+def make_order(scores: np.ndarray | list[float], method: str, seed: int = 0, folds: int = 3, window: int = 0) -> np.ndarray:
     """Dispatch on `method` in ORDERS; returns a permutation of range(len(scores))."""
     n = len(scores)
     if method == "shuffle":
@@ -51,5 +67,5 @@ def make_order(scores: np.ndarray | list[float], method: str, seed: int = 0, fol
     if method == "descending":
         return descending(scores)
     if method == "folding":
-        return folding(scores, folds)
+        return folding(scores, folds, window, seed)
     raise ValueError(f"unknown order {method!r}; known: {', '.join(ORDERS)}")

@@ -1,19 +1,33 @@
-"""delt: Data Efficacy for LM Training (DELT, arXiv 2506.21545), reproduced on a corpus with known quality.
+"""delt: Data Efficacy for LM Training (DELT, arXiv 2506.21545), on a corpus with graded quality and difficulty.
 
-What runs: a synthetic corpus (`sherman.data.corpus`: clean fact documents at three compositional levels,
-shuffled-word / random-character / boilerplate noise and near-duplicates, a clean target set J, a cloze
-evaluation) is scored once by LQS, PDS and proxy loss (`sherman.data.scoring`, one proxy run shared by LQS and
-PDS); then a tiny core Transformer is trained for exactly one epoch (`sherman.core.train.train`, shuffle=False,
-so it consumes the given order) under each condition (scorer, order, selection ratio r, LR schedule), for
-several seeds (model init; the shuffled order also takes the seed). Measured: target-set loss J, cloze accuracy
-(options ranked by per-character loss), area under the validation-loss curve (mean of the evaluated points),
-and the fraction of noise documents removed by selection.
+The corpus (`sherman.data.corpus.make_graded_corpus`): 8k+ documents about a seeded world of entities; each document
+has a corruption rate c ~ U(0, 1) applied per sentence (false facts, shuffled words, random characters), pure junk is
+4% of the corpus, and the difficulty is the number of reasoning hops (1-4) of its sentences. A clean target set J
+(scoring only), a clean held-out validation split and a downstream cloze test (one item per (entity, relation, hops),
+options ranked by per-character loss) are disjoint from each other and from the training texts.
 
-Paper claims checked (Sec. 5, Tables 1-4): (1) LQS + Folding gives the largest gain over shuffled data at equal
-data and model size; (2) folding > ascending > descending; (3) selection plus DELT ordering matches or beats
-training on the full data. Verdicts compare seed means of the target loss; a difference smaller than the
-pooled seed standard error counts as a tie. "Equal data" means one epoch: a run on a selected subset (r < 1)
-takes r times the optimizer steps of a full-data run, as in the paper's data-efficiency comparison.
+The paper's pipeline (Sec. 4, Fig. 2): LQS (`sherman.data.scoring.score_lqs`, with PDS and proxy loss from the same
+proxy run) on a uniform proxy sample of 1-2k documents; the scores are extended to the whole corpus by the learned
+scorer (`LearnedScorer`, one fitted per scorer, so every scorer reaches the corpus the same way); selection keeps the
+top r; Folding with L layers and the official window jitter (`data_ordering/folding.py` of microsoft/data-efficacy:
+shuffle inside consecutive windows after folding). A tiny core Transformer is trained (`sherman.core.train.train`,
+shuffle=False, so it consumes the given order) under each arm, one thing changed per arm against the shuffled
+baseline, for 5 seeds (model init, shuffled order, jitter). Evaluation: validation loss (held-out split) and cloze
+accuracy; J is never evaluated on.
+
+Arms (compute matched as named): equal data = one pass over the full corpus (equal steps too); the 2-epoch arms = two
+passes; selection at equal data passes (one pass over the top r: r times the steps) and at equal steps (1/r passes
+over the top r: the full-data steps).
+
+Precondition (checked in code, the issue's review found the opposite): the shuffled baseline's validation loss under
+a constant LR is within 5% of the cosine one, so the runs are long enough that the schedule does not dominate; and the
+baseline learned something (cloze accuracy above chance). A failed precondition makes every claim "not testable here".
+
+Verdicts use paired differences per seed (arm minus baseline, same seed) with a 95% t confidence interval: an
+improvement counts when the interval excludes 0 and the mean exceeds `min_effect` (relative, of the baseline loss;
+absolute for accuracy). Claims: (1) DELT instances improve over shuffled data at equal data and model size;
+(2) LQS + Folding is the best scorer x order combination; (3) selection plus ordering gives efficacy (better at equal
+steps) and efficiency (no worse at equal passes, i.e. r times the compute).
 
 Run: `sherman reproduce delt --budget quick`.
 """
@@ -32,97 +46,119 @@ from sherman.core.common import print0
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
-from sherman.core.train import SeqExample, TrainConfig, eval_loss, train
-from sherman.data.corpus import ALPHABET, ClozeItem, CorpusConfig, make_corpus
+from sherman.core.train import SeqExample, TrainConfig, train
+from sherman.data.corpus import ALPHABET, HOPS, ClozeItem, GradedConfig, GradedCorpus, make_graded_corpus
 from sherman.data.ordering import make_order
-from sherman.data.scoring import LearnedScorerConfig, LQSConfig, fit_learned_scorer, pad_batch, random_scores, score_lqs
+from sherman.data.scoring import LearnedScorerConfig, LQSConfig, fit_learned_scorer, pad_batch, score_lqs, spearman
 from sherman.data.selection import select_top
 from sherman.experiments.runner import dump_results
 
 CLAIM = (
     "DELT (Dai et al. 2025, arXiv 2506.21545, Sec. 5): organizing the training data by Learnability-Quality Scoring "
-    "and Folding ordering improves an LM at equal data and model size, more than other scorer/order instances; "
-    "folding > ascending > descending; and with data selection it matches or beats training on the full data."
+    "and Folding ordering improves an LM at equal data and model size, LQS + Folding is the best instance, and with "
+    "data selection it gives efficacy and efficiency together."
 )
 
 
 @dataclass(frozen=True)
-class Cond:
-    scorer: str
-    """lqs | pds | loss | random (shuffle ignores scores)."""
-    order: str
+class Arm:
+    name: str
+    """Label in the results."""
+    scorer: str = "lqs"
+    """lqs | pds | loss (ignored by the shuffled order)."""
+    order: str = "folding"
     """shuffle | ascending | descending | folding."""
-    folds: int = 3
-    """L for folding."""
     ratio: float = 1.0
-    """Selection ratio r."""
+    """Selection ratio r (top r by score)."""
+    passes: int = 1
+    """Passes over the (selected) data; each pass is re-ordered (shuffle and jitter take the pass index)."""
     schedule: str = "cosine"
     """cosine | constant."""
-
-    @property
-    def label(self) -> str:
-        o = f"fold{self.folds}" if self.order == "folding" else self.order
-        s = "-" if self.order == "shuffle" and self.ratio == 1.0 else self.scorer
-        return f"{s}/{o}/r{self.ratio:g}/{self.schedule}"
+    window: int = -1
+    """Folding jitter window; -1 = the budget's default."""
 
 
-def grid(orders_all: bool, scorers: tuple[str, ...], ratios: tuple[float, ...], folds: tuple[int, ...]) -> list[Cond]:
-    """The condition grid: (1) every order x LQS at r=1 for both schedules; (2) baselines' orders at r=1 cosine;
-    (3) selection r<1 with shuffle and folding L=3 for every scorer (cosine)."""
-    orders = [("shuffle", 3), ("ascending", 3), ("descending", 3)] + [("folding", L) for L in folds]
-    conds: list[Cond] = []
-    for sched in ("cosine", "constant"):
-        conds += [Cond("lqs", o, L, 1.0, sched) for o, L in orders]
-    for sc in scorers:
-        if sc == "lqs":
-            continue
-        conds += [Cond(sc, o, L, 1.0) for o, L in (orders[1:] if orders_all else [("ascending", 3), ("folding", 3)])]
-    for r in ratios:
-        if r < 1.0:
-            for sc in scorers:
-                conds += [Cond(sc, "shuffle", 3, r), Cond(sc, "folding", 3, r)]
-    return conds
+BASE = Arm("shuffle", order="shuffle")
+ARMS_QUICK = (
+    BASE,
+    Arm("shuffle/constant", order="shuffle", schedule="constant"),
+    Arm("lqs/fold"),
+    Arm("lqs/asc", order="ascending"),
+    Arm("pds/fold", scorer="pds"),
+    Arm("loss/fold", scorer="loss"),
+    Arm("lqs/fold/r0.5/equal-passes", ratio=0.5),
+    Arm("lqs/fold/r0.5/equal-steps", ratio=0.5, passes=2),
+)
+ARMS_FULL = ARMS_QUICK + (
+    Arm("lqs/desc", order="descending"),
+    Arm("lqs/fold/no-jitter", window=0),
+    Arm("shuffle/2ep", order="shuffle", passes=2),
+    Arm("lqs/fold/2ep", passes=2),
+    Arm("lqs/shuffle/r0.5/equal-steps", order="shuffle", ratio=0.5, passes=2),
+    Arm("pds/fold/r0.5/equal-steps", scorer="pds", ratio=0.5, passes=2),
+)
+INSTANCES = ("lqs/fold", "lqs/asc", "pds/fold", "loss/fold", "lqs/desc", "lqs/fold/no-jitter")
+"""DELT instances at equal data (r = 1, one pass, cosine), compared for claims 1 and 2."""
 
 
 @dataclass
 class Budget:
-    corpus: CorpusConfig
+    corpus: GradedConfig
+    """The graded corpus."""
     dim: int
+    """Width of the trained (and proxy) Transformer."""
     n_layers: int
+    """Layers."""
     batch: int
+    """Documents per optimizer step."""
     lr: float
+    """Peak AdamW learning rate."""
     seeds: tuple[int, ...]
+    """Seeds of model init, shuffled order and jitter."""
+    proxy_docs: int
+    """Size of the uniform proxy sample LQS is computed on."""
     lqs: LQSConfig
+    """LQS proxy run."""
     learned: LearnedScorerConfig
-    evals: int = 8
-    """Validation-loss evaluations per run (for the area under the curve)."""
-    scorers: tuple[str, ...] = ("lqs", "pds", "loss")
-    ratios: tuple[float, ...] = (0.5, 0.7, 1.0)
-    folds: tuple[int, ...] = (2, 3, 4)
-    orders_all: bool = True
-    conds: list[Cond] = field(default_factory=list)
+    """Learned scorer that extends proxy scores to the corpus."""
+    arms: tuple[Arm, ...]
+    """Arms to run."""
+    folds: int = 3
+    """L of Folding."""
+    window: int = 32
+    """Folding window jitter (documents; one batch)."""
+    evals: int = 4
+    """Validation-loss evaluations per run (curve)."""
+    min_effect: float = 0.005
+    """Smallest effect that counts: relative change of the validation loss, absolute change of cloze accuracy."""
+    lr_tolerance: float = 0.05
+    """Precondition: |constant - cosine| / cosine validation loss of the shuffled baseline must be below this."""
+    warmup_frac: float = 0.05
+    """Warm-up steps as a fraction of a run's steps."""
+    n_cloze_eval: int = 0
+    """Cloze items evaluated (0 = all)."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes."""
 
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
-        CorpusConfig(n_entities=5, n_clean=32, n_target=8, n_valid=8),
-        dim=32, n_layers=1, batch=8, lr=3e-3, seeds=(0,),
-        lqs=LQSConfig(proxy_steps=4, delta=2, warmup_steps=10, batch_size=8, chunk=32),
-        learned=LearnedScorerConfig(dim=16, steps=10), evals=2,
-        conds=[Cond("lqs", "shuffle"), Cond("lqs", "ascending"), Cond("lqs", "descending"), Cond("lqs", "folding"),
-               Cond("pds", "folding"), Cond("lqs", "folding", ratio=0.5)],
+        GradedConfig(n_entities=6, n_train=96, sentences=2, n_target=8, n_valid=8, n_cloze_per_hop=2),
+        dim=16, n_layers=1, batch=8, lr=3e-3, seeds=(0, 1), proxy_docs=32,
+        lqs=LQSConfig(proxy_steps=4, delta=2, warmup_steps=4, batch_size=8, chunk=32),
+        learned=LearnedScorerConfig(dim=16, steps=6, batch_size=8), arms=ARMS_QUICK, window=4, evals=2,
     ),
     "quick": Budget(
-        CorpusConfig(n_entities=12, n_clean=720, n_target=32, n_valid=32),
-        dim=64, n_layers=2, batch=8, lr=3e-3, seeds=(0, 1, 2),
-        lqs=LQSConfig(proxy_steps=20, delta=5, warmup_steps=100, batch_size=32, lr=0.02, chunk=64),
-        learned=LearnedScorerConfig(dim=32, steps=100), orders_all=False, folds=(2, 3, 4),
+        GradedConfig(n_entities=24, n_train=8192, sentences=2, n_target=64, n_valid=256, n_cloze_per_hop=48),
+        dim=32, n_layers=2, batch=32, lr=3e-3, seeds=(0, 1, 2), proxy_docs=1024,
+        lqs=LQSConfig(proxy_steps=20, delta=5, warmup_steps=60, batch_size=32, lr=0.05, chunk=64),
+        learned=LearnedScorerConfig(dim=32, steps=300, batch_size=32), arms=ARMS_QUICK,
     ),
     "full": Budget(
-        CorpusConfig(n_entities=32, n_clean=2000, n_target=64, n_valid=64),
-        dim=96, n_layers=2, batch=16, lr=3e-3, seeds=(0, 1, 2, 3, 4),
-        lqs=LQSConfig(proxy_steps=60, delta=6, warmup_steps=200, batch_size=16, chunk=64),
-        learned=LearnedScorerConfig(dim=64, steps=400),
+        GradedConfig(n_entities=32, n_train=16384, sentences=3, n_target=128, n_valid=512, n_cloze_per_hop=96),
+        dim=64, n_layers=2, batch=32, lr=3e-3, seeds=(0, 1, 2, 3, 4), proxy_docs=2048,
+        lqs=LQSConfig(proxy_steps=40, delta=5, warmup_steps=200, batch_size=32, lr=0.05, chunk=64),
+        learned=LearnedScorerConfig(dim=64, steps=800, batch_size=32), arms=ARMS_FULL,
     ),
 }
 
@@ -131,15 +167,14 @@ BUDGETS: dict[str, Budget] = {
 
 
 @torch.no_grad()
-def cloze_accuracy(model: Transformer, tok: CharTokenizer, items: list[ClozeItem], chunk: int = 256) -> float:
-    """Fraction of items whose correct option has the lowest mean per-character loss given the prompt."""
+def cloze_scores(model: Transformer, tok: CharTokenizer, items: list[ClozeItem], chunk: int = 256) -> list[bool]:
+    """Per item: does the correct option have the lowest mean per-character loss given the prompt?"""
     model.eval()
     seqs, spans = [], []
     for it in items:
         p = tok.encode(it.prompt, bos=True)
         for opt in it.options:
-            o = tok.encode(opt)
-            seqs.append(p + o)
+            seqs.append(p + tok.encode(opt))
             spans.append(len(p))
     nll = []
     for lo in range(0, len(seqs), chunk):
@@ -150,187 +185,263 @@ def cloze_accuracy(model: Transformer, tok: CharTokenizer, items: list[ClozeItem
             start = spans[lo + i]
             nll.append(float(-logp[i, start - 1 : len(s) - 1].mean()))  # targets are tokens start .. len-1
     model.train()
-    hits, k = 0, 0
+    hits, k = [], 0
     for it in items:
-        scores = nll[k : k + len(it.options)]
-        hits += int(int(np.argmin(scores)) == it.answer)
+        hits.append(int(np.argmin(nll[k : k + len(it.options)])) == it.answer)
         k += len(it.options)
-    return hits / max(1, len(items))
+    return hits
 
 
-def run_condition(cond: Cond, seed: int, scores: dict[str, np.ndarray], seqs: list[list[int]], noise: np.ndarray, b: Budget,
-                  tok: CharTokenizer, target: list[SeqExample], valid: list[SeqExample], cloze: list[ClozeItem]) -> dict:
-    """Select, order, train one epoch, measure."""
-    s = scores[cond.scorer]
-    keep = select_top(s, cond.ratio) if cond.ratio < 1.0 else np.arange(len(s))
-    order = keep[make_order(s[keep], cond.order, seed=seed, folds=cond.folds)]
-    n = (len(order) // b.batch) * b.batch  # whole batches only, so one epoch never wraps around
-    data = [SeqExample(seqs[i]) for i in order[:n]]
-    steps = n // b.batch
+def cloze_accuracy(model: Transformer, tok: CharTokenizer, items: list[ClozeItem], chunk: int = 256) -> float:
+    """Fraction of cloze items answered correctly."""
+    hits = cloze_scores(model, tok, items, chunk)
+    return sum(hits) / max(1, len(hits))
+
+
+def eval_split(corpus: GradedCorpus) -> tuple[list[str], list[ClozeItem]]:
+    """The only data an arm is evaluated on: validation documents and cloze items; refuses any overlap with J."""
+    target = set(corpus.target)
+    leak = target & set(corpus.eval_texts())
+    assert not leak, f"{len(leak)} target (J) documents in the evaluation split"
+    return list(corpus.valid), list(corpus.cloze)
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def paired_ci(base: list[float], arm: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of the per-seed differences base - arm and its t confidence interval (lo, hi); positive = arm lower."""
+    d = np.asarray(base, dtype=np.float64) - np.asarray(arm, dtype=np.float64)
+    m = float(d.mean())
+    if len(d) < 2:
+        return m, -math.inf, math.inf
+    assert level == 0.95, "only the 95% interval is tabulated"
+    h = t975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+    return m, m - h, m + h
+
+
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student t 0.975 quantiles for 1..10 degrees of freedom."""
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% t quantile (tabulated up to 10 degrees of freedom, then the normal 1.96 bound plus a 1/df term)."""
+    return T975[df - 1] if df <= len(T975) else 1.96 + 2.4 / df
+
+
+def better(ci: tuple[float, float, float], threshold: float) -> int:
+    """+1: significantly better by at least `threshold`; -1: significantly worse; 0: no detectable difference."""
+    m, lo, hi = ci
+    if lo > 0 and m >= threshold:
+        return 1
+    if hi < 0 and -m >= threshold:
+        return -1
+    return 0
+
+
+def lr_precondition(cosine: list[float], constant: list[float], tol: float) -> tuple[bool, float]:
+    """(ok, relative gap) for the schedule check: |mean constant - mean cosine| / mean cosine < tol."""
+    c, k = float(np.mean(cosine)), float(np.mean(constant))
+    gap = abs(k - c) / c
+    return gap < tol, gap
+
+
+# ----------------------------------------------------------------------------------------------- one arm
+
+
+def arm_order(arm: Arm, scores: dict[str, np.ndarray], seed: int, folds: int, window: int) -> np.ndarray:
+    """Document indices in training order: select the top r, then order each pass (pass index perturbs the seed)."""
+    s = scores[arm.scorer]
+    keep = select_top(s, arm.ratio) if arm.ratio < 1.0 else np.arange(len(s))
+    w = window if arm.window < 0 else arm.window
+    passes = [keep[make_order(s[keep], arm.order, seed=1000 * seed + p, folds=folds, window=w)] for p in range(arm.passes)]
+    return np.concatenate(passes)
+
+
+def run_arm(arm: Arm, seed: int, scores: dict[str, np.ndarray], seqs: list[list[int]], b: Budget, tok: CharTokenizer,
+            valid: list[SeqExample], cloze: list[ClozeItem], meta: dict[str, np.ndarray]) -> dict:
+    """Order, train, measure one arm at one seed."""
+    order = arm_order(arm, scores, seed, b.folds, b.window)
+    steps = len(order) // b.batch  # whole batches only
+    data = [SeqExample(seqs[i]) for i in order[: steps * b.batch]]
     torch.manual_seed(1000 + seed)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2, ffn_dim=3 * b.dim, max_seq_len=256))
-    cfg = TrainConfig(steps=steps, batch_size=b.batch, lr=b.lr, schedule=cond.schedule, warmup_steps=max(1, steps // 20),
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2,
+                                    ffn_dim=3 * b.dim, max_seq_len=256))
+    cfg = TrainConfig(steps=steps, batch_size=b.batch, lr=b.lr, schedule=arm.schedule, warmup_steps=max(1, int(b.warmup_frac * steps)),
                       shuffle=False, seed=seed, eval_every=max(1, steps // b.evals), grad_clip=1.0)
     res = train(model, data, cfg, eval_data=valid, pad_id=tok.pad_id)
-    curve = [(r["step"], r["loss/eval"]) for r in res.history if "loss/eval" in r]
+    hits = cloze_scores(model, tok, cloze)
+    kinds = np.array([c.kind for c in cloze])
+    used = order[: steps * b.batch]
     return {
-        "target_loss": eval_loss(model, target),
-        "cloze_acc": cloze_accuracy(model, tok, cloze),
-        "val_auc": float(np.mean([v for _, v in curve])),
-        "curve": curve,
-        "noise_removed": float(1.0 - noise[keep].sum() / max(1, noise.sum())),
-        "docs": n,
+        "val_loss": res.final_eval["loss/eval"],
+        "cloze_acc": float(np.mean(hits)),
+        "cloze_by_hop": {f"hop{h}": float(np.mean(np.array(hits)[kinds == f"hop{h}"])) for h in HOPS if (kinds == f"hop{h}").any()},
+        "curve": [(r["step"], r["loss/eval"]) for r in res.history if "loss/eval" in r],
+        "steps": steps,
+        "mean_corruption_seen": float(meta["corrupt"][used].mean()),
+        "junk_seen": float(meta["junk"][used].mean()),
     }
-
-
-def _agg(rows: list[dict], key: str) -> tuple[float, float]:
-    v = np.array([r[key] for r in rows], dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------------------------- run
 
 
 def run(budget: str, out_dir: Path) -> dict:
-    """Score, train the grid, judge the claims (thread count is set by `sherman reproduce --threads`, default 1)."""
-    return _run(budget, Path(out_dir))
-
-
-def _run(budget: str, out_dir: Path) -> dict:
+    """Score, extend, train every arm x seed, judge the claims (threads are set by `sherman reproduce --threads`)."""
     b = BUDGETS[budget]
-    conds = b.conds or grid(b.orders_all, b.scorers, b.ratios, b.folds)
     out_dir = Path(out_dir)
     t0 = time.time()
-    corpus = make_corpus(b.corpus, seed=0)
+    corpus = make_graded_corpus(b.corpus, seed=0)
+    valid_txt, cloze = eval_split(corpus)
+    if b.n_cloze_eval:
+        cloze = cloze[: b.n_cloze_eval]
     tok = CharTokenizer(ALPHABET)
     seqs = [tok.encode(d.text, bos=True, eos=True) for d in corpus.train]
-    target = [SeqExample(tok.encode(t, bos=True, eos=True)) for t in corpus.target]
-    valid = [SeqExample(tok.encode(t, bos=True, eos=True)) for t in corpus.valid]
-    noise = np.array(corpus.noise_mask())
-    kinds = np.array([d.kind for d in corpus.train])
+    target = [tok.encode(t, bos=True, eos=True) for t in corpus.target]  # J: scoring only
+    valid = [SeqExample(tok.encode(t, bos=True, eos=True)) for t in valid_txt]
+    meta = {"corrupt": np.array([d.corrupt_frac for d in corpus.train]), "junk": np.array([d.kind == "junk" for d in corpus.train], dtype=float),
+            "hops": np.array([d.hops for d in corpus.train])}
 
-    # ---- scoring: one proxy model (same shape as the trained models, its own seed), LQS and PDS share the run
+    # ---- LQS on a uniform proxy sample, extended to the corpus by a learned scorer per score type
+    rng = np.random.default_rng(0)
+    proxy_idx = np.sort(rng.choice(len(seqs), size=min(b.proxy_docs, len(seqs)), replace=False))
     torch.manual_seed(12345)
     proxy = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2, ffn_dim=3 * b.dim, max_seq_len=256))
-    sr = score_lqs(proxy, seqs, [e.ids for e in target], tok.pad_id, b.lqs)
-    scores = {"lqs": sr.lqs, "pds": sr.pds, "loss": sr.loss, "random": random_scores(len(seqs), 0)}
+    sample = [seqs[i] for i in proxy_idx]
+    sr = score_lqs(proxy, sample, target, tok.pad_id, b.lqs)
     t_score = time.time() - t0
-    print0(f"delt: scored {len(seqs)} documents with LQS/PDS/loss in {t_score:.0f}s")
-    by_kind = {sc: {k: float(scores[sc][kinds == k].mean()) for k in np.unique(kinds)} for sc in ("lqs", "pds", "loss")}
-    # learned scorer: fit on half the scored corpus, Spearman on its held-out split, then on the unseen half
-    half = len(seqs) // 2
-    scorer, rho_hold = fit_learned_scorer(seqs[:half], sr.lqs[:half], tok.vocab_size, tok.pad_id, b.learned)
-    from sherman.data.scoring import spearman
+    scores, rho_hold, rho_truth = {}, {}, {}
+    for name, y in (("lqs", sr.lqs), ("pds", sr.pds), ("loss", sr.loss)):
+        scorer, rho_hold[name] = fit_learned_scorer(sample, y, tok.vocab_size, tok.pad_id, b.learned)
+        scores[name] = scorer.predict(seqs, tok.pad_id)
+        scores[name][proxy_idx] = y  # proxy documents keep their computed scores
+        rho_truth[name] = {"corruption": spearman(scores[name], -meta["corrupt"]), "hops": spearman(scores[name], -meta["hops"]),
+                           "proxy_corruption": spearman(y, -meta["corrupt"][proxy_idx])}
+    print0(f"delt: LQS on {len(sample)} proxy docs in {t_score:.0f}s; extended to {len(seqs)} (Spearman held-out "
+           + ", ".join(f"{k} {v:.2f}" for k, v in rho_hold.items()) + f") at {time.time() - t0:.0f}s")
 
-    rho_unseen = spearman(scorer.predict(seqs[half:], tok.pad_id), sr.lqs[half:])
-
-    # ---- training grid
+    # ---- arms x seeds
     results: dict[str, list[dict]] = {}
-    prog = progress(len(conds) * len(b.seeds), "training runs")
-    for i, cond in enumerate(conds):
-        t_cond = time.time()
-        results[cond.label] = []
+    prog = progress(len(b.arms) * len(b.seeds), "training runs")
+    for i, arm in enumerate(b.arms):
+        results[arm.name] = []
         for s in b.seeds:
-            prog.set(condition=cond.label, seed=s)
-            results[cond.label].append(run_condition(cond, s, scores, seqs, noise, b, tok, target, valid, corpus.cloze))
+            prog.set(arm=arm.name, seed=s)
+            results[arm.name].append(run_arm(arm, s, scores, seqs, b, tok, valid, cloze, meta))
             prog.advance()
-        tl = np.mean([r["target_loss"] for r in results[cond.label]])
-        print0(f"delt [{i + 1}/{len(conds)}] {cond.label:<28} target loss {tl:.4f}  ({time.time() - t_cond:.0f}s for this condition, {time.time() - t0:.0f}s since start)")
-    summary = {lab: {k: _agg(rows, k) for k in ("target_loss", "cloze_acc", "val_auc", "noise_removed")} for lab, rows in results.items()}
+        r = results[arm.name]
+        print0(f"delt [{i + 1}/{len(b.arms)}] {arm.name:<30} val {np.mean([x['val_loss'] for x in r]):.4f}  "
+               f"cloze {np.mean([x['cloze_acc'] for x in r]):.3f}  steps {r[0]['steps']}  ({time.time() - t0:.0f}s)")
+
+    prog.close()
+    rows, verdicts, pre = claims(results, b)
+    summary = {a: {k: (float(np.mean([x[k] for x in rs])), float(np.std([x[k] for x in rs], ddof=1)) if len(rs) > 1 else 0.0)
+                   for k in ("val_loss", "cloze_acc", "mean_corruption_seen", "junk_seen", "steps")} for a, rs in results.items()}
+    plots = make_plots(out_dir, results, summary, b)
+    rank = {"reproduced": 3, "partly": 2, "not reproduced": 1, "not testable here": 0}
+    overall = "not testable here" if all(v == "not testable here" for v in verdicts) else (
+        "reproduced" if all(v == "reproduced" for v in verdicts) else "not reproduced" if max(rank[v] for v in verdicts) <= 1 else "partly")
+    n_junk = int(meta["junk"].sum())
+    notes = (
+        f"Graded corpus: {len(seqs)} training documents ({n_junk} junk = {n_junk / len(seqs):.1%}), corruption rate ~ U(0,1) per sentence, "
+        f"hops 1-4; J {len(target)} docs (scoring only), validation {len(valid)} docs, {len(cloze)} cloze items (chance 1/8). "
+        f"Model: core Transformer dim {b.dim}, {b.n_layers} layers, char tokenizer; batch {b.batch} ({len(seqs) // b.batch} steps per pass), "
+        f"AdamW lr {b.lr}, warm-up {b.warmup_frac:.0%}, cosine to 10%. Seeds {list(b.seeds)}. "
+        f"LQS on {len(sample)} proxy docs ({b.lqs.warmup_steps} AdamW warm-up steps, T={b.lqs.proxy_steps} SGD steps eta={b.lqs.lr}, "
+        f"Delta={b.lqs.delta}), extended by the learned scorer (held-out Spearman " + ", ".join(f"{k} {v:.2f}" for k, v in rho_hold.items())
+        + "). Spearman of the corpus scores with -corruption: " + ", ".join(f"{k} {v['corruption']:.2f}" for k, v in rho_truth.items())
+        + "; with -hops: " + ", ".join(f"{k} {v['hops']:.2f}" for k, v in rho_truth.items())
+        + f". Folding L={b.folds}, window jitter {b.window}. Precondition: {pre}. Scoring {t_score:.0f}s, total {time.time() - t0:.0f}s."
+    )
     metrics = {
         "summary": summary,
-        "per_seed": {lab: [{k: v for k, v in r.items() if k != "curve"} for r in rows] for lab, rows in results.items()},
-        "score_means_by_kind": by_kind,
-        "learned_scorer_spearman": {"heldout": rho_hold, "unseen_half": rho_unseen},
+        "per_seed": {a: [{k: v for k, v in x.items() if k != "curve"} for x in rs] for a, rs in results.items()},
+        "learned_scorer_spearman_heldout": rho_hold,
+        "score_vs_truth_spearman": rho_truth,
         "proxy": {"target_loss": sr.run.target_loss, "train_loss": sr.run.train_loss},
         "seconds": {"scoring": round(t_score, 1), "total": round(time.time() - t0, 1)},
     }
-    rows, verdicts = claims(summary, conds, b)
-    plots = make_plots(out_dir, results, summary, conds, b)
-    order = {"reproduced": 2, "partly": 1, "not reproduced": 0}
-    overall = min(verdicts, key=lambda v: order[v])
-    if overall == "not reproduced" and any(v != "not reproduced" for v in verdicts):
-        overall = "partly"
-    notes = (
-        f"Corpus: {len(seqs)} training documents ({int(noise.sum())} noise, {int((kinds == 'near_dup').sum())} near-duplicates), "
-        f"{len(target)} target, {len(valid)} validation documents, {len(corpus.cloze)} cloze items (chance 1/8). "
-        f"Model: core Transformer dim {b.dim}, {b.n_layers} layers, char tokenizer; one epoch, batch {b.batch}, AdamW lr {b.lr}. "
-        f"Seeds {list(b.seeds)} (model init and shuffled order; one corpus and one scoring run). "
-        f"LQS proxy: {b.lqs.warmup_steps} AdamW warm-up steps then T={b.lqs.proxy_steps} SGD steps (eta={b.lqs.lr}), Delta={b.lqs.delta}. "
-        f"Mean z-scores by kind, LQS: " + ", ".join(f"{k} {v:+.2f}" for k, v in by_kind["lqs"].items()) + ". "
-        f"Learned scorer Spearman with LQS: {rho_hold:.2f} held-out, {rho_unseen:.2f} on the unseen half. "
-        f"Cells run ({len(conds)} x {len(b.seeds)} seeds): " + "; ".join(c.label for c in conds) + ". "
-        f"Scoring {t_score:.0f}s, total {time.time() - t0:.0f}s."
-    )
     res = {"name": "delt", "claim": CLAIM, "verdict": overall, "rows": rows, "plots": plots, "notes": notes, "metrics": metrics}
     return dump_results(res, out_dir)
 
 
-def _fmt(m: tuple[float, float]) -> str:
-    return f"{m[0]:.4f}±{m[1]:.4f}"
+def _vals(results: dict, arm: str, key: str) -> list[float]:
+    return [x[key] for x in results[arm]]
 
 
-def claims(summary: dict, conds: list[Cond], b: Budget) -> tuple[list[dict], list[str]]:
-    """One row per paper claim, judged on seed means of the target loss (lower is better) with a standard-error tie band."""
-    tl = {lab: s["target_loss"] for lab, s in summary.items()}
-    acc = {lab: s["cloze_acc"] for lab, s in summary.items()}
+def _diffs(results: dict, arm: str, b: Budget) -> tuple[tuple[float, float, float], tuple[float, float, float], int, int]:
+    """Paired CIs vs the shuffled baseline: validation loss (base - arm, positive = better) and cloze (arm - base)."""
+    dl = paired_ci(_vals(results, BASE.name, "val_loss"), _vals(results, arm, "val_loss"))
+    da = paired_ci([-v for v in _vals(results, BASE.name, "cloze_acc")], [-v for v in _vals(results, arm, "cloze_acc")])
+    thr = b.min_effect * float(np.mean(_vals(results, BASE.name, "val_loss")))
+    return dl, da, better(dl, thr), better(da, b.min_effect)
 
-    def better(a: str, c: str) -> int:
-        """+1 if a beats c, -1 if c beats a, 0 if within the pooled standard error."""
-        d = tl[c][0] - tl[a][0]
-        band = math.sqrt(tl[a][1] ** 2 + tl[c][1] ** 2)
-        return 0 if abs(d) <= band else (1 if d > 0 else -1)
 
+def _fmt(ci: tuple[float, float, float], pct: bool = False) -> str:
+    m, lo, hi = ci
+    return f"{m:+.1%} [{lo:+.1%}, {hi:+.1%}]" if pct else f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def claims(results: dict, b: Budget) -> tuple[list[dict], list[str], str]:
+    """One row per paper claim (paired differences over seeds, 95% CI); returns rows, verdicts, precondition text."""
+    arms = set(results)
+    base_acc = float(np.mean(_vals(results, BASE.name, "cloze_acc")))
+    ok_lr, gap = lr_precondition(_vals(results, BASE.name, "val_loss"), _vals(results, "shuffle/constant", "val_loss"), b.lr_tolerance)
+    learned = base_acc > 1 / 8 + 0.05
+    pre = (f"shuffled baseline constant vs cosine LR validation loss differ by {gap:.1%} (< {b.lr_tolerance:.0%} required: "
+           f"{'ok' if ok_lr else 'FAILED'}); baseline cloze accuracy {base_acc:.1%} (> chance 12.5% + 5 points required: {'ok' if learned else 'FAILED'})")
+    testable = ok_lr and learned
     rows, verdicts = [], []
-    base = Cond("lqs", "shuffle").label
-    # (1) LQS + folding L=3 gives the largest gain over shuffle among r=1 cosine instances
-    inst = [c.label for c in conds if c.ratio == 1.0 and c.schedule == "cosine" and c.order != "shuffle"]
-    fold = Cond("lqs", "folding", 3).label
-    if fold in tl and base in tl and inst:
-        best = min(inst, key=lambda k: tl[k][0])
-        gain = tl[base][0] - tl[fold][0]
-        if best == fold and better(fold, base) > 0:
-            v = "reproduced"
-        elif better(fold, base) > 0 or (best.startswith("lqs/fold") and tl[best][0] < tl[base][0]):
-            v = "partly"
-        else:
-            v = "not reproduced"
-        ours = (f"target loss shuffle {_fmt(tl[base])} vs LQS+fold3 {_fmt(tl[fold])} (gain {gain:+.4f}); best instance {best} {_fmt(tl[best])}; "
-                f"cloze acc {acc[base][0]:.3f} vs {acc[fold][0]:.3f}")
-        rows.append({"claim": "LQS + Folding gives the largest gain over shuffled data (equal data, equal model)",
-                     "paper": "LQS+Folding best of all DELT instances (Tables 1-2)", "ours": ours, "verdict": v})
+
+    def add(claim: str, paper: str, ours: str, v: str) -> None:
+        v = v if testable else "not testable here"
+        rows.append({"claim": claim, "paper": paper, "ours": ours + ("" if testable else f"; precondition failed: {pre}"), "verdict": v})
         verdicts.append(v)
-    # (2) folding > ascending > descending, for both schedules
-    parts, oks = [], []
-    for sched in ("cosine", "constant"):
-        f, a, d = (Cond("lqs", o, 3, 1.0, sched).label for o in ("folding", "ascending", "descending"))
-        if f in tl and a in tl and d in tl:
-            fa, ad = better(f, a), better(a, d)
-            oks.append((fa, ad))
-            parts.append(f"{sched}: fold3 {_fmt(tl[f])}, asc {_fmt(tl[a])}, desc {_fmt(tl[d])}")
-    if oks:
-        strict = all(fa > 0 and ad > 0 for fa, ad in oks)
-        weak = all(fa >= 0 and ad >= 0 for fa, ad in oks) or any(fa > 0 and ad > 0 for fa, ad in oks)
-        v = "reproduced" if strict else "partly" if weak else "not reproduced"
-        rows.append({"claim": "folding > ascending > descending (LQS scores, target loss)", "paper": "Folding > Ascending > Descending (Table 3)",
-                     "ours": "; ".join(parts), "verdict": v})
-        verdicts.append(v)
-    # (3) selection + DELT ordering matches or beats the full data (shuffled)
-    sel = [c.label for c in conds if c.ratio < 1.0 and c.scorer == "lqs" and c.order == "folding"]
-    if sel and base in tl:
-        best = min(sel, key=lambda k: tl[k][0])
-        cmp = better(best, base)
-        v = "reproduced" if cmp >= 0 else "not reproduced"
-        removed = {(lab.split("/")[0], lab.split("/")[2][1:]): summary[lab]["noise_removed"][0] for lab in summary if "/r1/" not in lab}
-        noise_rm = "; ".join(f"{sc} r={r}: {v:.0%}" for (sc, r), v in sorted(removed.items()))
-        rows.append({"claim": "selection + DELT ordering matches or beats training on the full data",
-                     "paper": "LQS+Folding at 50-70% data >= full data (Fig. 1, Table 4)",
-                     "ours": f"best {best} {_fmt(tl[best])} vs full shuffled {_fmt(tl[base])}; noise removed: {noise_rm}", "verdict": v})
-        verdicts.append(v)
-    return rows, verdicts or ["not reproduced"]
+
+    inst = [a for a in INSTANCES if a in arms]
+    judged = {a: _diffs(results, a, b) for a in inst}
+    # (1) DELT instances improve over shuffled data at equal data and model size (LQS + Folding is the headline instance)
+    dl, da, bl, ba = judged["lqs/fold"]
+    n_better = sum(1 for a in inst if judged[a][2] > 0)
+    v1 = "reproduced" if bl > 0 and ba >= 0 else "partly" if (bl > 0 or ba > 0 or n_better > 0) else "not reproduced"
+    add("DELT instances improve over shuffled data (equal data = 1 pass, equal model)",
+        "every DELT instance > shuffled; LQS+Folding largest gain (Tables 1-2)",
+        f"LQS+Folding vs shuffle, paired over {len(b.seeds)} seeds (95% CI): validation loss {_fmt(dl)} (positive = better), cloze {_fmt(da, True)}; "
+        + "; ".join(f"{a}: loss {judged[a][0][0]:+.4f} ({'better' if judged[a][2] > 0 else 'worse' if judged[a][2] < 0 else 'tie'})" for a in inst),
+        v1)
+    # (2) LQS + Folding is the best combination
+    others = [a for a in inst if a != "lqs/fold"]
+    pair = {}
+    for a in others:
+        d = paired_ci(_vals(results, a, "val_loss"), _vals(results, "lqs/fold", "val_loss"))
+        pair[a] = (d, better(d, b.min_effect * float(np.mean(_vals(results, a, "val_loss")))))
+    if all(v[1] > 0 for v in pair.values()):
+        v2 = "reproduced"
+    elif all(v[1] >= 0 for v in pair.values()) and any(v[1] > 0 for v in pair.values()):
+        v2 = "partly"
+    else:
+        v2 = "not reproduced"
+    add("LQS + Folding is the best scorer x order combination (validation loss, equal data)",
+        "LQS+Folding best of scorers {PDS, loss, ...} x orders (Tables 2-3)",
+        "; ".join(f"vs {a}: {_fmt(d)} ({'LQS+fold better' if s > 0 else 'worse' if s < 0 else 'tie'})" for a, (d, s) in pair.items()), v2)
+    # (3) selection + ordering: efficiency (equal passes, r x compute, no worse) and efficacy (equal steps, better)
+    pas, stp = "lqs/fold/r0.5/equal-passes", "lqs/fold/r0.5/equal-steps"
+    dlp, dap, blp, bap = _diffs(results, pas, b)
+    dls, das, bls, bas = _diffs(results, stp, b)
+    efficient = blp >= 0 and bap >= 0  # half the steps, not detectably worse
+    efficacious = bls > 0 or bas > 0
+    v3 = "reproduced" if efficient and efficacious else "partly" if efficient or efficacious else "not reproduced"
+    add("selection + ordering gives efficacy and efficiency (LQS top 50% + Folding vs full shuffled data)",
+        "50% selected + Folding >= full data at half the compute (Fig. 1, Table 4)",
+        f"equal passes (half the steps): loss {_fmt(dlp)}, cloze {_fmt(dap, True)} ({'no worse' if efficient else 'worse'}); "
+        f"equal steps (2 passes over the half): loss {_fmt(dls)}, cloze {_fmt(das, True)} ({'better' if efficacious else 'not better'}); "
+        f"mean corruption seen: full {np.mean(_vals(results, BASE.name, 'mean_corruption_seen')):.2f}, selected {np.mean(_vals(results, stp, 'mean_corruption_seen')):.2f}",
+        v3)
+    return rows, verdicts, pre
 
 
-def make_plots(out_dir: Path, results: dict, summary: dict, conds: list[Cond], b: Budget) -> list[str]:
+def make_plots(out_dir: Path, results: dict, summary: dict, b: Budget) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,25 +449,25 @@ def make_plots(out_dir: Path, results: dict, summary: dict, conds: list[Cond], b
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
-    labs = [c.label for c in conds if c.ratio == 1.0]
-    m = [summary[lab]["target_loss"][0] for lab in labs]
-    e = [summary[lab]["target_loss"][1] for lab in labs]
-    ax[0].barh(range(len(labs)), m, xerr=e, color=["tab:gray" if "shuffle" in lab else "tab:blue" if lab.startswith("lqs") else "tab:orange" for lab in labs])
+    labs = list(results)
+    m = [summary[a]["val_loss"][0] for a in labs]
+    e = [summary[a]["val_loss"][1] for a in labs]
+    ax[0].barh(range(len(labs)), m, xerr=e, color=["tab:gray" if a.startswith("shuffle") else "tab:blue" for a in labs])
     ax[0].set_yticks(range(len(labs)), labs, fontsize=7)
-    lo = min(m) - 3 * max(e + [1e-3])
-    ax[0].set(xlim=(lo, max(m) + 3 * max(e + [1e-3])), xlabel="target-set loss (lower is better)", title="r = 1 (all data)")
-    for lab in [Cond("lqs", o, 3).label for o in ("shuffle", "ascending", "descending", "folding")]:
-        if lab in results:
-            curves = [r["curve"] for r in results[lab]]
-            xs = [s for s, _ in curves[0]]
-            ys = np.mean([[v for _, v in c] for c in curves], axis=0)
-            ax[1].plot(xs, ys, marker=".", label=lab)
-    ax[1].set(xlabel="step", ylabel="validation loss", title="LQS orders, cosine, seed mean")
-    ax[1].legend(fontsize=7)
-    sel = [c.label for c in conds if c.order == "shuffle" and c.ratio < 1.0]
-    ax[2].bar(range(len(sel)), [summary[lab]["noise_removed"][0] for lab in sel], color="tab:green")
-    ax[2].set_xticks(range(len(sel)), [f"{lab.split('/')[0]} r={lab.split('/')[2][1:]}" for lab in sel], rotation=45, fontsize=7)
-    ax[2].set(ylim=(0, 1), ylabel="fraction of noise documents removed", title="selection")
+    span = max(m) - min(m) + 1e-3
+    ax[0].set(xlim=(min(m) - span, max(m) + span), xlabel="validation loss (held-out; lower is better)", title="arms (mean ± sd over seeds)")
+    for a in labs:
+        curves = [r["curve"] for r in results[a]]
+        xs = [s for s, _ in curves[0]]
+        ax[1].plot(xs, np.mean([[v for _, v in c] for c in curves], axis=0), marker=".", label=a)
+    ax[1].set(xlabel="step", ylabel="validation loss", title="curves, seed mean")
+    ax[1].legend(fontsize=6)
+    hops = [f"hop{h}" for h in HOPS]
+    for a in labs:
+        ax[2].plot(range(1, 5), [np.mean([r["cloze_by_hop"].get(h, np.nan) for r in results[a]]) for h in hops], marker="o", label=a)
+    ax[2].axhline(1 / 8, color="k", ls=":", label="chance")
+    ax[2].set(xlabel="reasoning hops", ylabel="cloze accuracy", title="downstream cloze by difficulty")
+    ax[2].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out_dir / "delt.png", dpi=110)
     plt.close(fig)
