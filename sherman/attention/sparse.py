@@ -20,7 +20,9 @@ heads folded into the query dimension as in the dense path (`attention/dense.py`
 
 Backend "quest" (this file) = the ReSA sparse step without rectification. Options (in `AttnContext.options`):
 `budget` (kept fraction of the complete blocks if <= 1, else a token budget), `block_size`, `min_blocks`,
-`dense` (True forces a dense pass, used by rectification), `impl` ("torch" = gather + matmuls, default; "cpp" = the
+`dense` (True forces a dense pass, used by rectification), `select` ("quest", default; "oracle" = the group's true
+attention mass per block, an upper reference that reads every key; "random" = uniform scores from the torch
+`generator` option, a lower reference; both for analysis only), `impl` ("torch" = gather + matmuls, default; "cpp" = the
 fused C++ kernel of `attention/fused.py`). Prefill (T_q > 1) is always dense.
 """
 
@@ -152,6 +154,17 @@ def quest_scores(q: torch.Tensor, kmax: torch.Tensor, kmin: torch.Tensor, has: t
     return s.squeeze(-1).masked_fill(~has[:, None, :], float("-inf"))
 
 
+def oracle_scores(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, nc: int, block_size: int) -> torch.Tensor:
+    """True attention mass of each complete block, summed over the group's query heads (analysis reference).
+
+    q (B, H_q, 1, D); k (B, H_kv, T, D); valid (B, T) -> (B, H_kv, nc)."""
+    b, hq, _, d = q.shape
+    hkv = k.shape[1]
+    s = torch.matmul(q.reshape(b, hkv, hq // hkv, d), k.transpose(-1, -2)) / math.sqrt(d)  # (B, H_kv, G, T)
+    p = torch.softmax(s.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1)
+    return p[..., : nc * block_size].reshape(b, hkv, hq // hkv, nc, block_size).sum((2, 4))
+
+
 def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """scores (B, H, n) -> the indices of the k best blocks, ascending (B, H, k)."""
     if k >= scores.shape[-1]:
@@ -241,7 +254,15 @@ def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
     if kk == nc:
         idx = torch.arange(nc, device=q.device).expand(q.shape[0], k.shape[1], nc)
     else:
-        scores = quest_scores(q, st.kmax[layer][:, :, :nc], st.kmin[layer][:, :, :nc], st.has_valid[layer][:, :nc])
+        how = ctx.options.get("select", "quest")
+        if how == "quest":
+            scores = quest_scores(q, st.kmax[layer][:, :, :nc], st.kmin[layer][:, :, :nc], st.has_valid[layer][:, :nc])
+        elif how == "oracle":
+            scores = oracle_scores(q, k, cache.valid[:, :end], nc, cfg.block_size)
+        elif how == "random":
+            scores = torch.rand(q.shape[0], k.shape[1], nc, generator=ctx.options.get("generator"), device=q.device)
+        else:
+            raise ValueError(f"select must be 'quest', 'oracle' or 'random', got {how!r}")
         idx = select_topk(scores, kk)
     return decode_selected(q, cache, layer, idx, end, cfg.block_size, st.buffers, None, ctx.options.get("impl", "torch"))
 
