@@ -95,8 +95,10 @@ class OrderArgs:
     """shuffle | ascending | descending | folding."""
     folds: int = 3
     """L, the number of folds of Folding ordering."""
+    window: int = 0
+    """Folding window jitter: shuffle inside consecutive windows of this many documents (0 or 1 = off; official DELT option)."""
     seed: int = 0
-    """Seed of the shuffled order."""
+    """Seed of the shuffled order (and of the window jitter)."""
     out: str = "order.jsonl"
     """Output JSONL: the rows in training order, with "rank"."""
     corpus: str = ""
@@ -281,8 +283,10 @@ def order_main(a: OrderArgs) -> int:
         raise ShermanError(f"--method must be one of {', '.join(ORDERS)}, got {a.method!r}")
     if a.folds < 1:
         raise ShermanError(f"--folds must be >= 1, got {a.folds}")
+    if a.window < 0:
+        raise ShermanError(f"--window must be >= 0, got {a.window}")
     _, s, rows = read_scores(a.scores)
-    perm = make_order(s, a.method, seed=a.seed, folds=a.folds)
+    perm = make_order(s, a.method, seed=a.seed, folds=a.folds, window=a.window)
     ordered = attach_text([{**rows[k], "rank": n} for n, k in enumerate(perm)], a.corpus)
     write_jsonl(a.out, ordered)
     print0(f"wrote {len(ordered)} documents in {a.method} order to {a.out}")

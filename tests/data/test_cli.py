@@ -57,6 +57,12 @@ def test_score_select_order_pipeline_and_resume(corpus, tmp_path):
     o = rows(order)
     assert [r["rank"] for r in o] == list(range(len(k)))
     assert [r["score"] for r in o] == sorted(r["score"] for r in k)
+    jit = tmp_path / "j.jsonl"
+    assert main(["order", str(kept), "--method", "folding", "--folds", "2", "--window", "2", "--out", str(jit)]) == 0
+    from sherman.data.ordering import folding
+
+    expect = folding(np.array([r["score"] for r in k]), 2, window=2, seed=0)
+    assert [r["index"] for r in rows(jit)] == [k[i]["index"] for i in expect]
 
 
 def test_cli_errors(corpus, tmp_path):
@@ -76,6 +82,8 @@ def test_cli_errors(corpus, tmp_path):
         main(["select", str(good), "--ratio", "0"])
     with pytest.raises(ShermanError, match="method"):
         main(["order", str(good), "--method", "zigzag"])
+    with pytest.raises(ShermanError, match="--window"):
+        main(["order", str(good), "--window", "-1"])
     with pytest.raises(ShermanError, match="unknown data command"):
         main(["frobnicate"])
     assert sherman_main(["data", "select", str(good), "--ratio", "2"]) == 2  # one-line error, exit status 2
