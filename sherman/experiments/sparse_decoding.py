@@ -55,6 +55,7 @@ from sherman.core.kv_cache import KVCache
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample, TrainConfig, train
+from sherman.experiments.delt import paired_ci
 from sherman.experiments.runner import dump_results
 
 CLAIM = (
@@ -441,10 +442,9 @@ def claims(b: dict, em: dict, recall: dict, drift: dict) -> tuple[list[dict], st
     accum = late_none > 1.5 * first_none
     parts, bounded = [], []
     for f in b["rect"]:
-        d = np.array(drift["none"]["last_rows"]) - np.array(drift[f"f={f}"]["last_rows"])  # paired over sequences
-        m, s = _ms(d.tolist())
-        half = (2.776 if len(d) == 5 else 3.182 if len(d) == 4 else 2.0) * s / math.sqrt(len(d))  # t CI half-width (approx. beyond 5 rows)
-        ok = m - half > 0
+        m, lo, hi = paired_ci(drift["none"]["last_rows"], drift[f"f={f}"]["last_rows"])  # paired over sequences, 95% t CI
+        half = hi - m
+        ok = lo > 0
         bounded.append(ok)
         parts.append(f"f={f}: late KL {np.mean(drift[f'f={f}']['last_rows']):.3g} (none - f {m:+.3g} ± {half:.2g}{', lower' if ok else ''})")
     v3 = "reproduced" if accum and all(bounded) else "partly" if any(bounded) else "not reproduced"
