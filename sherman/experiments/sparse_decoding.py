@@ -53,6 +53,7 @@ from sherman.core.common import print0, seed_everything
 from sherman.core.generate import decode_forward
 from sherman.core.kv_cache import KVCache
 from sherman.core.model import ModelConfig, Transformer
+from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample, TrainConfig, train
 from sherman.experiments.delt import paired_ci
@@ -256,8 +257,10 @@ def train_model(b: dict, tok: CharTokenizer, rng: random.Random, seed: int) -> t
             data.append(query_sequence(tok, n_pairs, length, b["n_queries"], rng))
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b["dim"], n_layers=b["layers"], n_heads=4, n_kv_heads=2,
                                     ffn_dim=2 * b["dim"], max_seq_len=8192))
+    prog = progress(b["steps"], "LM training steps (then gates and evaluation)")
     res = train(model, data, TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20),
-                                         seed=seed, shuffle=False))
+                                         seed=seed, shuffle=False), callback=lambda step, row: prog.advance(seed=seed))
+    prog.close()
     model.eval()
     return model, [r["loss/train"] for r in res.history], time.time() - t0
 
