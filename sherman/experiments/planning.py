@@ -35,6 +35,7 @@ import numpy as np
 
 from sherman.core.common import print0
 from sherman.core.progress import progress
+from sherman.experiments import verdict as V
 from sherman.experiments.runner import dump_results
 from sherman.rl.planning import (
     ArmConfig,
@@ -159,69 +160,109 @@ def mean_over_seeds(runs: list[dict], arm: str, key: str, at: int = -1) -> float
     return float(np.mean([r["arms"][arm][at][key] for r in runs]))
 
 
-def verdict_of(ok: list[bool]) -> str:
-    """All sub-claims hold on every task: reproduced; some hold somewhere: partly; none: not reproduced."""
-    return "reproduced" if all(ok) else "partly" if any(ok) else "not reproduced"
+def per_seed(runs: list[dict], arm: str, key: str, at: int = -1) -> list[float]:
+    """One value per seed of an arm's metric at evaluation `at` (seed order is the run order, so lists pair by seed)."""
+    return [float(r["arms"][arm][at][key]) for r in runs]
+
+
+def sft0_seed(runs: list[dict], key: str) -> list[float]:
+    """One value per seed of the SFT checkpoint's metric."""
+    return [float(r["sft0"].get(key, np.nan)) for r in runs]
+
+
+def _finite(*xs: list[float]) -> bool:
+    return all(np.isfinite(x).all() for x in xs)
+
+
+def compare(a: list[float], b: list[float], min_effect: float) -> V.Verdict:
+    """`verdict.compare` (a beats b by >= min_effect, paired by seed); a metric missing on some seed (e.g. no unobserved test
+    pair in that split) makes the sub-claim untestable instead of silently comparing NaNs."""
+    if not _finite(a, b):
+        return V.Verdict(V.NOT_TESTABLE, float("nan"), float("nan"), "metric missing on some seed (empty split)")
+    return V.compare(a, b, min_effect)
+
+
+def reaches(x: list[float], target: float) -> V.Verdict:
+    """`verdict.reaches` with the same NaN guard as `compare`."""
+    if not _finite(x):
+        return V.Verdict(V.NOT_TESTABLE, float("nan"), float("nan"), "metric missing on some seed (empty split)")
+    return V.reaches(x, target)
+
+
+def combine(vs: list[V.Verdict]) -> str:
+    """A row's verdict from its sub-claims (each through `verdict.py`): `verdict.overall` of them."""
+    return V.overall(vs)
+
+
+def _vtxt(v: V.Verdict) -> str:
+    return f"[{v.verdict}: {v.reason}]"
 
 
 def takeaways(results: dict[str, list[dict]]) -> list[dict]:
-    """One row per takeaway (1)-(4), each judged on every task; numbers are means over seeds."""
+    """One row per takeaway (1)-(4) plus the Blocksworld PG ablations (5), each sub-claim judged per task on per-seed
+    values with the shared rule (`sherman.experiments.verdict`: an effect threshold and 2 standard errors of the
+    paired per-seed difference); a row's verdict is `verdict.overall` of its sub-claims. Numbers are means over seeds."""
     rows = []
     names = {"er": "ER", "bw": "BW"}
 
-    # (1) SFT: co-occurrence, not transitivity -- accuracy on unobserved test pairs well below observed ones
-    ok, txt = [], []
+    # (1) SFT: co-occurrence, not transitivity -- accuracy on unobserved test pairs well below observed ones (>= 0.1)
+    vs, txt = [], []
     for task, runs in results.items():
-        obs = float(np.mean([r["sft0"].get("acc/test_obs", np.nan) for r in runs]))
-        unobs = float(np.mean([r["sft0"].get("acc/test_unobs", np.nan) for r in runs]))
+        obs, unobs = sft0_seed(runs, "acc/test_obs"), sft0_seed(runs, "acc/test_unobs")
         cont = mean_over_seeds(runs, "sft", "acc/test_unobs") if "acc/test_unobs" in runs[0]["arms"]["sft"][-1] else float("nan")
         prec = float(np.mean([r["sft0"]["adj/precision"] for r in runs]))
-        ok.append(bool(unobs <= obs - 0.1))
-        txt.append(f"{names[task]}: SFT test acc observed {obs:.2f} vs unobserved {unobs:.2f} (after continual SFT {cont:.2f}); "
-                   f"adjacency precision {prec:.2f}")
+        v = compare(obs, unobs, 0.1)
+        vs.append(v)
+        txt.append(f"{names[task]}: SFT test acc observed {np.mean(obs):.2f} vs unobserved {np.mean(unobs):.2f} {_vtxt(v)} "
+                   f"(after continual SFT {cont:.2f}); adjacency precision {prec:.2f}")
     rows.append({"claim": "(1) SFT learns co-occurrence (observed reachability), fails on pairs needing transitivity",
                  "paper": "SFT solves pairs whose nodes co-occur in training paths, not their transitive closure",
-                 "ours": "; ".join(txt), "verdict": verdict_of(ok)})
+                 "ours": "; ".join(txt), "verdict": combine(vs)})
 
-    # (2) PG beats continual SFT on test pairs
-    ok, txt = [], []
+    # (2) PG beats continual SFT on test pairs (by >= 0.02)
+    vs, txt = [], []
     for task, runs in results.items():
-        pg, sft = mean_over_seeds(runs, "pg_kl0", "acc/test"), mean_over_seeds(runs, "sft", "acc/test")
+        pg, sft = per_seed(runs, "pg_kl0", "acc/test"), per_seed(runs, "sft", "acc/test")
         start = float(np.mean([r["sft0"]["acc/test"] for r in runs]))
-        ok.append(bool(pg >= sft + 0.02))
+        v = compare(pg, sft, 0.02)
+        vs.append(v)
         stuck = mean_over_seeds(runs, "pg_kl0", "stuck/test") if "stuck/test" in runs[0]["arms"]["pg_kl0"][-1] else float("nan")
-        txt.append(f"{names[task]}: test acc PG {pg:.2f} vs continual SFT {sft:.2f} (checkpoint {start:.2f}; "
+        txt.append(f"{names[task]}: test acc PG {np.mean(pg):.2f} vs continual SFT {np.mean(sft):.2f} {_vtxt(v)} (checkpoint {start:.2f}; "
                    f"PG samples never reaching the target {stuck:.2f})")
     rows.append({"claim": "(2) PG beats continual SFT on test pairs (exploration)", "paper": "PG test accuracy > SFT test accuracy",
-                 "ours": "; ".join(txt), "verdict": verdict_of(ok)})
+                 "ours": "; ".join(txt), "verdict": combine(vs)})
 
-    # (3) PG without KL collapses diversity; KL keeps it at some cost in accuracy
-    ok, txt = [], []
+    # (3) PG without KL collapses diversity (by >= 30% of the start); KL keeps it (>= 20% of the start more); at some accuracy cost
+    vs, txt = [], []
     for task, runs in results.items():
-        d0 = mean_over_seeds(runs, "pg_kl0", "div/train", at=0)
-        d_nokl, d_kl = mean_over_seeds(runs, "pg_kl0", "div/train"), mean_over_seeds(runs, "pg_kl_large", "div/train")
-        a_nokl, a_kl = mean_over_seeds(runs, "pg_kl0", "acc/train"), mean_over_seeds(runs, "pg_kl_large", "acc/train")
-        # collapse without KL; KL keeps diversity; ... at some cost in train accuracy
-        ok += [bool(d_nokl <= 0.7 * d0), bool(d_kl >= d_nokl + 0.2 * d0), bool(a_kl < a_nokl)]
-        txt.append(f"{names[task]}: distinct correct paths/pair {d0:.2f} -> {d_nokl:.2f} (KL 0) vs {d_kl:.2f} (KL large); "
-                   f"train acc {a_nokl:.2f} (KL 0) vs {a_kl:.2f} (KL large)")
+        d0 = per_seed(runs, "pg_kl0", "div/train", at=0)
+        d_nokl, d_kl = per_seed(runs, "pg_kl0", "div/train"), per_seed(runs, "pg_kl_large", "div/train")
+        a_nokl, a_kl = per_seed(runs, "pg_kl0", "acc/train"), per_seed(runs, "pg_kl_large", "acc/train")
+        sub = [compare(d0, d_nokl, 0.3 * float(np.mean(d0))), compare(d_kl, d_nokl, 0.2 * float(np.mean(d0))), compare(a_nokl, a_kl, 0.01)]
+        vs += sub
+        txt.append(f"{names[task]}: distinct correct paths/pair {np.mean(d0):.2f} -> {np.mean(d_nokl):.2f} (KL 0) {_vtxt(sub[0])} vs "
+                   f"{np.mean(d_kl):.2f} (KL large) {_vtxt(sub[1])}; train acc {np.mean(a_nokl):.2f} (KL 0) vs {np.mean(a_kl):.2f} (KL large) "
+                   f"{_vtxt(sub[2])}")
     rows.append({"claim": "(3) PG without KL collapses diversity after train accuracy saturates; KL keeps diversity at some accuracy cost",
                  "paper": "diversity falls under PG even at 100% train accuracy; KL preserves it, lower accuracy",
-                 "ours": "; ".join(txt), "verdict": verdict_of(ok)})
+                 "ours": "; ".join(txt), "verdict": combine(vs)})
 
-    # (4) Q-learning: outcome reward degrades (hacking); process reward plans correctly and keeps diversity
-    ok, txt = [], []
+    # (4) Q-learning: outcome reward degrades (by >= 0.2); process reward keeps accuracy (within 0.05) and diversity (>= 80%)
+    vs, txt = [], []
     for task, runs in results.items():
-        a0 = float(np.mean([r["sft0"]["acc/train"] for r in runs]))
-        d0 = mean_over_seeds(runs, "q_process", "div/train", at=0)
-        a_out, a_proc = mean_over_seeds(runs, "q_outcome", "acc/train"), mean_over_seeds(runs, "q_process", "acc/train")
-        d_proc, d_pg = mean_over_seeds(runs, "q_process", "div/train"), mean_over_seeds(runs, "pg_kl0", "div/train")
-        ok += [bool(a_out <= a0 - 0.2), bool(a_proc >= a0 - 0.05 and d_proc >= 0.8 * d0)]  # outcome degrades; process plans
-        txt.append(f"{names[task]}: train acc checkpoint {a0:.2f} -> Q outcome {a_out:.2f}, Q process {a_proc:.2f}; "
-                   f"distinct correct paths Q process {d_proc:.2f} (start {d0:.2f}, PG KL 0 {d_pg:.2f})")
+        a0 = sft0_seed(runs, "acc/train")
+        d0 = per_seed(runs, "q_process", "div/train", at=0)
+        a_out, a_proc = per_seed(runs, "q_outcome", "acc/train"), per_seed(runs, "q_process", "acc/train")
+        d_proc, d_pg = per_seed(runs, "q_process", "div/train"), mean_over_seeds(runs, "pg_kl0", "div/train")
+        sub = [compare(a0, a_out, 0.2), reaches([p - a for p, a in zip(a_proc, a0)], -0.05),
+               reaches([d - 0.8 * s for d, s in zip(d_proc, d0)], 0.0)]
+        vs += sub
+        txt.append(f"{names[task]}: train acc checkpoint {np.mean(a0):.2f} -> Q outcome {np.mean(a_out):.2f} {_vtxt(sub[0])}, Q process "
+                   f"{np.mean(a_proc):.2f} (change vs checkpoint >= -0.05: {_vtxt(sub[1])}); distinct correct paths Q process "
+                   f"{np.mean(d_proc):.2f} (start {np.mean(d0):.2f}, Q process - 0.8 x start >= 0: {_vtxt(sub[2])}; PG KL 0 {d_pg:.2f})")
     rows.append({"claim": "(4) Q-learning: outcome-only reward is hacked and degrades; process reward plans correctly and keeps diversity",
                  "paper": "outcome reward: degrades; process reward: correct planning with diversity preserved",
-                 "ours": "; ".join(txt), "verdict": verdict_of(ok)})
+                 "ours": "; ".join(txt), "verdict": combine(vs)})
 
     # (5) Blocksworld PG ablations: does a baseline / discount / step cost stop the wandering?
     if "bw" in results:
@@ -233,20 +274,18 @@ def takeaways(results: dict[str, list[dict]]) -> list[dict]:
             return f"{np.nanmean(v):.2f}±{np.nanstd(v):.2f}"
 
         parts = [f"{LABELS[a]}: " + ", ".join(f"{k.split('/')[0]} {stats(a, k)}" for k in keys) for a in ("sft", "pg_kl0", *PG_ABLATIONS)]
-        seq = lambda a: np.array([r["arms"][a][-1]["acc/test"] for r in runs])  # noqa: E731
-        gains = {a: seq(a) - seq("pg_kl0") for a in PG_ABLATIONS}
-        best = max(gains, key=lambda a: gains[a].mean())
-        sft_acc = seq("sft").mean()
-        # an ablation helps when it beats PG KL 0 in every seed by more than 0.02 on average; it closes the gap when it reaches SFT
-        helps = [bool(g.mean() > 0.02 and (g > 0).all()) for g in gains.values()]
+        pg = per_seed(runs, "pg_kl0", "acc/test")
+        # an ablation helps when its test accuracy beats PG KL 0 by >= 0.02 outside the seed spread
+        helps = {a: compare(per_seed(runs, a, "acc/test"), pg, 0.02) for a in PG_ABLATIONS}
+        gap = {a: compare(per_seed(runs, a, "acc/test"), per_seed(runs, "sft", "acc/test"), 0.0) for a in PG_ABLATIONS}
         rows.append({"claim": "(5) Blocksworld: PG with a mean baseline, a discount (0.9) or a step cost (0.05) wanders less than plain "
                               "REINFORCE (shorter paths, fewer stuck samples) and so narrows the gap to continual SFT",
                      "paper": "(not in the paper) PG = REINFORCE without baseline or length cost; BW test acc PG < continual SFT",
                      "ours": "BW (mean±sd over seeds, last eval; acc = sampled, acc_greedy = temperature 0, stuck = never reached the target, "
                              "len = actions per sample, len_correct = per correct sample): " + "; ".join(parts)
-                             + f"; best ablation {LABELS[best]} paired gain over PG {gains[best].mean():+.2f} (min over seeds "
-                               f"{gains[best].min():+.2f}), continual SFT {sft_acc:.2f}",
-                     "verdict": verdict_of(helps)})
+                             + "; test acc vs PG KL 0 (>= +0.02): " + "; ".join(f"{LABELS[a]} {_vtxt(v)}" for a, v in helps.items())
+                             + "; vs continual SFT: " + "; ".join(f"{LABELS[a]} {_vtxt(v)}" for a, v in gap.items()),
+                     "verdict": combine(list(helps.values()))})
     return rows
 
 
@@ -305,9 +344,7 @@ def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: flo
     rows = takeaways(results)
     plots = plot(results, out_dir)
     paper_rows = [r for r in rows if not r["claim"].startswith("(5)")]  # (5) is our ablation, not a claim of the paper
-    n_ok = sum(r["verdict"] == "reproduced" for r in paper_rows)
-    verdict = ("reproduced" if n_ok == len(paper_rows) else
-               "not reproduced" if all(r["verdict"] == "not reproduced" for r in paper_rows) else "partly")  # fmt: skip
+    verdict = V.overall([r["verdict"] for r in paper_rows])
     info = {task: runs[0]["data"] for task, runs in results.items()}
     notes = (
         f"Budget {budget}, {b.seeds} seed(s), {wall:.0f}s wall, {cpu:.0f}s cpu. ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "

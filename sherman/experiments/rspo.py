@@ -31,6 +31,21 @@ first measures that, then compares the methods:
   twin (at least 2 more collapses of 5, or a paired tail-reward difference whose 95% interval is below 0). If (b)
   fails, every method claim is "not testable here" and the report gives the numbers.
 
+Order and cost: the precondition arms (`dense_grpo`, `moe_grpo_frozen`, `moe_grpo`) run first; the six method arms
+follow. With `skip_untestable` (the quick budget) a failed precondition skips the method arms, since each of their
+claims would be "not testable here" whatever they measured; smoke and full always run every arm.
+
+Quick-budget trim (issue 16: `reproduce opo rspo planning --budget quick` within 45 min on an idle 2-core machine):
+measured single-thread CPU per RL iteration of the 32-expert MoE is 0.65 s at 4 prompts x G=8 (2/3 of it in the four
+update passes), i.e. ~31 min for all 45 runs. The quick budget now samples 3 prompts x G=8 (24 rollouts per
+iteration, ~0.5 s) and skips the method arms when the precondition fails: estimated ~9 min of CPU when the
+precondition fails and ~23 min when it holds (opo ~7 min, planning ~13 min). Unchanged: 5 seeds, 60 iterations,
+32 experts top-4 over 3 layers, 4 optimizer steps per rollout batch, the dense twin and the collapse band.
+
+Verdicts go through `sherman.experiments.verdict`: "a is stabler than c" compares, paired by seed, the tail reward
+(threshold `MIN_TAIL_GAIN`) and the collapse indicator (threshold `MIN_COLLAPSE_GAIN`, i.e. 2 fewer collapses of 5),
+each against 2 standard errors; the better of the two verdicts counts.
+
 Run: `sherman reproduce rspo --budget quick`.
 """
 
@@ -49,6 +64,7 @@ from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
+from sherman.experiments import verdict as V
 from sherman.experiments.rl_common import fmt_ci, held_out_metrics, held_out_prompts, paired, plot_curves, tail_mean, warm_start
 from sherman.rl import grpo
 from sherman.rl.grpo import preset_config, rl_train
@@ -61,11 +77,11 @@ CLAIM = (
 
 BUDGETS = {
     "smoke": dict(sft_steps=10, sft_chunk=5, select_prompts=4, rl_steps=3, prompts=2, group=4, seeds=(0,), eval_prompts=4, eval_samples=2, max_new=10, dim=32,
-                  n_experts=8, top_k=2, n_layers=2, expert_dim=16),
-    "quick": dict(sft_steps=400, sft_chunk=25, select_prompts=48, rl_steps=60, prompts=4, group=8, seeds=(0, 1, 2, 3, 4), eval_prompts=64, eval_samples=4, max_new=14,
-                  dim=48, n_experts=32, top_k=4, n_layers=3, expert_dim=16),
+                  n_experts=8, top_k=2, n_layers=2, expert_dim=16, skip_untestable=False),
+    "quick": dict(sft_steps=400, sft_chunk=25, select_prompts=48, rl_steps=60, prompts=3, group=8, seeds=(0, 1, 2, 3, 4), eval_prompts=64, eval_samples=4, max_new=14,
+                  dim=48, n_experts=32, top_k=4, n_layers=3, expert_dim=16, skip_untestable=True),
     "full": dict(sft_steps=800, sft_chunk=25, select_prompts=96, rl_steps=150, prompts=8, group=8, seeds=(0, 1, 2, 3, 4), eval_prompts=200, eval_samples=8, max_new=14,
-                 dim=64, n_experts=32, top_k=4, n_layers=4, expert_dim=16),
+                 dim=64, n_experts=32, top_k=4, n_layers=4, expert_dim=16, skip_untestable=False),
 }  # fmt: skip
 
 TASK_NAME = "countdown"
@@ -79,6 +95,10 @@ SD_FLOOR = 0.03
 """Floor of the reference runs' tail-reward sd in the collapse band (a batch of 32 0/1 rewards has sd ~0.09)."""
 REFERENCE_ARMS = ("dense_grpo", "moe_grpo_frozen")
 BASE = "moe_grpo"
+MIN_TAIL_GAIN = 0.03
+"""Smallest tail-reward gain (paired by seed) that counts as "stabler" (about a third of a 32-rollout batch's sd)."""
+MIN_COLLAPSE_GAIN = 0.4
+"""Smallest per-seed gain in the collapse indicator that counts as "stabler" (2 fewer collapses of 5)."""
 
 
 def arms(b: dict) -> dict[str, grpo.RLConfig]:
@@ -185,50 +205,77 @@ def _run(budget: str, out_dir: Path) -> dict:
     print0(f"  [rspo] warm starts: MoE {moe_sft} SFT steps, dense {dense_sft} ({time.time() - t_start:.0f}s)")
     init = {"moe": held_out_metrics(moe0, task, tok, held, k, b["max_new"]), "dense": held_out_metrics(dense0, task, tok, held, k, b["max_new"])}
     cfgs = arms(b)
-    results: dict[str, list[dict]] = {a: [] for a in cfgs}
+    results: dict[str, list[dict]] = {}
+    stage1 = [*REFERENCE_ARMS, BASE]  # the precondition needs only these; the method arms follow if it holds
     prog = progress(len(cfgs) * len(b["seeds"]), "arm runs")
-    for a, c in cfgs.items():
-        for s in b["seeds"]:
-            prog.set(arm=a, seed=s)
-            results[a].append(run_arm(dense0 if a.startswith("dense") else moe0, task, tok, c, s, held, b))
-            prog.advance()
-    prog.close()
+
+    def run_arms(names: list[str]) -> None:
+        for a in names:
+            results[a] = []
+            for s in b["seeds"]:
+                prog.set(arm=a, seed=s)
+                results[a].append(run_arm(dense0 if a.startswith("dense") else moe0, task, tok, cfgs[a], s, held, b))
+                prog.advance()
 
     def col(arm: str, key: str) -> list[float]:
         return [float(r[key]) for r in results[arm]]
 
+    run_arms(stage1)
     ref_tails = [t for a in REFERENCE_ARMS for t in col(a, "tail_reward")]
     band = collapse_band(ref_tails)
     collapsed: dict[str, list[bool]] = {}
-    for a in results:
-        if a in REFERENCE_ARMS:  # leave the run itself out of the band it is judged against
-            off = REFERENCE_ARMS.index(a) * len(b["seeds"])
-            collapsed[a] = [t < collapse_band(ref_tails[:off + i] + ref_tails[off + i + 1:]) for i, t in enumerate(col(a, "tail_reward"))]
-        else:
-            collapsed[a] = count_collapses(col(a, "tail_reward"), ref_tails)
-    nc = {a: sum(v) for a, v in collapsed.items()}
+    nc: dict[str, int] = {}
     n_seeds = len(b["seeds"])
+
+    def judge_collapses() -> None:
+        for a in results:
+            if a in REFERENCE_ARMS:  # leave the run itself out of the band it is judged against
+                off = REFERENCE_ARMS.index(a) * n_seeds
+                collapsed[a] = [t < collapse_band(ref_tails[:off + i] + ref_tails[off + i + 1:]) for i, t in enumerate(col(a, "tail_reward"))]
+            else:
+                collapsed[a] = count_collapses(col(a, "tail_reward"), ref_tails)
+            nc[a] = sum(collapsed[a])
 
     def crate(a: str) -> str:
         return f"{nc[a]}/{n_seeds}"
 
+    def stabler_verdict(a: str, c: str) -> V.Verdict:
+        """`verdict.py` on "a is stabler than c", paired by seed: the tail reward (a higher by >= MIN_TAIL_GAIN beyond
+        2 s.e.) or the collapse indicator (c collapses more often by >= MIN_COLLAPSE_GAIN per seed beyond 2 s.e.);
+        the better of the two verdicts counts (both are measures of the same stability)."""
+        by_tail = V.compare(col(a, "tail_reward"), col(c, "tail_reward"), MIN_TAIL_GAIN)
+        by_collapse = V.compare([float(x) for x in collapsed[c]], [float(x) for x in collapsed[a]], MIN_COLLAPSE_GAIN)
+        rank = {V.REPRODUCED: 0, V.PARTLY: 1, V.NOT_REPRODUCED: 2, V.NOT_TESTABLE: 3}
+        best = min((by_tail, by_collapse), key=lambda v: rank[v.verdict])
+        return V.Verdict(best.verdict, best.effect, best.spread, f"tail reward: {by_tail.reason}; collapses: {by_collapse.reason}")
+
+    judge_collapses()
     warm_ok = 0.3 <= init["moe"]["pass@1"] <= 0.6
     ref_stable = all(nc[a] <= 1 and statistics.fmean(col(a, "tail_reward")) >= statistics.fmean(col(a, "start_reward")) - 0.05 for a in REFERENCE_ARMS)
     d_md = paired(col(BASE, "tail_reward"), col("dense_grpo", "tail_reward"))
-    unstable = nc[BASE] - nc["dense_grpo"] >= 2 or d_md[0] + d_md[1] < 0
+    v_unstable = stabler_verdict("dense_grpo", BASE)
+    unstable = v_unstable.verdict == V.REPRODUCED
     testable = ref_stable and unstable
+    skipped = [a for a in cfgs if a not in results] if (not testable and b["skip_untestable"]) else []
+    if skipped:
+        print0(f"  [rspo] precondition failed (references stable {ref_stable}, MoE less stable than dense {unstable}): "
+               f"every method claim is 'not testable here'; the {budget} budget skips the method arms {skipped}")
+    run_arms([a for a in cfgs if a not in results and a not in skipped])
+    prog.close()
+    judge_collapses()
     pre = (
         f"warm start held-out pass@1 MoE {init['moe']['pass@1']:.3f}, dense {init['dense']['pass@1']:.3f} (target 0.3-0.6: {warm_ok}); "
         f"collapse band lower edge {band:.3f} (reference tail rewards {fmt_ci(ref_tails)}); references stable: {ref_stable}"
     )
 
-    def stabler(a: str, c: str) -> tuple[bool, str]:
-        """a stabler than c: at least 2 fewer collapses of 5, or a paired tail-reward gain whose interval excludes 0."""
+    def stabler(a: str, c: str) -> tuple[str, str]:
+        """(verdict, text) of "a is stabler than c" (`stabler_verdict`), "not testable here" when the precondition fails."""
+        if a not in results or c not in results:
+            return V.NOT_TESTABLE, f"{a} vs {c}: not run (precondition failed, so the comparison could not test the claim)"
+        v = stabler_verdict(a, c)
         m, h = paired(col(a, "tail_reward"), col(c, "tail_reward"))
-        return nc[c] - nc[a] >= 2 or m - h > 0, f"{a} {crate(a)} vs {c} {crate(c)} collapsed, tail reward paired {m:+.3f} ± {h:.3f}"
-
-    def verdict(ok: bool) -> str:
-        return "not testable here" if not testable else "reproduced" if ok else "not reproduced"
+        txt = f"{a} {crate(a)} vs {c} {crate(c)} collapsed, tail reward paired {m:+.3f} ± {h:.3f} [{v.verdict}: {v.reason}]"
+        return (v.verdict if testable else V.NOT_TESTABLE), txt
 
     vs_methods = [stabler("moe_rspo", c) for c in (BASE, "moe_gspo", "moe_gmpo")]
     rs_pairs = [stabler(a, c) for a, c in (("moe_grpo+rs", BASE), ("moe_gspo+rs", "moe_gspo"), ("moe_rspo", "moe_gmpo"))]
@@ -240,7 +287,7 @@ def _run(budget: str, out_dir: Path) -> dict:
             "paper": "MoE RL is unstable because of router drift (Sec. 1, Fig. 1)",
             "ours": (
                 f"collapsed MoE GRPO {crate(BASE)}, dense GRPO {crate('dense_grpo')}, frozen router {crate('moe_grpo_frozen')}; tail reward "
-                f"MoE {fmt_ci(col(BASE, 'tail_reward'))}, dense {fmt_ci(col('dense_grpo', 'tail_reward'))} (paired {d_md[0]:+.3f} ± {d_md[1]:.3f}); "
+                f"MoE {fmt_ci(col(BASE, 'tail_reward'))}, dense {fmt_ci(col('dense_grpo', 'tail_reward'))} (paired {d_md[0]:+.3f} ± {d_md[1]:.3f}); dense stabler than MoE: [{v_unstable.verdict}: {v_unstable.reason}]; "
                 f"top-k set changed since rollout {fmt_ci(col(BASE, 'topk_changed'))}, gamma mean {fmt_ci(col(BASE, 'gamma_mean'))} "
                 f"p5 {fmt_ci(col(BASE, 'gamma_p5'))}; {pre}; active params MoE {n_active['moe']}, dense {n_active['dense']}"
             ),
@@ -250,24 +297,22 @@ def _run(budget: str, out_dir: Path) -> dict:
             "claim": "RSPO is stabler than GRPO, GSPO and GMPO on the MoE model",
             "paper": "RSPO trains stably where GRPO/GSPO/GMPO degrade (Figs. 3-4)",
             "ours": "; ".join(t for _, t in vs_methods),
-            "verdict": verdict(all(ok for ok, _ in vs_methods)),
+            "verdict": V.overall([v for v, _ in vs_methods]),
         },
         {
             "claim": "the router-shift weight itself is what helps (GRPO+RS vs GRPO, GSPO+RS vs GSPO, RSPO vs GMPO)",
             "paper": "router-aware IS helps as a plug-in (ablation)",
             "ours": "; ".join(t for _, t in rs_pairs),
-            "verdict": verdict(all(ok for ok, _ in rs_pairs)),
+            "verdict": V.overall([v for v, _ in rs_pairs]),
         },
         {
             "claim": "control: freezing the router or replaying the old routing removes the MoE instability (router-driven cause)",
             "paper": "routing replay / router-aware corrections stabilise MoE RL",
             "ours": "; ".join(t for _, t in controls),
-            "verdict": verdict(all(ok for ok, _ in controls)),
+            "verdict": V.overall([v for v, _ in controls]),
         },
     ]
-    vs = [r["verdict"] for r in rows[1:]]
-    overall = ("not testable here" if not testable else "reproduced" if all(v == "reproduced" for v in vs) else
-               "partly" if "reproduced" in vs else "not reproduced")  # fmt: skip
+    overall = V.overall([r["verdict"] for r in rows[1:]])  # the precondition row is not a claim of its own
     plot_curves({a: [r["reward_curve"] for r in runs] for a, runs in results.items()}, None, out_dir / "rspo_reward.png",
                 f"off-policy RL, MoE {b['n_experts']}e top-{b['top_k']} x {b['n_layers']} layers vs dense twin; band min..max", "rollout reward",
                 "RL iteration")  # fmt: skip
@@ -282,12 +327,13 @@ def _run(budget: str, out_dir: Path) -> dict:
         f"FFN width {b['top_k'] * b['expert_dim']}. SFT-warmed in chunks of {b['sft_chunk']} steps until selection-set pass@1 >= {WARM_TARGET} "
         f"(MoE {moe_sft} steps, dense {dense_sft}; cap {b['sft_steps']}) on {TASK_NAME} {TASK_CFG}. RL {b['rl_steps']} iterations x "
         f"{b['prompts']} prompts x G={b['group']}, {OFF_POLICY['epochs'] * OFF_POLICY['mini_batches']} optimizer steps per rollout batch, lr {RL_LR}, "
-        f"no KL, gamma_min {GAMMA_MIN}; seeds {list(b['seeds'])}; intervals 95% t. Per arm: {summary}. Wall time {time.time() - t_start:.0f} s."
+        f"no KL, gamma_min {GAMMA_MIN}; seeds {list(b['seeds'])}; intervals 95% t. Per arm: {summary}. "
+        f"{'Skipped (precondition failed): ' + ', '.join(skipped) + '. ' if skipped else ''}Wall time {time.time() - t_start:.0f} s."
     )
     metrics = {
         "init_held_out": init, "sft_steps": {"moe": moe_sft, "dense": dense_sft}, "active_params": n_active, "band_lower": band, "collapsed": collapsed,
         "preconditions": {"warm_start_in_range": warm_ok, "references_stable": ref_stable, "moe_less_stable": unstable},
-        "configs": {a: dataclasses.asdict(c) for a, c in cfgs.items()}, "arms": results, "budget": budget,
+        "configs": {a: dataclasses.asdict(c) for a, c in cfgs.items()}, "arms": results, "skipped_arms": skipped, "budget": budget,
     }  # fmt: skip
     out = {"name": "rspo", "claim": CLAIM, "verdict": overall, "rows": rows, "plots": ["rspo_reward.png", "rspo_kl.png"], "notes": notes,
            "metrics": metrics}  # fmt: skip

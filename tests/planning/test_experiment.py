@@ -11,7 +11,7 @@ def test_planning_experiment_smoke(tmp_path):
     threads = torch.get_num_threads()
     res = run("smoke", tmp_path)
     assert torch.get_num_threads() == threads  # restored
-    assert res["name"] == "planning" and res["verdict"] in ("reproduced", "partly", "not reproduced")
+    assert res["name"] == "planning" and res["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here")
     assert [r["claim"][:3] for r in res["rows"]] == ["(1)", "(2)", "(3)", "(4)", "(5)"]
     for row in res["rows"][:4]:
         assert set(row) == {"claim", "paper", "ours", "verdict"} and "ER:" in row["ours"] and "BW:" in row["ours"]

@@ -64,3 +64,23 @@ def test_rspo_arms_and_collapse_band():
     assert abs(rspo.collapse_band([0.5, 0.6, 0.7]) - 0.4) < 1e-12
     assert abs(rspo.collapse_band([0.5, 0.5]) - (0.5 - 2 * rspo.SD_FLOOR)) < 1e-12
     assert rspo.count_collapses([0.1, 0.45], [0.5, 0.6, 0.7]) == [True, False]
+
+
+def test_rspo_skips_method_arms_when_the_precondition_fails(tmp_path, monkeypatch):
+    # one seed: no seed spread, so "MoE less stable than dense" can never be "reproduced" -> precondition fails
+    monkeypatch.setitem(rspo.BUDGETS, "smoke", dict(rspo.BUDGETS["smoke"], skip_untestable=True))
+    out = rspo.run("smoke", tmp_path)
+    m = out["metrics"]
+    assert not m["preconditions"]["moe_less_stable"]
+    assert set(m["arms"]) == {*rspo.REFERENCE_ARMS, rspo.BASE}
+    assert set(m["skipped_arms"]) == set(rspo.arms(rspo.BUDGETS["smoke"])) - set(m["arms"])
+    assert [r["verdict"] for r in out["rows"]] == ["not testable here"] * 4 and out["verdict"] == "not testable here"
+    assert "not run" in out["rows"][1]["ours"]
+
+
+def test_rspo_quick_budget_trim_keeps_what_makes_the_claim_testable():
+    q, f = rspo.BUDGETS["quick"], rspo.BUDGETS["full"]
+    assert q["skip_untestable"] and not f["skip_untestable"] and not rspo.BUDGETS["smoke"]["skip_untestable"]
+    assert q["group"] == 8 and q["prompts"] >= 3 and rspo.OFF_POLICY["epochs"] * rspo.OFF_POLICY["mini_batches"] == 4
+    assert set(rspo.REFERENCE_ARMS) == {"dense_grpo", "moe_grpo_frozen"}
+    assert rspo.MIN_COLLAPSE_GAIN == 0.4 and rspo.MIN_TAIL_GAIN > 0
