@@ -331,3 +331,25 @@ def test_compute_accounting():
     # RPT: 100 prompt tokens (once per group) + 40 completion tokens -> forward 2N and train 6N per token, both passes
     assert rpt.rpt_step_cost(10, 100, 40) == (2.0 * 10 * 140 + 6.0 * 10 * 140, 280)
     assert rpt.ntp_step_cost(10, 50) == (3000.0, 50)
+
+
+def test_rpt_with_thinking_trains_through_rl_train():
+    """think_tokens > 0 through the shared loop: the prompt opens the chain of thought, completions get the thinking
+    budget, most are well-formed after the format SFT, and the update moves the policy."""
+    cfg = RPTConfig(think_tokens=4, min_context=2, threshold=0.0, quantile=None, max_pred_tokens=3)
+    texts = rpt.generate_corpus(60, seed=0)
+    tok = rpt.corpus_tokenizer(texts, 330, cfg)  # the thinking delimiters become tokens
+    docs = rpt.tokenize_corpus(texts, tok, 96)
+    m = _model(tok.vocab_size)
+    rpt.ntp_train(m, rpt.lm_data(docs, tok.bos_id), 40, 16, 1e-2, 0, tok.pad_id)
+    pos = rpt.select_positions(rpt.proxy_entropies(m, docs, tok.bos_id, 16), cfg)
+    task = rpt.RPTTask(tok, docs, pos, cfg)
+    rpt.ntp_train(m, rpt.format_sft_data(task, range(0, len(pos), max(1, len(pos) // 256))), 60, 16, 1e-2, 0, tok.pad_id, warmup=0)
+    task = rpt.RPTTask(tok, docs, pos[:16], cfg)
+    assert task.example(0).meta["prompt_ids"][-1] == tok.token_id("<think>")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    r = _rpt_run(m, task, tok, steps=3)
+    assert len(r) == 3 and all(0.0 <= x <= 1.0 for x in r)
+    assert sum(task.malformed.values()) == 3 * 64
+    assert task.malformed["ok"] > 0.5 * 3 * 64, task.malformed  # the format SFT taught </think> then the answer
+    assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
