@@ -14,8 +14,13 @@ independent scenario set; verdicts use the paired difference multi - single over
 Precondition: the configuration choice matters (the fixed pipeline fails on at least 10% of scenarios whose oracle
 is feasible); otherwise no agent can beat it and the claim is not testable here.
 
-The +planner arms repeat single and multi with the tiny planner trained by the project (format SFT on expert
-traces, then exactly-on-policy RL with the tool score as reward; `agents.planner`) making the planning decisions.
+The +planner arms repeat single, parallel and multi with the tiny planner trained by the project (format SFT on
+expert traces, then exactly-on-policy RL with the tool score as reward; `agents.planner`) making the planning
+decisions. One planner is trained per seed (training seed = scenario-set seed), so the planner arms' spread over
+seeds includes the planner's training noise.
+
+Verdicts: `sherman.experiments.verdict.compare` on the per-seed success rates, paired by scenario set, with the
+effect threshold `EFFECT` (3 points) and a spread of 2 standard errors of the paired differences.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from sherman.agents.memory import Memory
 from sherman.agents.planner import PlannerBackend, PlannerTrainConfig, train_planner
 from sherman.agents.scripted import expert_backend
 from sherman.agents.tools import CommEnv, Scenario, sample_scenario
+from sherman.core.progress import progress
+from sherman.experiments import verdict as V
 from sherman.experiments.runner import dump_results
 
 CLAIM = (
@@ -41,7 +48,7 @@ CLAIM = (
 SIZES = {"smoke": (4, 2), "quick": (200, 5), "full": (1000, 5)}
 """budget -> (scenarios per seed, seeds)."""
 ARMS = ("fixed", "single", "parallel", "multi")
-PLANNER_ARMS = ("single+planner", "multi+planner")
+PLANNER_ARMS = ("single+planner", "parallel+planner", "multi+planner")
 """The same arms with the tiny trained planner making the planning decisions (other roles stay scripted)."""
 PLANNER = {"smoke": dict(sft_steps=20, sft_examples=64, rl_steps=1, dim=32), "quick": dict(sft_steps=300, rl_steps=30), "full": dict(sft_steps=1500, rl_steps=200)}
 EFFECT = 0.03
@@ -60,9 +67,9 @@ def success(res: dict | None, oracle: dict) -> bool:
     return res is not None and res["feasible"] and res["sum_rate"] >= 0.95 * oracle["sum_rate"]
 
 
-def run_seed(n: int, seed: int, cfg: AgentConfig, make_backend=expert_backend, planner=None) -> dict:
+def run_seed(n: int, seed: int, cfg: AgentConfig, make_backend=expert_backend, planner=None, prog=None) -> dict:
     """All arms on n seeded scenarios; `make_backend()` gives a fresh policy backend per episode; with a
-    `PlannerBackend`, the planner arms run too."""
+    `PlannerBackend`, the planner arms run too; `prog` (a `progress`) advances once per scenario."""
     rng = np.random.default_rng(seed)
     kb = KnowledgeBase()
     arms = ARMS + (PLANNER_ARMS if planner is not None else ())
@@ -70,6 +77,8 @@ def run_seed(n: int, seed: int, cfg: AgentConfig, make_backend=expert_backend, p
     per = {arm: {"success": [], "violations": [], "tool_calls": [], "critical_tokens": [], "tokens": [], "wall_s": [], "ungrounded": 0} for arm in arms}
     feasible = 0
     for i in range(n):
+        if prog is not None:
+            prog.advance(1, seed=seed)
         sc = sample_scenario(rng, seed * 100_000 + i)
         env = CommEnv(sc)
         oracle = env.oracle()
@@ -105,69 +114,66 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(d.mean()), float(t * d.std(ddof=1) / math.sqrt(len(d)))
 
 
-def verdict_of(mean: float, half: float) -> str:
-    if mean >= EFFECT and mean - half > 0:
-        return "reproduced"
-    if mean >= EFFECT:
-        return "partly"
-    return "not reproduced"
+def _claim_row(claim: str, paper: str, a: str, b: str, succ: dict, mean: dict, testable: bool) -> dict:
+    """One claim "arm a beats arm b" judged by `verdict.compare` on per-seed success (paired by scenario set)."""
+    d, h = paired(succ[a], succ[b])
+    v = V.compare(succ[a], succ[b], EFFECT, paired=True)
+    ours = f"{mean[a]:.3f} vs {mean[b]:.3f}; paired diff {d:+.3f} (95% t ± {h:.3f}, {len(succ[a])} seeds); {v.reason}"
+    return {"claim": claim, "paper": paper, "ours": ours, "verdict": v.verdict if testable else V.NOT_TESTABLE}
 
 
 def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
     n, n_seeds = SIZES[budget]
     cfg = AgentConfig()
-    t0 = time.perf_counter()
-    model, tok, phist = train_planner(PlannerTrainConfig(seed=seed, **PLANNER[budget]), Path(out_dir) / "planner")
-    train_s = time.perf_counter() - t0
-    planner = PlannerBackend(model, tok)
-    seeds = [run_seed(n, seed + s, cfg, planner=planner) for s in range(n_seeds)]
     arms = ARMS + PLANNER_ARMS
+    prog = progress(n_seeds * n, "scenarios")
+    seeds, rl_curves, train_s = [], [], []
+    for s in range(n_seeds):  # per seed: train its planner, then every arm on its scenario set
+        t0 = time.perf_counter()
+        model, tok, phist = train_planner(PlannerTrainConfig(seed=seed + s, **PLANNER[budget]), Path(out_dir) / f"planner-seed{seed + s}")
+        train_s.append(time.perf_counter() - t0)
+        rl_curves.append([h.get("rollout/reward_mean", 0.0) for h in phist["rl"]])
+        seeds.append(run_seed(n, seed + s, cfg, planner=PlannerBackend(model, tok), prog=prog))
+    prog.close()
     succ = {arm: [s["arms"][arm]["success"] for s in seeds] for arm in arms}
     mean = {arm: float(np.mean(v)) for arm, v in succ.items()}
     fixed_fail = 1.0 - mean["fixed"]
     pre_ok = fixed_fail >= 0.10
-    d_ms, h_ms = paired(succ["multi"], succ["single"])
-    d_mp, h_mp = paired(succ["multi"], succ["parallel"])
-    v1 = verdict_of(d_ms, h_ms) if pre_ok else "not testable here"
-    v2 = verdict_of(d_mp, h_mp) if pre_ok else "not testable here"
-    d_pl, h_pl = paired(succ["multi+planner"], succ["single+planner"])
-    v3 = verdict_of(d_pl, h_pl) if pre_ok else "not testable here"
     metric = {arm: {k: float(np.mean([s["arms"][arm][k] for s in seeds])) for k in ("violations", "tool_calls", "critical_tokens", "tokens", "wall_s")} for arm in arms}
     ungrounded = {arm: int(sum(s["arms"][arm]["ungrounded"] for s in seeds)) for arm in arms}
-    rl_rewards = [h.get("rollout/reward_mean", 0.0) for h in phist["rl"]]
+    rl_first = float(np.mean([c[0] for c in rl_curves if c])) if any(rl_curves) else float("nan")
+    rl_last = float(np.mean([np.mean(c[-5:]) for c in rl_curves if c])) if any(rl_curves) else float("nan")
     plots = _plot(mean, succ, metric, out_dir)
     spread = ", ".join(f"{a} {mean[a]:.3f} (seeds {', '.join(f'{x:.2f}' for x in succ[a])})" for a in arms)
+    cost = "; ".join(f"{a}: {metric[a]['tool_calls']:.1f} tool calls, {metric[a]['critical_tokens']:.0f} critical-path tokens, "
+                     f"{1000 * metric[a]['wall_s']:.1f} ms wall" for a in arms)  # fmt: skip
+    rows = [
+        {"claim": "precondition: the configuration choice matters (fixed ZF + water-filling fails on >= 10% of feasible scenarios)",
+         "paper": "-", "ours": f"fixed pipeline fails on {fixed_fail:.1%} (seeds {', '.join(f'{1 - x:.2f}' for x in succ['fixed'])})",
+         "verdict": V.REPRODUCED if pre_ok else V.NOT_TESTABLE},
+        _claim_row("multi-agent (retrieval + collaborative planning + reflection) beats a single agent (success within 95% of the oracle, constraints met)",
+                   "CommLLM: multi-agent beats single-agent prompting (LLM-judged)", "multi", "single", succ, mean, pre_ok),
+        _claim_row("the multi-agent pipeline beats k = 3 parallel single agents at the evaluator's pick", "-", "multi", "parallel", succ, mean, pre_ok),
+        _claim_row(f"with the tiny trained planner (SFT + RL on the tool score; RL reward {rl_first:.3f} -> {rl_last:.3f}): multi-agent beats a single agent",
+                   "-", "multi+planner", "single+planner", succ, mean, pre_ok),
+        _claim_row("with the tiny trained planner: multi-agent beats k = 3 parallel single agents", "-", "multi+planner", "parallel+planner", succ, mean, pre_ok),
+    ]
     res = {
         "name": "agentic6g",
         "claim": CLAIM,
-        "verdict": v1,
-        "rows": [
-            {"claim": "precondition: the configuration choice matters (fixed ZF + water-filling fails on >= 10% of feasible scenarios)",
-             "paper": "-", "ours": f"fixed pipeline fails on {fixed_fail:.1%}", "verdict": "holds" if pre_ok else "fails"},
-            {"claim": "multi-agent (retrieval + collaborative planning + reflection) beats a single agent (success within 95% of the oracle, constraints met)",
-             "paper": "CommLLM: multi-agent beats single-agent prompting (LLM-judged)",
-             "ours": f"{mean['multi']:.3f} vs {mean['single']:.3f}; paired diff {d_ms:+.3f} ± {h_ms:.3f} (95% t, {n_seeds} seeds)", "verdict": v1},
-            {"claim": "the multi-agent pipeline beats k = 3 parallel single agents at the evaluator's pick",
-             "paper": "-", "ours": f"{mean['multi']:.3f} vs {mean['parallel']:.3f}; paired diff {d_mp:+.3f} ± {h_mp:.3f}", "verdict": v2},
-            {"claim": "with the tiny trained planner (SFT + RL on the tool score): multi-agent beats a single agent",
-             "paper": "-",
-             "ours": f"{mean['multi+planner']:.3f} vs {mean['single+planner']:.3f}; paired diff {d_pl:+.3f} ± {h_pl:.3f}; planner RL reward "
-                     f"{(rl_rewards[0] if rl_rewards else float('nan')):.3f} -> {(float(np.mean(rl_rewards[-5:])) if rl_rewards else float('nan')):.3f}",
-             "verdict": v3},
-            {"claim": "cost: tool calls and critical-path tokens (multi vs single vs parallel)",
-             "paper": "-",
-             "ours": "; ".join(f"{a}: {metric[a]['tool_calls']:.1f} calls, {metric[a]['critical_tokens']:.0f} critical tokens" for a in ("single", "parallel", "multi")),
-             "verdict": "measured"},
-        ],
+        "verdict": V.overall([r["verdict"] for r in rows]),
+        "rows": rows,
         "plots": plots,
         "notes": (
             f"{n} seeded scenarios per seed x {n_seeds} seeds (scenario sets {seed}..{seed + n_seeds - 1}); success rates: {spread}. "
-            f"Feasible scenarios per seed: {[s['feasible'] for s in seeds]}. Guardrail findings (numbers not in the tool log): {ungrounded}. "
-            "The first four arms use the deterministic scripted expert policy, so they differ in pipeline structure only; the "
-            f"+planner arms let the tiny trained planner ({PLANNER[budget]}, trained in {train_s:.0f} s) make the planning decisions. "
-            "Oracle: best feasible configuration over WMMSE and every precoder x power policy."
+            f"Feasible scenarios per seed: {[s['feasible'] for s in seeds]}. Cost per episode: {cost}. "
+            f"Guardrail findings (numbers not in the tool log): {ungrounded}. "
+            "The fixed/single/parallel/multi arms use the deterministic scripted expert policy, so they differ in pipeline structure only; the "
+            f"+planner arms let the tiny trained planner ({PLANNER[budget]}, one per seed, trained in {np.mean(train_s):.0f} s each) make the planning "
+            "decisions. Oracle: best feasible configuration over WMMSE and every precoder x power policy."
         ),
-        "metrics": {"planner_rl_reward": rl_rewards, "planner_train_s": train_s, "success": succ, "mean_success": mean, "cost": metric, "ungrounded": ungrounded, "per_seed": seeds},
+        "metrics": {"planner_rl_reward": rl_curves, "planner_train_s": train_s, "success": succ, "mean_success": mean, "cost": metric,
+                    "ungrounded": ungrounded, "per_seed": seeds},
     }
     return dump_results(res, out_dir)
 
