@@ -16,16 +16,16 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:function", one-line help)
-    "train": ("sherman.core.train:main", "train a model on a task or a text corpus (LM / SFT)"),
+    "train": ("sherman.core.train_cli:main", "train a model on a task or a text corpus (LM / SFT)"),
     "generate": ("sherman.core.generate_cli:main", "sample completions from a checkpoint"),
-    "convert": ("sherman.core.hf:main", "convert checkpoints between Hugging Face and Sherman formats"),
+    "convert": ("sherman.core.convert_cli:main", "convert checkpoints between Hugging Face and Sherman formats"),
     "rl": ("sherman.rl.cli:main", "RL on a task: GRPO, Dr. GRPO, OPO, GSPO, GMPO, RSPO (--preset)"),
     "think": ("sherman.think.cli:main", "AsyncThink: answer a question with organizer-worker asynchronous thinking"),
     "serve": ("sherman.serve.cli:main", "OpenAI-compatible HTTP server over a Sherman checkpoint"),
     "seer": ("sherman.attention.cli:main", "SeerAttention-R: `seer train CKPT` distils block-sparse gates beside a checkpoint"),
-    "plan": ("sherman.rl.planning:main", "planning lab: SFT vs policy gradient vs Q-learning on graph path-finding / Blocksworld"),
+    "plan": ("sherman.rl.plan_cli:main", "planning lab: SFT vs policy gradient vs Q-learning on graph path-finding / Blocksworld"),
     "data": ("sherman.data.cli:main", "DELT data scoring, selection and ordering of a JSONL corpus"),
-    "tts": ("sherman.speech.synthesize:main", "multi-speaker speech synthesis with VibeVoice (script + voice prompts -> WAV)"),
+    "tts": ("sherman.speech.tts_cli:main", "multi-speaker speech synthesis with VibeVoice (script + voice prompts -> WAV)"),
     "agent": ("sherman.agents.cli:main", "agentic 6G: tool-using agents configure a multi-user MISO downlink (`agent bench` scores every arm)"),
     "rpt": ("sherman.rl.rpt_cli:main", "RPT: reinforcement pre-training on a corpus (`rpt entropy|train|eval`)"),
     "reproduce": ("sherman.experiments.runner:main", "run paper reproductions and write runs/report/index.html"),

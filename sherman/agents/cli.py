@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from sherman.core.common import ShermanError
 from sherman.core.config import DEFAULT_THREADS, ArgumentParser, apply_threads  # one-line usage errors, --threads
+from sherman.core.errors import ShermanError
 
 
 def _backend_factory(a):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from sherman.core.common import ShermanError, seed_everything
 from sherman.core.config import Positional, check, parse
+from sherman.core.errors import ShermanError
+
+if TYPE_CHECKING:  # torch is imported once the options are valid (`--help` only parses)
+    import torch
 
 USAGE = "usage: sherman seer train CKPT [--hf] [--data FILE] [--steps N] [--seq-len N] [--block-size N] ...  (sherman seer train --help)"
 
@@ -62,12 +64,16 @@ def _load(args: SeerTrainArgs):
 
 
 def _text_batches(ids: torch.Tensor, batch: int, seq_len: int, g: torch.Generator):
+    import torch
+
     while True:
         starts = torch.randint(0, ids.numel() - seq_len + 1, (batch,), generator=g)
         yield torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
 def _sampled_batches(model, batch: int, seq_len: int, bos: int, g: torch.Generator):
+    import torch
+
     from sherman.core.generate import SamplingParams, generate
 
     while True:
@@ -76,9 +82,12 @@ def _sampled_batches(model, batch: int, seq_len: int, bos: int, g: torch.Generat
 
 
 def train_main(argv: list[str]) -> int:
-    from sherman.attention.seer import GATES_FILE, SeerConfig, SeerGates, SeerTrainConfig, train_gates
-
     args = parse(SeerTrainArgs, argv, prog="sherman seer train", description=__doc__)
+    import torch
+
+    from sherman.attention.seer import GATES_FILE, SeerConfig, SeerGates, SeerTrainConfig, train_gates
+    from sherman.core.common import seed_everything
+
     seed_everything(args.seed)
     model, tok, where = _load(args)
     g = torch.Generator().manual_seed(args.seed)

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import re
 import sys
 import textwrap
 import types
@@ -446,3 +447,27 @@ def _describe(tp: Any) -> str:
     else:
         s = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(inner, getattr(inner, "__name__", str(inner)))
     return s + (" or null" if optional else "")
+
+
+def parse_size(s: str | int) -> int:
+    """'5GB', '200MB', '10KB' or a byte count -> bytes."""
+    if isinstance(s, int):
+        return s
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", s, flags=re.IGNORECASE)
+    if not m:
+        raise ShermanError(f"cannot parse size {s!r} (use e.g. 5GB, 200MB, 1000000)")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def module_doc(module: str) -> str:
+    """The docstring of `module`, read from its source without importing it (a command's `--help` may quote a
+    library module's docstring without paying for that module's imports, e.g. torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return ""
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read())) or ""

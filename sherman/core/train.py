@@ -9,7 +9,8 @@ locally), so 1 process and N processes with the same global batch take the same 
 from step s replays exactly the batches an uninterrupted run would have seen. With `shuffle=False`
 the data is consumed in the given order (DELT orderings rely on this).
 
-Run `sherman train --help` for the CLI (task SFT or plain-text LM training from a file).
+`TrainConfig` lives in `core/train_config.py` and the `sherman train` command in `core/train_cli.py` (both torch-free at
+import, so `--help` only parses); run `sherman train --help` for the CLI (task SFT or plain-text LM training from a file).
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from sherman.core import checkpoint as ckpt
 from sherman.core.common import MetricLogger, adamw, init_distributed_from_env, is_dist, print0, rank, seed_everything, world_size
-from sherman.core.config import Alias, check
+from sherman.core.config import check
 from sherman.core.model import Transformer
+from sherman.core.train_config import TrainConfig  # noqa: F401 - re-exported: `from sherman.core.train import TrainConfig`
 
 
 @dataclass
@@ -38,65 +39,6 @@ class SeqExample:
     """Token ids of the whole sequence (prompt + completion)."""
     mask: list[int] | None = None
     """mask[t] = 1 when token t is a loss target (predicted from ids[:t]); None = every token after the first."""
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 200
-    """Optimizer steps; 0 = exactly one epoch over the data."""
-    batch_size: int = 16
-    """Global batch (sequences per optimizer step, over all ranks and micro-batches)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step (batch_size must be divisible by grad_accum * world size)."""
-    lr: float = 3e-3
-    """Peak learning rate (AdamW)."""
-    schedule: str = "cosine"
-    """'cosine' (warmup then cosine decay to min_lr_ratio * lr) or 'constant' (warmup then flat)."""
-    warmup_steps: int = 10
-    """Linear warmup steps."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of lr (cosine)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    grad_clip: float = 1.0
-    """Max global grad norm; 0 disables clipping."""
-    shuffle: bool = True
-    """Reshuffle each epoch with the seed; False consumes the data exactly in the given order."""
-    seed: int = 0
-    """Seed for init-independent randomness (data order, dropout-free here)."""
-    max_len: int = 0
-    """Truncate sequences to this many tokens; 0 = no truncation."""
-    eval_every: int = 0
-    """Call eval_fn (and eval loss) every N steps and at the end; 0 = only at the end if given."""
-    ckpt_every: int = 0
-    """Write out_dir/step_<7-digit step> every N steps (and at the end); 0 = only at the end when out_dir is set."""
-    keep_ckpts: int = 2
-    """Keep only the newest N periodic checkpoints (0 keeps all)."""
-    out_dir: str | None = None
-    """Run directory for checkpoints and metrics.jsonl; None = nothing written."""
-    resume: bool = False
-    """Resume from the latest checkpoint under out_dir if one exists (a finished run: 'already complete', or on to a larger steps)."""
-    trust_pickle: Annotated[bool, Alias("--trust-pickle")] = False
-    """Also resume from an old pickled state.pt. RISK: unpickling runs any code the file contains; use only on checkpoints you wrote."""
-    log_every: int = 0
-    """Print metrics every N steps on rank 0; 0 = silent."""
-
-    def __post_init__(self) -> None:
-        check(self.schedule in ("cosine", "constant"), "schedule", f"must be 'cosine' or 'constant', got {self.schedule!r}")
-        check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
-        check(self.batch_size % self.grad_accum == 0, "grad_accum",
-              f"batch size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")  # fmt: skip
-        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
-        check(self.max_len >= 0, "max_len", f"must be >= 0, got {self.max_len}")
-        for name in ("eval_every", "ckpt_every", "keep_ckpts", "log_every"):
-            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -289,47 +231,6 @@ def train(
     return TrainResult(step=step, history=history, final_eval=final)
 
 
-# ----------------------------------------------------------------------------------------- CLI
-
-
-@dataclass
-class TrainArgs:
-    out: str = "runs/train"
-    """Run directory (checkpoints, metrics.jsonl, tokenizer.json)."""
-    task: str | None = "arithmetic"
-    """Task to SFT on (its worked traces, prompt masked from the loss); ignored when --text is given."""
-    text: str | None = None
-    """A .txt (one document per line) or .jsonl ({"text": ...} per line) file for plain LM training."""
-    n_examples: int = 2000
-    """Task examples to generate for SFT."""
-    vocab_size: int = 512
-    """BPE vocabulary size for --text training."""
-    dim: int = 128
-    """Model width."""
-    n_layers: int = 2
-    """Model depth."""
-    n_heads: int = 4
-    """Query heads."""
-    n_kv_heads: int = 2
-    """Key/value heads."""
-    n_experts: int = 0
-    """MoE experts per layer (0 = dense)."""
-    hf: str | None = None
-    """Start from a Hugging Face checkpoint directory instead of a fresh model (--text training)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation settings."""
-
-    def __post_init__(self) -> None:
-        for name in ("n_examples", "dim", "n_layers", "n_heads", "n_kv_heads"):
-            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        check(self.dim % self.n_heads == 0, "n_heads", f"{self.n_heads} does not divide --dim {self.dim}")
-        check((self.dim // self.n_heads) % 2 == 0, "n_heads", f"head width --dim / --n-heads = {self.dim / self.n_heads:g} must be even (RoPE)")
-        check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"{self.n_kv_heads} does not divide --n-heads {self.n_heads}")
-        check(self.n_experts >= 0, "n_experts", f"must be >= 0, got {self.n_experts}")
-        check(self.n_experts == 0 or self.n_experts >= 2, "n_experts", f"an MoE model needs >= 2 experts (top-2 routing), got {self.n_experts}")
-        check(self.vocab_size >= 256 + 3, "vocab_size", f"BPE needs 256 byte tokens + 3 specials, so >= 259; got {self.vocab_size}")
-
-
 def build_sft_data(task, tok, n: int, seed: int) -> list[SeqExample]:
     """Task traces -> SeqExamples with the prompt masked from the loss (prompt <bos>, completion <eos>)."""
     rng = random.Random(seed)
@@ -340,60 +241,6 @@ def build_sft_data(task, tok, n: int, seed: int) -> list[SeqExample]:
         c = tok.encode(task.trace(ex, rng), eos=True)
         out.append(SeqExample(ids=p + c, mask=[0] * len(p) + [1] * len(c)))
     return out
-
-
-def main(argv: list[str]) -> int:
-    from sherman.core.common import ShermanError
-    from sherman.core.config import parse
-    from sherman.core.model import ModelConfig
-
-    default = TrainArgs(train=TrainConfig(log_every=20))  # the CLI prints every 20 steps unless told (0 = silent)
-    args = parse(TrainArgs, argv, prog="sherman train", description=__doc__, default=default, exclude=("train.out_dir",))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    args.train.out_dir = str(out)
-    if args.text:
-        from sherman.core.tokenizer import load_tokenizer, train_bpe
-
-        path = Path(args.text)
-        if not path.is_file():
-            raise ShermanError(f"{path}: no such file")
-        docs = read_documents(path)
-        if args.hf:
-            from sherman.core.hf import load_hf
-
-            tok = load_tokenizer(args.hf)
-            model = load_hf(args.hf)
-        else:
-            tok = train_bpe(docs, args.vocab_size)
-            model = None
-        data = [SeqExample(ids=tok.encode(d, bos=True, eos=True)) for d in docs]
-        data = [d for d in data if len(d.ids) > 1]
-        if not data:
-            raise ShermanError(f"{path}: no usable documents")
-    else:
-        from sherman.core.tokenizer import CharTokenizer
-        from sherman.tasks import get_task
-
-        task = get_task(args.task)
-        tok = CharTokenizer(task.alphabet())
-        data = build_sft_data(task, tok, args.n_examples, args.train.seed)
-        model = None
-    tok.save(out / "tokenizer.json")
-    if model is None:
-        seed_everything(args.train.seed)
-        mcfg = ModelConfig(
-            vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
-            n_kv_heads=args.n_kv_heads, ffn_dim=int(args.dim * 8 / 3), n_experts=args.n_experts,
-            moe_ffn_dim=max(16, args.dim // 2),
-        )  # fmt: skip
-        model = Transformer(mcfg)
-    res = train(model, data, args.train)
-    if res.already_complete:
-        print0(f"already complete: {res.step} steps; checkpoints in {out}")
-        return 0
-    print0(f"done: {res.step} steps; final train loss {res.history[-1]['loss/train']:.4f}; checkpoints in {out}")
-    return 0
 
 
 def read_documents(path: Path) -> list[str]:
@@ -418,6 +265,3 @@ def read_documents(path: Path) -> list[str]:
                 docs.append(line)
     return docs
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -21,32 +21,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sherman.core.checkpoint import load_tree_file, save_tree_file
-from sherman.core.common import ShermanError, init_distributed_from_env, is_dist, print0, rank, world_size
 from sherman.core.config import Positional, parse
-from sherman.core.model import ModelConfig, Transformer
+from sherman.core.errors import ShermanError
+from sherman.data.config import LQSConfig
 from sherman.data.corpus import CorpusConfig, make_corpus, read_jsonl, write_corpus, write_jsonl
 from sherman.data.ordering import ORDERS, make_order
-from sherman.data.scoring import (
-    FunctionalLM,
-    LQSConfig,
-    ProxyRun,
-    checkpoints,
-    costate,
-    doc_losses,
-    grad_stats,
-    lqs_from_stats,
-    pad_batch,
-    proxy_train,
-    random_scores,
-    warmup,
-    zclip,
-)
 from sherman.data.selection import select_top
+
+if TYPE_CHECKING:  # torch and the scoring code are imported when a command runs (`--help` only parses)
+    from sherman.data.scoring import ProxyRun
 
 SCORERS = ("lqs", "pds", "loss", "random")
 
@@ -166,6 +153,9 @@ def build_tokenizer(path: str, texts: list[str]):
 
 def _save_run(run: ProxyRun, cfg: LQSConfig, path: Path) -> None:
     """Keep only what scoring needs: theta_s at the stat steps, lambda_{s+1}, theta_T, and the loss curves."""
+    from sherman.core.checkpoint import save_tree_file
+    from sherman.data.scoring import checkpoints
+
     T = len(run.batches)
     cks = checkpoints(T, cfg.delta)
     steps = sorted(set(cks) | {min(t + cfg.delta, T) for t in cks} | {T})
@@ -180,6 +170,9 @@ def _save_run(run: ProxyRun, cfg: LQSConfig, path: Path) -> None:
 
 
 def _load_run(path: Path) -> ProxyRun:
+    from sherman.core.checkpoint import load_tree_file
+    from sherman.data.scoring import ProxyRun
+
     st = load_tree_file(path)
     T = st["T"]
     thetas = [st["thetas"].get(s) for s in range(T + 1)]
@@ -188,6 +181,23 @@ def _load_run(path: Path) -> ProxyRun:
 
 
 def score_main(a: ScoreArgs) -> int:
+    import torch
+
+    from sherman.core.common import init_distributed_from_env, is_dist, print0, rank, world_size
+    from sherman.core.model import ModelConfig, Transformer
+    from sherman.data.scoring import (
+        FunctionalLM,
+        costate,
+        doc_losses,
+        grad_stats,
+        lqs_from_stats,
+        pad_batch,
+        proxy_train,
+        random_scores,
+        warmup,
+        zclip,
+    )
+
     if a.scorer not in SCORERS:
         raise ShermanError(f"--scorer must be one of {', '.join(SCORERS)}, got {a.scorer!r}")
     texts = read_jsonl(a.corpus)
@@ -268,6 +278,8 @@ def score_main(a: ScoreArgs) -> int:
 
 
 def select_main(a: SelectArgs) -> int:
+    from sherman.core.common import print0
+
     if not 0.0 < a.ratio <= 1.0:
         raise ShermanError(f"--ratio must be in (0, 1], got {a.ratio}")
     _, s, rows = read_scores(a.scores)
@@ -279,6 +291,8 @@ def select_main(a: SelectArgs) -> int:
 
 
 def order_main(a: OrderArgs) -> int:
+    from sherman.core.common import print0
+
     if a.method not in ORDERS:
         raise ShermanError(f"--method must be one of {', '.join(ORDERS)}, got {a.method!r}")
     if a.folds < 1:
@@ -294,6 +308,8 @@ def order_main(a: OrderArgs) -> int:
 
 
 def corpus_main(a: CorpusArgs) -> int:
+    from sherman.core.common import print0
+
     paths = write_corpus(make_corpus(a.corpus, a.seed), a.out_dir)
     (Path(a.out_dir) / "config.json").write_text(json.dumps({"seed": a.seed, **asdict(a.corpus)}, indent=2))
     print0("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -23,7 +23,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sherman.core.common import ShermanError
+from sherman.core.errors import ShermanError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,"
 """Every character a generated document can contain."""

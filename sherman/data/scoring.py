@@ -48,6 +48,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sherman.core.model import ModelConfig, Transformer
+from sherman.data.config import LQSConfig  # noqa: F401 - re-exported: `from sherman.data.scoring import LQSConfig`
 
 Params = dict[str, torch.Tensor]
 
@@ -169,34 +170,6 @@ def hvp(fl: FunctionalLM, params: Params, v: Params, ids: torch.Tensor, mask: to
 
 
 # ----------------------------------------------------------------------------------------------- LQS / PDS
-
-
-@dataclass
-class LQSConfig:
-    proxy_steps: int = 20
-    """T: SGD steps of the proxy run."""
-    lr: float = 0.02
-    """eta: SGD step size of the proxy run (also the factor in the costate and the score)."""
-    batch_size: int = 32
-    """Documents per proxy SGD step, drawn uniformly without replacement within a step."""
-    delta: int = 5
-    """Delta: scoring checkpoints every Delta steps; the learnability denominator looks Delta steps ahead."""
-    max_target: int = 32
-    """Target-set documents used for grad J (the first max_target)."""
-    chunk: int = 32
-    """Documents per vmap call when computing per-document gradients."""
-    max_len: int = 0
-    """Truncate documents to this many tokens (0 = no limit)."""
-    clip: float = 3.0
-    """Clip of the z-normalized scores."""
-    eps: float = 1e-8
-    """Added to the gradient norm in the LQS denominator."""
-    warmup_steps: int = 100
-    """AdamW steps on uniform minibatches of the proxy sample before the SGD trajectory (theta_0 = the warmed-up model)."""
-    warmup_lr: float = 3e-3
-    """AdamW learning rate of the warm-up."""
-    seed: int = 0
-    """Seed of the proxy run's batch sampling."""
 
 
 @dataclass

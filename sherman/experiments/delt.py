@@ -326,13 +326,14 @@ def run(budget: str, out_dir: Path) -> dict:
     prog = progress(len(b.arms) * len(b.seeds), "training runs")
     for i, arm in enumerate(b.arms):
         results[arm.name] = []
+        t_arm = time.time()
         for s in b.seeds:
             prog.set(arm=arm.name, seed=s)
             results[arm.name].append(run_arm(arm, s, scores, seqs, b, tok, valid, cloze, meta))
             prog.advance()
         r = results[arm.name]
         print0(f"delt [{i + 1}/{len(b.arms)}] {arm.name:<30} val {np.mean([x['val_loss'] for x in r]):.4f}  "
-               f"cloze {np.mean([x['cloze_acc'] for x in r]):.3f}  steps {r[0]['steps']}  ({time.time() - t0:.0f}s)")
+               f"cloze {np.mean([x['cloze_acc'] for x in r]):.3f}  steps {r[0]['steps']}  (this arm {time.time() - t_arm:.0f}s, elapsed {time.time() - t0:.0f}s)")
 
     prog.close()
     rows, verdicts, pre = claims(results, b)

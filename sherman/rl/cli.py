@@ -10,13 +10,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sherman.core.common import ShermanError, print0, rank, seed_everything, world_size
-from sherman.core.config import check, parse
-from sherman.core.model import Transformer
-from sherman.rl import grpo
+from sherman.core.config import check, module_doc, parse
+from sherman.core.errors import ShermanError
 from sherman.rl.config import PRESETS, RLConfig, preset_config
-from sherman.rl.evaluation import evaluate, sft_warm_start, tiny_model_config
-from sherman.rl.grpo import rl_train
 
 
 @dataclass
@@ -67,14 +63,19 @@ def _preset_from_argv(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from sherman.core.tokenizer import CharTokenizer
-    from sherman.tasks import get_task
-
     name = _preset_from_argv(argv)
     if name not in PRESETS:
         raise ShermanError(f"--preset: unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
     default = RLArgs(preset=name, rl=preset_config(name, log_every=5))  # the CLI prints every 5 iterations unless told (0 = silent)
-    args = parse(RLArgs, argv, prog="sherman rl", description=grpo.__doc__, default=default, flatten=("rl",), exclude=("rl.out_dir",))
+    args = parse(RLArgs, argv, prog="sherman rl", description=module_doc("sherman.rl.grpo"), default=default, flatten=("rl",),
+                 exclude=("rl.out_dir",))  # fmt: skip
+    from sherman.core.common import print0, rank, seed_everything, world_size
+    from sherman.core.model import Transformer
+    from sherman.core.tokenizer import CharTokenizer
+    from sherman.rl.evaluation import evaluate, sft_warm_start, tiny_model_config
+    from sherman.rl.grpo import rl_train
+    from sherman.tasks import get_task
+
     cfg = args.rl
     task = get_task(args.task)
     out = Path(args.out)

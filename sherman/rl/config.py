@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sherman.core.common import ShermanError
 from sherman.core.config import check
-from sherman.rl import core as C
+from sherman.core.errors import ShermanError
 
 ADVANTAGES = ("grpo", "mean", "opo", "opo_batch")
 RATIO_TYPES = ("token", "sequence", "geometric")
+LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+KL_ESTIMATORS = ("k1", "k3")
+# The choices live here, not in the tensor code (`rl/core.py` imports them), so that building the `sherman rl` parser
+# imports no torch.
 
 
 @dataclass
@@ -99,8 +102,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         _check(self.advantage in ADVANTAGES, f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         _check(self.ratio_type in RATIO_TYPES, f"ratio_type must be one of {RATIO_TYPES}, got {self.ratio_type!r}")
-        _check(self.loss_agg in C.LOSS_AGGS, f"loss_agg must be one of {C.LOSS_AGGS}, got {self.loss_agg!r}")
-        _check(self.kl_estimator in C.KL_ESTIMATORS, f"kl_estimator must be one of {C.KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        _check(self.loss_agg in LOSS_AGGS, f"loss_agg must be one of {LOSS_AGGS}, got {self.loss_agg!r}")
+        _check(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
         _check(self.gamma_mode in ("before", "after"), f"gamma_mode must be 'before' or 'after', got {self.gamma_mode!r}")
         _check(
             self.steps >= 0 and self.prompts_per_step >= 1 and self.group_size >= 1, "steps >= 0, prompts_per_step >= 1, group_size >= 1"

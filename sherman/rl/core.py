@@ -28,9 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
-KL_ESTIMATORS = ("k1", "k3")
-
+from sherman.rl.config import KL_ESTIMATORS, LOSS_AGGS  # noqa: F401 - the option choices (also `C.LOSS_AGGS`)
 
 # ----------------------------------------------------------------------------- advantages
 

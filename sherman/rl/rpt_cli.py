@@ -17,10 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sherman.core.common import ShermanError, print0, seed_everything
 from sherman.core.config import Positional, parse
+from sherman.core.errors import ShermanError
 from sherman.rl.config import RLConfig, preset_config
-from sherman.rl.rpt import PRESET, RPTConfig
+from sherman.rl.rpt_config import PRESET, RPTConfig
 
 SUBCOMMANDS = ("entropy", "train", "eval")
 
@@ -99,9 +99,9 @@ def _parse(cls, argv: list[str], prog: str):
 
 
 def entropy_main(argv: list[str]) -> int:
+    args = _parse(EntropyArgs, argv, "sherman rpt entropy")
     from sherman.rl import rpt
 
-    args = _parse(EntropyArgs, argv, "sherman rpt entropy")
     if not args.proxy:
         raise ShermanError("--proxy CKPT is required")
     proxy, tok = load_any(args.proxy)
@@ -133,10 +133,11 @@ def _entropies(proxy_path: str | None, model, tok, docs, cfg: RPTConfig, cache_d
 
 
 def train_main(argv: list[str]) -> int:
+    args = _parse(TrainArgs, argv, "sherman rpt train")
+    from sherman.core.common import print0, seed_everything
     from sherman.rl import rpt
     from sherman.rl.grpo import rl_train
 
-    args = _parse(TrainArgs, argv, "sherman rpt train")
     model, tok = load_any(args.ckpt)
     docs = _corpus(args.data, tok, args.max_tokens)
     out = Path(args.out)
@@ -155,9 +156,9 @@ def train_main(argv: list[str]) -> int:
 
 
 def eval_main(argv: list[str]) -> int:
+    args = _parse(EvalArgs, argv, "sherman rpt eval")
     from sherman.rl import rpt
 
-    args = _parse(EvalArgs, argv, "sherman rpt eval")
     model, tok = load_any(args.ckpt)
     docs = _corpus(args.data, tok, args.max_tokens)
     ents = _entropies(args.proxy, model, tok, docs, args.rpt, None)

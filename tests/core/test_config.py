@@ -116,15 +116,15 @@ def test_check_types_names_the_field():
 def test_every_command_parser_builds():
     """Each subcommand's options dataclass turns into a parser (catches an unsupported field type early)."""
     from sherman.attention.cli import SeerTrainArgs
+    from sherman.core.convert_cli import ConvertArgs
     from sherman.core.generate_cli import GenerateArgs
-    from sherman.core.hf import ConvertArgs
-    from sherman.core.train import TrainArgs
+    from sherman.core.train_cli import TrainArgs
     from sherman.data.cli import COMMANDS as DATA
     from sherman.experiments.runner import ReproduceArgs
     from sherman.rl.cli import RLArgs
-    from sherman.rl.planning import PlanArgs
+    from sherman.rl.plan_cli import PlanArgs
     from sherman.serve.cli import ServeArgs
-    from sherman.speech.synthesize import TTSArgs
+    from sherman.speech.tts_cli import TTSArgs
     from sherman.think.cli import ThinkArgs
 
     for cls in (SeerTrainArgs, GenerateArgs, ConvertArgs, TrainArgs, ReproduceArgs, RLArgs, PlanArgs, ServeArgs, TTSArgs, ThinkArgs,
