@@ -133,7 +133,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class AdaLNBlock(nn.Module):
-    """x + gate * MLP(norm(x) * (1 + scale) + shift), (shift, scale, gate) from the condition."""
+    """x + gate * MLP(norm(x) * (1 + scale) + shift), (shift, scale, gate) from the condition.
+
+    adaLN-Zero (DiT, Peebles & Xie 2023, Sec. 3.2; the head layers of VibeVoice, arXiv 2508.19205, Sec. 2.2):
+    the modulation is zero-initialised, so gate = 0 and the block is the identity at initialisation; the gate
+    then learns how much of the MLP branch to let through.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -145,7 +150,7 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.mod(F.silu(c)).chunk(3, dim=-1)
-        return x + (1 + gate) * self.mlp(self.norm(x) * (1 + scale) + shift)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)  # (N, d)
 
 
 class DiffusionHead(nn.Module):

@@ -92,3 +92,24 @@ def test_diffusion_head_learns_conditional_means():
     assert torch.allclose(means, targets, atol=0.3), means
     reg = RegressionHead(cfg)
     assert reg.sample(conds).shape == (2, 2)
+
+
+def test_adaln_block_is_identity_at_init_and_gate_learns():
+    from sherman.speech.diffusion import AdaLNBlock
+
+    torch.manual_seed(0)
+    blk = AdaLNBlock(8)
+    x, c = torch.randn(5, 8), torch.randn(5, 8)
+    assert torch.equal(blk(x, c), x)  # adaLN-Zero: gate = 0 at init
+    # the gate still receives a gradient (the MLP branch is non-zero), so the block can leave the identity
+    blk(x, c).pow(2).sum().backward()
+    assert blk.mod.weight.grad.abs().sum() > 0
+    # a non-zero gate g scales the branch: out - x = g * MLP(norm(x) * (1 + scale) + shift)
+    with torch.no_grad():
+        blk.mod.bias[16:] = 0.5  # gate = 0.5, shift = scale = 0 (weights still zero)
+    branch = blk.mlp(blk.norm(x))
+    assert torch.allclose(blk(x, c) - x, 0.5 * branch, atol=1e-6)
+    head = DiffusionHead(DiffusionConfig(latent_dim=4, cond_dim=8, hidden=16, layers=3))
+    h = torch.randn(2, 16)
+    for b in head.blocks:  # every block of a fresh head is the identity
+        assert torch.equal(b(h, torch.randn(2, 16)), h)
