@@ -71,19 +71,49 @@ def per(refs: list[list], hyps: list[list]) -> float:
     return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / max(1, sum(len(r) for r in refs))
 
 
+MEL_HOP = 256
+"""Hop of the evaluators' log-mel features (samples per frame)."""
+MEL_NFFT = 1024
+"""FFT size of the evaluators' log-mel features."""
+
+
+def mel_frames(n_samples: int) -> int:
+    """Log-mel frames that belong to an utterance of `n_samples` samples (centred STFT: n // hop + 1)."""
+    return n_samples // MEL_HOP + 1
+
+
 def _mels(audios: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
-    """Batch of log-mels (B, T, 64) standardized per utterance, plus frame counts."""
-    n = max(len(a) for a in audios)
-    x = torch.zeros(len(audios), max(n, 1024))
+    """Batch of log-mels (B, T, 64), each standardized over its own real frames only, plus frame counts.
+
+    Every utterance is followed by at least n_fft / 2 zeros, so its frames see the same samples (the audio, then
+    silence) whatever the batch's longest utterance; mean and std are taken over the utterance's `mel_frames`
+    only, and the padding frames are set to 0. A segment's features therefore do not depend on its batch.
+    """
+    frames = [mel_frames(len(a)) for a in audios]
+    n = max(max(len(a) for a in audios) + MEL_NFFT // 2, MEL_NFFT)
+    x = torch.zeros(len(audios), n)
     for i, a in enumerate(audios):
-        x[i, : len(a)] = torch.from_numpy(a)
-    m = log_mel(x).transpose(1, 2)  # (B, T, 64)
-    m = (m - m.mean(dim=(1, 2), keepdim=True)) / (m.std(dim=(1, 2), keepdim=True) + 1e-5)
-    return m, [len(a) // 256 + 1 for a in audios]
+        x[i, : len(a)] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    m = log_mel(x, MEL_NFFT, MEL_HOP).transpose(1, 2)  # (B, T, 64)
+    valid = (torch.arange(m.shape[1])[None] < torch.tensor(frames)[:, None]).to(m.dtype)[:, :, None]  # (B, T, 1)
+    count = valid.sum(dim=(1, 2), keepdim=True) * m.shape[2]  # real values per utterance
+    mean = (m * valid).sum(dim=(1, 2), keepdim=True) / count
+    var = (((m - mean) * valid) ** 2).sum(dim=(1, 2), keepdim=True) / (count - 1).clamp(min=1)
+    m = (m - mean) / (var.sqrt() + 1e-5) * valid  # (B, T, 64), zeros on padding frames
+    return m, frames
+
+
+def _ctc_frames(frames: int) -> int:
+    """Output frames of the recognizer (one stride-2 conv) for `frames` input frames."""
+    return (frames + 1) // 2
 
 
 class PhonemeRecognizer(nn.Module):
-    """log-mel -> 2 convs (stride 2) -> BiGRU -> CTC over phonemes (+ blank = 0)."""
+    """log-mel -> 2 convs (stride 2) -> BiGRU -> CTC over phonemes (+ blank = 0).
+
+    With `frames` (the real length of each utterance) the padding is masked to zero after each conv and the GRU
+    runs on packed sequences, so an utterance's log-probs on its real frames do not depend on its batch.
+    """
 
     def __init__(self, n_phonemes: int, hidden: int = 96):
         super().__init__()
@@ -91,18 +121,26 @@ class PhonemeRecognizer(nn.Module):
         self.rnn = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
         self.out = nn.Linear(2 * hidden, n_phonemes + 1)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (B, T, 64) -> log-probs (B, T/2, P+1)
-        h = self.conv(mel.transpose(1, 2)).transpose(1, 2)
-        return F.log_softmax(self.out(self.rnn(h)[0]), dim=-1)
+    def forward(self, mel: torch.Tensor, frames: list[int] | None = None) -> torch.Tensor:  # (B, T, 64) -> log-probs (B, T/2, P+1)
+        if frames is None:
+            h = self.conv(mel.transpose(1, 2)).transpose(1, 2)
+            return F.log_softmax(self.out(self.rnn(h)[0]), dim=-1)
+        lens = torch.tensor([_ctc_frames(f) for f in frames])
+        h = self.conv[1](self.conv[0](mel.transpose(1, 2)))  # (B, H, T')
+        keep = (torch.arange(h.shape[-1])[None] < lens[:, None]).to(h.dtype)[:, None]  # (B, 1, T')
+        h = self.conv[3](self.conv[2](h * keep)) * keep
+        packed = nn.utils.rnn.pack_padded_sequence(h.transpose(1, 2), lens.clamp(max=h.shape[-1]), batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=h.shape[-1])  # (B, T', 2H)
+        return F.log_softmax(self.out(out), dim=-1)
 
     @torch.no_grad()
     def recognize(self, audios: list[np.ndarray]) -> list[list[int]]:
         """Greedy CTC decoding -> phoneme indices (0-based, blank removed)."""
         mel, frames = _mels(audios)
-        lp = self(mel)
+        lp = self(mel, frames)
         out = []
         for b, f in enumerate(frames):
-            best = lp[b, : (f + 1) // 2].argmax(-1).tolist()
+            best = lp[b, : _ctc_frames(f)].argmax(-1).tolist()
             seq = [p - 1 for k, p in enumerate(best) if p != 0 and (k == 0 or p != best[k - 1])]
             out.append(seq)
         return out
@@ -118,9 +156,9 @@ def train_recognizer(audios: list[np.ndarray], phonemes: list[list[int]], n_phon
     for _ in range(steps):
         idx = [rng.randrange(len(audios)) for _ in range(batch)]
         mel, frames = _mels([audios[i] for i in idx])
-        lp = model(mel)  # (B, T', P+1)
+        lp = model(mel, frames)  # (B, T', P+1)
         tgt = [torch.tensor(phonemes[i]) + 1 for i in idx]
-        loss = F.ctc_loss(lp.transpose(0, 1), torch.cat(tgt), torch.tensor([min((f + 1) // 2, lp.shape[1]) for f in frames]),
+        loss = F.ctc_loss(lp.transpose(0, 1), torch.cat(tgt), torch.tensor([min(_ctc_frames(f), lp.shape[1]) for f in frames]),
                           torch.tensor([len(t) for t in tgt]), zero_infinity=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,7 +185,11 @@ class SpeakerEncoder(nn.Module):
 
     @torch.no_grad()
     def embeddings(self, audios: list[np.ndarray]) -> torch.Tensor:
-        return torch.cat([self.embed(_mels([a])[0]) for a in audios])  # one at a time: no padding in the statistics
+        out = []
+        for a in audios:  # one at a time, real frames only: no padding in the statistics
+            mel, (f,) = _mels([a])
+            out.append(self.embed(mel[:, :f]))
+        return torch.cat(out)
 
     @torch.no_grad()
     def classify(self, audios: list[np.ndarray]) -> list[int]:
@@ -169,7 +211,8 @@ def train_speaker_encoder(audios: list[np.ndarray], speakers: list[int], n_speak
             s = rng.randint(0, max(0, len(a) - crop))
             crops.append(a[s : s + crop])
         n = min(len(c) for c in crops)
-        mel, _ = _mels([c[:n] for c in crops])
+        mel, frames = _mels([c[:n] for c in crops])  # equal lengths: the same real frames each
+        mel = mel[:, : frames[0]]
         loss = F.cross_entropy(model.cls(model.embed(mel)), torch.tensor([speakers[i] for i in idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -36,3 +36,40 @@ def test_recognizer_and_speaker_encoder_train():
     assert metrics.turn_accuracy(enc, [audios[:2]], [enc.classify(audios[:2])]) == 1.0
     assert metrics.turn_accuracy(enc, [audios[:1]], [[0, 1]]) == 0.0  # wrong segment count
     assert torch.is_tensor(ref.centroids)
+
+
+def _speechlike(n: int, seed: int) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    t = np.arange(n) / 24000
+    return (0.2 * np.sin(2 * np.pi * r.uniform(200, 2000) * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * r.standard_normal(n)).astype(np.float32)
+
+
+def test_mel_normalisation_uses_real_frames_only():
+    a = _speechlike(5000, 0)
+    alone, (f,) = metrics._mels([a])
+    batched, frames = metrics._mels([a, _speechlike(30000, 1), _speechlike(12000, 2)])
+    assert frames[0] == f == 5000 // 256 + 1
+    assert torch.allclose(alone[0, :f], batched[0, :f], atol=1e-5)
+    assert batched[0, f:].abs().max() == 0  # padding frames carry nothing
+    real = batched[0, :f]
+    assert abs(float(real.mean())) < 1e-5 and abs(float(real.std()) - 1.0) < 1e-3  # standardized over its own frames
+
+
+def test_recognizer_score_does_not_depend_on_batch():
+    torch.manual_seed(0)
+    rec = metrics.PhonemeRecognizer(5).eval()
+    for p in rec.parameters():  # peaked outputs so that greedy decoding emits phonemes
+        p.data.mul_(3.0)
+    short = [_speechlike(4000 + 1000 * i, 10 + i) for i in range(3)]
+    long = [_speechlike(40000, 20), _speechlike(25000, 21)]
+    with torch.no_grad():
+        mel, fr = metrics._mels(short[:1])
+        lp_alone = rec(mel, fr)[0, : (fr[0] + 1) // 2]
+        mel, fr = metrics._mels(short[:1] + long)
+        lp_batched = rec(mel, fr)[0, : (fr[0] + 1) // 2]
+    assert torch.allclose(lp_alone, lp_batched, atol=1e-5)
+    hyp_alone = [rec.recognize([a])[0] for a in short]
+    hyp_batched = rec.recognize(short + long)[:3]
+    assert hyp_alone == hyp_batched and sum(len(h) for h in hyp_alone) > 0
+    refs = [[0, 1, 2], [1, 2], [3, 4, 0]]
+    assert metrics.per(refs, hyp_alone) == metrics.per(refs, hyp_batched)
