@@ -260,6 +260,15 @@ class Evaluator:
                 self.adj_nodes.append((u, len(ts)))
                 self.adj_prompts += [prompt(u, t) for t in ts]
 
+    def only(self, names: tuple[str, ...]) -> "Evaluator":
+        """The same evaluator on a subset of its splits. Each split's samples come from one generator seeded per call and
+        the splits are sampled in a fixed order, so dropping later splits leaves the kept splits' numbers unchanged."""
+        ev = copy.copy(self)
+        keep = [k for k in self.splits if k in names]
+        assert keep == list(self.splits)[: len(keep)], f"only a prefix of the splits {list(self.splits)} keeps the numbers, got {names}"
+        ev.splits = {k: self.splits[k] for k in keep}
+        return ev
+
     @torch.no_grad()
     def adjacency(self, model: Transformer, temperature: float) -> tuple[float, float]:
         """Micro precision / recall of the predicted successor sets vs the true out-edges."""

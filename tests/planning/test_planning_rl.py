@@ -123,6 +123,15 @@ def small():
     return data, model, hist, ev
 
 
+def test_evaluator_on_a_prefix_of_its_splits_keeps_their_numbers(small):
+    _, model, _, ev = small
+    full, part = ev(model, 1.0), ev.only(("train", "test"))(model, 1.0)
+    assert list(ev.only(("train", "test")).splits) == ["train", "test"] and len(ev.splits) > 2
+    assert {k: v for k, v in full.items() if k.split("/")[-1] in ("train", "test") or k.startswith("adj/")} == part
+    with pytest.raises(AssertionError):
+        ev.only(("test",))
+
+
 def test_sft_loss_falls_and_sampling_stops_at_target(small):
     data, model, hist, _ = small
     assert hist[-1]["loss/train"] < 0.7 * hist[0]["loss/train"]
