@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sherman.speech.augment import AugmentConfig
+from sherman.speech.augment import augment as augment_audio
 from sherman.speech.dsp import SAMPLE_RATE, log_mel, stft_snr_db
 
 ENCODEC_TOKENS_PER_S = 600.0
@@ -147,15 +149,23 @@ class PhonemeRecognizer(nn.Module):
 
 
 def train_recognizer(audios: list[np.ndarray], phonemes: list[list[int]], n_phonemes: int, steps: int, batch: int = 16,
-                     lr: float = 3e-3, seed: int = 0, time_limit_s: float = 0.0) -> tuple[PhonemeRecognizer, list[float]]:
+                     lr: float = 3e-3, seed: int = 0, time_limit_s: float = 0.0, augment: AugmentConfig | None = None,
+                     sources: list[dict[int, np.ndarray]] | None = None) -> tuple[PhonemeRecognizer, list[float]]:
+    """CTC training on random batches of `audios`. With `augment`, each drawn utterance goes through a random
+    degradation chain (`speech/augment.py`); `sources` are alternative renderings of some utterances (index ->
+    audio, e.g. acoustic-tokenizer round trips at several training stages) that the chain may start from."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    arng = np.random.default_rng(seed)
     model = PhonemeRecognizer(n_phonemes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     hist, t0 = [], time.time()
     for _ in range(steps):
         idx = [rng.randrange(len(audios)) for _ in range(batch)]
-        mel, frames = _mels([audios[i] for i in idx])
+        batch_audio = [audios[i] for i in idx]
+        if augment is not None:
+            batch_audio = [augment_audio(a, augment, arng, [s[i] for s in sources or [] if i in s]) for a, i in zip(batch_audio, idx)]
+        mel, frames = _mels(batch_audio)
         lp = model(mel, frames)  # (B, T', P+1)
         tgt = [torch.tensor(phonemes[i]) + 1 for i in idx]
         loss = F.ctc_loss(lp.transpose(0, 1), torch.cat(tgt), torch.tensor([min(_ctc_frames(f), lp.shape[1]) for f in frames]),

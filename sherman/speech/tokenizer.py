@@ -24,6 +24,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -285,6 +286,9 @@ class TokTrainConfig:
     """Stop early after this many seconds (0 = no limit)."""
     history: list = field(default_factory=list)
     """Filled with {"step", "loss", ...} rows."""
+    callback: Callable[[int, float, nn.Module], None] | None = None
+    """Called after each step with (step, training seconds so far, model), e.g. to render round trips at training
+    stages; its own time is not counted against `time_limit_s`."""
 
 
 def random_crops(audios: list[np.ndarray], n: int, length: int, rng: random.Random) -> torch.Tensor:
@@ -319,6 +323,12 @@ def train_acoustic(tok: AcousticTokenizer, audios: list[np.ndarray], cfg: TokTra
         torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
         opt.step()
         cfg.history.append({"step": step, "loss": loss.item(), **parts})
+        if cfg.callback is not None:
+            t_cb = time.time()
+            tok.eval()
+            cfg.callback(step, t_cb - t0, tok)
+            tok.train()
+            t0 += time.time() - t_cb  # the callback's time is not training time
         if cfg.time_limit_s and time.time() - t0 > cfg.time_limit_s:
             break
     tok.eval()

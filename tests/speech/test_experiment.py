@@ -21,6 +21,11 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path):
     assert "vibevoice.wav" in res["audio"] and (tmp_path / "model.pt").is_file() and (tmp_path / "results.json").is_file()
     for p in res["plots"]:
         assert (tmp_path / p).stat().st_size > 1000
+    m = res["metrics"]  # the recognizer's calibration table: ground truth, each degradation, tokenizer round trips by stage
+    for k in ("ground_truth", "noise_5dB", "lowpass_3kHz", "eq_tilt_6dB", "speed_1.1", "roundtrip_step1", "roundtrip_step2", "roundtrip_final"):
+        assert 0.0 <= m[f"calib/{k}/per"] <= 10.0, k
+    assert "recognizer_calibration.txt" in res["texts"] and "roundtrip_final" in (tmp_path / "recognizer_calibration.txt").read_text()
+    assert "calibration" in res["notes"]
 
 
 def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):
