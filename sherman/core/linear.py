@@ -21,14 +21,30 @@ used at inference time inside `packed_weights(model)`, which `core/generate.py` 
 
 The op is PyTorch's internal `torch.ops.mkldnn._linear_pointwise` (the one Inductor's CPU backend uses);
 if it is missing or fails a one-time self-check against `F.linear`, everything falls back to `F.linear`.
-Set the environment variable SHERMAN_ONEDNN=0 to disable the path (e.g. to compare).
+
+Which path wins depends on the machine, not on its vendor: on the AMD EPYC above oneDNN is ~2x MKL, on the Intel
+Xeon of issue 20 (DRAM-bound skinny GEMMs, 2 MiB of L2 per core) MKL is as fast or faster for training GEMMs and a
+pre-transposed weight (`x @ W^T` stored as (in, out)) is fastest for some decode shapes. So the choice is measured,
+once per machine (CPU model + torch build) and cached on disk (`choice_path()`):
+  * training (`train`): the oneDNN autograd function vs `F.linear`, forward + backward of a 512 x 256 -> 1024 layer;
+  * inference packs (`infer`, per weight shape out x in): prepacked oneDNN vs `F.linear` vs the transposed copy,
+    timed at 16 rows (a decode step), the fastest kept. Every candidate computes the same product (results agree
+    to fp32 rounding, tests/core/test_fast_paths.py).
+Candidates are timed interleaved, best of 5 rounds; oneDNN or the transposed copy must beat `F.linear` by 5% to be
+chosen. SHERMAN_ONEDNN=0 forces `F.linear` everywhere, SHERMAN_ONEDNN=1 forces oneDNN everywhere (both skip the
+measurement, e.g. to compare); unset or "auto" measures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -41,7 +57,9 @@ PACK_MIN_NUMEL = 1 << 16
 """Smallest weight (elements) that `FusedPack` reorders into oneDNN's blocked layout (~0.1 ms per reorder, each
 generate call; smaller weights run unpacked)."""
 
-_STATE: dict[str, bool] = {}
+_STATE: dict = {}
+MARGIN = 0.95
+"""A candidate other than `F.linear` is chosen only when its time is below MARGIN x F.linear's."""
 
 
 def _op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -66,6 +84,149 @@ def onednn_available() -> bool:
     return _STATE["ok"]
 
 
+def _mode_env() -> str:
+    v = os.environ.get("SHERMAN_ONEDNN", "auto").strip().lower()
+    return {"0": "off", "1": "on"}.get(v, "auto")
+
+
+def choice_path() -> Path:
+    """Where the measured choice is cached: $SHERMAN_CACHE_DIR, else $XDG_CACHE_HOME/sherman, else ~/.cache/sherman."""
+    root = os.environ.get("SHERMAN_CACHE_DIR")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sherman")
+    return Path(root) / "linear_choice.json"
+
+
+def machine_key() -> str:
+    """CPU model (from /proc/cpuinfo where there is one), core count and torch build: a cached choice is reused only
+    on the same kind of machine with the same torch."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} | {os.cpu_count()} cpus | torch {torch.__version__}"
+
+
+def _best_of(fns: dict, rounds: int = 5, reps: int = 5) -> dict[str, float]:
+    """Interleaved timing: each round runs every candidate `reps` times; the best round per candidate (seconds per call).
+    Interleaving and the minimum keep the comparison fair when another process shares the CPU."""
+    best = {k: float("inf") for k in fns}
+    for f in fns.values():
+        f()  # warm-up (oneDNN JIT-compiles its kernel on the first call of a shape)
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f()
+            best[k] = min(best[k], (time.perf_counter() - t0) / reps)
+    return best
+
+
+def _pick(times: dict[str, float]) -> str:
+    """The fastest candidate; one other than "mkl" (F.linear) only when it beats it by the MARGIN."""
+    name = min(times, key=times.get)
+    return name if name == "mkl" or times[name] < MARGIN * times["mkl"] else "mkl"
+
+
+def _load_choice() -> dict:
+    """The on-disk cache for this machine ({"train": ..., "infer": {shape: ...}}), or a fresh one."""
+    try:
+        d = json.loads(choice_path().read_text())
+        if isinstance(d, dict) and d.get("machine") == machine_key() and isinstance(d.get("infer"), dict):
+            return d
+    except (OSError, ValueError):
+        pass
+    return {"machine": machine_key(), "infer": {}}
+
+
+def _save_choice(d: dict) -> None:
+    """Atomic write (temp file + rename); an unwritable cache directory only means measuring again next time."""
+    try:
+        path = choice_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".linear_choice.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(d, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+_CHOICE_LOCK = threading.Lock()
+
+
+def _choice() -> dict:
+    if "choice" not in _STATE:
+        _STATE["choice"] = _load_choice()
+    return _STATE["choice"]
+
+
+def measure_train() -> dict[str, float]:
+    """Seconds per forward + backward of a 512 x 256 -> 1024 layer: the oneDNN autograd function vs F.linear."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 256, generator=g, requires_grad=True)
+    w = torch.randn(1024, 256, generator=g, requires_grad=True)
+    gy = torch.randn(512, 1024, generator=g)
+
+    def run(fn):
+        return lambda: torch.autograd.grad(fn(x, w, None), (x, w), gy)
+
+    with torch.enable_grad():
+        return _best_of({"mkl": run(F.linear), "onednn": run(_OneDNNLinearFn.apply)}, rounds=3, reps=2)
+
+
+def train_choice() -> str:
+    """"onednn" or "mkl" for linears that need gradients (measured once per machine, cached)."""
+    mode = _mode_env()
+    if mode != "auto" or not onednn_available():
+        return "onednn" if mode == "on" and onednn_available() else "mkl"
+    c = _choice()
+    if c.get("train") not in ("onednn", "mkl"):
+        with _CHOICE_LOCK:
+            if c.get("train") not in ("onednn", "mkl"):
+                times = measure_train()
+                c["train"], c["train_us"] = _pick(times), {k: round(v * 1e6, 1) for k, v in times.items()}
+                _save_choice(c)
+    return c["train"]
+
+
+def measure_infer(out_f: int, in_f: int, rows: int = 16) -> dict[str, float]:
+    """Seconds per no-grad product of `rows` x in_f -> out_f for each inference candidate: "mkl" (F.linear),
+    "t" (x @ W^T on a transposed copy), "onednn" (prepacked weight, when available)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_f, generator=g)
+    w = torch.randn(out_f, in_f, generator=g)
+    wt = w.t().contiguous()
+    fns = {"mkl": lambda: F.linear(x, w), "t": lambda: torch.mm(x, wt)}
+    if onednn_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 16)
+        fns["onednn"] = lambda: _op(x, packed, None)
+    reps = max(1, min(20, int(2e6 // max(rows * in_f * out_f // 16, 1))))  # ~a few ms per round
+    with torch.no_grad():
+        return _best_of(fns, rounds=5, reps=reps)
+
+
+def infer_choice(out_f: int, in_f: int) -> str:
+    """"onednn", "t" or "mkl" for no-grad products with an (out_f, in_f) weight (measured once per shape and machine)."""
+    mode = _mode_env()
+    if mode == "off" or not onednn_available():
+        return "mkl"
+    if mode == "on":
+        return "onednn"
+    key = f"{out_f}x{in_f}"
+    c = _choice()
+    if key not in c["infer"]:
+        with _CHOICE_LOCK:
+            if key not in c["infer"]:
+                c["infer"][key] = _pick(measure_infer(out_f, in_f))
+                _save_choice(c)
+    return c["infer"][key]
+
+
 def plain_autograd() -> bool:
     """False inside torch.func transforms, autocast or forward-mode AD, which the custom autograd functions of the
     core (`_OneDNNLinearFn`, the RMSNorm backward) do not implement: callers then use the stock ops."""
@@ -73,13 +234,19 @@ def plain_autograd() -> bool:
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN for this unpacked product: fp32 CPU, big enough, plain autograd, and measured faster on this machine
+    (`train_choice` when a gradient is needed, else `infer_choice` of the weight's shape)."""
     if not x.is_cpu or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if x.numel() // max(x.shape[-1], 1) * weight.numel() < MIN_MACS:
         return False
     if not plain_autograd():
         return False  # torch.func transforms, autocast, forward-mode AD: leave them to F.linear
-    return onednn_available()
+    if not onednn_available():
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return train_choice() == "onednn"
+    return infer_choice(weight.shape[0], weight.shape[1]) == "onednn"
 
 
 def bucket_rows(m: int) -> int:
@@ -161,8 +328,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state-dict keys) whose forward is `linear()` above.
 
-    Inside `packed_weights(model)` it also holds a prepacked copy of its weight, used for no-grad calls
-    while the weight is unchanged (same tensor, same version counter).
+    Inside `packed_weights(model)` it also holds an inference copy of its weight (`FusedPack`: prepacked for oneDNN
+    or transposed, whichever `infer_choice` measured fastest), used for no-grad calls while the weight is unchanged
+    (same tensor, same version counter).
     """
 
     _pack: FusedPack | None = None
@@ -177,22 +345,32 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pack = self._pack
-        return linear(x, self.weight, self.bias, pack.packed if pack is not None and pack.fresh() else None)
+        if pack is not None and pack.usable(x):
+            return pack.fused(x)
+        return linear(x, self.weight, self.bias)
 
 
 class FusedPack:
-    """One prepacked weight made of the row-concatenation of several Linear layers that read the same input
-    (q/k/v, or gate/up of a SwiGLU), so inference does one GEMM instead of several. Valid while none of the
+    """One inference copy of the row-concatenation of several Linear layers that read the same input (q/k/v, or
+    gate/up of a SwiGLU), so inference does one GEMM instead of several. Its layout is the one `infer_choice` measured
+    fastest for that shape on this machine: "onednn" (oneDNN's blocked layout, reordered once), "t" (the transposed
+    (in, sum out) copy, `x @ W^T`) or "mkl" (the plain concatenation through `F.linear`). Valid while none of the
     source weights changes (tensor identity and version counter)."""
 
-    def __init__(self, linears: list[nn.Linear], packed: torch.Tensor | None, plain: torch.Tensor | None, bias: torch.Tensor | None):
+    def __init__(self, linears: list[nn.Linear], packed: torch.Tensor | None, plain: torch.Tensor | None, bias: torch.Tensor | None,
+                 wt: torch.Tensor | None = None):  # fmt: skip
         self.linears, self.bias = linears, bias
-        self.packed = packed  # oneDNN-reordered (sum out, in) concatenation, or None for small weights
-        self.plain = plain  # the plain concatenation, kept only when not reordered
+        self.packed = packed  # oneDNN-reordered (sum out, in) concatenation, or None
+        self.plain = plain  # the plain concatenation (sum out, in), when neither reordered nor transposed
+        self.wt = wt  # the transposed concatenation (in, sum out), contiguous, or None
         self.sources = [m.weight for m in linears] + [m.bias for m in linears if m.bias is not None]
         self.versions = [t._version for t in self.sources]
         self.splits = [m.out_features for m in linears]
         self.macs_per_row = sum(m.weight.numel() for m in linears)
+
+    @property
+    def layout(self) -> str:
+        return "onednn" if self.packed is not None else "t" if self.wt is not None else "mkl"
 
     def fresh(self) -> bool:
         """True while every source weight/bias is unchanged in place (version counter; this is called per
@@ -202,7 +380,7 @@ class FusedPack:
     @classmethod
     def build(cls, linears: list[nn.Linear]) -> FusedPack | None:
         w0 = linears[0].weight
-        if w0.device.type != "cpu" or w0.dtype != torch.float32 or not onednn_available():
+        if w0.device.type != "cpu" or w0.dtype != torch.float32:
             return None
         with torch.no_grad():
             w = torch.cat([m.weight.detach() for m in linears]) if len(linears) > 1 else w0.detach()  # (sum out, in)
@@ -211,24 +389,30 @@ class FusedPack:
                 bias = None
             else:
                 bias = torch.cat([b.detach() if b is not None else torch.zeros(m.out_features) for b, m in zip(biases, linears)])
-            if w.numel() < PACK_MIN_NUMEL:  # small weight: the reorder costs more than it saves
-                return cls(linears, None, w, bias)
-            return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), None, bias)
+            how = infer_choice(w.shape[0], w.shape[1])
+            if how == "onednn" and w.numel() >= PACK_MIN_NUMEL:  # small weights: the reorder costs more than it saves
+                return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), None, bias)
+            if how == "t":
+                return cls(linears, None, None, bias, w.t().contiguous())
+            return cls(linears, None, w, bias)
 
     def usable(self, x: torch.Tensor) -> bool:
-        """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged, and either a plain
-        (small) pack or a product big enough for the prepacked oneDNN weight (else the layers run one by one on
+        """True when this pack may serve x: no gradient needed, fp32 CPU, weights unchanged, and either an unreordered
+        layout or a product big enough for the prepacked oneDNN weight (else the layers run one by one on
         their own weights: no extra copy of large weights is kept for small batches)."""
         if torch.is_grad_enabled() or x.dtype != torch.float32 or not x.is_cpu or not self.fresh():
             return False
         return self.packed is None or x.numel() // max(x.shape[-1], 1) * self.macs_per_row >= MIN_MACS
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> the concatenated outputs (..., sum out_i) in one GEMM (call when `usable`): on the
-        prepacked oneDNN weight, or, for weights too small to reorder (`PACK_MIN_NUMEL`), `linear()` on the plain
-        concatenated weight."""
+        """x (..., in) -> the concatenated outputs (..., sum out_i) in one GEMM (call when `usable`): on the prepacked
+        oneDNN weight, on the transposed copy, or `linear()` on the plain concatenated weight."""
         if self.packed is not None:
             return _op_rows(x, self.packed, self.bias)
+        if self.wt is not None:
+            x2 = x.reshape(-1, x.shape[-1])  # (m, in)
+            y = torch.mm(x2, self.wt) if self.bias is None else torch.addmm(self.bias, x2, self.wt)  # (m, out)
+            return y.view(*x.shape[:-1], y.shape[-1])
         return linear(x, self.plain, self.bias)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

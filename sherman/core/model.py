@@ -437,9 +437,10 @@ class Transformer(nn.Module):
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (..., C) -> logits (..., V) through the (tied or untied) LM head."""
-        w = self.head_weight()
         pack = self.__dict__.get("_head_pack")
-        return linear(h, w, None, pack.packed if pack is not None and pack.fresh() else None)
+        if pack is not None and pack.usable(h):
+            return pack.fused(h)
+        return linear(h, self.head_weight(), None)
 
     def pack_for_inference(self) -> list[nn.Module]:
         """Prepack the LM head (tied or not) for fast inference; see `core/linear.py`, `packed_weights`."""

@@ -4,6 +4,7 @@ shared-prompt prefill (same outputs as without)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -18,6 +19,21 @@ from sherman.core.model import ModelConfig, Transformer
 # (`onednn_available()` False) makes these tests fail, not skip.
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available() or os.environ.get("SHERMAN_ONEDNN", "1") == "0",
                                   reason="torch built without oneDNN, or SHERMAN_ONEDNN=0")
+
+
+@pytest.fixture(autouse=True)
+def _onednn_forced_where_tested(request, monkeypatch):
+    """Tests of the oneDNN path run it whatever this machine's measured choice is (SHERMAN_ONEDNN=1 skips the
+    measurement); the others see the measured choice, cached in a per-test directory."""
+    monkeypatch.setenv("SHERMAN_CACHE_DIR", str(request.getfixturevalue("tmp_path") / "cache"))
+    monkeypatch.delitem(L._STATE, "choice", raising=False)
+    if request.node.get_closest_marker("skipif") is not None and request.node.name.startswith(ONEDNN_TESTS):
+        monkeypatch.setenv("SHERMAN_ONEDNN", "1")
+    yield
+    L._STATE.pop("choice", None)
+
+
+ONEDNN_TESTS = ("test_onednn", "test_packs_are_used_only_while_fresh", "test_expanded_gradient", "test_packed_weights_nest")
 
 
 @needs_onednn
@@ -113,11 +129,8 @@ def test_model_logits_equal_with_fused_packs_and_generate_is_unchanged():
     assert _rel(got, ref) < 1e-5
     sp = SamplingParams(max_new_tokens=6, temperature=0.0)
     a = generate(model, [[1, 2, 3], [4, 5]], sp)
-    L._STATE["ok"] = False  # force the plain F.linear path everywhere
-    try:
-        b = generate(model, [[1, 2, 3], [4, 5]], sp)
-    finally:
-        L._STATE.pop("ok")
+    os.environ["SHERMAN_ONEDNN"] = "0"  # force the plain F.linear path everywhere (restored by the fixture)
+    b = generate(model, [[1, 2, 3], [4, 5]], sp)
     assert a.tokens == b.tokens
     assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-4
 
@@ -243,3 +256,70 @@ def test_fast_decode_step_with_a_sparse_backend_and_rectification_is_identical(m
         o = generate(m, prompts, SamplingParams(max_new_tokens=20, temperature=0.9), attn=attn, generator=torch.Generator().manual_seed(1))
         outs.append((o.tokens, o.logprobs))
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("layout", ["onednn", "t", "mkl"])
+def test_every_inference_layout_equals_f_linear(monkeypatch, layout):
+    """Each layout `infer_choice` may pick (prepacked oneDNN, transposed copy, plain F.linear) gives F.linear's
+    numbers for fused q/k/v-like layers with and without bias, at decode and prefill row counts."""
+    if layout == "onednn" and not L.onednn_available():
+        pytest.skip("torch built without oneDNN")
+    monkeypatch.setattr(L, "infer_choice", lambda out_f, in_f: layout)
+    torch.manual_seed(0)
+    lins = [L.Linear(256, 512, bias=True), L.Linear(256, 128, bias=False), L.Linear(256, 128, bias=True)]
+    pack = L.FusedPack.build(lins)
+    assert pack.layout == layout
+    for rows in (1, 16, 300):
+        x = torch.randn(rows, 1, 256)
+        with torch.no_grad():
+            if layout == "onednn" and rows * pack.macs_per_row < L.MIN_MACS:
+                assert not pack.usable(x)  # too small for the prepacked weight: the layers run one by one
+                continue
+            assert pack.usable(x)
+            got = pack(x)
+            for y, lin in zip(got, lins):
+                assert y.shape == (rows, 1, lin.out_features)
+                assert _rel(y, F.linear(x, lin.weight, lin.bias)) < 1e-6
+
+
+def test_measured_choice_is_cached_and_overridden_by_the_environment(monkeypatch):
+    monkeypatch.delenv("SHERMAN_ONEDNN", raising=False)
+    path = L.choice_path()
+    assert not path.exists()
+    c = L.infer_choice(96, 64)
+    assert c in ("onednn", "t", "mkl") and L.train_choice() in ("onednn", "mkl")
+    saved = json.loads(path.read_text())
+    assert saved["machine"] == L.machine_key() and saved["infer"]["96x64"] == c and saved["train"] in ("onednn", "mkl")
+    L._STATE.pop("choice")  # a new process: read from disk, nothing is measured again
+
+    def no_measure(*a, **k):
+        raise AssertionError("measured twice")
+
+    monkeypatch.setattr(L, "measure_infer", no_measure)
+    monkeypatch.setattr(L, "measure_train", no_measure)
+    assert L.infer_choice(96, 64) == c and L.train_choice() == saved["train"]
+    monkeypatch.setenv("SHERMAN_ONEDNN", "0")
+    assert L.infer_choice(96, 64) == "mkl" and L.train_choice() == "mkl"
+    if L.onednn_available():
+        monkeypatch.setenv("SHERMAN_ONEDNN", "1")
+        assert L.infer_choice(96, 64) == "onednn" and L.train_choice() == "onednn"
+
+
+def test_a_cache_from_another_machine_or_a_damaged_one_is_measured_again(monkeypatch):
+    monkeypatch.delenv("SHERMAN_ONEDNN", raising=False)
+    path = L.choice_path()
+    path.parent.mkdir(parents=True)
+    calls = []
+    monkeypatch.setattr(L, "measure_infer", lambda o, i, rows=16: calls.append((o, i)) or {"mkl": 2.0, "t": 1.0})
+    for text in (json.dumps({"machine": "another CPU", "infer": {"96x64": "onednn"}}), "{not json"):
+        path.write_text(text)
+        L._STATE.pop("choice", None)
+        assert L.infer_choice(96, 64) == "t"  # 1.0 < 0.95 * 2.0
+    assert calls == [(96, 64), (96, 64)]
+    assert json.loads(path.read_text())["machine"] == L.machine_key()
+
+
+def test_pick_needs_a_margin_over_f_linear():
+    assert L._pick({"mkl": 1.0, "t": 0.96, "onednn": 0.97}) == "mkl"  # within 5%: keep F.linear
+    assert L._pick({"mkl": 1.0, "t": 0.90, "onednn": 0.80}) == "onednn"
+    assert L._pick({"mkl": 0.5, "onednn": 0.6}) == "mkl"
