@@ -9,6 +9,13 @@ Milakov & Gimelshein 2018, as in FlashAttention):
     m' = max(m, max_j s_j);  l = l * exp(m - m') + sum_j exp(s_j - m');  acc = acc * exp(m - m') + sum_j exp(s_j - m') v_j
 so K and V are read exactly once and nothing is materialised. Float32, CPU, no autograd.
 
+Each key and value row is read once for all G query heads of its group. The selected blocks of every (row, KV head)
+are split into ~8 chunks, each reduced to a partial (m, l, acc) and merged at the end with the same rescaling, so the
+work divides into many small items taken dynamically by the calling thread and helper `std::thread`s started for
+the call (`kernel_threads`: one per MiB of K/V to read, at most torch's thread count and the cores other processes
+leave idle). There is no OpenMP region: nothing spin-waits, and when another process preempts a helper only the item
+it holds waits (issue 20: the OpenMP version fell to 0.37x dense beside a busy process).
+
 Used by the sparse backends when `options["impl"] == "cpp"` (default "torch"); `available()` says whether the
 extension builds here. Parity with the pure path is tested in tests/attention/test_fused.py.
 """
@@ -16,20 +23,33 @@ extension builds here. Parity with the pure path is tested in tests/attention/te
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import torch
 
 _SRC = r"""
 #include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <vector>
+
+// One work item: the selected blocks [c0, c1) of row-head bh (c1 == K + 1 means: up to and including the local block),
+// reduced to a partial online-softmax state (m, l, acc) per query head of the group.
+struct Partial { std::vector<float> m, l, acc; };
 
 // q (B, H, G, D) pre-scaled; k, v (B, H, T, D); idx (B, H, K) int64 block ids; valid (B, T) bool.
 // Attends every query row to the K selected blocks of size bs and to the local slots [lo, end).
+// The work is split into items of `chunk` blocks (the local block is one more), taken from a shared counter by the
+// calling thread and n_threads - 1 helper std::threads created for this call and joined at its end: no OpenMP
+// region, so no thread spin-waits at a barrier, and a helper that another process preempts holds up only the one
+// item it is working on (the others are taken by whoever is free).
 torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor idx,
-                                  torch::Tensor valid, int64_t bs, int64_t lo, int64_t end) {
+                                  torch::Tensor valid, int64_t bs, int64_t lo, int64_t end, int64_t chunk,
+                                  int64_t n_threads) {
   const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3);
   const int64_t T = k.size(2), K = idx.size(2);
   auto out = torch::empty_like(q);
@@ -41,57 +61,103 @@ torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tenso
   const int64_t vstride = valid.size(1);
   float* op = out.data_ptr<float>();
   const float NEG = -std::numeric_limits<float>::infinity();
-  at::parallel_for(0, B * H, 1, [&](int64_t s0, int64_t s1) {
-    const int64_t maxn = std::max<int64_t>(bs, end - lo);
-    std::vector<float> m(G), l(G), acc(G * D), sc(maxn);
-    for (int64_t bh = s0; bh < s1; ++bh) {
-      const int64_t b = bh / H;
-      const float* kb = kp + bh * T * D;
-      const float* vb = vp + bh * T * D;
-      const bool* valid_row = vl + b * vstride;
-      std::fill(m.begin(), m.end(), NEG);
-      std::fill(l.begin(), l.end(), 0.f);
-      std::fill(acc.begin(), acc.end(), 0.f);
-      auto run = [&](int64_t t0, int64_t n) {
+  chunk = std::max<int64_t>(1, chunk);
+  const int64_t per_bh = (K + chunk - 1) / chunk + 1;  // chunks of selected blocks, then the local block
+  const int64_t n_items = B * H * per_bh;
+  std::vector<Partial> parts(n_items);
+  const int64_t maxn = std::max<int64_t>(bs, end - lo);
+
+  auto work = [&](int64_t item, std::vector<float>& sc, std::vector<float>& pr) {
+    const int64_t bh = item / per_bh, c = item % per_bh, b = bh / H;
+    const float* kb = kp + bh * T * D;
+    const float* vb = vp + bh * T * D;
+    const float* qb = qp + bh * G * D;
+    const bool* valid_row = vl + b * vstride;
+    Partial& P = parts[item];
+    P.m.assign(G, NEG);
+    P.l.assign(G, 0.f);
+    P.acc.assign(G * D, 0.f);
+    auto run = [&](int64_t t0, int64_t n) {
+      // scores of the n slots for all G heads: each key row is read once for the whole group
+      for (int64_t j = 0; j < n; ++j) {
+        const float* kr = kb + (t0 + j) * D;
+        const bool ok = valid_row[t0 + j];
         for (int64_t g = 0; g < G; ++g) {
-          const float* qg = qp + (bh * G + g) * D;
-          float mb = NEG;
-          for (int64_t j = 0; j < n; ++j) {
-            if (!valid_row[t0 + j]) { sc[j] = NEG; continue; }
-            const float* kr = kb + (t0 + j) * D;
-            float s = 0.f;
+          if (!ok) { sc[g * n + j] = NEG; continue; }
+          const float* qg = qb + g * D;
+          float s = 0.f;
 #pragma omp simd reduction(+ : s)
-            for (int64_t d = 0; d < D; ++d) s += qg[d] * kr[d];
-            sc[j] = s;
-            mb = std::max(mb, s);
-          }
-          const float mn = std::max(m[g], mb);
-          if (mn == NEG) continue;
-          const float scale = std::exp(m[g] - mn);
-          float* ag = acc.data() + g * D;
-          l[g] *= scale;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) ag[d] *= scale;
-          for (int64_t j = 0; j < n; ++j) {
-            if (sc[j] == NEG) continue;
-            const float p = std::exp(sc[j] - mn);
-            l[g] += p;
-            const float* vr = vb + (t0 + j) * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) ag[d] += p * vr[d];
-          }
-          m[g] = mn;
+          for (int64_t d = 0; d < D; ++d) s += qg[d] * kr[d];
+          sc[g * n + j] = s;
         }
-      };
-      for (int64_t kk = 0; kk < K; ++kk) run(ip[bh * K + kk] * bs, bs);
-      run(lo, end - lo);
-      for (int64_t g = 0; g < G; ++g) {
-        float* o = op + (bh * G + g) * D;
-        const float inv = 1.f / l[g];
-        for (int64_t d = 0; d < D; ++d) o[d] = acc[g * D + d] * inv;
       }
+      for (int64_t g = 0; g < G; ++g) {
+        float* sg = sc.data() + g * n;
+        float* pg = pr.data() + g * n;
+        float mb = NEG;
+        for (int64_t j = 0; j < n; ++j) mb = std::max(mb, sg[j]);
+        const float mn = std::max(P.m[g], mb);
+        if (mn == NEG) { std::fill(pg, pg + n, 0.f); continue; }
+        const float scale = std::exp(P.m[g] - mn);
+        float lsum = 0.f;
+        for (int64_t j = 0; j < n; ++j) { pg[j] = std::exp(sg[j] - mn); lsum += pg[j]; }
+        P.l[g] = P.l[g] * scale + lsum;
+        float* ag = P.acc.data() + g * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) ag[d] *= scale;
+        P.m[g] = mn;
+      }
+      // accumulate p v: each value row is read once for the whole group
+      for (int64_t j = 0; j < n; ++j) {
+        const float* vr = vb + (t0 + j) * D;
+        for (int64_t g = 0; g < G; ++g) {
+          const float p = pr[g * n + j];
+          if (p == 0.f) continue;
+          float* ag = P.acc.data() + g * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) ag[d] += p * vr[d];
+        }
+      }
+    };
+    if (c < per_bh - 1) {
+      const int64_t k1 = std::min(K, (c + 1) * chunk);
+      for (int64_t kk = c * chunk; kk < k1; ++kk) run(ip[bh * K + kk] * bs, bs);
+    } else if (end > lo) {
+      run(lo, end - lo);
     }
-  });
+  };
+
+  std::atomic<int64_t> next(0);
+  auto loop = [&]() {
+    std::vector<float> sc(G * maxn), pr(G * maxn);
+    for (int64_t item = next.fetch_add(1); item < n_items; item = next.fetch_add(1)) work(item, sc, pr);
+  };
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(n_threads, n_items));
+  std::vector<std::thread> helpers;
+  for (int64_t t = 1; t < nt; ++t) helpers.emplace_back(loop);
+  loop();
+  for (auto& th : helpers) th.join();
+
+  // merge the partial states of each (row, head): m = max m_i, l = sum l_i e^(m_i - m), acc likewise
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    for (int64_t g = 0; g < G; ++g) {
+      float M = NEG;
+      for (int64_t c = 0; c < per_bh; ++c) M = std::max(M, parts[bh * per_bh + c].m[g]);
+      float* o = op + (bh * G + g) * D;
+      std::fill(o, o + D, 0.f);
+      float L = 0.f;
+      for (int64_t c = 0; c < per_bh; ++c) {
+        const Partial& P = parts[bh * per_bh + c];
+        if (P.m[g] == NEG) continue;
+        const float w = std::exp(P.m[g] - M);
+        L += P.l[g] * w;
+        const float* a = P.acc.data() + g * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += a[d] * w;
+      }
+      const float inv = 1.f / L;
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    }
+  }
   return out;
 }
 
@@ -113,11 +179,11 @@ def _load():
             # first use compiles (20-25 s on 2 cores; later runs load torch's build cache): say so instead of a silent pause
             print("sherman: loading the fused C++ sparse-decode kernel (--impl cpp); the first use compiles it, ~20-25 s ...", file=sys.stderr, flush=True)
             _EXT = load_inline(
-                name="sherman_block_sparse_v2",
+                name="sherman_block_sparse_v3",
                 cpp_sources=[_SRC],
-                # -fopenmp: without it at::parallel_for's OpenMP pragma is dropped and the kernel runs on one thread
-                extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
+                # -fopenmp-simd: the `omp simd` loop hints only; threads are std::threads (no OpenMP runtime)
+                extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-pthread"],
+                extra_ldflags=["-pthread"],
                 verbose=False,
             )
         except Exception as e:  # no compiler, no headers: the pure path is used
@@ -140,5 +206,35 @@ def fused_sparse_decode(q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
     assert q.dtype == torch.float32 and k_all.is_contiguous() and v_all.is_contiguous() and not q.is_cuda, "fused path: fp32, CPU, contiguous"
     nc = (end - 1) // block_size
     qg = (q.reshape(b, hkv, hq // hkv, d) * (1.0 / math.sqrt(d))).contiguous()  # (B, H_kv, G, D)
-    out = ext.block_sparse_decode(qg, k_all, v_all, idx.contiguous().long(), valid.contiguous(), block_size, nc * block_size, end)
+    n_sel = idx.shape[-1]
+    kv_bytes = 2 * b * hkv * (n_sel * block_size + end - nc * block_size) * d * 4  # what the kernel reads
+    chunk = max(1, -(-n_sel // 8))  # ~8 items per (row, head): a preempted helper holds up one eighth of a head
+    out = ext.block_sparse_decode(qg, k_all, v_all, idx.contiguous().long(), valid.contiguous(), block_size, nc * block_size, end,
+                                  chunk, kernel_threads(kv_bytes))  # fmt: skip
     return out.reshape(b, hq, 1, d)
+
+
+BYTES_PER_THREAD = 1 << 20
+"""The kernel adds a helper thread per this many bytes of K and V to read (a thread costs ~20-50 us to start)."""
+_LOAD: list[float] = [0.0, 0.0]  # (time of the last /proc/loadavg read, the idle-core estimate then)
+
+
+def idle_cores() -> float:
+    """Cores not used by other runnable processes: cpu count - (1-minute load average - 1 for this process), read at
+    most once a second. A rough, lagging signal, but enough to stop a second thread from queueing behind another
+    job on a 2-core machine (where that thread would wait for a time slice and hold up the whole step)."""
+    now = time.monotonic()
+    if now - _LOAD[0] > 1.0:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        _LOAD[0], _LOAD[1] = now, (os.cpu_count() or 1) - max(load - 1.0, 0.0)
+    return _LOAD[1]
+
+
+def kernel_threads(kv_bytes: int) -> int:
+    """Threads for one kernel call: torch's intra-op thread count, at most one per `BYTES_PER_THREAD` of K and V, and
+    no more than the cores other processes leave idle (at least 1)."""
+    want = min(torch.get_num_threads(), max(1, kv_bytes // BYTES_PER_THREAD))
+    return max(1, min(want, int(idle_cores() + 0.5)))

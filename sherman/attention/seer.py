@@ -181,16 +181,19 @@ class AttnGate(nn.Module):
         cos, sin = rope_at(block_pos, y.shape[-1], self.cfg.rope_theta)
         return apply_rope(y, cos.to(y.dtype), sin.to(y.dtype))
 
-    def block_keys(self, k_post: torch.Tensor, valid: torch.Tensor, slot_pos: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block_keys(self, k_post: torch.Tensor, valid: torch.Tensor, slot_pos: torch.Tensor, lo: int, hi: int,
+                   pos_from: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Compressed keys of blocks [lo, hi) from post-RoPE keys k_post (B, H_kv, >= hi*bs, D).
 
-        valid (B, >= hi*bs) bool; slot_pos (B, >= hi*bs) RoPE position of every slot. Returns (B, H_kv, n, D_g), has (B, n)."""
+        valid (B, >= hi*bs) bool; slot_pos (B, >= hi*bs - pos_from): RoPE position of every slot from slot pos_from on
+        (pos_from <= lo*bs). Returns (B, H_kv, n, D_g), has (B, n)."""
         bs = self.cfg.block_size
         b, h, _, d = k_post.shape
         n = hi - lo
-        k = unrope(k_post[:, :, lo * bs : hi * bs], slot_pos[:, lo * bs : hi * bs], self.cfg.rope_theta)  # (B, H, n*bs, D)
+        pos = slot_pos[:, lo * bs - pos_from : hi * bs - pos_from]  # (B, n*bs)
+        k = unrope(k_post[:, :, lo * bs : hi * bs], pos, self.cfg.rope_theta)  # (B, H, n*bs, D)
         pooled, has = pool_blocks(k.reshape(b, h, n, bs, d), valid[:, lo * bs : hi * bs].reshape(b, n, bs))
-        return self.gate_k(pooled, slot_pos[:, lo * bs : hi * bs : bs]), has
+        return self.gate_k(pooled, pos[:, ::bs]), has
 
 
 class SeerGates(nn.Module):
@@ -255,6 +258,7 @@ class SeerState:
     kg: list[torch.Tensor]  # per layer (B, H_kv, NB_max, D_g)
     has_valid: list[torch.Tensor]  # per layer (B, NB_max)
     n_done: list[int]
+    valid_before: list[torch.Tensor]  # per layer (B, NB_max + 1) int64: valid slots in blocks [0, j), for j <= n_done
     buffers: dict = field(default_factory=dict)
 
     @classmethod
@@ -266,6 +270,7 @@ class SeerState:
             kg=[torch.zeros(b, h, nb, cfg.gate_dim, dtype=dt, device=dev) for _ in range(n)],
             has_valid=[torch.zeros(b, nb, dtype=torch.bool, device=dev) for _ in range(n)],
             n_done=[0] * n,
+            valid_before=[torch.zeros(b, nb + 1, dtype=torch.long, device=dev) for _ in range(n)],
         )
 
 
@@ -283,11 +288,23 @@ def update_gate_keys(st: SeerState, gate: AttnGate, layer: int, k: torch.Tensor,
     hi = k.shape[2] // bs
     if hi <= lo:
         return
-    slot_pos = padded_positions(valid[:, : hi * bs])  # (B, hi*bs)
-    kg, has = gate.block_keys(k, valid, slot_pos, lo, hi)
+    # RoPE positions of the window's slots (`padded_positions` of the whole row, computed from the window alone: each
+    # decode step costs O(block), not O(context))
+    before = st.valid_before[layer][:, lo : lo + 1]  # (B, 1) valid slots before the window
+    csum = valid[:, lo * bs : hi * bs].long().cumsum(-1)  # (B, n*bs)
+    slot_pos = (before + csum - 1).clamp(min=0)  # (B, n*bs)
+    kg, has = gate.block_keys(k, valid, slot_pos, lo, hi, pos_from=lo * bs)
     st.kg[layer][:, :, lo:hi] = kg
     st.has_valid[layer][:, lo:hi] = has
+    st.valid_before[layer][:, lo + 1 : hi + 1] = before + csum[:, bs - 1 :: bs]
     st.n_done[layer] = hi
+
+
+def query_position(st: SeerState, layer: int, valid: torch.Tensor, nc: int, block_size: int) -> torch.Tensor:
+    """RoPE position of the query at the last slot of valid (B, end) -> (B, 1), = (valid.sum(-1) - 1).clamp(min=0)
+    from the block counts of `st` (blocks [0, nc) must be done) plus the local block: no pass over the context."""
+    n = st.valid_before[layer][:, nc : nc + 1] + valid[:, nc * block_size :].sum(-1, keepdim=True)  # (B, 1)
+    return (n - 1).clamp(min=0)
 
 
 def gate_scores(gate: AttnGate, q: torch.Tensor, kg: torch.Tensor, has: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
@@ -343,7 +360,7 @@ def seer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnC
         idx, keep = torch.arange(nc, device=q.device).expand(q.shape[0], k.shape[1], nc), None
     else:
         with torch.no_grad():
-            q_pos = (valid.sum(-1, keepdim=True) - 1).clamp(min=0)  # (B, 1)
+            q_pos = query_position(st, layer, valid, nc, bs)  # (B, 1)
             probs = gate_scores(gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
         idx, keep = select_blocks(probs, kk, None if threshold is None else float(threshold))
     return decode_selected(q, cache, layer, idx, end, bs, st.buffers, keep, opts.get("impl", "torch"))

@@ -44,3 +44,32 @@ def test_fused_backend_full_budget_equals_dense():
     sp = generate(model, prompts, params, attn=AttnContext(backend="quest", options={"budget": 1.0, "block_size": 8, "impl": "cpp"}))
     assert sp.tokens == dense.tokens
     assert max(abs(a - b) for ra, rb in zip(sp.logprobs, dense.logprobs) for a, b in zip(ra, rb)) < 1e-5
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_chunks_and_threads_equal_pure(monkeypatch, threads):
+    """Many selected blocks split into chunks (some wholly padding), merged, on 1-3 threads: the pure path's numbers."""
+    require_extension()
+    monkeypatch.setattr(fused, "kernel_threads", lambda kv_bytes: threads)
+    torch.manual_seed(1)
+    b, hkv, g, d, bs = 2, 2, 4, 64, 16
+    t = 40 * bs + 5
+    k, v = torch.randn(b, hkv, t + 11, d), torch.randn(b, hkv, t + 11, d)
+    valid = torch.ones(b, t + 11, dtype=torch.bool)
+    valid[1, :100] = False  # blocks 0-5 of row 1 are all padding, block 6 partly
+    q = torch.randn(b, hkv * g, 1, d)
+    idx = torch.stack([torch.randperm(40)[:21].sort().values for _ in range(b * hkv)]).view(b, hkv, 21)
+    idx[1, 0] = torch.arange(21)  # row 1, head 0: its first chunk (3 blocks) is all padding
+    ref = sparse_decode(q, k, v, valid, idx, t, bs)
+    got = fused.fused_sparse_decode(q, k, v, valid, idx, t, bs)
+    assert (ref - got).abs().max() < 1e-5
+
+
+def test_kernel_threads_follow_work_and_idle_cores(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(fused, "idle_cores", lambda: 4.0)
+    assert fused.kernel_threads(100) == 1  # less than a MiB to read: no helper thread
+    assert fused.kernel_threads(3 * fused.BYTES_PER_THREAD) == 3
+    assert fused.kernel_threads(64 * fused.BYTES_PER_THREAD) == 4  # at most torch's thread count
+    monkeypatch.setattr(fused, "idle_cores", lambda: 1.2)  # another job holds the other cores
+    assert fused.kernel_threads(64 * fused.BYTES_PER_THREAD) == 1

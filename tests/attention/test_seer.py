@@ -12,6 +12,7 @@ from sherman.attention.seer import (
     gate_logits_dense,
     kl_to_gate,
     pool_blocks,
+    query_position,
     rope_at,
     seer_context,
     select_blocks,
@@ -142,6 +143,13 @@ def test_gate_key_cache_matches_recompute():
         kg, has = gates.layers[layer].block_keys(cache.k[layer], valid, padded_positions(valid), 0, n)
         assert (st.kg[layer][:, :, :n] - kg).abs().max() < 1e-5
         assert torch.equal(st.has_valid[layer][:, :n], has)
+        # the per-block counts behind the windowed positions (no pass over the context per step)
+        counts = cache.valid[:, : n * 4].reshape(2, n, 4).sum(-1).cumsum(-1)  # (B, n) valid slots in blocks [0, j]
+        assert torch.equal(st.valid_before[layer][:, 1 : n + 1], counts) and not st.valid_before[layer][:, 0].any()
+        for end in (n * 4 - 3, n * 4, n * 4 + 1):
+            v = cache.valid[:, :end]
+            want = (v.sum(-1, keepdim=True) - 1).clamp(min=0)
+            assert torch.equal(query_position(st, layer, v, (end - 1) // 4, 4), want)
 
 
 def test_distillation_loss_falls_and_only_gates_train():
