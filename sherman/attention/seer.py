@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sherman.attention.sparse import decode_selected, mark_written, n_keep, select_topk
+from sherman.attention.sparse import decode_selected, mark_written, n_keep, select_topk, serial_ops
 from sherman.core.attention import AttnContext, dense_attention
 from sherman.core.common import ShermanError
 from sherman.core.kv_cache import KVCache
@@ -345,10 +345,21 @@ def seer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnC
     cache, layer, end = ctx.cache, ctx.layer, k.shape[2]
     st = seer_state(cache, cfg)
     valid = cache.valid[:, :end]
+    if q.shape[2] != 1 or opts.get("dense", False):
+        with torch.no_grad():
+            update_gate_keys(st, gate, layer, k, valid, ctx.q_start)
+        return dense_attention(q, k, v, ctx)
+    with serial_ops():  # the gate: tiny ops on one thread (`sparse.serial_ops`); the KV read below keeps torch's threads
+        idx, keep = seer_select(q, k, ctx, st, gate, valid, end)
+    return decode_selected(q, cache, layer, idx, end, cfg.block_size, st.buffers, keep, opts.get("impl", "torch"))
+
+
+def seer_select(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: SeerState, gate: AttnGate, valid: torch.Tensor,
+                end: int) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """A decode step's gate: compress the block that just completed, score the complete blocks, select -> idx, keep."""
+    opts, layer, cfg = ctx.options, ctx.layer, gate.cfg
     with torch.no_grad():
         update_gate_keys(st, gate, layer, k, valid, ctx.q_start)
-    if q.shape[2] != 1 or opts.get("dense", False):
-        return dense_attention(q, k, v, ctx)
     bs = cfg.block_size
     nc = (end - 1) // bs
     budget = float(opts.get("budget", 0.1))
@@ -363,7 +374,7 @@ def seer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnC
             q_pos = query_position(st, layer, valid, nc, bs)  # (B, 1)
             probs = gate_scores(gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
         idx, keep = select_blocks(probs, kk, None if threshold is None else float(threshold))
-    return decode_selected(q, cache, layer, idx, end, bs, st.buffers, keep, opts.get("impl", "torch"))
+    return idx, keep
 
 
 # ----------------------------------------------------------------------------------------------------------------

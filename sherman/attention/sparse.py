@@ -28,6 +28,7 @@ fused C++ kernel of `attention/fused.py`). Prefill (T_q > 1) is always dense.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -233,6 +234,26 @@ def sparse_decode(
     return out.reshape(b, hq, 1, d)
 
 
+@contextlib.contextmanager
+def serial_ops():
+    """Run the enclosed torch ops on one thread (torch's intra-op count restored on exit; ~0.4 us per toggle).
+
+    A decode step's scoring and selection are dozens of tiny ops (block scores over n blocks, top-k, one block's
+    summary), several of which torch would split across its OpenMP threads (vectorised sin/cos from 2048 elements,
+    softmax rows, MKL's small GEMMs). Split work that small gains nothing, and when another process holds the other
+    core each such op waits for a time slice: measured at load ~8 on 2 cores, 15-19 ms per op and a 10% Seer step 4x
+    slower than dense (issue 20). The KV read itself (the gather + matmuls or the fused kernel) stays outside."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def is_sparse_step(q: torch.Tensor, ctx: AttnContext) -> bool:
     """A decode step (one query at the last slot, with a cache) that a sparse backend may run sparsely."""
     return ctx.cache is not None and q.shape[2] == 1 and not ctx.options.get("dense", False)
@@ -246,9 +267,18 @@ def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
     cache, layer = ctx.cache, ctx.layer
     end = k.shape[2]
     st = summaries(cache, cfg.block_size)
-    update_summaries(st, layer, k, cache.valid[:, :end], ctx.q_start)
     if not is_sparse_step(q, ctx):
+        update_summaries(st, layer, k, cache.valid[:, :end], ctx.q_start)
         return dense_attention(q, k, v, ctx)
+    with serial_ops():  # one block's summary, the scores and the top-k: tiny ops (see `serial_ops`)
+        update_summaries(st, layer, k, cache.valid[:, :end], ctx.q_start)
+        idx = select_quest(q, k, ctx, st, cfg, end)
+    return decode_selected(q, cache, layer, idx, end, cfg.block_size, st.buffers, None, ctx.options.get("impl", "torch"))
+
+
+def select_quest(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: BlockSummaries, cfg: SparseConfig, end: int) -> torch.Tensor:
+    """The complete blocks a "quest" decode step attends: (B, H_kv, k) ascending."""
+    cache, layer = ctx.cache, ctx.layer
     nc = (end - 1) // cfg.block_size
     kk = n_keep(cfg.budget, nc, cfg.block_size, cfg.min_blocks)
     if kk == nc:
@@ -264,7 +294,7 @@ def quest_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
         else:
             raise ValueError(f"select must be 'quest', 'oracle' or 'random', got {how!r}")
         idx = select_topk(scores, kk)
-    return decode_selected(q, cache, layer, idx, end, cfg.block_size, st.buffers, None, ctx.options.get("impl", "torch"))
+    return idx
 
 
 def decode_selected(q, cache: KVCache, layer: int, idx, end: int, block_size: int, buffers: dict, sel_mask, impl: str) -> torch.Tensor:

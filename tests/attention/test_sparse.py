@@ -210,3 +210,19 @@ def test_bad_options_raise():
         generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=2), attn=AttnContext(backend="quest", options={"budget": 0}))
     with pytest.raises(ValueError):
         resa_context(rectify_every=-1)
+
+
+def test_serial_ops_runs_one_thread_and_restores_the_count():
+    from sherman.attention.sparse import serial_ops
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with serial_ops():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), serial_ops():
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2  # restored on an exception too
+    finally:
+        torch.set_num_threads(before)
