@@ -52,6 +52,8 @@ from sherman.data.ordering import make_order
 from sherman.data.scoring import LearnedScorerConfig, LQSConfig, fit_learned_scorer, pad_batch, score_lqs, spearman
 from sherman.data.selection import select_top
 from sherman.experiments.runner import dump_results
+from sherman.experiments.verdict import REPRODUCED, compare
+from sherman.experiments.verdict import overall as combine
 
 CLAIM = (
     "DELT (Dai et al. 2025, arXiv 2506.21545, Sec. 5): organizing the training data by Learnability-Quality Scoring "
@@ -229,12 +231,17 @@ def t975(df: int) -> float:
     return T975[df - 1] if df <= len(T975) else 1.96 + 2.4 / df
 
 
-def better(ci: tuple[float, float, float], threshold: float) -> int:
-    """+1: significantly better by at least `threshold`; -1: significantly worse; 0: no detectable difference."""
-    m, lo, hi = ci
-    if lo > 0 and m >= threshold:
+def judge(a: list[float], b: list[float], threshold: float) -> int:
+    """Paired per-seed values of a higher-is-better quantity (pass base-arm order for a loss): +1 when a beats b by at least
+    `threshold` AND outside the seed spread, -1 when b beats a so, 0 otherwise (inside the spread, or below the threshold).
+
+    The shared rule `sherman.experiments.verdict.compare` decides, with the spread set to the 95% paired t half-width
+    (k = t quantile, so the spread is the interval `paired_ci` reports): +1 <=> the lower end of the 95% interval of a - b
+    is above 0 and the mean difference is >= threshold."""
+    k = t975(len(a) - 1) if len(a) >= 2 else 2.0
+    if compare(a, b, threshold, paired=len(a) == len(b) >= 2, k=k).verdict == REPRODUCED:
         return 1
-    if hi < 0 and -m >= threshold:
+    if compare(b, a, threshold, paired=len(a) == len(b) >= 2, k=k).verdict == REPRODUCED:
         return -1
     return 0
 
@@ -340,9 +347,7 @@ def run(budget: str, out_dir: Path) -> dict:
     summary = {a: {k: (float(np.mean([x[k] for x in rs])), float(np.std([x[k] for x in rs], ddof=1)) if len(rs) > 1 else 0.0)
                    for k in ("val_loss", "cloze_acc", "mean_corruption_seen", "junk_seen", "steps")} for a, rs in results.items()}
     plots = make_plots(out_dir, results, summary, b)
-    rank = {"reproduced": 3, "partly": 2, "not reproduced": 1, "not testable here": 0}
-    overall = "not testable here" if all(v == "not testable here" for v in verdicts) else (
-        "reproduced" if all(v == "reproduced" for v in verdicts) else "not reproduced" if max(rank[v] for v in verdicts) <= 1 else "partly")
+    overall = combine(verdicts)
     n_junk = int(meta["junk"].sum())
     notes = (
         f"Graded corpus: {len(seqs)} training documents ({n_junk} junk = {n_junk / len(seqs):.1%}), corruption rate ~ U(0,1) per sentence, "
@@ -376,7 +381,9 @@ def _diffs(results: dict, arm: str, b: Budget) -> tuple[tuple[float, float, floa
     dl = paired_ci(_vals(results, BASE.name, "val_loss"), _vals(results, arm, "val_loss"))
     da = paired_ci([-v for v in _vals(results, BASE.name, "cloze_acc")], [-v for v in _vals(results, arm, "cloze_acc")])
     thr = b.min_effect * float(np.mean(_vals(results, BASE.name, "val_loss")))
-    return dl, da, better(dl, thr), better(da, b.min_effect)
+    jl = judge(_vals(results, BASE.name, "val_loss"), _vals(results, arm, "val_loss"), thr)  # base - arm: positive = lower loss
+    ja = judge(_vals(results, arm, "cloze_acc"), _vals(results, BASE.name, "cloze_acc"), b.min_effect)
+    return dl, da, jl, ja
 
 
 def _fmt(ci: tuple[float, float, float], pct: bool = False) -> str:
@@ -416,7 +423,7 @@ def claims(results: dict, b: Budget) -> tuple[list[dict], list[str], str]:
     pair = {}
     for a in others:
         d = paired_ci(_vals(results, a, "val_loss"), _vals(results, "lqs/fold", "val_loss"))
-        pair[a] = (d, better(d, b.min_effect * float(np.mean(_vals(results, a, "val_loss")))))
+        pair[a] = (d, judge(_vals(results, a, "val_loss"), _vals(results, "lqs/fold", "val_loss"), b.min_effect * float(np.mean(_vals(results, a, "val_loss")))))
     if all(v[1] > 0 for v in pair.values()):
         v2 = "reproduced"
     elif all(v[1] >= 0 for v in pair.values()) and any(v[1] > 0 for v in pair.values()):
@@ -449,7 +456,9 @@ def make_plots(out_dir: Path, results: dict, summary: dict, b: Budget) -> list[s
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
+    fig, ax = plt.subplots(2, 2, figsize=(13, 8.4))  # 2 x 2 (one spare): each panel legible at the report's width
+    ax = ax.ravel()
+    ax[3].set_visible(False)
     labs = list(results)
     m = [summary[a]["val_loss"][0] for a in labs]
     e = [summary[a]["val_loss"][1] for a in labs]

@@ -200,7 +200,8 @@ def _plots(results: list[dict], fits: list[dict], out_dir: Path, b: dict) -> lis
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.4))  # 2 x 2: each panel legible at the report's width
+    axes = axes.ravel()
     for ax, split in zip(axes, ("easy", "medium", "hard", "all")):
         for r in results:
             c = [p["flops"] for p in r["curve"]]

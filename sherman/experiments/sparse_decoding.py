@@ -56,8 +56,10 @@ from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample, TrainConfig, train
-from sherman.experiments.delt import paired_ci
+from sherman.experiments.delt import paired_ci, t975
 from sherman.experiments.runner import dump_results
+from sherman.experiments.verdict import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED, compare, reaches
+from sherman.experiments.verdict import overall as combine
 
 CLAIM = (
     "SeerAttention-R (arXiv 2506.08889): a self-distilled block gate is near-lossless at a small budget with large "
@@ -94,6 +96,13 @@ LOSSLESS_TOL = 0.02
 """Seer counts as near-lossless when its exact match is within this of dense."""
 DRIFT_FLOOR = 1e-3
 """Precondition of the ReSA claim: sparse-only decoding's late KL to dense must exceed this."""
+DRIFT_MIN_REDUCTION = 0.25
+"""Effect threshold of the ReSA claim: rectification must remove at least this fraction of sparse-only decoding's
+late-window KL to dense (beyond the spread over sequences) to count as bounding the drift."""
+SEER_MIN_GAIN = 0.01
+"""Effect threshold of "Seer beats Quest" and of "its advantage grows with the block": one exact-match point."""
+EM_CHANCE = 1 / len("0123456789")
+"""Exact match of guessing the one-digit value: an arm at or below it failed (two failed arms are not compared)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,14 +356,17 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
 
     rows, pre = claims(b, em, recall, drift)
     plots = make_plots(out_dir, b, em, recall, drift)
-    verdicts = [r["verdict"] for r in rows]
-    verdict = ("reproduced" if all(v == "reproduced" for v in verdicts) else "not testable here" if all(v == "not testable here" for v in verdicts)
-               else "not reproduced" if all(v in ("not reproduced", "not testable here") for v in verdicts) else "partly")
     if speed is not None:
+        # per repetition dense / sparse time (interleaved runs); the shared rule asks for 5x beyond the spread
+        v = reaches(speed["speedups"], 5.0)
+        if v.verdict == NOT_REPRODUCED and reaches(speed["speedups"], 2.0).verdict in (REPRODUCED, PARTLY):
+            v = PARTLY
         rows.append({"claim": "block-sparse decode attention at 10% kept vs our dense path (16K tokens, 8/32 heads x 128)",
                      "paper": ">= 5x (issue target; ideal ~10x)",
-                     "ours": f"{speed['speedup']:.1f}x ({speed['dense_ms']:.1f} ms -> {speed['sparse_ms']:.1f} ms; shared 2-core CPU)",
-                     "verdict": "reproduced" if speed["speedup"] >= 5 else "partly" if speed["speedup"] >= 2 else "not reproduced"})
+                     "ours": f"{speed['speedup']:.1f}x median of {len(speed['speedups'])} interleaved repetitions ({speed['dense_ms']:.1f} ms -> "
+                             f"{speed['sparse_ms']:.1f} ms; shared 2-core CPU)",
+                     "verdict": str(v)})
+    verdict = combine([r["verdict"] for r in rows])
     n_params = sum(p.numel() for p in model.parameters())
     result = {
         "name": "sparse_decoding",
@@ -423,18 +435,22 @@ def claims(b: dict, em: dict, recall: dict, drift: dict) -> tuple[list[dict], st
     table = "; ".join(f"bs {bs}: seer {_ms(em_of('seer', bs))[0]:.1%}±{_ms(em_of('seer', bs))[1]:.1%}, quest {em_of('quest', bs)[0]:.1%}, "
                       f"oracle {em_of('oracle', bs)[0]:.1%}, random {_ms(em_of('random', bs))[0]:.1%}" for bs in blocks)
     gap = d_mean - s_big[0]
-    v1 = ("reproduced" if gap <= LOSSLESS_TOL + s_big[1] and gap <= 2 * LOSSLESS_TOL else "partly" if gap <= 3 * LOSSLESS_TOL or s_big[0] > q_big + s_big[1]
-          else "not reproduced")
+    # non-inferiority: Seer's exact match is within LOSSLESS_TOL of dense beyond the spread over gate seeds (dense is
+    # deterministic: one value, the same for every gate seed)
+    n_gs = len(em_of("seer", big))
+    lossless = compare([x + LOSSLESS_TOL for x in em_of("seer", big)], [d_mean] * n_gs, 0.0)
+    near = compare([x + 3 * LOSSLESS_TOL for x in em_of("seer", big)], [d_mean] * n_gs, 0.0)
+    above = compare(em_of("seer", big), [q_big] * n_gs, SEER_MIN_GAIN, fail_at=EM_CHANCE)  # Seer > Quest at the largest block
+    v1 = REPRODUCED if lossless.verdict == REPRODUCED else PARTLY if REPRODUCED in (near.verdict, above.verdict) else NOT_REPRODUCED
     rows.append({"claim": f"Seer is near-lossless at {FRAC:.0%} kept with large blocks (exact match within {LOSSLESS_TOL:.0%} of dense, block {big})",
                  "paper": "near-lossless at a 4K-token budget, block 64 (SeerAttention-R Tab. 1)",
-                 "ours": f"dense {d_mean:.1%} (mean over lengths {lens}); {table}", "verdict": v1 if learned else "not testable here"})
+                 "ours": f"dense {d_mean:.1%} (mean over lengths {lens}); Seer block {big} below dense by {gap:+.1%} (2 s.e. over {n_gs} gate seeds "
+                         f"{lossless.spread:.1%}); {table}", "verdict": v1 if learned else "not testable here"})
     gaps = {bs: (np.array(em_of("seer", bs)) - em_of("quest", bs)[0]) for bs in blocks}
     rgaps = {bs: (np.array(rec_of("seer", bs)) - np.array(rec_of("quest", bs))) for bs in blocks}
     small = min(blocks)
-    g_big, g_small = _ms(gaps[big].tolist()), _ms(gaps[small].tolist())
-    above = g_big[0] > max(g_big[1], 0.01)
-    grows = g_big[0] - g_small[0] > max(g_big[1] + g_small[1], 0.01)
-    v2 = "reproduced" if above and grows else "partly" if above or grows else "not reproduced"
+    grows = compare(gaps[big].tolist(), gaps[small].tolist(), SEER_MIN_GAIN, paired=False)  # ... by more than at the smallest
+    v2 = NOT_TESTABLE if above.verdict == NOT_TESTABLE else combine([above, grows])  # both at chance: how the gap grows says nothing
     rows.append({"claim": "Seer beats Quest by more as blocks grow (exact match and attention recall, seer - quest)",
                  "paper": "gate advantage at block 64/128 (SeerAttention-R Sec. 4)",
                  "ours": "; ".join(f"bs {bs}: EM {_ms(gaps[bs].tolist())[0]:+.1%}±{_ms(gaps[bs].tolist())[1]:.1%}, recall "
@@ -442,18 +458,21 @@ def claims(b: dict, em: dict, recall: dict, drift: dict) -> tuple[list[dict], st
                                    f"oracle {rec_of('oracle', bs)[0]:.3f}, random {_ms(rec_of('random', bs))[0]:.3f})" for bs in blocks),
                  "verdict": v2 if learned else "not testable here"})
     first_none = float(np.mean(drift["none"]["first_rows"]))
-    accum = late_none > 1.5 * first_none
+    n_seq = len(drift["none"]["last_rows"])
+    k = t975(n_seq - 1) if n_seq >= 2 else 2.0  # the spread is the paired 95% t interval over sequences
+    accum = compare(drift["none"]["last_rows"], drift["none"]["first_rows"], 0.5 * first_none, k=k)  # last >= 1.5 x first window
     parts, bounded = [], []
     for f in b["rect"]:
         m, lo, hi = paired_ci(drift["none"]["last_rows"], drift[f"f={f}"]["last_rows"])  # paired over sequences, 95% t CI
         half = hi - m
-        ok = lo > 0
-        bounded.append(ok)
-        parts.append(f"f={f}: late KL {np.mean(drift[f'f={f}']['last_rows']):.3g} (none - f {m:+.3g} ± {half:.2g}{', lower' if ok else ''})")
-    v3 = "reproduced" if accum and all(bounded) else "partly" if any(bounded) else "not reproduced"
+        v = compare(drift[f"f={f}"]["last_rows"], drift["none"]["last_rows"], DRIFT_MIN_REDUCTION * late_none, higher_is_better=False, k=k)
+        bounded.append(v.verdict)
+        parts.append(f"f={f}: late KL {np.mean(drift[f'f={f}']['last_rows']):.3g} (none - f {m:+.3g} ± {half:.2g}: {v.verdict})")
+    v3 = (REPRODUCED if accum.verdict == REPRODUCED and all(v == REPRODUCED for v in bounded) else
+          PARTLY if any(v in (REPRODUCED, PARTLY) for v in bounded) else NOT_REPRODUCED)  # fmt: skip
     rows.append({"claim": "ReSA rectification bounds the drift that sparse-only decoding accumulates (KL to dense, last vs first window)",
                  "paper": "ReSA Fig. 3 / Tab. 2: rectification keeps long generations close to dense",
-                 "ours": f"none: KL first window {first_none:.3g} -> last {late_none:.3g} ({'accumulates' if accum else 'no clear accumulation'}); "
+                 "ours": f"none: KL first window {first_none:.3g} -> last {late_none:.3g} ({'accumulates' if accum.verdict == REPRODUCED else 'no clear accumulation'}); "
                          + "; ".join(parts) + f"; answer ppl last window dense {drift['dense']['ppl'][-1]:.3f}, none {drift['none']['ppl'][-1]:.3f}, "
                          + ", ".join(f"f={f} {drift[f'f={f}']['ppl'][-1]:.3f}" for f in b["rect"]),
                  "verdict": v3 if drifts else "not testable here"})
@@ -467,7 +486,8 @@ def make_plots(out_dir: Path, b: dict, em: dict, recall: dict, drift: dict) -> l
     import matplotlib.pyplot as plt
 
     lens, blocks, seeds = b["lens"], b["blocks"], b["gate_seeds"]
-    fig, ax = plt.subplots(1, 4, figsize=(20, 4))
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8.4))  # 2 x 2: each panel legible at the report's width
+    ax = ax.ravel()
     for m in METHODS:
         ys, es = [], []
         for bs in blocks:
@@ -499,7 +519,8 @@ def make_plots(out_dir: Path, b: dict, em: dict, recall: dict, drift: dict) -> l
 
 
 def speed_ratio(reps: int = 5) -> dict:
-    """Dense decode attention vs the quest step at 10% kept, 16K tokens, 8 KV / 32 query heads x 128 (ms, one run)."""
+    """Dense decode attention vs the quest step at 10% kept, 16K tokens, 8 KV / 32 query heads x 128: median ms of each and
+    the per-repetition speedups (for the verdict's spread)."""
     from sherman.attention.dense import decode_attention
     from sherman.attention.sparse import quest_attention
 
@@ -511,15 +532,19 @@ def speed_ratio(reps: int = 5) -> dict:
     q = torch.randn(1, hq, 1, d)
     ctx = AttnContext(backend="quest", q_start=t - 1, key_valid=cache.valid, cache=cache, options={"budget": 0.1, "block_size": 64})
 
-    def ms(fn):
+    def once(fn) -> float:
+        t0 = time.perf_counter()
         fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * sorted(ts)[len(ts) // 2]
+        return time.perf_counter() - t0
 
-    dense = ms(lambda: decode_attention(q, cache.k[0], cache.v[0], None))
-    sparse = ms(lambda: quest_attention(q, cache.k[0], cache.v[0], ctx))
-    return {"dense_ms": dense, "sparse_ms": sparse, "speedup": dense / sparse}
+    def run_dense():
+        return decode_attention(q, cache.k[0], cache.v[0], None)
+
+    def run_sparse():
+        return quest_attention(q, cache.k[0], cache.v[0], ctx)
+
+    run_dense(), run_sparse()  # warm-up
+    pairs = [(once(run_dense), once(run_sparse)) for _ in range(reps)]  # interleaved, so a slow phase of the VM hits both
+    dense = 1e3 * sorted(d for d, _ in pairs)[reps // 2]
+    sparse = 1e3 * sorted(x for _, x in pairs)[reps // 2]
+    return {"dense_ms": dense, "sparse_ms": sparse, "speedup": dense / sparse, "speedups": [d / x for d, x in pairs]}

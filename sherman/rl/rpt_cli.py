@@ -53,8 +53,8 @@ class TrainArgs:
     """Documents are cut to this many tokens."""
     rpt: RPTConfig = field(default_factory=RPTConfig)
     """RPT options (template, delimiters, reward, selection)."""
-    rl: RLConfig = field(default_factory=lambda: preset_config("opo", **PRESET))
-    """RL options (default: the paper's GRPO on-policy, G = 8, T = 0.8, no KL)."""
+    rl: RLConfig = field(default_factory=lambda: preset_config("opo", **PRESET, log_every=5))
+    """RL options (default: the paper's GRPO on-policy, G = 8, T = 0.8, no KL; the CLI logs every 5 iterations, 0 = silent)."""
 
 
 @dataclass
@@ -145,7 +145,7 @@ def train_main(argv: list[str]) -> int:
     ents = _entropies(args.proxy, model, tok, docs, args.rpt, out / "entropy_cache")
     pos = rpt.select_positions(ents, args.rpt)
     task = rpt.RPTTask(tok, docs, pos, args.rpt)
-    cfg = dataclasses.replace(args.rl, out_dir=str(out), max_new_tokens=args.rpt.max_new_tokens, log_every=args.rl.log_every or max(1, args.rl.steps // 10))
+    cfg = dataclasses.replace(args.rl, out_dir=str(out), max_new_tokens=args.rpt.max_new_tokens)  # --log-every 0 is silent
     seed_everything(cfg.seed)
     tok.save(out / "tokenizer.json")
     print0(f"RPT: {len(pos)} positions selected of {sum(map(len, docs))} in {len(docs)} documents; {cfg.steps} iterations x "

@@ -12,9 +12,9 @@ from sherman.experiments.delt import (
     CLAIM,
     Arm,
     arm_order,
-    better,
     claims,
     eval_split,
+    judge,
     lr_precondition,
     paired_ci,
     run,
@@ -27,8 +27,17 @@ def test_paired_ci_by_hand():
     m, lo, hi = paired_ci([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
     assert m == 2.0 and math.isclose(hi - m, 4.303 / math.sqrt(3), rel_tol=1e-9) and math.isclose(m - lo, hi - m)
     assert t975(4) == 2.776
-    assert better((0.1, 0.02, 0.18), 0.05) == 1 and better((0.1, -0.02, 0.22), 0.05) == 0
-    assert better((-0.1, -0.18, -0.02), 0.05) == -1 and better((0.01, 0.005, 0.015), 0.05) == 0
+
+
+
+def test_judge_is_the_shared_rule_at_the_95_t_interval():
+    # differences 1, 2, 3 (above): mean 2 but the 95% half-width 2.484 crosses 0 -> inside the spread, 0
+    assert judge([2.0, 4.0, 6.0], [1.0, 2.0, 3.0], 0.5) == 0
+    # differences 1.0, 1.1, 1.1: mean 1.0667, sd 0.0577, half-width 4.303 * 0.0577 / sqrt(3) = 0.143 -> outside the spread
+    a, b = [2.0, 2.1, 2.2], [1.0, 1.0, 1.1]
+    assert judge(a, b, 0.5) == 1 and judge(b, a, 0.5) == -1
+    assert judge(a, b, 2.0) == 0  # outside the spread but below the effect threshold: never a win
+    assert judge([1.0], [0.0], 0.1) == 0  # one seed: no spread to judge against
 
 
 def test_lr_precondition():

@@ -49,3 +49,25 @@ def test_runner_uses_the_rule_and_prefixes_lines(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert res[0]["verdict"] == "partly"
     assert "[fake] training arm a" in out and "== fake: partly" in out
+
+
+def test_experiment_figures_fit_the_report_width():
+    """The report shows each PNG at most 1100 px wide: a figure with a literal layout has at most 2 panels per row and is at
+    most 13 in wide, so 10 pt labels stay >= ~9 px on screen (planning's and sparse_decoding's 1 x 4 rows were unreadable)."""
+    import ast
+    from pathlib import Path
+
+    import sherman.experiments as pkg
+
+    checked = 0
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "subplots"):
+                continue
+            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                assert node.args[1].value <= 2, f"{path.name}:{node.lineno}: {node.args[1].value} panels in a row"
+            for kw in node.keywords:
+                if kw.arg == "figsize" and isinstance(kw.value, ast.Tuple) and isinstance(kw.value.elts[0], ast.Constant):
+                    assert kw.value.elts[0].value <= 13, f"{path.name}:{node.lineno}: figure {kw.value.elts[0].value} in wide"
+                    checked += 1
+    assert checked >= 5
