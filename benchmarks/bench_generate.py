@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench  # (this checkout's sherman first on sys.path, in the spawned children too)
 import torch
 
 CFG = dict(vocab_size=8192, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=1024, qk_norm=True, tie_embeddings=False,
@@ -165,6 +166,7 @@ def main() -> None:
             diff = (model(ids, positions=pos, key_valid=valid).logits - hf(input_ids=ids, attention_mask=valid.long(), position_ids=pos).logits)
         diff = float(diff.abs()[valid].max())
         del hf
+        print(_bench.machine_line(args.threads))
         print(f"model: {n_params / 1e6:.2f}M params, {CFG}; same weights: max |logit diff| = {diff:.2e}")
         print(f"workload: batch {args.batch}, prompts {min(map(len, ps))}..{max(map(len, ps))} tokens, {args.new_tokens} new tokens, "
               f"T={TEMPERATURE} top-p={TOP_P}, {args.threads} threads, transformers {transformers.__version__}, torch {torch.__version__}")

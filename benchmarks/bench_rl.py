@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench  # (this checkout's sherman first on sys.path)
 import torch
 
 
@@ -166,6 +167,7 @@ def main() -> None:
     except ImportError as e:
         raise SystemExit(f"bench_rl needs TRL (pip install -e .[bench]): {e}") from None
     torch.set_num_threads(args.threads)
+    print(_bench.machine_line(args.threads))
     results = []
     for size in args.sizes:
         dim, layers = (int(v) for v in size.lower().split("x"))

@@ -216,21 +216,46 @@ def fused_sparse_decode(q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
 
 BYTES_PER_THREAD = 1 << 20
 """The kernel adds a helper thread per this many bytes of K and V to read (a thread costs ~20-50 us to start)."""
-_LOAD: list[float] = [0.0, 0.0]  # (time of the last /proc/loadavg read, the idle-core estimate then)
+_IDLE: dict = {}  # the last /proc/stat sample and the estimate made from it
+
+
+def _cpu_ticks() -> tuple[float, float, float] | None:
+    """(busy ticks of all CPUs, total ticks, this process's ticks) now, or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [float(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (vals + [0.0] * 8)[:8]
+    t = os.times()
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait, (t.user + t.system) * hz
 
 
 def idle_cores() -> float:
-    """Cores not used by other runnable processes: cpu count - (1-minute load average - 1 for this process), read at
-    most once a second. A rough, lagging signal, but enough to stop a second thread from queueing behind another
-    job on a 2-core machine (where that thread would wait for a time slice and hold up the whole step)."""
+    """Cores that other processes left idle over the last ~second: cpu count x (1 - busy share of the others), where
+    the others' share is all CPUs' busy ticks minus this process's own (/proc/stat, os.times); sampled at most every
+    0.25 s. Without /proc/stat: cpu count - (1-minute load average - 1). A second thread only pays where a core is free:
+    on a 2-core machine where another job holds the other core, each parallel region waits for a time slice."""
     now = time.monotonic()
-    if now - _LOAD[0] > 1.0:
+    last = _IDLE.get("t", -1e9)
+    if now - last < 0.25:
+        return _IDLE["idle"]
+    n = os.cpu_count() or 1
+    sample = _cpu_ticks()
+    prev = _IDLE.get("sample")
+    if sample is not None and prev is not None and sample[1] > prev[1]:
+        d_busy, d_total, d_mine = (a - b for a, b in zip(sample, prev))
+        others = max(0.0, d_busy - d_mine) / d_total * n
+        idle = n - others
+    else:
         try:
-            load = os.getloadavg()[0]
+            idle = n - max(os.getloadavg()[0] - 1.0, 0.0)
         except OSError:
-            load = 0.0
-        _LOAD[0], _LOAD[1] = now, (os.cpu_count() or 1) - max(load - 1.0, 0.0)
-    return _LOAD[1]
+            idle = float(n)
+    _IDLE.update(t=now, sample=sample, idle=idle)
+    return idle
 
 
 def kernel_threads(kv_bytes: int) -> int:

@@ -235,6 +235,20 @@ def sparse_decode(
 
 
 @contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the enclosed torch ops on at most n intra-op threads (the count restored on exit)."""
+    before = torch.get_num_threads()
+    if n >= before:
+        yield
+        return
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def serial_ops():
     """Run the enclosed torch ops on one thread (torch's intra-op count restored on exit; ~0.4 us per toggle).
 
@@ -243,15 +257,8 @@ def serial_ops():
     softmax rows, MKL's small GEMMs). Split work that small gains nothing, and when another process holds the other
     core each such op waits for a time slice: measured at load ~8 on 2 cores, 15-19 ms per op and a 10% Seer step 4x
     slower than dense (issue 20). The KV read itself (the gather + matmuls or the fused kernel) stays outside."""
-    n = torch.get_num_threads()
-    if n == 1:
+    with torch_threads(1):
         yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def is_sparse_step(q: torch.Tensor, ctx: AttnContext) -> bool:
@@ -306,4 +313,9 @@ def decode_selected(q, cache: KVCache, layer: int, idx, end: int, block_size: in
         from sherman.attention.fused import fused_sparse_decode
 
         return fused_sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size)
-    return sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size, buffers, sel_mask)
+    from sherman.attention.fused import kernel_threads
+
+    b, hkv, nsel = idx.shape
+    kv_bytes = 2 * b * hkv * (nsel + 1) * block_size * q.shape[-1] * q.element_size()
+    with torch_threads(kernel_threads(kv_bytes)):  # as the fused kernel: threads for the work and the idle cores only
+        return sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size, buffers, sel_mask)
