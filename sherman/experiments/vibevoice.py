@@ -9,6 +9,13 @@ speaker similarity and turn accuracy against the ground-truth espeak-ng audio, a
 scale and the number of DPM-Solver++ steps. Writes example WAVs, spectrograms and the trained bundle
 (`model.pt`, usable with `sherman tts --model`). Verdict criteria are fixed in `_verdicts` below.
 
+Train once, reuse: the tokenizers and LMs are cached artifacts (`speech/artifacts.py`) in
+`<artifact root>/vibevoice-<budget>/{acoustic,semantic,lm_diffusion,lm_regression}`, keyed by a hash of config +
+data; a stage whose hash matches is loaded, a stale one retrained. `sherman tts train-tokenizer --budget B`
+fills the same directories ahead of time. The phoneme recognizer is trained with augmentation (noise, low-pass,
+EQ, speed, tokenizer round trips at 1/3, 2/3 and the end of the tokenizer's training) and its calibration table
+(PER on ground truth, each degradation and each round trip) is in the metrics, notes and report.
+
     sherman reproduce vibevoice --budget quick
 """
 
@@ -17,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +35,9 @@ from sherman.core.progress import current_experiment
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, compare, overall, reaches
 from sherman.speech import metrics
+from sherman.speech.artifacts import Artifact, artifact_root, cached, data_digest
 from sherman.speech.augment import AugmentConfig, calibration_table, format_calibration, tokenizer_roundtrips
-from sherman.speech.data import CorpusConfig, build_corpus, make_dialogues
+from sherman.speech.data import Corpus, CorpusConfig, build_corpus, make_dialogues
 from sherman.speech.diffusion import DiffusionConfig
 from sherman.speech.dsp import SAMPLE_RATE, log_mel, write_wav
 from sherman.speech.model import LMTrainConfig, VibeVoiceConfig, VibeVoiceLM, encode_utterances, prepare, train_lm
@@ -209,74 +217,170 @@ def run(budget: str, out_dir: Path) -> dict:
     return _run(b, budget, out_dir)  # thread count: `sherman reproduce --threads` (default 1)
 
 
+@dataclass
+class Data:
+    """The budget's espeak-ng corpus and its phoneme ids."""
+
+    corpus: Corpus
+    inventory: list[str]
+    train_audio: list[np.ndarray]
+    train_ph: list[list[int]]
+    test_audio: list[np.ndarray]
+    test_ph: list[list[int]]
+
+
+def load_data(b: Budget) -> Data:
+    corpus = build_corpus(CorpusConfig(n_speakers=b.n_speakers, utts_per_speaker=b.utts, test_per_speaker=b.test))
+    inventory = sorted({p for u in corpus.train + corpus.test for p in u.phonemes})
+    pid = {p: i for i, p in enumerate(inventory)}
+    return Data(corpus, inventory, [u.audio for u in corpus.train], [[pid[p] for p in u.phonemes] for u in corpus.train],
+                [u.audio for u in corpus.test], [[pid[p] for p in u.phonemes] for u in corpus.test])
+
+
+STAGE_MARKS = (1 / 3, 2 / 3)
+"""Fractions of the acoustic tokenizer's training (by steps or time, whichever first) at which its weights are
+snapshotted: their round trips are augmentation sources of the recognizer and rows of its calibration table."""
+
+
+def acoustic_stage(b: Budget, data: Data, cache_dir: Path) -> tuple[AcousticTokenizer, list[dict], dict[str, dict], Artifact]:
+    """The sigma-VAE, trained into (or reused from) `cache_dir`: (tokenizer, history, stage snapshots, artifact)."""
+    tok_cfg = TokenizerConfig(channels=b.tok_channels, max_channels=b.tok_max_channels)
+    train_cfg = TokTrainConfig(steps=b.vae_steps, batch_size=8, crop_frames=2, lr=2e-3, time_limit_s=b.vae_s)
+
+    def train() -> tuple[dict, dict]:
+        tok = AcousticTokenizer(tok_cfg)
+        marks, snaps = list(STAGE_MARKS), {}
+
+        def at_stage(step: int, elapsed: float, model) -> None:
+            frac = max((step + 1) / b.vae_steps, elapsed / b.vae_s if b.vae_s else 0.0)
+            if marks and frac >= marks[0]:
+                while marks and frac >= marks[0]:
+                    marks.pop(0)
+                snaps[f"roundtrip_step{step + 1}"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        hist = train_acoustic(tok, data.train_audio, replace(train_cfg, callback=at_stage, history=[]))
+        return tok.state_dict(), {"history": hist, "snapshots": snaps}
+
+    art = cached(cache_dir, "acoustic_tokenizer", {"tokenizer": tok_cfg, "train": train_cfg}, data_digest(data.train_audio), train)
+    tok = AcousticTokenizer(tok_cfg)
+    tok.load_state_dict(art.state)
+    return tok.eval().requires_grad_(False), art.extra["history"], art.extra["snapshots"], art
+
+
+def semantic_stage(b: Budget, data: Data, cache_dir: Path) -> tuple[SemanticTokenizer, list[dict], Artifact]:
+    """The semantic tokenizer (ASR proxy), trained into (or reused from) `cache_dir`, frozen."""
+    tok_cfg = TokenizerConfig(vae=False, channels=b.tok_channels, max_channels=b.tok_max_channels)
+    train_cfg = TokTrainConfig(steps=b.sem_steps, batch_size=8, lr=2e-3, time_limit_s=b.sem_s)
+
+    def build() -> SemanticTokenizer:
+        return SemanticTokenizer(tok_cfg, len(data.inventory), dec_dim=64, dec_layers=2)
+
+    def train() -> tuple[dict, dict]:
+        sem = build()
+        hist = train_semantic(sem, data.train_audio, data.train_ph, replace(train_cfg, history=[]))
+        return sem.state_dict(), {"history": hist}
+
+    labels = {"inventory": data.inventory, "phonemes": data.train_ph}
+    art = cached(cache_dir, "semantic_tokenizer", {"tokenizer": tok_cfg, "train": train_cfg, "dec": [64, 2]},
+                 data_digest(data.train_audio, labels), train)
+    sem = build()
+    sem.load_state_dict(art.state)
+    return sem.eval().requires_grad_(False), art.extra["history"], art
+
+
+def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Artifact, tokenizers: tuple[AcousticTokenizer, SemanticTokenizer],
+             cache_dir: Path, raw: list) -> tuple[VibeVoiceLM, list[dict], Artifact]:
+    """LM + `head` ('diffusion' or 'regression') over the frozen tokenizers, trained into (or reused from) `cache_dir`.
+    `raw` is a one-item cache list for the encoded training utterances (filled on first need)."""
+    ac, sc = tokenizers
+    vcfg = VibeVoiceConfig(dim=b.lm_dim, n_layers=b.lm_layers, n_heads=4, n_kv_heads=2, ffn_dim=int(2.7 * b.lm_dim), head=head,
+                           latent_dim=ac.cfg.latent_dim, semantic_dim=sc.cfg.latent_dim, diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4))
+    train_cfg = LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s)
+
+    def train() -> tuple[dict, dict]:
+        if not raw:
+            raw.append(encode_utterances(data.corpus.train, ac, sc, 3))
+        lm = VibeVoiceLM(vcfg)
+        enc = prepare(lm, data.corpus.train, raw[0], fit_stats=True)
+        torch.manual_seed(0)
+        return lm.state_dict(), {"history": train_lm(lm, enc, train_cfg)}
+
+    labels = {"texts": [u.text for u in data.corpus.train], "speakers": [u.speaker for u in data.corpus.train]}
+    config = {"lm": vcfg.to_dict(), "train": train_cfg, "acoustic": acoustic.manifest["hash"], "semantic": semantic.manifest["hash"], "gap_frames": 3}
+    art = cached(cache_dir, f"lm_{head}", config, data_digest(data.train_audio, labels), train)
+    lm = VibeVoiceLM(vcfg)
+    lm.load_state_dict(art.state)
+    return lm.eval(), art.extra["history"], art
+
+
+def stage_dirs(budget: str, root: Path | None = None) -> dict[str, Path]:
+    """Cached-artifact directories of a budget's trained stages under `root` (default: `artifact_root()`)."""
+    root = Path(root) if root is not None else artifact_root()
+    return {k: root / f"vibevoice-{budget}" / k for k in ("acoustic", "semantic", "lm_diffusion", "lm_regression")}
+
+
+def train_stages(budget: str, root: Path | None = None, lms: bool = False) -> dict[str, str]:
+    """Train (or reuse) a budget's tokenizers, and with `lms` its two LMs, into their cache directories; -> {stage: status}.
+    `sherman tts train-tokenizer` calls this; `sherman reproduce vibevoice` then reuses what it wrote."""
+    b, dirs = BUDGETS[budget], stage_dirs(budget, root)
+    data = load_data(b)
+    ac, _, _, ac_art = acoustic_stage(b, data, dirs["acoustic"])
+    sc, _, sc_art = semantic_stage(b, data, dirs["semantic"])
+    out = {"acoustic": ac_art.status, "semantic": sc_art.status}
+    if lms:
+        raw: list = []
+        for head in ("diffusion", "regression"):
+            out[f"lm_{head}"] = lm_stage(b, data, head, ac_art, sc_art, (ac, sc), dirs[f"lm_{head}"], raw)[2].status
+    return out
+
+
 def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     seed_everything(0)
     times: dict[str, float] = {}
     t = t_start = time.time()
-    corpus = build_corpus(CorpusConfig(n_speakers=b.n_speakers, utts_per_speaker=b.utts, test_per_speaker=b.test))
-    times["data_s"] = time.time() - t
-    train_audio = [u.audio for u in corpus.train]
-    inventory = sorted({p for u in corpus.train + corpus.test for p in u.phonemes})
+    data = load_data(b)
+    corpus, inventory, train_audio, train_ph, test_audio, test_ph = data.corpus, data.inventory, data.train_audio, data.train_ph, data.test_audio, data.test_ph
     pid = {p: i for i, p in enumerate(inventory)}
-    train_ph = [[pid[p] for p in u.phonemes] for u in corpus.train]
+    times["data_s"] = time.time() - t
+    dirs = stage_dirs(budget)
+    arts: dict[str, Artifact] = {}
 
-    test_audio = [u.audio for u in corpus.test]
-    test_ph = [[pid[p] for p in u.phonemes] for u in corpus.test]
-
-    # 1. acoustic tokenizer; round trips at 1/3 and 2/3 of its training (by steps or time, whichever first) and at the
-    # end are the recognizer's augmentation sources (train subset) and rows of its calibration table (held-out)
-    _progress(f"corpus ready ({len(corpus.train)} train / {len(corpus.test)} held-out utterances); training the sigma-VAE", t_start)
+    # 1. acoustic tokenizer (cached); its stage snapshots' round trips (and the final one's) are the recognizer's
+    # augmentation sources (a train subset) and rows of its calibration table (held-out)
+    _progress(f"corpus ready ({len(corpus.train)} train / {len(corpus.test)} held-out utterances); sigma-VAE (cache {dirs['acoustic']})", t_start)
+    t = time.time()
+    acoustic, vae_hist, snapshots, arts["acoustic"] = acoustic_stage(b, data, dirs["acoustic"])
+    times["vae_s"] = time.time() - t
     t = time.time()
     rt_idx = sorted(random.Random(2).sample(range(len(train_audio)), min(b.roundtrip_utts, len(train_audio))))
     stages: list[tuple[str, dict[int, np.ndarray], list[np.ndarray]]] = []  # (name, train renderings, held-out renderings)
-    marks = [1 / 3, 2 / 3]
-
-    def render(name: str, tok: AcousticTokenizer) -> None:
-        stages.append((name, tokenizer_roundtrips(tok, train_audio, rt_idx), list(tokenizer_roundtrips(tok, test_audio, list(range(len(test_audio)))).values())))
-
-    def at_stage(step: int, elapsed: float, tok: AcousticTokenizer) -> None:
-        frac = max((step + 1) / b.vae_steps, elapsed / b.vae_s if b.vae_s else 0.0)
-        if marks and frac >= marks[0]:
-            while marks and frac >= marks[0]:
-                marks.pop(0)
-            render(f"roundtrip_step{step + 1}", tok)
-
-    tcfg = dict(channels=b.tok_channels, max_channels=b.tok_max_channels)
-    acoustic = AcousticTokenizer(TokenizerConfig(**tcfg))
-    vae_hist = train_acoustic(acoustic, train_audio, TokTrainConfig(steps=b.vae_steps, batch_size=8, crop_frames=2, lr=2e-3, time_limit_s=b.vae_s,
-                                                                    callback=at_stage if b.rec_augment else None))
-    times["vae_s"] = time.time() - t
-    t = time.time()
-    render("roundtrip_final", acoustic)
+    for name, state in [*snapshots.items(), ("roundtrip_final", None)]:
+        tok = acoustic
+        if state is not None:
+            tok = AcousticTokenizer(acoustic.cfg)
+            tok.load_state_dict(state)
+            tok.eval()
+        stages.append((name, tokenizer_roundtrips(tok, train_audio, rt_idx) if b.rec_augment else {},
+                       list(tokenizer_roundtrips(tok, test_audio, list(range(len(test_audio)))).values())))
     times["roundtrips_s"] = time.time() - t
-    m: dict = {**metrics.compression(acoustic.cfg.hop, acoustic.cfg.latent_dim), **metrics.reconstruction(acoustic, [u.audio for u in corpus.test])}
+    m: dict = {**metrics.compression(acoustic.cfg.hop, acoustic.cfg.latent_dim), **metrics.reconstruction(acoustic, test_audio)}
     m["train/vae_steps"] = len(vae_hist)
 
-    # 2. semantic tokenizer (ASR proxy), then frozen
-    _progress(f"sigma-VAE done ({len(vae_hist)} steps); training the semantic tokenizer", t_start)
+    # 2. semantic tokenizer (ASR proxy), frozen (cached)
+    _progress(f"sigma-VAE ready ({len(vae_hist)} steps, {arts['acoustic'].status}); semantic tokenizer", t_start)
     t = time.time()
-    semantic = SemanticTokenizer(TokenizerConfig(vae=False, **tcfg), len(inventory), dec_dim=64, dec_layers=2)
-    sem_hist = train_semantic(semantic, train_audio, train_ph, TokTrainConfig(steps=b.sem_steps, batch_size=8, lr=2e-3, time_limit_s=b.sem_s))
+    semantic, sem_hist, arts["semantic"] = semantic_stage(b, data, dirs["semantic"])
     times["semantic_s"] = time.time() - t
-    test_pad = [acoustic.pad(torch.from_numpy(u.audio)[None]) for u in corpus.test]
-    m["semantic/asr_proxy_per"] = metrics.per([[pid[p] for p in u.phonemes] for u in corpus.test], [semantic.transcribe(x)[0] for x in test_pad])
+    test_pad = [acoustic.pad(torch.from_numpy(a)[None]) for a in test_audio]
+    m["semantic/asr_proxy_per"] = metrics.per(test_ph, [semantic.transcribe(x)[0] for x in test_pad])
     m["train/semantic_steps"] = len(sem_hist)
-    acoustic.requires_grad_(False)
 
-    # 3. LM + diffusion head, and the regression baseline on the same data
-    _progress("semantic tokenizer done; training the LMs", t_start)
-    raw = encode_utterances(corpus.train, acoustic, semantic, 3)
-    lms, lm_hist = {}, {}
+    # 3. LM + diffusion head, and the regression baseline on the same data (cached)
+    _progress(f"semantic tokenizer ready ({arts['semantic'].status}); LMs", t_start)
+    lms, lm_hist, raw = {}, {}, []
     for head in ("diffusion", "regression"):
         t = time.time()
-        vcfg = VibeVoiceConfig(dim=b.lm_dim, n_layers=b.lm_layers, n_heads=4, n_kv_heads=2, ffn_dim=int(2.7 * b.lm_dim), head=head,
-                               latent_dim=acoustic.cfg.latent_dim, semantic_dim=semantic.cfg.latent_dim,
-                               diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4))
-        lm = VibeVoiceLM(vcfg)
-        enc = prepare(lm, corpus.train, raw, fit_stats=True)
-        torch.manual_seed(0)
-        lm_hist[head] = train_lm(lm, enc, LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s))
-        lms[head] = lm
+        lms[head], lm_hist[head], arts[f"lm_{head}"] = lm_stage(b, data, head, arts["acoustic"], arts["semantic"], (acoustic, semantic), dirs[f"lm_{head}"], raw)
         times[f"lm_{head}_s"] = time.time() - t
         m[f"train/lm_{head}_steps"] = len(lm_hist[head])
     bundle = Bundle(acoustic, semantic, lms["diffusion"], inventory)
@@ -356,6 +460,9 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         "PER of the phoneme recognizer on held-out utterances (ground truth, seeded degradations, acoustic-tokenizer round trips):\n"
         + "\n".join(f"{k:24s} {v:.3f}" for k, v in calib.items()) + "\n")
     m.update({f"time/{k}": round(v, 1) for k, v in times.items()})
+    m.update({f"time/{k}_trained_s": float(a.manifest.get("train_s", 0.0)) for k, a in arts.items()})  # when it was trained
+    m.update({f"cache/{k}_reused": float(a.reused) for k, a in arts.items()})
+    cache_note = "; ".join(f"{k} {a.status} ({dirs[k]}, trained in {a.manifest.get('train_s')} s on {a.manifest.get('created')})" for k, a in arts.items())
     rows = _verdicts(m)
     verdict = overall([r["verdict"] for r in rows])
     notes = (
@@ -366,7 +473,8 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         f"held-out audio is the 'real' figure), speaker similarity from our speaker classifier's embeddings (cosine to the speaker's centroid). "
         f"Paper figures are from 7B/1.5B models trained on large corpora and measured with Whisper / WavLM; ours are a structural reproduction at "
         f"a scale that trains on 2 CPU cores, so quality numbers are not comparable in absolute terms. Times (s): {json.dumps({k: round(v) for k, v in times.items()})}. "
-        f"The trained bundle is {out_dir / 'model.pt'} (use with `sherman tts --model`). "
+        f"The trained bundle is {out_dir / 'model.pt'} (use with `sherman tts --model`). Trained stages are cached by a hash of config + "
+        f"data (`sherman tts train-tokenizer --budget {budget}` fills the same directories): {cache_note}. "
         f"Recognizer ({'trained with noise 5-30 dB / low-pass 3-8 kHz / EQ / speed 0.9-1.1 / tokenizer round-trip augmentation' if b.rec_augment else 'clean training'}) "
         f"calibration on held-out utterances, PER: {format_calibration(calib)} (rises monotonically with noise: {bool(m['calib/noise_monotone'])}, "
         f"with low-pass: {bool(m['calib/lowpass_monotone'])})."

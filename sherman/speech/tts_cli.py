@@ -1,6 +1,7 @@
 """`sherman tts`: synthesize a 'Speaker k: text' script with VibeVoice voice prompts (`sherman.speech.synthesize`).
 
     sherman tts script.txt --voices a.wav b.wav --out out.wav [--model runs/vibevoice/model.pt]
+    sherman tts train-tokenizer [--budget quick] [--root DIR] [--lms]   (train once; `sherman reproduce vibevoice` reuses it)
 
 Only the options live here (no torch at import), so `--help` and flag errors only parse.
 """
@@ -40,7 +41,47 @@ class TTSArgs:
         check(self.cfg_scale >= 0, "cfg_scale", f"must be >= 0, got {self.cfg_scale}")
 
 
+BUDGET_NAMES = ("smoke", "quick", "full")
+"""Budgets of `sherman reproduce vibevoice` (`sherman.experiments.vibevoice.BUDGETS`)."""
+
+
+@dataclass
+class TrainTokenizerArgs:
+    budget: str = "quick"
+    """Budget of `sherman reproduce vibevoice` whose tokenizers to train (smoke, quick, full); the same corpus and configs."""
+    root: str = ""
+    """Root of the cached-artifact directories; empty = $SHERMAN_ARTIFACTS, else ~/.cache/sherman/speech/artifacts."""
+    lms: bool = False
+    """Also train the two LMs (diffusion head, regression baseline) over the tokenizers."""
+    threads: int = 1
+    """torch CPU threads."""
+
+    def __post_init__(self) -> None:
+        check(self.budget in BUDGET_NAMES, "budget", f"must be one of {', '.join(BUDGET_NAMES)}, got {self.budget!r}")
+        check(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+
+
+def train_tokenizer_main(argv: list[str]) -> int:
+    a = parse(TrainTokenizerArgs, argv, prog="sherman tts train-tokenizer",
+              description="Train the VibeVoice acoustic + semantic tokenizers (and with --lms the LMs) of a budget into cached-artifact "
+              "directories keyed by a hash of config + data; a later run (or `sherman reproduce vibevoice`) reuses them when the hash "
+              "matches and retrains them when stale.")
+    import torch
+
+    from sherman.experiments.vibevoice import stage_dirs, train_stages
+
+    torch.set_num_threads(a.threads)
+    root = Path(a.root) if a.root else None
+    status = train_stages(a.budget, root, lms=a.lms)
+    dirs = stage_dirs(a.budget, root)
+    for k, v in status.items():
+        print(f"{k}: {v} -> {dirs[k]}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "train-tokenizer":
+        return train_tokenizer_main(argv[1:])
     a = parse(TTSArgs, argv, prog="sherman tts", description=__doc__)
     from sherman.speech.data import parse_script
     from sherman.speech.dsp import SAMPLE_RATE, write_wav

@@ -6,10 +6,24 @@ from sherman.speech.dsp import read_wav
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
-def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path):
-    from sherman.experiments.vibevoice import CLAIM, run
+def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path, monkeypatch, capsys):
+    from sherman.cli import main as cli_main
+    from sherman.experiments.vibevoice import CLAIM, run, stage_dirs
 
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("SHERMAN_ARTIFACTS", str(root))
+    # train once (`sherman tts train-tokenizer`), reuse: a second call and the experiment load the cached tokenizers
+    assert cli_main(["tts", "train-tokenizer", "--budget", "smoke"]) == 0
+    assert "acoustic: trained (new)" in capsys.readouterr().out
+    mtime = (stage_dirs("smoke", root)["acoustic"] / "manifest.json").stat().st_mtime_ns
+    assert cli_main(["tts", "train-tokenizer", "--budget", "smoke", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "acoustic: reused" in out and "semantic: reused" in out
+    assert (stage_dirs("smoke", root)["acoustic"] / "manifest.json").stat().st_mtime_ns == mtime
     res = run("smoke", tmp_path)
+    assert res["metrics"]["cache/acoustic_reused"] == 1.0 and res["metrics"]["cache/semantic_reused"] == 1.0
+    assert res["metrics"]["cache/lm_diffusion_reused"] == 0.0 and (stage_dirs("smoke", root)["lm_diffusion"] / "manifest.json").is_file()
+    assert res["metrics"]["train/vae_steps"] == 3  # the cached history came back with the weights
     assert res["name"] == "vibevoice" and res["claim"] == CLAIM
     assert res["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here")
     assert {"claim", "paper", "ours", "verdict"} <= set(res["rows"][0])
