@@ -5,7 +5,10 @@ state conditions the diffusion head (DPM-Solver++, classifier-free guidance agai
 the new latent is decoded to 3200 samples by the streaming acoustic decoder, the semantic tokenizer encodes
 those samples (streaming), and acoustic + semantic embeddings are fed back to the LM. The LM's control-token
 head decides when a turn ends (`<speech_end>` vs another `<speech_diffusion>`). The whole script is one
-pass over one KV cache, as far as `max_seq_len` allows.
+pass over one KV cache, as far as `max_seq_len` allows. Longer scripts (long-form: several minutes, up to 4
+speakers in VibeVoice's script format) are synthesized in one call by `stream_long`: consecutive lines are grouped
+into windows that each fit the context (every window repeats the voice prompts and holds its own lines), and the
+windows stream one after another, chunk by chunk; the paper's 64k-token context does the same in one window.
 
 The loop is latent-valued, so it does not use `core.generate` (a token sampler); it uses the core
 Transformer, its KV cache and its attention call site.
@@ -117,18 +120,30 @@ def load_voice(path: str | Path) -> np.ndarray:
     return loudness_normalize(trim_silence(resample(audio, sr, SAMPLE_RATE)))
 
 
-@torch.no_grad()
-def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cfg: SynthConfig) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (turn index, 3200-sample chunk) latent by latent for a parsed script and 24 kHz voice prompts."""
-    lm, tok = b.lm, b.lm.tok
+def _check_speakers(turns: list[tuple[int, str]], voices: list) -> None:
     for k, _ in turns:
         if not 0 <= k < len(voices):
             raise ShermanError(f"script uses Speaker {k} but only {len(voices)} voice prompt(s) were given (speakers 0..{len(voices) - 1})")
+
+
+def positions_needed(b: Bundle, prompts: list[tuple[torch.Tensor, torch.Tensor]], turns: list[tuple[int, str]], cfg: SynthConfig) -> int:
+    """Worst-case sequence length of one pass: prefix (voice prompts + script) + per line a header, the frame cap, <speech_end>."""
+    tok = b.lm.tok
+    return len(build_prefix(tok, prompts, turns).ids) + len(turns) * (len(tok.encode(turn_header(9))) + cfg.max_turn_frames + 1)
+
+
+@torch.no_grad()
+def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cfg: SynthConfig,
+           prompts: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (turn index, 3200-sample chunk) latent by latent for a parsed script and 24 kHz voice prompts, in one
+    pass over one KV cache (`prompts`: the voices already encoded by `voice_prompt`)."""
+    lm, tok = b.lm, b.lm.tok
+    _check_speakers(turns, voices)
     turns = [(k, normalize_text(t)) for k, t in turns]
-    prompts = [voice_prompt(b, v) for v in voices]
+    prompts = prompts if prompts is not None else [voice_prompt(b, v) for v in voices]
     guided = lm.cfg.head == "diffusion" and cfg.cfg_scale != 1.0
     pos_prefix = build_prefix(tok, prompts, turns)
-    budget = len(pos_prefix.ids) + len(turns) * (len(tok.encode(turn_header(9))) + cfg.max_turn_frames + 1)
+    budget = positions_needed(b, prompts, turns, cfg)
     if budget > lm.cfg.max_seq_len:
         raise ShermanError(f"script too long for one pass: needs up to {budget} positions, the model's context is {lm.cfg.max_seq_len}")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -166,13 +181,43 @@ def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cf
             feed(neg_cache, end)
 
 
+def windows(b: Bundle, prompts: list[tuple[torch.Tensor, torch.Tensor]], turns: list[tuple[int, str]], cfg: SynthConfig) -> list[tuple[int, int]]:
+    """Split a script into [start, end) runs of consecutive lines, greedily as long as each fits one pass."""
+    out, start = [], 0
+    while start < len(turns):
+        end = start + 1
+        if positions_needed(b, prompts, turns[start:end], cfg) > b.lm.cfg.max_seq_len:
+            raise ShermanError(f"line {start + 1} alone does not fit the model's context ({b.lm.cfg.max_seq_len} positions): shorten it "
+                               f"or lower max_turn_frames")
+        while end < len(turns) and positions_needed(b, prompts, turns[start : end + 1], cfg) <= b.lm.cfg.max_seq_len:
+            end += 1
+        out.append((start, end))
+        start = end
+    return out
+
+
+@torch.no_grad()
+def stream_long(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cfg: SynthConfig) -> Iterator[tuple[int, np.ndarray]]:
+    """Long-form streaming: (turn index, chunk) over windows of lines that each fit the context (`windows`).
+
+    A script that fits is one window, i.e. exactly `stream`. Window w draws its noise from seed `cfg.seed + w`."""
+    _check_speakers(turns, voices)
+    turns = [(k, normalize_text(t)) for k, t in turns]
+    prompts = [voice_prompt(b, v) for v in voices]
+    for w, (start, end) in enumerate(windows(b, prompts, turns, cfg)):
+        wcfg = SynthConfig(**{**asdict(cfg), "seed": cfg.seed + w})
+        for ti, chunk in stream(b, turns[start:end], voices, wcfg, prompts):
+            yield start + ti, chunk
+
+
 def synthesize(b: Bundle, script: str | list[tuple[int, str]], voices: list[np.ndarray], cfg: SynthConfig | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Whole-script synthesis -> (24 kHz float32 audio, [(start, end) sample span of each turn])."""
+    """Whole-script synthesis in one call (long scripts in context-sized windows, `stream_long`) ->
+    (24 kHz float32 audio, [(start, end) sample span of each turn])."""
     turns = parse_script(script) if isinstance(script, str) else script
     chunks: list[np.ndarray] = []
     spans = [[0, 0] for _ in turns]
     n = 0
-    for ti, c in stream(b, turns, voices, cfg or SynthConfig()):
+    for ti, c in stream_long(b, turns, voices, cfg or SynthConfig()):
         if spans[ti][1] == 0:
             spans[ti][0] = n
         chunks.append(c)

@@ -20,7 +20,7 @@ from sherman.speech.model import (
     sample_sequence,
     train_lm,
 )
-from sherman.speech.synthesize import Bundle, SynthConfig, load_bundle, save_bundle, synthesize
+from sherman.speech.synthesize import Bundle, SynthConfig, load_bundle, save_bundle, stream, stream_long, synthesize, windows
 from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig
 
 TINY_TOK = dict(channels=4, max_channels=8, latent_dim=4)
@@ -108,8 +108,10 @@ def test_synthesis_streams_turns_and_errors(tmp_path):
         synthesize(b, "hello without a speaker", voices)
     with pytest.raises(ShermanError, match="unsupported characters"):
         synthesize(b, "Speaker 0: caf\u00e9 \u00fcber", voices)
-    with pytest.raises(ShermanError, match="too long"):
-        synthesize(b, "\n".join(f"Speaker 0: line {i}" for i in range(40)), voices)
+    long_turns = [(0, f"line {i}") for i in range(40)]
+    with pytest.raises(ShermanError, match="too long"):  # one pass cannot hold it ...
+        list(stream(b, long_turns, voices, SynthConfig(max_turn_frames=3, steps=2)))
+    # ... synthesize takes it in context-sized windows (test_long_form_four_speakers_streams_in_windows)
 
 
 def test_tts_cli_writes_24khz_wav(tmp_path):
@@ -129,3 +131,36 @@ def test_tts_cli_writes_24khz_wav(tmp_path):
     (tmp_path / "bad.wav").write_text("garbage")
     assert cli_main(["tts", str(script), "--voices", str(tmp_path / "bad.wav"), str(v1), "--model", str(model)]) == 2
     assert cli_main(["tts", str(script), "--voices", str(v0), str(v1), "--model", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_long_form_four_speakers_streams_in_windows():
+    torch.manual_seed(0)
+    ac = AcousticTokenizer(TokenizerConfig(**TINY_TOK)).eval()
+    sc = SemanticTokenizer(TokenizerConfig(vae=False, **TINY_TOK), n_phonemes=2, dec_dim=16, dec_layers=1).eval()
+    lm = VibeVoiceLM(VibeVoiceConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=200, latent_dim=4, semantic_dim=4,
+                                     diffusion=DiffusionConfig(hidden=32, layers=2, infer_steps=2), max_prompt_frames=2))
+    utts = _fake_utts(n_spk=4, per=2)
+    prepare(lm, utts, encode_utterances(utts, ac, sc, lm.cfg.max_gap_frames), fit_stats=True)
+    b = Bundle(ac, sc, lm, ["a", "b"])
+    voices = [u.audio for u in utts[::2]]  # one prompt per speaker
+    turns = [(i % 4, f"line {i} of the long script") for i in range(14)]  # VibeVoice's script format, 4 speakers
+    cfg = SynthConfig(max_turn_frames=3, steps=2)
+    from sherman.speech.synthesize import voice_prompt
+
+    wins = windows(b, [voice_prompt(b, v) for v in voices], turns, cfg)
+    assert len(wins) >= 3 and wins[0][0] == 0 and wins[-1][1] == len(turns)
+    assert all(a[1] == c[0] for a, c in zip(wins, wins[1:]))  # contiguous runs of lines
+    it = stream_long(b, turns, voices, cfg)
+    first = next(it)  # streaming: the first chunk comes before the rest is synthesized
+    assert first[0] == 0 and len(first[1]) == ac.cfg.hop
+    chunks = [first, *it]
+    idx = [t for t, _ in chunks]
+    assert idx == sorted(idx) and set(idx) == set(range(len(turns)))
+    audio, spans = synthesize(b, turns, voices, cfg)  # one call for the whole script
+    assert np.array_equal(audio, np.concatenate([c for _, c in chunks]))
+    assert len(spans) == len(turns) and spans[-1][1] == len(audio)
+    assert all(2 * ac.cfg.hop <= e - s <= 3 * ac.cfg.hop for s, e in spans) and all(a[1] == c[0] for a, c in zip(spans, spans[1:]))
+    # the first window is exactly a one-pass stream of its lines (same seed)
+    n0 = wins[0][1]
+    one = np.concatenate([c for _, c in stream(b, turns[:n0], voices, cfg)])
+    assert np.array_equal(one, audio[: spans[n0 - 1][1]])
