@@ -36,9 +36,10 @@ from typing import Annotated, Any, Literal, Sequence, get_args, get_origin
 from sherman.core.errors import ShermanError
 
 DEFAULT_THREADS = 1
-"""Torch CPU threads when --threads is not given. Measured (README, "Threads"): `sherman train` 100 steps on the
-2-core Xeon takes about the same time idle at 1 and 2 threads, and 4x less at 1 thread beside one busy process;
-the models Sherman trains on a CPU are bound by per-op overhead, which extra threads do not shorten."""
+"""Torch CPU threads when --threads is not given. Measured (README, "Command line"): `sherman train` 100 steps on the
+shared 2-core Xeon took 7-8x longer at 2 threads than at 1 whenever other processes used the cores (and 4x longer
+beside one busy process in the issue's figures); 2 threads on an idle machine was not measured. The models Sherman
+trains on a CPU are small and bound by per-op overhead, which a second thread does not shorten."""
 
 
 class ConfigError(ShermanError, ValueError):

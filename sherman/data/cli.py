@@ -23,16 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sherman.core.config import Positional, parse
 from sherman.core.errors import ShermanError
 from sherman.data.config import LQSConfig
 from sherman.data.corpus import CorpusConfig, make_corpus, read_jsonl, write_corpus, write_jsonl
-from sherman.data.ordering import ORDERS, make_order
-from sherman.data.selection import select_top
 
-if TYPE_CHECKING:  # torch and the scoring code are imported when a command runs (`--help` only parses)
+if TYPE_CHECKING:  # numpy, torch and the scoring code are imported when a command runs (`--help` only parses)
+    import numpy as np
+
     from sherman.data.scoring import ProxyRun
 
 SCORERS = ("lqs", "pds", "loss", "random")
@@ -107,6 +105,8 @@ class CorpusArgs:
 
 def read_scores(path: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(indices, scores, rows) of a scores JSONL; a malformed row is a one-line error."""
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise ShermanError(f"no such scores file: {p}")
@@ -170,6 +170,8 @@ def _save_run(run: ProxyRun, cfg: LQSConfig, path: Path) -> None:
 
 
 def _load_run(path: Path) -> ProxyRun:
+    import numpy as np
+
     from sherman.core.checkpoint import load_tree_file
     from sherman.data.scoring import ProxyRun
 
@@ -181,6 +183,7 @@ def _load_run(path: Path) -> ProxyRun:
 
 
 def score_main(a: ScoreArgs) -> int:
+    import numpy as np
     import torch
 
     from sherman.core.common import init_distributed_from_env, is_dist, print0, rank, world_size
@@ -279,6 +282,7 @@ def score_main(a: ScoreArgs) -> int:
 
 def select_main(a: SelectArgs) -> int:
     from sherman.core.common import print0
+    from sherman.data.selection import select_top
 
     if not 0.0 < a.ratio <= 1.0:
         raise ShermanError(f"--ratio must be in (0, 1], got {a.ratio}")
@@ -292,6 +296,7 @@ def select_main(a: SelectArgs) -> int:
 
 def order_main(a: OrderArgs) -> int:
     from sherman.core.common import print0
+    from sherman.data.ordering import ORDERS, make_order
 
     if a.method not in ORDERS:
         raise ShermanError(f"--method must be one of {', '.join(ORDERS)}, got {a.method!r}")
