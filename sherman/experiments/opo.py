@@ -91,6 +91,9 @@ OFF_EPOCHS = 4
 """Full-batch optimizer steps per rollout batch in the off-policy arm."""
 NONINFERIORITY = 0.03
 """'Comparable accuracy': the paired pass@1 / reward difference's 95% interval lies above -0.03."""
+MIN_REL_EFFECT = 0.05
+"""Effect threshold of the entropy and gradient-variance claims (shared verdict rule: a threshold and a seed spread): the
+off-policy entropy at least 5% below OPO's, the per-prompt variance ratio's interval below 1 - 5%."""
 REF = "opo"
 
 
@@ -256,7 +259,7 @@ def _run(budget: str, out_dir: Path) -> dict:
             "verdict": verdict(below(col(o, "kl"), col(off, "kl"), 0.1), signal_ok and offpolicy_ok),
         },
         {
-            "claim": "matched optimizer steps: exact on-policy keeps higher held-out entropy (and distinct-3) than off-policy",
+            "claim": "matched optimizer steps: exact on-policy keeps higher held-out entropy (by >= 5%, paired interval excludes 0; distinct-3 reported) than off-policy",
             "paper": "higher entropy for on-policy (Fig. 2)",
             "ours": (
                 f"held-out token entropy OPO {fmt_ci(col(o, 'held/entropy'))}, off-policy {fmt_ci(col(off, 'held/entropy'))} "
@@ -264,7 +267,7 @@ def _run(budget: str, out_dir: Path) -> dict:
                 f"{fmt_ci(col(o, 'held/distinct3'))}, off-policy {fmt_ci(col(off, 'held/distinct3'))} (paired "
                 f"{fmt_paired(col(o, 'held/distinct3'), col(off, 'held/distinct3'))})"
             ),
-            "verdict": verdict(below(col(off, "held/entropy"), col(o, "held/entropy")), signal_ok and offpolicy_ok),
+            "verdict": verdict(below(col(off, "held/entropy"), col(o, "held/entropy"), MIN_REL_EFFECT), signal_ok and offpolicy_ok),
         },
         {
             "claim": f"on-policy accuracy comparable or better: held-out pass@1 at matched steps and rollout reward at matched KL "
@@ -279,7 +282,7 @@ def _run(budget: str, out_dir: Path) -> dict:
         },
         {
             "claim": "the length-weighted baseline lowers policy-gradient variance vs the group-mean baseline (fixed policy; "
-                     "per-prompt ratio of tr Cov, interval below 1)",
+                     "per-prompt ratio of tr Cov, interval below 0.95)",
             "paper": "lower gradient variance with the optimal baseline (Sec. 3.2)",
             "ours": (
                 f"tr Cov (mean over {b['var_prompts']} prompts): none {variance['var/none']:.4g}, mean {variance['var/mean']:.4g}, "
@@ -287,7 +290,7 @@ def _run(budget: str, out_dir: Path) -> dict:
                 f"{variance['var/optimal_pooled']:.4g}; ratio OPO/mean per prompt {r_m:.3f} ± {r_h:.3f}; "
                 f"corr(length, ||g||^2) = {variance['var/corr_len_gradnorm2']:.2f}; {pre}"
             ),
-            "verdict": verdict(bool(ratios) and r_m + r_h < 1.0, signal_ok),
+            "verdict": verdict(bool(ratios) and r_m + r_h < 1.0 - MIN_REL_EFFECT, signal_ok),
         },
         {
             "claim": f"all exactly on-policy, matched steps: the length-weighted baseline trains at least as well as the mean baseline "
