@@ -12,7 +12,7 @@ import sys
 from sherman.cli import COMMANDS
 
 # commands whose options sit behind a subcommand: every subcommand's parser is built too
-SUBCOMMANDS = {"seer": ["train"], "data": ["score", "select", "order", "corpus"], "rpt": ["entropy", "train", "eval"], "agent": ["bench"]}
+SUBCOMMANDS = {"seer": ["train"], "tts": ["train-tokenizer"], "data": ["score", "select", "order", "corpus"], "rpt": ["entropy", "train", "eval"], "agent": ["bench"]}
 
 PROBE = r"""
 import contextlib, io, json, sys
