@@ -330,6 +330,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _op_rows(x, weight if packed is None else packed, bias)
 
 
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def fuse_for_training(linears: list[nn.Linear], x: torch.Tensor) -> bool:
+    """True when `fused_linears` should run these layers: a gradient is being recorded (inference has `FusedPack`),
+    CPU, and no module hooks on the layers (their own forward would not be called)."""
+    return torch.is_grad_enabled() and x.is_cpu and not any(_hooked(m) for m in linears)
+
+
+def fused_linears(linears: list[nn.Linear], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """y_i = x W_i^T + b_i for layers that read the same x (q/k/v, gate/up), as ONE product with the concatenated
+    weight; autograd splits the gradient back onto each weight through `cat`. One GEMM instead of several in the
+    forward pass and in each backward product (dL/dx summed inside the GEMM): measured on the 2-core Xeon, forward +
+    backward of q/k/v at 1100 x 256 rows 10-15% less time, at 700 x 64 (the RL stress size) ~45% less. The same
+    product as the separate layers up to fp32 summation order."""
+    w = torch.cat([m.weight for m in linears])  # (sum out, in)
+    if all(m.bias is None for m in linears):
+        b = None
+    else:
+        b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in linears])
+    return linear(x, w, b).split([m.out_features for m in linears], dim=-1)
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state-dict keys) whose forward is `linear()` above.
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sherman.core.attention import AttnContext, attend
 from sherman.core.config import check, check_types
 from sherman.core.kv_cache import KVCache
-from sherman.core.linear import FusedPack, Linear, linear, plain_autograd
+from sherman.core.linear import FusedPack, Linear, fuse_for_training, fused_linears, linear, plain_autograd
 from sherman.core.moe import MoEFFN, SwiGLU
 
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
@@ -353,9 +353,11 @@ class Attention(nn.Module):
                 qk = F.rms_norm(qk, (hd,), None, self.q_norm.eps) * w
             qk = rope_signed(qk.transpose(1, 2), cos, sin)  # (B, H_q + H_kv, T, D)
             return qk[:, :hq], qk[:, hq:], v.transpose(1, 2)
-        q = self.q_proj(x).view(b, t, hq, hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, hkv, hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, hkv, hd).transpose(1, 2)
+        lins = [self.q_proj, self.k_proj, self.v_proj]
+        q, k, v = fused_linears(lins, x) if fuse_for_training(lins, x) else (m(x) for m in lins)  # training: one GEMM
+        q = q.reshape(b, t, hq, hd).transpose(1, 2)
+        k = k.reshape(b, t, hkv, hd).transpose(1, 2)
+        v = v.reshape(b, t, hkv, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return rope_signed(q, cos, sin), rope_signed(k, cos, sin), v

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sherman.core.linear import FusedPack, Linear
+from sherman.core.linear import FusedPack, Linear, fuse_for_training, fused_linears
 
 
 class SwiGLU(nn.Module):
@@ -51,6 +51,8 @@ class SwiGLU(nn.Module):
         pack = self.__dict__.get("_gate_up_pack")
         if pack is not None and pack.usable(x):
             g, u = pack(x)  # one GEMM for gate and up (inference)
+        elif fuse_for_training(pair := [self.gate_proj, self.up_proj], x):
+            g, u = fused_linears(pair, x)  # one GEMM for gate and up (training)
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(g) * u)

@@ -323,3 +323,37 @@ def test_pick_needs_a_margin_over_f_linear():
     assert L._pick({"mkl": 1.0, "t": 0.96, "onednn": 0.97}) == "mkl"  # within 5%: keep F.linear
     assert L._pick({"mkl": 1.0, "t": 0.90, "onednn": 0.80}) == "onednn"
     assert L._pick({"mkl": 0.5, "onednn": 0.6}) == "mkl"
+
+
+def test_fused_training_projections_equal_the_separate_layers(monkeypatch):
+    """q/k/v and gate/up run as one GEMM each when training: same loss and gradients as layer by layer."""
+    import sherman.core.model as M
+    import sherman.core.moe as MO
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, qk_norm=True, attn_bias=True)
+    model = Transformer(cfg).train()
+    ids = torch.randint(0, 64, (3, 20))
+    out = []
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(M, "fuse_for_training", lambda lins, x: False)
+            monkeypatch.setattr(MO, "fuse_for_training", lambda lins, x: False)
+        model.zero_grad()
+        loss = model(ids).logits.square().mean()
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(out[0][0], out[1][0], rtol=1e-5)
+    for a, b in zip(out[0][1], out[1][1]):
+        assert _rel(a.double(), b.double()) < 1e-4
+
+
+def test_training_projections_are_not_fused_under_module_hooks():
+    lins = [L.Linear(8, 8), L.Linear(8, 4)]
+    x = torch.randn(2, 8, requires_grad=True)
+    assert L.fuse_for_training(lins, x)
+    handle = lins[1].register_forward_hook(lambda m, i, o: None)
+    assert not L.fuse_for_training(lins, x)  # the hooked layer's own forward must run
+    handle.remove()
+    with torch.no_grad():
+        assert not L.fuse_for_training(lins, x)  # inference uses FusedPack instead
