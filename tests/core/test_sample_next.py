@@ -46,3 +46,16 @@ def test_top_p_keeps_ties_and_the_generator_reproduces():
     torch.manual_seed(0)
     x = torch.randn(8, 50)
     assert torch.equal(sample_next(x, 1.0, 0.9, torch.Generator().manual_seed(3))[0], sample_next(x, 1.0, 0.9, torch.Generator().manual_seed(3))[0])
+
+
+def test_keep_at_least_equals_the_masked_product():
+    from sherman.core.generate import keep_at_least
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(6, 300, generator=g) * 4, -1)
+    p[0, :5] = 0.0  # zeros
+    p[1, 7] = 1e-42  # a denormal probability
+    th = p.sort(-1).values[:, 150:151].clone()
+    th[1, 0] = 1e-42  # the threshold equal to a denormal entry: kept
+    th[2, 0] = p[2].max()  # only the largest kept
+    assert torch.equal(keep_at_least(p, th), p * (p >= th))
