@@ -77,6 +77,8 @@ class Budget:
     roundtrip_utts: int = 32
     """Training utterances rendered through the acoustic tokenizer at 1/3 and 2/3 of its training and at its end
     (augmentation sources of the recognizer; the held-out ones are rendered too, for the calibration table)."""
+    text_input: str = "chars"
+    """Script text input of the LMs: 'chars' or 'phonemes' (IPA from espeak-ng; `VibeVoiceConfig.text_input`)."""
 
 
 BUDGETS = {
@@ -294,7 +296,8 @@ def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Art
     `raw` is a one-item cache list for the encoded training utterances (filled on first need)."""
     ac, sc = tokenizers
     vcfg = VibeVoiceConfig(dim=b.lm_dim, n_layers=b.lm_layers, n_heads=4, n_kv_heads=2, ffn_dim=int(2.7 * b.lm_dim), head=head,
-                           latent_dim=ac.cfg.latent_dim, semantic_dim=sc.cfg.latent_dim, diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4))
+                           latent_dim=ac.cfg.latent_dim, semantic_dim=sc.cfg.latent_dim, diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4),
+                           text_input=b.text_input)
     train_cfg = LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s)
 
     def train() -> tuple[dict, dict]:

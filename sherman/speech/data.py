@@ -13,6 +13,7 @@ or 0 when the files sit in `path` itself).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -78,6 +79,14 @@ def is_heldout(text: str, frac: float = 0.15) -> bool:
 def phoneme_units(ipa: str) -> list[str]:
     """IPA string -> list of phoneme symbols: one symbol per character, stress marks and spaces dropped."""
     return [c for c in ipa if not c.isspace() and c not in "ˈˌ_-"]
+
+
+@functools.lru_cache(maxsize=8192)
+def text_to_ipa(text: str, voice: str = "en-us") -> str:
+    """IPA of `text` from espeak-ng: one symbol per character as in `phoneme_units`, stress and syllable marks dropped,
+    words (and espeak's clause breaks) separated by single spaces. The phoneme text input of the VibeVoice LM."""
+    out = _espeak(["-q", "--ipa", "-v", voice, text]).stdout
+    return " ".join("".join(c for c in out if c not in "ˈˌ_-").split())
 
 
 def default_cache_dir() -> Path:

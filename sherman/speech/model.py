@@ -45,16 +45,18 @@ import torch.nn.functional as F
 from sherman.core.common import ShermanError
 from sherman.core.model import ModelConfig, RMSNorm, Transformer
 from sherman.core.tokenizer import CharTokenizer
-from sherman.speech.data import Utterance
+from sherman.speech.data import Utterance, text_to_ipa
 from sherman.speech.diffusion import DiffusionConfig, DiffusionHead, RegressionHead
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<speech_start>", "<speech_end>", "<speech_diffusion>", "<text_end>")
 ALPHABET = "abcdefghijklmnopqrstuvwxyzSVT0123456789 .,:;'?!-\n"
+IPA_SYMBOLS = "ɐɑɒæəɘɚɛɜɝɞɪɨʉɵɔʊʌᵻɤɯøœɶɹɻɾɽɫɬɮʎʟŋɲɳɴθðʃʒʂʐɕʑçʝxɣχʁħʕʔɡɢɖʈɟʍɥʋɰβɸʲʷˠˤ̩̃ːˑ"
+"""IPA symbols (beyond the ASCII letters of ALPHABET) the phoneme text input knows: espeak-ng's English set and more."""
 
 
-def make_text_tokenizer() -> CharTokenizer:
-    """Character tokenizer over lower-case text plus the layout headers' capitals and the control tokens."""
-    return CharTokenizer(ALPHABET, SPECIALS)
+def make_text_tokenizer(extra: str = "") -> CharTokenizer:
+    """Character tokenizer over lower-case text (plus `extra` symbols, e.g. IPA) and the layout headers' capitals and control tokens."""
+    return CharTokenizer(ALPHABET + extra, SPECIALS)
 
 
 def normalize_text(text: str) -> str:
@@ -96,12 +98,19 @@ class VibeVoiceConfig:
     """Voice prompts are cut to this many latent frames."""
     max_gap_frames: int = 3
     """Pause after each turn, in latent frames (drawn from the data's natural gap, capped)."""
+    text_input: str = "chars"
+    """Script text as the LM reads it: 'chars' (lower-case characters, the paper's text tokens at CPU scale) or
+    'phonemes' (IPA from espeak-ng en-us, `data.text_to_ipa`: no spelling to learn, so fewer steps to intelligibility)."""
+    phoneme_symbols: str = IPA_SYMBOLS
+    """With text_input='phonemes': the IPA symbols added to the text tokenizer (an unknown one is a clear error)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
             self.diffusion = DiffusionConfig(**self.diffusion)
         if self.head not in ("diffusion", "regression"):
             raise ShermanError(f"head must be 'diffusion' or 'regression', got {self.head!r}")
+        if self.text_input not in ("chars", "phonemes"):
+            raise ShermanError(f"text_input must be 'chars' or 'phonemes', got {self.text_input!r}")
         self.diffusion.latent_dim, self.diffusion.cond_dim = self.latent_dim, self.dim
 
     def to_dict(self) -> dict:
@@ -206,7 +215,7 @@ class VibeVoiceLM(nn.Module):
     def __init__(self, cfg: VibeVoiceConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok = make_text_tokenizer()
+        self.tok = make_text_tokenizer(cfg.phoneme_symbols if cfg.text_input == "phonemes" else "")
         mc = ModelConfig(vocab_size=self.tok.vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                          n_kv_heads=cfg.n_kv_heads, ffn_dim=cfg.ffn_dim, max_seq_len=cfg.max_seq_len)
         self.lm = Transformer(mc)
@@ -218,6 +227,16 @@ class VibeVoiceLM(nn.Module):
         self.register_buffer("lat_std", torch.ones(cfg.latent_dim))
         self.register_buffer("sem_mean", torch.zeros(cfg.semantic_dim))
         self.register_buffer("sem_std", torch.ones(cfg.semantic_dim))
+
+    def script_text(self, text: str) -> str:
+        """A script line as the LM reads it: normalized characters, or its IPA (`cfg.text_input`). Clear error on unknown symbols."""
+        if self.cfg.text_input == "chars":
+            return normalize_text(text)
+        ipa = text_to_ipa(text)
+        bad = sorted({c for c in ipa if c not in self.tok.alphabet or c in "SVT\n"})
+        if bad:
+            raise ShermanError(f"espeak-ng gave IPA symbols this model does not know: {''.join(bad)!r} (in {ipa[:60]!r})")
+        return ipa
 
     def set_stats(self, lat: torch.Tensor, sem: torch.Tensor) -> None:
         """lat (N, latent_dim), sem (N, semantic_dim) raw features of the training set."""
@@ -315,7 +334,8 @@ def prepare(model: VibeVoiceLM, utts: list[Utterance], raw: list[tuple[torch.Ten
     if fit_stats:
         model.set_stats(torch.cat([r[0] for r in raw]), torch.cat([r[1] for r in raw]))
     with torch.no_grad():
-        return [EncodedUtt(model.norm_lat(a), model.norm_sem(s), n, u.speaker, u.text) for u, (a, s, n) in zip(utts, raw)]
+        texts = [model.script_text(u.text) if model.cfg.text_input == "phonemes" else u.text for u in utts]
+        return [EncodedUtt(model.norm_lat(a), model.norm_sem(s), n, u.speaker, t) for u, t, (a, s, n) in zip(utts, texts, raw)]
 
 
 def sample_sequence(model: VibeVoiceLM, enc: list[EncodedUtt], rng: random.Random, max_turns: int, negative: bool = False) -> Seq:

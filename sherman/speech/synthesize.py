@@ -29,7 +29,7 @@ import torch
 from sherman.core.common import ShermanError
 from sherman.speech.data import parse_script
 from sherman.speech.dsp import SAMPLE_RATE, loudness_normalize, read_wav, resample, trim_silence
-from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, normalize_text, turn_header
+from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, turn_header
 from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig
 
 
@@ -139,7 +139,7 @@ def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cf
     pass over one KV cache (`prompts`: the voices already encoded by `voice_prompt`)."""
     lm, tok = b.lm, b.lm.tok
     _check_speakers(turns, voices)
-    turns = [(k, normalize_text(t)) for k, t in turns]
+    turns = [(k, lm.script_text(t)) for k, t in turns]
     prompts = prompts if prompts is not None else [voice_prompt(b, v) for v in voices]
     guided = lm.cfg.head == "diffusion" and cfg.cfg_scale != 1.0
     pos_prefix = build_prefix(tok, prompts, turns)
@@ -202,9 +202,9 @@ def stream_long(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray
 
     A script that fits is one window, i.e. exactly `stream`. Window w draws its noise from seed `cfg.seed + w`."""
     _check_speakers(turns, voices)
-    turns = [(k, normalize_text(t)) for k, t in turns]
+    read = [(k, b.lm.script_text(t)) for k, t in turns]  # as the LM reads them (characters or IPA): for sizing the windows
     prompts = [voice_prompt(b, v) for v in voices]
-    for w, (start, end) in enumerate(windows(b, prompts, turns, cfg)):
+    for w, (start, end) in enumerate(windows(b, prompts, read, cfg)):
         wcfg = SynthConfig(**{**asdict(cfg), "seed": cfg.seed + w})
         for ti, chunk in stream(b, turns[start:end], voices, wcfg, prompts):
             yield start + ti, chunk

@@ -164,3 +164,35 @@ def test_long_form_four_speakers_streams_in_windows():
     n0 = wins[0][1]
     one = np.concatenate([c for _, c in stream(b, turns[:n0], voices, cfg)])
     assert np.array_equal(one, audio[: spans[n0 - 1][1]])
+
+
+@pytest.mark.skipif(not __import__("sherman.speech.data", fromlist=["x"]).espeak_available(), reason="espeak-ng not installed")
+def test_phoneme_text_input(tmp_path):
+    from sherman.speech.data import text_to_ipa
+
+    assert text_to_ipa("the red bird") == "ðə ɹɛd bɜːd"  # espeak-ng en-us, stress marks dropped, word spaces kept
+    with pytest.raises(ShermanError, match="text_input"):
+        VibeVoiceConfig(text_input="bytes")
+    torch.manual_seed(0)
+    ac = AcousticTokenizer(TokenizerConfig(**TINY_TOK)).eval()
+    sc = SemanticTokenizer(TokenizerConfig(vae=False, **TINY_TOK), n_phonemes=2, dec_dim=16, dec_layers=1).eval()
+    lm = VibeVoiceLM(VibeVoiceConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=512, latent_dim=4, semantic_dim=4,
+                                     diffusion=DiffusionConfig(hidden=32, layers=2, infer_steps=2), max_prompt_frames=2, text_input="phonemes"))
+    assert lm.script_text("The red bird!") == "ðə ɹɛd bɜːd" and lm.tok.decode(lm.tok.encode("ðə ɹɛd")) == "ðə ɹɛd"
+    utts = _fake_utts()
+    enc = prepare(lm, utts, encode_utterances(utts, ac, sc, lm.cfg.max_gap_frames), fit_stats=True)
+    assert enc[0].text == text_to_ipa("word 0")  # training sequences carry the IPA
+    seq = sample_sequence(lm, enc, random.Random(0), 1)
+    assert any(f"Speaker 0: {text_to_ipa(f'word {i}')}\n" in render(lm.tok, seq) for i in range(3))
+    ascii_only = VibeVoiceLM(VibeVoiceConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, latent_dim=4, semantic_dim=4,
+                                             text_input="phonemes", phoneme_symbols=""))
+    with pytest.raises(ShermanError, match="IPA symbols this model does not know"):
+        ascii_only.script_text("the red bird")
+    hist = train_lm(lm, enc, LMTrainConfig(steps=4, batch_size=2, warmup=1))
+    assert np.isfinite([h["loss"] for h in hist]).all()
+    b = Bundle(ac, sc, lm, ["a", "b"])
+    voices = [u.audio for u in utts[::3]]
+    audio, spans = synthesize(b, "Speaker 0: good morning\nSpeaker 1: café", voices, SynthConfig(max_turn_frames=3, steps=2))
+    assert len(spans) == 2 and len(audio) > 0  # IPA input: spelling such as "é" is no longer an error
+    loaded = load_bundle(save_bundle(tmp_path / "m.pt", b))
+    assert loaded.lm.cfg.text_input == "phonemes" and loaded.lm.tok.vocab == lm.tok.vocab
