@@ -96,7 +96,10 @@ def _segments(audio: np.ndarray, spans: list[tuple[int, int]]) -> list[np.ndarra
     return [audio[s:e] for s, e in spans]
 
 
-def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: list[list[list[int]]], spks: list[list[int]]) -> dict:
+def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: list[list[list[int]]], spks: list[list[int]],
+                   prompts: list[list[np.ndarray]] | None = None, local: list[list[int]] | None = None) -> dict:
+    """PER, speaker similarity, turn accuracy; with `prompts` (per dialogue, in script-speaker order) and `local` (script
+    speaker of each turn) also the fraction of turns closer to their own voice prompt than to the other's."""
     segs = [s for d in dialogs_segs for s in d]
     ph = [p for d in refs for p in d]
     who = [k for d in spks for k in d]
@@ -106,6 +109,7 @@ def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: li
         "spk_sim": metrics.speaker_similarity(spk, ref, [segs[i] for i in ok], [who[i] for i in ok]) if ok else 0.0,
         "turn_acc": metrics.turn_accuracy(spk, dialogs_segs, spks),
         "sec_per_turn": float(np.mean([len(s) for s in segs]) / SAMPLE_RATE),
+        **({"prompt_pref": metrics.prompt_preference(spk, dialogs_segs, prompts, local)} if prompts is not None else {}),
     }
 
 
@@ -187,7 +191,9 @@ def _verdicts(m: dict) -> list[dict]:
                  "verdict": by_per(d)})
     rows.append({"claim": "speaks in the prompted voice, one segment per line (turn accuracy >= 0.8 and speaker sim within 0.1 of real)",
                  "paper": "SIM 0.69 (WavLM)",
-                 "ours": f"speaker sim {m['eval/vibevoice/spk_sim']:.3f} (real {m['eval/gt/spk_sim']:.3f}); turn acc {m['eval/vibevoice/turn_acc']:.2f} (real {m['eval/gt/turn_acc']:.2f})",
+                 "ours": f"speaker sim {m['eval/vibevoice/spk_sim']:.3f} (real {m['eval/gt/spk_sim']:.3f}); turn acc {m['eval/vibevoice/turn_acc']:.2f} (real {m['eval/gt/turn_acc']:.2f})"
+                 + (f"; turns closer to own prompt than the other's {m['eval/vibevoice/prompt_pref']:.0%} (real {m['eval/gt/prompt_pref']:.0%}; issue target >= 80%)"
+                    if "eval/vibevoice/prompt_pref" in m else ""),
                  "verdict": str(overall([level(m["eval/vibevoice/turn_acc"], 0.8, partly_at=0.5, higher_is_better=True),
                                          level(m["eval/gt/spk_sim"] - m["eval/vibevoice/spk_sim"], 0.1)]))})
     # shared rule: a win needs a margin of 0.01 (PER lower / similarity higher) and a seed spread (one seed here: at most
@@ -430,7 +436,8 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     rg_audio, rg_segs = synth_all(Bundle(acoustic, semantic, lms["regression"], inventory), sc)
     for name, segs in (("gt", gt_segs), ("recon", rt_segs), ("vibevoice", vv_segs), ("regression", rg_segs)):
         n = len(segs)
-        for k, v in _eval_segments(rec, spk, ref, segs, refs[:n], spks[:n]).items():
+        local = [[d.speakers().index(u.speaker) for u in d.turns] for d in dialogs[:n]]
+        for k, v in _eval_segments(rec, spk, ref, segs, refs[:n], spks[:n], prompts[:n], local).items():
             m[f"eval/{name}/{k}"] = v
     times["eval_s"] = time.time() - t
     if b.sweep:

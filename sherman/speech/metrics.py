@@ -248,6 +248,25 @@ def speaker_centroids(enc: SpeakerEncoder, audios: list[np.ndarray], speakers: l
     return SpeakerRef(torch.stack([e[s == k].mean(0) for k in range(n_speakers)]))
 
 
+def prompt_preference(enc: SpeakerEncoder, segments: list[list[np.ndarray]], prompts: list[list[np.ndarray]], speakers: list[list[int]]) -> float:
+    """Fraction of turns whose speaker embedding is closer (cosine) to its own speaker's voice prompt than to every
+    other prompt of the same script (the paper's SIM, Sec. 3, made relative: a turn in the wrong voice counts 0).
+
+    segments[d] the turns of script d, prompts[d] its voice prompts (script speaker k -> prompts[d][k]), speakers[d]
+    the script speaker of each turn. Empty turns count as failures."""
+    hits, n = 0, 0
+    for segs, pr, spk in zip(segments, prompts, speakers):
+        p = F.normalize(enc.embeddings(pr), dim=-1)  # (K, 64)
+        for s, k in zip(segs, spk):
+            n += 1
+            if len(s) == 0 or len(pr) < 2:
+                continue
+            sims = p @ F.normalize(enc.embeddings([s]), dim=-1)[0]  # (K,)
+            others = torch.cat([sims[:k], sims[k + 1 :]])
+            hits += int(bool((sims[k] > others).all()))
+    return hits / max(1, n)
+
+
 def turn_accuracy(enc: SpeakerEncoder, segments: list[list[np.ndarray]], intended: list[list[int]]) -> float:
     """Fraction of scripts whose segment count equals the line count and whose every segment is classified as its speaker."""
     ok = 0

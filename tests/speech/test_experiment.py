@@ -40,6 +40,8 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path, monkeypatch, cap
         assert 0.0 <= m[f"calib/{k}/per"] <= 10.0, k
     assert "recognizer_calibration.txt" in res["texts"] and "roundtrip_final" in (tmp_path / "recognizer_calibration.txt").read_text()
     assert "calibration" in res["notes"]
+    for name in ("gt", "recon", "vibevoice", "regression"):
+        assert 0.0 <= m[f"eval/{name}/prompt_pref"] <= 1.0
 
 
 def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):

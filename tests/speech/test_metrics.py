@@ -73,3 +73,20 @@ def test_recognizer_score_does_not_depend_on_batch():
     assert hyp_alone == hyp_batched and sum(len(h) for h in hyp_alone) > 0
     refs = [[0, 1, 2], [1, 2], [3, 4, 0]]
     assert metrics.per(refs, hyp_alone) == metrics.per(refs, hyp_batched)
+
+
+class _ToneEncoder:
+    """Stand-in speaker encoder: the embedding is a one-hot of the waveform's first sample (its 'voice')."""
+
+    def embeddings(self, audios):
+        return torch.stack([torch.nn.functional.one_hot(torch.tensor(int(a[0])), 3).float() + 0.1 for a in audios])
+
+
+def test_prompt_preference_counts_turns_in_the_prompted_voice():
+    v = [np.full(10, k, np.float32) for k in range(3)]  # voices 0, 1, 2
+    prompts = [[v[0], v[1]], [v[2], v[0]]]
+    # script 0: turns by speakers 0, 1, 0 in voices 0, 1, 1 (last one wrong); script 1: speakers 0, 1 in voices 2, 0, plus an empty turn
+    segs = [[v[0], v[1], v[1]], [v[2], v[0], np.zeros(0, np.float32)]]
+    spk = [[0, 1, 0], [0, 1, 1]]
+    assert metrics.prompt_preference(_ToneEncoder(), segs, prompts, spk) == 4 / 6
+    assert metrics.prompt_preference(_ToneEncoder(), [[v[1]]], [[v[0], v[1]]], [[1]]) == 1.0
