@@ -30,12 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sherman.core import model as core_model
 from sherman.core.common import print0, seed_everything
 from sherman.core.progress import current_experiment
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, compare, overall, reaches
+from sherman.speech import diffusion as speech_diffusion
+from sherman.speech import dsp as speech_dsp
 from sherman.speech import metrics
-from sherman.speech.artifacts import Artifact, artifact_root, cached, data_digest
+from sherman.speech import model as speech_model
+from sherman.speech import tokenizer as speech_tokenizer
+from sherman.speech.artifacts import Artifact, artifact_root, cached, code_digest, data_digest
 from sherman.speech.augment import AugmentConfig, calibration_table, format_calibration, tokenizer_roundtrips
 from sherman.speech.data import Corpus, CorpusConfig, build_corpus, make_dialogues
 from sherman.speech.diffusion import DiffusionConfig
@@ -269,7 +274,10 @@ def acoustic_stage(b: Budget, data: Data, cache_dir: Path) -> tuple[AcousticToke
         hist = train_acoustic(tok, data.train_audio, replace(train_cfg, callback=at_stage, history=[]))
         return tok.state_dict(), {"history": hist, "snapshots": snaps}
 
-    art = cached(cache_dir, "acoustic_tokenizer", {"tokenizer": tok_cfg, "train": train_cfg}, data_digest(data.train_audio), train)
+    code = code_digest(speech_tokenizer, speech_dsp)
+    art = cached(cache_dir, "acoustic_tokenizer", {"tokenizer": tok_cfg, "train": train_cfg, "code": code, "snapshots_at": list(STAGE_MARKS)},
+                 data_digest(data.train_audio), train,
+                 check=lambda st: AcousticTokenizer(tok_cfg).load_state_dict(st))
     tok = AcousticTokenizer(tok_cfg)
     tok.load_state_dict(art.state)
     return tok.eval().requires_grad_(False), art.extra["history"], art.extra["snapshots"], art
@@ -289,8 +297,9 @@ def semantic_stage(b: Budget, data: Data, cache_dir: Path) -> tuple[SemanticToke
         return sem.state_dict(), {"history": hist}
 
     labels = {"inventory": data.inventory, "phonemes": data.train_ph}
-    art = cached(cache_dir, "semantic_tokenizer", {"tokenizer": tok_cfg, "train": train_cfg, "dec": [64, 2]},
-                 data_digest(data.train_audio, labels), train)
+    code = code_digest(speech_tokenizer, speech_dsp, core_model)
+    art = cached(cache_dir, "semantic_tokenizer", {"tokenizer": tok_cfg, "train": train_cfg, "dec": [64, 2], "code": code},
+                 data_digest(data.train_audio, labels), train, check=lambda st: build().load_state_dict(st))
     sem = build()
     sem.load_state_dict(art.state)
     return sem.eval().requires_grad_(False), art.extra["history"], art
@@ -315,8 +324,9 @@ def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Art
         return lm.state_dict(), {"history": train_lm(lm, enc, train_cfg)}
 
     labels = {"texts": [u.text for u in data.corpus.train], "speakers": [u.speaker for u in data.corpus.train]}
-    config = {"lm": vcfg.to_dict(), "train": train_cfg, "acoustic": acoustic.manifest["hash"], "semantic": semantic.manifest["hash"], "gap_frames": 3}
-    art = cached(cache_dir, f"lm_{head}", config, data_digest(data.train_audio, labels), train)
+    config = {"lm": vcfg.to_dict(), "train": train_cfg, "acoustic": acoustic.manifest["hash"], "semantic": semantic.manifest["hash"], "gap_frames": 3,
+              "code": code_digest(speech_model, speech_diffusion, core_model)}
+    art = cached(cache_dir, f"lm_{head}", config, data_digest(data.train_audio, labels), train, check=lambda st: VibeVoiceLM(vcfg).load_state_dict(st))
     lm = VibeVoiceLM(vcfg)
     lm.load_state_dict(art.state)
     return lm.eval(), art.extra["history"], art

@@ -8,8 +8,10 @@ A directory holds:
     manifest.json                 {"format", "kind", "hash", "config", "data", "weights", "train_s", "created"}
     weights-<hash16>.safetensors  the state dict + a JSON tree of extras (history, snapshots), no pickle
 
-`hash` = sha256 of the stable JSON of {kind, format, config, data digest}. `cached(...)` loads the directory when
-its manifest's hash equals the expected one and the weights read back; otherwise (absent, stale or corrupt) it
+`hash` = sha256 of the stable JSON of {kind, format, config, data digest}; stage configs also carry a `code_digest`
+of the source files that define and train the model, so editing them makes the artifact stale. `cached(...)` loads
+the directory when its manifest's hash equals the expected one, the weights read back and (given `check`) they
+load into a freshly built model; otherwise (absent, stale, corrupt or not fitting) it
 trains, says why, and writes the new artifact atomically: the weights file first (temp file + rename), then the
 manifest (temp file + rename: the commit point), then it removes the other weights files. A crash at any point
 leaves either the old artifact or the new one, never a manifest that names missing or foreign weights.
@@ -70,6 +72,15 @@ def data_digest(audios: Sequence[np.ndarray], labels: Any = None) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b.tobytes())
     h.update(stable_json(labels).encode())
+    return h.hexdigest()
+
+
+def code_digest(*modules: Any) -> str:
+    """sha256 over the source files of `modules` (module objects): put it in a stage's config, so an edit to the code
+    that trains or defines the model makes its cached artifacts stale instead of silently reused."""
+    h = hashlib.sha256()
+    for mod in modules:
+        h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
 
 
@@ -139,11 +150,18 @@ def save_artifact(directory: str | Path, kind: str, key: str, config: Any, data:
 
 
 def cached(directory: str | Path, kind: str, config: Any, data: str,
-           train: Callable[[], tuple[dict[str, torch.Tensor], dict]], log: Callable[[str], None] = print0) -> Artifact:
-    """Reuse the artifact in `directory` when its hash matches (kind, config, data); else run `train()` ->
-    (state dict, extra tree), save it atomically and return it. Never returns a stale artifact."""
+           train: Callable[[], tuple[dict[str, torch.Tensor], dict]], log: Callable[[str], None] = print0,
+           check: Callable[[dict[str, torch.Tensor]], Any] | None = None) -> Artifact:
+    """Reuse the artifact in `directory` when its hash matches (kind, config, data) and `check(state)` (e.g. loading it
+    into a freshly built model) does not raise; else run `train()` -> (state dict, extra tree), save it atomically and
+    return it. Never returns a stale artifact."""
     key = artifact_hash(kind, config, data)
     art, why = load_artifact(directory, key)
+    if art is not None and check is not None:
+        try:
+            check(art.state)
+        except Exception as e:
+            art, why = None, f"unreadable: weights do not fit the model ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
     if art is not None:
         log(f"{kind}: reusing {directory} (hash {key[:12]}, trained {art.manifest.get('created')}, {art.manifest.get('train_s')} s)")
         return art

@@ -112,3 +112,16 @@ def test_train_tokenizer_help_imports_no_torch():
              "print(code, 'torch' in sys.modules, 'budget' in buf.getvalue())")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert res.stdout.split() == ["0", "False", "True"], res.stdout + res.stderr[-1000:]
+
+
+def test_weights_that_do_not_fit_the_model_are_retrained_and_code_is_hashed(tmp_path):
+    tr, d = _Trainer(), tmp_path / "m"
+    data = art.data_digest(_audios())
+    art.cached(d, "m", {"n": 1}, data, tr(1.0), log=lambda s: None)
+    fits = art.cached(d, "m", {"n": 1}, data, tr(1.0), log=lambda s: None, check=lambda st: torch.nn.Linear(3, 2).load_state_dict(st))
+    assert fits.reused and tr.calls == 1
+    other = art.cached(d, "m", {"n": 1}, data, tr(1.0), log=lambda s: None, check=lambda st: torch.nn.Linear(4, 2).load_state_dict(st))
+    assert other.status.startswith("trained (unreadable: weights do not fit") and tr.calls == 2
+    from sherman.speech import dsp, tokenizer
+
+    assert art.code_digest(tokenizer) == art.code_digest(tokenizer) != art.code_digest(tokenizer, dsp)
