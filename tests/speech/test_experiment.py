@@ -42,6 +42,10 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path, monkeypatch, cap
     assert "calibration" in res["notes"]
     for name in ("gt", "recon", "vibevoice", "regression"):
         assert 0.0 <= m[f"eval/{name}/prompt_pref"] <= 1.0
+        assert m[f"eval/{name}/per"] >= 0.0
+    for name in ("gt", "vibevoice", "regression"):
+        assert m[f"eval/single/{name}/per"] >= 0.0
+    assert "single-speaker" in res["rows"][3]["ours"]
 
 
 def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):
