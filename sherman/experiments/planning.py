@@ -11,8 +11,16 @@ On Blocksworld three PG ablations run as well (row (5), not part of the overall 
 discount gamma = 0.9 and a per-step cost 0.05 (`rl/planning.py` `pg_token_weights`), each against PG with KL 0,
 reporting test accuracy (sampled and greedy), the stuck fraction and path lengths.
 
-Run: `sherman reproduce planning --budget quick` (about 620 s of single-thread CPU for 3 seeds x 2 tasks before the
-Blocksworld PG ablations were added; they add 9 arm runs, estimated ~150 s).
+Run: `sherman reproduce planning --budget quick`. Cost measured at be975a4 (1 thread, shared 2-core Intel Xeon at load
+3-8): 2149 s CPU, 4019 s wall, for 3 seeds x 2 tasks with every arm; PG costs ~0.12-0.18 s of CPU per step, Q-learning
+~0.11-0.16, so training (not evaluation: 0.4-0.8 s per RL-arm eval) dominates. To fit issue 16's bound (opo + rspo +
+planning quick within 45 min on an idle 2-core machine) the quick budget skips `pg_kl_small` (no takeaway reads it;
+its 6 runs cost 319 s CPU there), leaving ~1830 s CPU; the RL arms are evaluated on the train/test splits only.
+The full budget runs every arm: estimated from the measured step and eval times ~3.6 h of CPU (5 seeds, SFT 1500 steps,
+arms 1000 steps, 200 pairs x 16 samples per eval).
+
+Verdicts: every sub-claim goes through `sherman.experiments.verdict` on per-seed values, paired by seed (threshold
+named in the code, 2 standard errors); a row is `verdict.overall` of its sub-claims, per task.
 
 What the quick budget showed (3 seeds, means): (1) SFT solves observed test pairs far better than
 unobserved ones (ER 0.90 vs 0.68, Blocksworld 0.42 vs 0.32) with adjacency precision 0.98-0.99;
@@ -86,13 +94,15 @@ class PlanBudget:
     """'Small' KL coefficient."""
     kl_large: float = 1.0
     """'Larger' KL coefficient."""
+    skip_arms: tuple[str, ...] = ()
+    """Arms not run (each arm has its own random streams, so the others' numbers do not change); none a takeaway reads."""
 
 
 BUDGETS: dict[str, PlanBudget] = {
     "smoke": PlanBudget(seeds=1, er_nodes=20, er_edge_prob=0.25, blocks=3, paths_per_pair=2, sft_steps=30, arm_steps=4, eval_every=2,
                         eval_pairs=8, eval_samples=2, dim=32),
     "quick": PlanBudget(seeds=3, er_nodes=100, er_edge_prob=0.1, blocks=4, paths_per_pair=5, sft_steps=600, arm_steps=300, eval_every=50,
-                        eval_pairs=64, eval_samples=8),
+                        eval_pairs=64, eval_samples=8, skip_arms=("pg_kl_small",)),
     "full": PlanBudget(seeds=5, er_nodes=100, er_edge_prob=0.1, blocks=4, paths_per_pair=5, sft_steps=1500, arm_steps=1000, eval_every=100,
                        eval_pairs=200, eval_samples=16),
 }
@@ -143,7 +153,7 @@ def run_seed(task: str, b: PlanBudget, seed: int) -> dict:
     cfg = ArmConfig(steps=b.arm_steps, eval_every=b.eval_every, max_len=max_len, seed=seed)
     ev_rl = ev.only(("train", "test"))  # the takeaways read test_obs / test_unobs only from SFT; ~half the RL arms' eval time
     arms = {}
-    for arm in ARMS + (tuple(PG_ABLATIONS) if task == "bw" else ()):
+    for arm in [a for a in ARMS + (tuple(PG_ABLATIONS) if task == "bw" else ()) if a not in b.skip_arms]:
         t0, c0 = time.time(), time.process_time()
         arms[arm] = run_arm(arm, base, data, cfg, ev if arm == "sft" else ev_rl, b)
         last = arms[arm][-1]
@@ -304,7 +314,7 @@ def plot(results: dict[str, list[dict]], out_dir: Path) -> list[str]:
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))  # 2 x 2 so that each panel is legible at report width
         axes = axes.ravel()
         for ax, (key, label) in zip(axes, panels):
-            for arm in ARMS:
+            for arm in [a for a in ARMS if a in runs[0]["arms"]]:
                 steps = [h["step"] for h in runs[0]["arms"][arm]]
                 vals = np.array([[h[key] for h in r["arms"][arm]] for r in runs])  # (seeds, evals)
                 line = ax.plot(steps, vals.mean(0), marker=".", label=LABELS[arm])[0]

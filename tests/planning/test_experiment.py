@@ -24,6 +24,13 @@ def test_planning_experiment_smoke(tmp_path):
     assert set(runs["bw"][0]["arms"]) == set(ARMS) | set(PG_ABLATIONS)
     last = runs["bw"][0]["arms"]["pg_step_cost"][-1]
     assert {"stuck/test", "len/test", "acc_greedy/test"} <= set(last)
+    # the quick budget's skipped arms are read by no takeaway: dropping them leaves every row unchanged
+    from sherman.experiments.planning import takeaways
+
+    skip = BUDGETS["quick"].skip_arms
+    assert skip and set(skip) <= set(ARMS) and not BUDGETS["full"].skip_arms and not BUDGETS["smoke"].skip_arms
+    trimmed = {t: [dict(r, arms={a: h for a, h in r["arms"].items() if a not in skip}) for r in rs] for t, rs in runs.items()}
+    assert takeaways(trimmed) == takeaways(runs) == res["rows"]
     steps = [h["step"] for h in runs["bw"][0]["arms"]["q_process"]]
     assert steps == [0, 2, 4] == list(range(0, BUDGETS["smoke"].arm_steps + 1, BUDGETS["smoke"].eval_every))
 
