@@ -22,14 +22,16 @@ arms 1000 steps, 200 pairs x 16 samples per eval).
 Verdicts: every sub-claim goes through `sherman.experiments.verdict` on per-seed values, paired by seed (threshold
 named in the code, 2 standard errors); a row is `verdict.overall` of its sub-claims, per task.
 
-What the quick budget showed (3 seeds, means): (1) SFT solves observed test pairs far better than
-unobserved ones (ER 0.90 vs 0.68, Blocksworld 0.42 vs 0.32) with adjacency precision 0.98-0.99;
-(2) PG beats continual SFT on ER test pairs (0.79 vs 0.74) but not on Blocksworld (0.21 vs 0.35),
-where PG without KL reinforces valid but wandering paths (cyclic graph, no length cost) and many
-samples never reach the target; (3) PG without KL halves diversity (ER 2.56 -> 1.07 distinct correct
-paths per pair at ~0.94 train accuracy), KL 1.0 keeps it (2.22) with no accuracy cost here; (4)
-outcome-reward Q-learning collapses (ER 0.95 -> 0.00 train accuracy), process-reward Q-learning keeps
-diversity (2.30) but loses some accuracy (0.85; Blocksworld 0.45) within 300 steps.
+What the quick budget showed (be975a4, 3 seeds, means, verdicts by `verdict.py`): (1) SFT solves observed test pairs
+far better than unobserved ones (ER 0.90 vs 0.68, Blocksworld 0.42 vs 0.32; adjacency precision 0.98-0.99):
+reproduced; (2) PG vs continual SFT on test pairs: ER 0.75 vs 0.74 (+0.007, inside the 2 s.e. spread 0.066), Blocksworld
+0.24 vs 0.34 (PG samples never reaching the target 0.70): not reproduced; (3) PG without KL halves diversity (ER 2.56 ->
+1.09 distinct correct paths per pair, BW 1.41 -> 0.74), KL 1.0 keeps it (2.31, 1.26) but with no accuracy cost (train
+accuracy is higher with KL, BW 0.80 vs 0.38): partly; (4) outcome-reward Q-learning is hacked (train accuracy ER 0.95 ->
+0.01, BW 0.90 -> 0.07), process-reward Q-learning keeps diversity (2.27, 1.62) but loses accuracy within 300 steps (ER
+0.85, BW 0.46): partly; (5) none of the Blocksworld PG ablations helps plain REINFORCE (test accuracy 0.24): mean
+baseline 0.11 (stuck 0.82), discount 0.9 0.27 (+0.03, inside the spread 0.05), step cost 0.20; all stay below
+continual SFT (0.34) and the stuck fraction stays 0.68-0.82.
 """
 
 from __future__ import annotations
