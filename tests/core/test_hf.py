@@ -15,6 +15,8 @@ from sherman.core.generate import SamplingParams, generate, left_pad
 from sherman.core.hf import config_from_hf, load_hf, main, parse_size, pick_arch, save_hf
 from sherman.core.model import padded_positions
 
+from .hf_helpers import random_hf
+
 V = 100
 COMMON = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               intermediate_size=96, max_position_embeddings=128, rms_norm_eps=1e-6)
@@ -35,16 +37,7 @@ def build_hf(name: str, seed: int = 0):
     """A tiny random transformers model, fp32, eager attention, weights scaled so that mistakes show in the logits."""
     model_type, extra = CASES[name]
     cfg = transformers.AutoConfig.for_model(model_type, **COMMON, **extra)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight") or n.endswith("layernorm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.15)
-    return model
+    return random_hf(cfg, seed)
 
 
 def batch():

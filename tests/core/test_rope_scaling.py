@@ -25,6 +25,8 @@ from sherman.core.model import (
     yarn_inv_freq,
 )
 
+from .hf_helpers import random_hf
+
 L0 = 16  # the "original" context of the tiny models; the tests run to 3-5x past it
 COMMON = dict(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               intermediate_size=96, rms_norm_eps=1e-6, tie_word_embeddings=False)
@@ -44,16 +46,7 @@ ROPES = {
 
 def build_hf(model_type: str, seed: int = 0, **extra):
     cfg = transformers.AutoConfig.for_model(model_type, **{**COMMON, **extra})
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("norm.weight") or n.endswith("layernorm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.15)
-    return model
+    return random_hf(cfg, seed)
 
 
 def full_logits(hf, ids):
