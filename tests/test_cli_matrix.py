@@ -46,7 +46,7 @@ def run(tmp_path_factory):
     return root
 
 
-# (case id, argv with {run} / {root} placeholders, a substring the one-line message must contain)
+# (case id, argv in which {run} and {root} are replaced by each test's paths, a substring the one-line message must contain)
 CASES = [
     ("train-missing", ["train", "--text", NOPE + ".txt"], "no such file"),
     ("train-type", ["train", "--dim", "x"], "--dim: invalid int value: 'x'"),
