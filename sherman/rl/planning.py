@@ -363,17 +363,27 @@ def pretrain_sft(model: Transformer, data: PlanningData, steps: int, batch_size:
 
 
 def run_continual_sft(model: Transformer, data: PlanningData, cfg: ArmConfig, eval_fn: EvalFn) -> list[dict]:
-    """Keep training on the same SFT paths (core train loop, constant lr), evaluating every eval_every steps."""
+    """Keep training on the same SFT paths (core train loop, constant lr), evaluating every eval_every steps.
+
+    One `train` call for the whole arm, so one AdamW optimizer (moments and step count) and one data stream persist
+    across the evaluations, as in the RL arms; evaluating is read-only (own generator, no update), so the trained
+    weights do not depend on eval_every. The arm has no checkpoint/resume of its own (runs are minutes long)."""
     history: list[dict] = []
     _log(history, 0, model, eval_fn, 1.0, {})
-    done = 0
-    while done < cfg.steps:
-        chunk = min(cfg.eval_every, cfg.steps - done)
-        tc = TrainConfig(steps=chunk, batch_size=cfg.batch_pairs * cfg.samples_per_pair, lr=cfg.lr, schedule="constant", warmup_steps=0,
-                         grad_clip=cfg.grad_clip, seed=cfg.seed * 1000 + done)
-        res = train(model, sft_examples(data), tc, pad_id=data.pad_id)
-        done += chunk
-        _log(history, done, model, eval_fn, 1.0, {"loss/train": res.history[-1]["loss/train"]})
+    pending: dict = {}
+
+    def evaluate(m: Transformer) -> dict:
+        pending.update(eval_fn(m, 1.0))
+        return {}  # kept out of train's row; recorded by `record` with the step's loss
+
+    def record(step: int, row: dict) -> None:
+        if pending:
+            history.append({"step": step, "loss/train": row["loss/train"], **pending})
+            pending.clear()
+
+    tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_pairs * cfg.samples_per_pair, lr=cfg.lr, schedule="constant",
+                     warmup_steps=0, grad_clip=cfg.grad_clip, seed=cfg.seed * 1000, eval_every=cfg.eval_every)
+    train(model, sft_examples(data), tc, eval_fn=evaluate, callback=record, pad_id=data.pad_id)
     return history
 
 

@@ -160,6 +160,45 @@ def test_each_arm_smoke(small, arm):
     assert moved > 0.0
 
 
+def test_continual_sft_keeps_one_optimizer_across_evaluations(small, monkeypatch):
+    # one optimizer per run: its step count keeps growing across evaluation boundaries (the old loop made a fresh
+    # AdamW at every evaluation: 3 optimizers here, the last one at step 1)
+    import sherman.core.train as core_train
+
+    made = []
+
+    def spy(params, **kw):
+        made.append(real(params, **kw))
+        return made[-1]
+
+    real = core_train.adamw
+    monkeypatch.setattr(core_train, "adamw", spy)
+    data, base, _, _ = small
+    calls = []
+    cfg = ArmConfig(steps=5, batch_pairs=4, samples_per_pair=2, eval_every=2, lr=1e-3)
+    hist = run_continual_sft(copy.deepcopy(base), data, cfg, lambda m, temp: calls.append(1) or {"acc/x": 0.5})
+    assert [h["step"] for h in hist] == [0, 2, 4, 5] and len(calls) == 4
+    assert all(h["acc/x"] == 0.5 for h in hist) and all(math.isfinite(h["loss/train"]) for h in hist[1:])
+    assert len(made) == 1
+    steps = {float(st["step"]) for st in made[0].state.values()}
+    assert steps == {5.0}
+
+
+def test_continual_sft_weights_do_not_depend_on_eval_every(small):
+    # evaluation is read-only and the optimizer/data stream persist, so evaluating every step or only at the end
+    # trains the same weights (restarting Adam at each evaluation broke this)
+    data, base, _, ev = small
+    ev = ev.only(("train",))
+    models = []
+    for every in (1, 4):
+        m = copy.deepcopy(base)
+        run_continual_sft(m, data, ArmConfig(steps=4, batch_pairs=4, samples_per_pair=2, eval_every=every, max_len=10), ev)
+        models.append(m)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(models[0].parameters(), base.parameters()))
+
+
 def test_bad_q_reward_is_rejected(small):
     data, base, _, ev = small
     with pytest.raises(ValueError):
