@@ -18,7 +18,10 @@ Setup here (all on CPU, tiny scale):
     - `grpo_std`: GRPO's std normalisation `(r - mean) / std` instead (exactly on-policy).
   `tests/rl/test_experiments.py` asserts from the configs that each arm differs from `opo` in exactly these fields.
   5 seeds per arm (RL sampling seeds; the warm start is shared); every comparison is a per-seed paired difference
-  with its 95% t interval.
+  judged by `sherman.experiments.verdict` (`compare`: an effect threshold and 2 standard errors of the paired
+  difference; "comparable accuracy" as `noninferior`: the paired difference minus 2 s.e. above -NONINFERIORITY). A
+  sub-claim whose effect lies within EDGE_SE standard errors of a decision boundary is flagged "at the edge of the
+  seed spread" in the report: such a verdict is noise-level and can flip between runs of one commit.
 * Matched optimizer steps: the final policies. Held-out metrics (prompts from a stream no run trains on, sampled
   at T = 1): pass@1, pass@n, the policy's token entropy along its own samples, distinct-2/3 among the samples of a
   prompt; k3 KL to the initial policy (tail mean over the last quarter of optimizer steps, on the training rollouts).
@@ -52,19 +55,8 @@ from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
-from sherman.experiments.rl_common import (
-    below,
-    fmt_ci,
-    fmt_paired,
-    held_out_metrics,
-    held_out_prompts,
-    mean_ci,
-    paired,
-    plot_curves,
-    smooth,
-    tail_mean,
-    warm_start,
-)
+from sherman.experiments import verdict as V
+from sherman.experiments.rl_common import fmt_ci, held_out_metrics, held_out_prompts, mean_ci, plot_curves, smooth, tail_mean, warm_start
 from sherman.rl import grpo
 from sherman.rl.grpo import SamplingParams, forward_logprobs, preset_config, rl_train, rollout
 from sherman.tasks import get_task
@@ -90,10 +82,15 @@ RL_LR = 3e-4
 OFF_EPOCHS = 4
 """Full-batch optimizer steps per rollout batch in the off-policy arm."""
 NONINFERIORITY = 0.03
-"""'Comparable accuracy': the paired pass@1 / reward difference's 95% interval lies above -0.03."""
+"""'Comparable accuracy': the paired pass@1 / reward difference, less 2 standard errors, lies above -0.03."""
 MIN_REL_EFFECT = 0.05
 """Effect threshold of the entropy and gradient-variance claims (shared verdict rule: a threshold and a seed spread): the
-off-policy entropy at least 5% below OPO's, the per-prompt variance ratio's interval below 1 - 5%."""
+off-policy entropy at least 5% below OPO's, the per-prompt variance ratio at least 5% below 1."""
+MIN_KL_EFFECT = 0.10
+"""Effect threshold of the KL claim: OPO's KL to init at least 10% below the off-policy arm's."""
+EDGE_SE = 0.5
+"""A verdict 'sits at the edge' when its effect is within this many standard errors of a decision boundary (the
+2-s.e. spread, or the effect threshold): the report flags it, since such a verdict can flip between runs."""
 REF = "opo"
 
 
@@ -111,6 +108,36 @@ def arms(b: dict) -> dict[str, grpo.RLConfig]:
 def config_diff(a: grpo.RLConfig, b: grpo.RLConfig) -> set[str]:
     """Names of the RLConfig fields where a and b differ."""
     return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+
+
+def noninferior(a: list[float], b: list[float], margin: float) -> V.Verdict:
+    """'a is comparable to or better than b' (not worse by more than `margin`), paired by seed, through `verdict.compare`:
+    a + margin against b with threshold 0, i.e. reproduced when mean(a - b) + margin exceeds 2 standard errors."""
+    v = V.compare([x + margin for x in a], b, 0.0)
+    diff = v.effect - margin
+    why = (f"paired difference {diff:+.4g}, minus 2 s.e. ({v.spread:.4g}) = {diff - v.spread:+.4g}, "
+           f"{'above' if v.verdict == V.REPRODUCED else 'not above'} -{margin:g}")  # fmt: skip
+    if v.spread != v.spread:  # one seed
+        why = f"paired difference {diff:+.4g} with one seed (no spread)"
+    return V.Verdict(v.verdict, v.effect, v.spread, why)
+
+
+def at_edge(v: V.Verdict, min_effect: float) -> bool:
+    """True when the verdict's effect is within EDGE_SE standard errors of the spread (k = 2 s.e.) or of the threshold
+    that decided between 'reproduced' and 'partly' (verdict.compare's two boundaries)."""
+    if v.spread != v.spread or v.spread <= 0:
+        return False
+    se = v.spread / 2.0
+    near_spread = abs(v.effect - v.spread) <= EDGE_SE * se
+    near_threshold = min_effect > 0 and v.effect > v.spread and abs(v.effect - min_effect) <= EDGE_SE * se
+    return near_spread or near_threshold
+
+
+def vtxt(v: V.Verdict, min_effect: float = 0.0) -> str:
+    """'[verdict: reason]', with the edge warning when `at_edge`."""
+    edge = (f"; AT THE EDGE of the seed spread (effect within {EDGE_SE:g} s.e. of a decision boundary): this verdict is "
+            "noise-level and can flip between runs of the same commit" if at_edge(v, min_effect) else "")  # fmt: skip
+    return f"[{v.verdict}: {v.reason}{edge}]"
 
 
 def per_sample_grads(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -203,6 +230,114 @@ def reward_at_kl(run: dict, level: float, w: int = 8) -> float:
     return rew[-1]
 
 
+def judge(results: dict[str, list[dict]], init: dict, variance: dict, b: dict) -> dict:
+    """Rows and verdicts from the per-seed arm results, the warm start's held-out metrics and the gradient-variance
+    check (pure: no training), every sub-claim through `verdict.py`."""
+    def col(arm: str, key: str) -> list[float]:
+        return [float(r[key]) for r in results[arm]]
+
+    o, off, mb, gs = REF, "offpolicy", "mean_baseline", "grpo_std"
+    signal_ok = 0.05 <= init["pass@1"] <= 0.95
+    offpolicy_ok = statistics.fmean(col(off, "clip_frac")) > 0 or statistics.fmean(col(off, "ratio_var")) > 1e-8
+    pre = f"precondition: warm-start held-out pass@1 {init['pass@1']:.3f} in [0.05, 0.95]: {signal_ok}"
+    pre_off = f"{pre}; off-policy arm clip fraction {fmt_ci(col(off, 'clip_frac'), 4)}, ratio var {fmt_ci(col(off, 'ratio_var'), 6)}: {offpolicy_ok}"
+
+    def gate(vs: list[V.Verdict], precondition: bool) -> str:
+        """A row's verdict: `verdict.overall` of its sub-claims, "not testable here" when its precondition fails."""
+        return V.overall(vs) if precondition else V.NOT_TESTABLE
+
+    # matched KL: per seed, a KL level both the on- and off-policy arm reach
+    levels = [0.8 * min(max(smooth(a["kl_curve"], 8)), max(smooth(c["kl_curve"], 8))) for a, c in zip(results[o], results[off])]
+    rew_kl = {arm: [reward_at_kl(r, lv) for r, lv in zip(results[arm], levels)] for arm in (o, off)}
+    ratios = [a / c for a, c in zip(variance["per_prompt"]["opo_length"], variance["per_prompt"]["mean"]) if c > 0]
+    r_m, r_h = mean_ci(ratios) if ratios else (float("nan"), 0.0)
+
+    # every sub-claim through verdict.compare (effect threshold + 2 s.e. of the per-seed paired difference)
+    kl_min = MIN_KL_EFFECT * abs(statistics.fmean(col(off, "kl")))
+    v_kl = V.compare(col(o, "kl"), col(off, "kl"), kl_min, higher_is_better=False)
+    ent_min = MIN_REL_EFFECT * abs(statistics.fmean(col(o, "held/entropy")))
+    v_ent = V.compare(col(o, "held/entropy"), col(off, "held/entropy"), ent_min)
+    v_acc = noninferior(col(o, "held/pass@1"), col(off, "held/pass@1"), NONINFERIORITY)
+    v_acc_kl = noninferior(rew_kl[o], rew_kl[off], NONINFERIORITY)
+    v_var = None
+    if ratios:  # paired over prompts (the "seeds" of this check)
+        v_var = V.compare(ratios, [1.0] * len(ratios), MIN_REL_EFFECT, higher_is_better=False)
+        v_var = V.Verdict(v_var.verdict, v_var.effect, v_var.spread, v_var.reason.replace("seed", "prompt"))
+    v_mb = noninferior(col(o, "held/pass@1"), col(mb, "held/pass@1"), NONINFERIORITY)
+    v_gs = noninferior(col(o, "held/pass@1"), col(gs, "held/pass@1"), NONINFERIORITY)
+    subs = {"kl": (v_kl, kl_min), "entropy": (v_ent, ent_min), "pass@1": (v_acc, 0.0), "reward@KL": (v_acc_kl, 0.0),
+            "variance": (v_var, MIN_REL_EFFECT), "vs_mean": (v_mb, 0.0), "vs_std": (v_gs, 0.0)}  # fmt: skip
+    edges = [k for k, (v, m) in subs.items() if v is not None and at_edge(v, m)]
+
+    def diff(a: list[float], b: list[float], p: int = 3) -> str:
+        """Paired mean difference over seeds ± 2 s.e. (the spread `verdict.compare` judges against)."""
+        v = V.compare(a, b, 0.0)
+        return f"{v.effect:+.{p}f} ± {v.spread:.{p}f} (2 s.e.)"
+
+    rows = [
+        {
+            "claim": "matched optimizer steps: exact on-policy ends closer to the initial policy (k3 KL to init, paired over seeds; "
+                     f"effect >= {MIN_KL_EFFECT:.0%} of the off-policy KL and beyond 2 s.e.)",
+            "paper": "lower KL for on-policy (Fig. 2)",
+            "ours": f"KL OPO {fmt_ci(col(o, 'kl'), 4)}, off-policy {fmt_ci(col(off, 'kl'), 4)}; paired OPO - off {diff(col(o, 'kl'), col(off, 'kl'), 4)} "
+                    f"{vtxt(v_kl, kl_min)}; {pre_off}",
+            "verdict": gate([v_kl], signal_ok and offpolicy_ok),
+        },
+        {
+            "claim": f"matched optimizer steps: exact on-policy keeps higher held-out entropy (by >= {MIN_REL_EFFECT:.0%}, beyond 2 s.e. of the "
+                     "paired difference; distinct-3 reported) than off-policy",
+            "paper": "higher entropy for on-policy (Fig. 2)",
+            "ours": (
+                f"held-out token entropy OPO {fmt_ci(col(o, 'held/entropy'))}, off-policy {fmt_ci(col(off, 'held/entropy'))} "
+                f"(paired {diff(col(o, 'held/entropy'), col(off, 'held/entropy'))} {vtxt(v_ent, ent_min)}; warm start {init['entropy']:.3f}); "
+                f"distinct-3 OPO {fmt_ci(col(o, 'held/distinct3'))}, off-policy {fmt_ci(col(off, 'held/distinct3'))} (paired "
+                f"{diff(col(o, 'held/distinct3'), col(off, 'held/distinct3'))})"
+            ),
+            "verdict": gate([v_ent], signal_ok and offpolicy_ok),
+        },
+        {
+            "claim": f"on-policy accuracy comparable or better: held-out pass@1 at matched steps and rollout reward at matched KL "
+                     f"(paired difference minus 2 s.e. above -{NONINFERIORITY}; row = verdict.overall of the two)",
+            "paper": "comparable or better pass@1 (Tab. 1)",
+            "ours": (
+                f"pass@1 OPO {fmt_ci(col(o, 'held/pass@1'))}, off-policy {fmt_ci(col(off, 'held/pass@1'))}, paired "
+                f"{diff(col(o, 'held/pass@1'), col(off, 'held/pass@1'))} {vtxt(v_acc)} (warm start {init['pass@1']:.3f}); reward at matched KL "
+                f"(level {statistics.fmean(levels):.4f}) OPO {fmt_ci(rew_kl[o])}, off-policy {fmt_ci(rew_kl[off])}, paired "
+                f"{diff(rew_kl[o], rew_kl[off])} {vtxt(v_acc_kl)}"
+            ),
+            "verdict": gate([v_acc, v_acc_kl], signal_ok and offpolicy_ok),
+        },
+        {
+            "claim": "the length-weighted baseline lowers policy-gradient variance vs the group-mean baseline (fixed policy; "
+                     f"per-prompt ratio of tr Cov at least {MIN_REL_EFFECT:.0%} below 1, beyond 2 s.e. over prompts)",
+            "paper": "lower gradient variance with the optimal baseline (Sec. 3.2)",
+            "ours": (
+                f"tr Cov (mean over {b['var_prompts']} prompts): none {variance['var/none']:.4g}, mean {variance['var/mean']:.4g}, "
+                f"OPO length {variance['var/opo_length']:.4g}, optimal(group) {variance['var/optimal_group']:.4g}, optimal(pooled) "
+                f"{variance['var/optimal_pooled']:.4g}; ratio OPO/mean per prompt {r_m:.3f} ± {r_h:.3f} (95% t) "
+                f"{vtxt(v_var, MIN_REL_EFFECT) if v_var else '[no prompt with a nonzero mean-baseline variance]'}; "
+                f"corr(length, ||g||^2) = {variance['var/corr_len_gradnorm2']:.2f}; {pre}"
+            ),
+            "verdict": gate([v_var] if v_var else [], signal_ok),
+        },
+        {
+            "claim": f"all exactly on-policy, matched steps: the length-weighted baseline trains at least as well as the mean baseline "
+                     f"and GRPO's std normalisation (held-out pass@1, paired difference minus 2 s.e. above -{NONINFERIORITY})",
+            "paper": "OPO's optimal baseline: better or comparable accuracy and more stable training (Sec. 4)",
+            "ours": (
+                f"pass@1 OPO {fmt_ci(col(o, 'held/pass@1'))}, mean baseline {fmt_ci(col(mb, 'held/pass@1'))}, GRPO std "
+                f"{fmt_ci(col(gs, 'held/pass@1'))}; paired OPO - mean {diff(col(o, 'held/pass@1'), col(mb, 'held/pass@1'))} {vtxt(v_mb)}, "
+                f"OPO - std {diff(col(o, 'held/pass@1'), col(gs, 'held/pass@1'))} {vtxt(v_gs)}; held-out entropy OPO "
+                f"{fmt_ci(col(o, 'held/entropy'))}, mean {fmt_ci(col(mb, 'held/entropy'))}, std {fmt_ci(col(gs, 'held/entropy'))}; "
+                f"KL OPO {fmt_ci(col(o, 'kl'), 4)}, mean {fmt_ci(col(mb, 'kl'), 4)}, std {fmt_ci(col(gs, 'kl'), 4)}"
+            ),
+            "verdict": gate([v_mb, v_gs], signal_ok),
+        },
+    ]
+    overall = V.overall([r["verdict"] for r in rows])
+    sub_verdicts = {k: dataclasses.asdict(v) | {"min_effect": m, "at_edge": at_edge(v, m)} for k, (v, m) in subs.items() if v is not None}
+    return {"rows": rows, "verdict": overall, "at_edge": edges, "sub_verdicts": sub_verdicts, "levels": levels, "rew_kl": rew_kl}
+
 def run(budget: str, out_dir: Path) -> dict:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
@@ -230,90 +365,8 @@ def _run(budget: str, out_dir: Path) -> dict:
             prog.advance()
     prog.close()
 
-    def col(arm: str, key: str) -> list[float]:
-        return [float(r[key]) for r in results[arm]]
-
-    o, off, mb, gs = REF, "offpolicy", "mean_baseline", "grpo_std"
-    signal_ok = 0.05 <= init["pass@1"] <= 0.95
-    offpolicy_ok = statistics.fmean(col(off, "clip_frac")) > 0 or statistics.fmean(col(off, "ratio_var")) > 1e-8
-    pre = f"precondition: warm-start held-out pass@1 {init['pass@1']:.3f} in [0.05, 0.95]: {signal_ok}"
-    pre_off = f"{pre}; off-policy arm clip fraction {fmt_ci(col(off, 'clip_frac'), 4)}, ratio var {fmt_ci(col(off, 'ratio_var'), 6)}: {offpolicy_ok}"
-
-    def verdict(ok: bool, precondition: bool) -> str:
-        return "not testable here" if not precondition else "reproduced" if ok else "not reproduced"
-
-    # matched KL: per seed, a KL level both the on- and off-policy arm reach
-    levels = [0.8 * min(max(smooth(a["kl_curve"], 8)), max(smooth(c["kl_curve"], 8))) for a, c in zip(results[o], results[off])]
-    rew_kl = {arm: [reward_at_kl(r, lv) for r, lv in zip(results[arm], levels)] for arm in (o, off)}
-    acc_lo = paired(col(o, "held/pass@1"), col(off, "held/pass@1"))
-    kl_rew_lo = paired(rew_kl[o], rew_kl[off])
-    ratios = [a / c for a, c in zip(variance["per_prompt"]["opo_length"], variance["per_prompt"]["mean"]) if c > 0]
-    r_m, r_h = mean_ci(ratios) if ratios else (float("nan"), 0.0)
-
-    rows = [
-        {
-            "claim": "matched optimizer steps: exact on-policy ends closer to the initial policy (k3 KL to init, paired over seeds; "
-                     "interval excludes 0 and effect > 10%)",
-            "paper": "lower KL for on-policy (Fig. 2)",
-            "ours": f"KL OPO {fmt_ci(col(o, 'kl'), 4)}, off-policy {fmt_ci(col(off, 'kl'), 4)}; paired OPO - off {fmt_paired(col(o, 'kl'), col(off, 'kl'), 4)}; {pre_off}",
-            "verdict": verdict(below(col(o, "kl"), col(off, "kl"), 0.1), signal_ok and offpolicy_ok),
-        },
-        {
-            "claim": "matched optimizer steps: exact on-policy keeps higher held-out entropy (by >= 5%, paired interval excludes 0; distinct-3 reported) than off-policy",
-            "paper": "higher entropy for on-policy (Fig. 2)",
-            "ours": (
-                f"held-out token entropy OPO {fmt_ci(col(o, 'held/entropy'))}, off-policy {fmt_ci(col(off, 'held/entropy'))} "
-                f"(paired {fmt_paired(col(o, 'held/entropy'), col(off, 'held/entropy'))}; warm start {init['entropy']:.3f}); distinct-3 OPO "
-                f"{fmt_ci(col(o, 'held/distinct3'))}, off-policy {fmt_ci(col(off, 'held/distinct3'))} (paired "
-                f"{fmt_paired(col(o, 'held/distinct3'), col(off, 'held/distinct3'))})"
-            ),
-            "verdict": verdict(below(col(off, "held/entropy"), col(o, "held/entropy"), MIN_REL_EFFECT), signal_ok and offpolicy_ok),
-        },
-        {
-            "claim": f"on-policy accuracy comparable or better: held-out pass@1 at matched steps and rollout reward at matched KL "
-                     f"(paired interval above -{NONINFERIORITY})",
-            "paper": "comparable or better pass@1 (Tab. 1)",
-            "ours": (
-                f"pass@1 OPO {fmt_ci(col(o, 'held/pass@1'))}, off-policy {fmt_ci(col(off, 'held/pass@1'))}, paired {acc_lo[0]:+.3f} ± {acc_lo[1]:.3f} "
-                f"(warm start {init['pass@1']:.3f}); reward at matched KL (level {statistics.fmean(levels):.4f}) OPO {fmt_ci(rew_kl[o])}, "
-                f"off-policy {fmt_ci(rew_kl[off])}, paired {kl_rew_lo[0]:+.3f} ± {kl_rew_lo[1]:.3f}"
-            ),
-            "verdict": verdict(acc_lo[0] - acc_lo[1] > -NONINFERIORITY and kl_rew_lo[0] - kl_rew_lo[1] > -NONINFERIORITY, signal_ok and offpolicy_ok),
-        },
-        {
-            "claim": "the length-weighted baseline lowers policy-gradient variance vs the group-mean baseline (fixed policy; "
-                     "per-prompt ratio of tr Cov, interval below 0.95)",
-            "paper": "lower gradient variance with the optimal baseline (Sec. 3.2)",
-            "ours": (
-                f"tr Cov (mean over {b['var_prompts']} prompts): none {variance['var/none']:.4g}, mean {variance['var/mean']:.4g}, "
-                f"OPO length {variance['var/opo_length']:.4g}, optimal(group) {variance['var/optimal_group']:.4g}, optimal(pooled) "
-                f"{variance['var/optimal_pooled']:.4g}; ratio OPO/mean per prompt {r_m:.3f} ± {r_h:.3f}; "
-                f"corr(length, ||g||^2) = {variance['var/corr_len_gradnorm2']:.2f}; {pre}"
-            ),
-            "verdict": verdict(bool(ratios) and r_m + r_h < 1.0 - MIN_REL_EFFECT, signal_ok),
-        },
-        {
-            "claim": f"all exactly on-policy, matched steps: the length-weighted baseline trains at least as well as the mean baseline "
-                     f"and GRPO's std normalisation (held-out pass@1, paired interval above -{NONINFERIORITY})",
-            "paper": "OPO's optimal baseline: better or comparable accuracy and more stable training (Sec. 4)",
-            "ours": (
-                f"pass@1 OPO {fmt_ci(col(o, 'held/pass@1'))}, mean baseline {fmt_ci(col(mb, 'held/pass@1'))}, GRPO std "
-                f"{fmt_ci(col(gs, 'held/pass@1'))}; paired OPO - mean {fmt_paired(col(o, 'held/pass@1'), col(mb, 'held/pass@1'))}, "
-                f"OPO - std {fmt_paired(col(o, 'held/pass@1'), col(gs, 'held/pass@1'))}; held-out entropy OPO {fmt_ci(col(o, 'held/entropy'))}, "
-                f"mean {fmt_ci(col(mb, 'held/entropy'))}, std {fmt_ci(col(gs, 'held/entropy'))}; KL OPO {fmt_ci(col(o, 'kl'), 4)}, "
-                f"mean {fmt_ci(col(mb, 'kl'), 4)}, std {fmt_ci(col(gs, 'kl'), 4)}"
-            ),
-            "verdict": verdict(
-                all(paired(col(o, "held/pass@1"), col(x, "held/pass@1"))[0] - paired(col(o, "held/pass@1"), col(x, "held/pass@1"))[1]
-                    > -NONINFERIORITY for x in (mb, gs)),
-                signal_ok,
-            ),
-        },
-    ]
-    vs = [r["verdict"] for r in rows]
-    n_ok = vs.count("reproduced")
-    overall = ("reproduced" if n_ok == len(rows) else "partly" if n_ok else
-               "not testable here" if all(v == "not testable here" for v in vs) else "not reproduced")  # fmt: skip
+    j = judge(results, init, variance, b)
+    rows, overall, edges, levels, rew_kl = j["rows"], j["verdict"], j["at_edge"], j["levels"], j["rew_kl"]
 
     plots = []
     for key, label in (("reward_curve", "rollout reward"), ("kl_curve", "KL to init (k3)"), ("train_entropy_curve", "token entropy (rollouts)")):
@@ -326,14 +379,18 @@ def _run(budget: str, out_dir: Path) -> dict:
         f"{b['rl_steps']} optimizer steps (off-policy: {b['rl_steps'] // OFF_EPOCHS} rollout batches x {OFF_EPOCHS} steps) on "
         f"{b['prompts']} prompts x G={b['group']} per rollout batch, lr {RL_LR}, max {b['max_new']} new tokens, seeds {list(b['seeds'])}; "
         f"no KL/entropy terms in any arm. Held-out eval on {b['eval_prompts']} prompts x {n} samples. Gradient variance over "
-        f"{b['var_prompts']} prompts x {b['var_groups']} groups x {b['var_group']} samples at the warm start. Intervals: 95% t over seeds. "
-        f"Wall time {time.time() - t_start:.0f} s."
+        f"{b['var_prompts']} prompts x {b['var_groups']} groups x {b['var_group']} samples at the warm start. Per-arm values: mean ± 95% t "
+        f"interval over seeds; paired differences: mean ± 2 s.e., the spread `verdict.compare` judges against (verdicts by "
+        f"sherman/experiments/verdict.py). Sub-claims at the edge of the seed spread (within {EDGE_SE:g} s.e. of a decision boundary, "
+        f"so noise-level): {', '.join(edges) if edges else 'none'}. Wall time {time.time() - t_start:.0f} s."
     )
     metrics = {
         "init_held_out": init,
         "variance": variance,
         "matched_kl_levels": levels,
         "reward_at_matched_kl": rew_kl,
+        "sub_verdicts": j["sub_verdicts"],
+        "at_edge": edges,
         "configs": {a: dataclasses.asdict(c) for a, c in cfgs.items()},
         "arms": results,
         "budget": budget,

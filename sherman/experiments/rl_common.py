@@ -1,8 +1,9 @@
 """Shared pieces of the RL reproductions (`opo`, `rspo`): warm start, held-out metrics, seed statistics, plots.
 
-Statistics: with few seeds we report per-seed paired differences `d_s = x_s(arm) - x_s(ref)` (same seed, same warm
-start, same prompts streams) as `mean ± half-width of the 95% t interval`; a claim of a difference needs the
-interval to exclude 0 in the claimed direction (and, where a claim says so, an effect-size threshold).
+Statistics: per-arm values are shown as `mean ± half-width of the 95% t interval` over seeds (`mean_ci`), per-seed
+paired differences `d_s = x_s(arm) - x_s(ref)` (same seed, same warm start, same prompt streams) likewise (`paired`).
+Verdicts are not decided here: every claim goes through `sherman.experiments.verdict` (an effect threshold and 2
+standard errors of the paired difference).
 """
 
 from __future__ import annotations
@@ -89,17 +90,6 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 def fmt_ci(xs: list[float], p: int = 3) -> str:
     m, h = mean_ci(xs)
     return f"{m:.{p}f} ± {h:.{p}f}"
-
-
-def fmt_paired(a: list[float], b: list[float], p: int = 3) -> str:
-    m, h = paired(a, b)
-    return f"{m:+.{p}f} ± {h:.{p}f}"
-
-
-def below(a: list[float], b: list[float], rel: float = 0.0) -> bool:
-    """a < b per seed: the paired interval excludes 0 and the mean difference exceeds rel * mean(b)."""
-    m, h = paired(a, b)
-    return m + h < 0 and -m > rel * abs(statistics.fmean(b))
 
 
 def smooth(xs: list[float], w: int = 5) -> list[float]:

@@ -37,13 +37,77 @@ def test_opo_arms_differ_from_the_reference_in_exactly_one_thing():
 
 
 def test_paired_interval_by_hand():
-    from sherman.experiments.rl_common import below, distinct_n, mean_ci, paired
+    from sherman.experiments.rl_common import distinct_n, mean_ci, paired
 
     m, h = mean_ci([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
     assert m == 2.0 and abs(h - 4.303 / 3**0.5) < 1e-9
     assert paired([1.0, 2.0, 3.0], [0.5, 1.0, 1.5]) == mean_ci([0.5, 1.0, 1.5])
-    assert below([0.0, 0.1, 0.0], [1.0, 1.0, 1.1]) and not below([0.0, 2.0, 0.0], [1.0, 1.0, 1.0])
     assert distinct_n(["abab"], 2) == 2 / 3 and distinct_n(["a"], 2) == 0.0
+
+
+def test_opo_noninferiority_and_edge_flag_by_hand():
+    from sherman.experiments import verdict as V
+
+    # a - b = [0.01, -0.01, 0.03]: mean 0.01, sd 0.02, 2 s.e. = 2 * 0.02 / sqrt(3) = 0.023094
+    a, b = [0.51, 0.49, 0.53], [0.5, 0.5, 0.5]
+    v = opo.noninferior(a, b, 0.03)  # 0.01 + 0.03 = 0.04 > 0.0231: comparable
+    assert v.verdict == V.REPRODUCED and abs(v.effect - 0.04) < 1e-12 and abs(v.spread - 0.04 / 3**0.5) < 1e-12
+    assert opo.noninferior(a, b, 0.0).verdict == V.NOT_REPRODUCED  # 0.01 < 0.0231: inside the spread
+    assert opo.noninferior([0.3, 0.2, 0.35], b, 0.03).verdict == V.NOT_REPRODUCED  # clearly worse
+    # edge: effect within EDGE_SE = 0.5 s.e. (0.5 * 0.011547 = 0.005774) of the 2-s.e. spread 0.023094
+    assert opo.EDGE_SE == 0.5
+    assert opo.at_edge(V.compare([x + 0.015 for x in a], b, 0.0), 0.0)  # effect 0.025, |0.025 - 0.0231| = 0.0019
+    assert opo.at_edge(V.compare([x + 0.01 for x in a], b, 0.0), 0.0)  # effect 0.020 (not reproduced), 0.0031 below
+    assert not opo.at_edge(V.compare([x + 0.03 for x in a], b, 0.0), 0.0)  # effect 0.040, 0.0169 above
+    assert not opo.at_edge(V.compare(a, b, 0.0), 0.0)  # effect 0.010, 0.0131 below
+    # near the effect threshold (reproduced vs partly): effect 0.040, threshold 0.043 -> within 0.0058
+    assert opo.at_edge(V.compare([x + 0.03 for x in a], b, 0.043), 0.043)
+    assert not opo.at_edge(V.compare([x + 0.03 for x in a], b, 0.1), 0.1)
+    assert not opo.at_edge(V.compare([0.5], [0.4], 0.0), 0.0)  # one seed: no spread, no edge
+    assert "AT THE EDGE" in opo.vtxt(V.compare([x + 0.015 for x in a], b, 0.0)) and "AT THE EDGE" not in opo.vtxt(V.compare(a, b, 0.0))
+
+
+def _opo_results(pass_opo=(0.2, 0.21, 0.22), clip=0.02):
+    def run(kl, ent, p1, kl_top):
+        return {"kl": kl, "held/entropy": ent, "held/pass@1": p1, "held/distinct3": 0.5, "clip_frac": clip, "ratio_var": 0.0,
+                "kl_curve": [kl_top * i / 19 for i in range(20)], "reward_curve": [0.3] * 20}
+
+    return {
+        "opo": [run(k, e, p, 0.2) for k, e, p in zip((0.1, 0.12, 0.11), (0.5, 0.52, 0.51), pass_opo)],
+        "offpolicy": [run(k, e, p, 1.0) for k, e, p in zip((0.5, 0.6, 0.55), (0.3, 0.31, 0.33), (0.2, 0.2, 0.2))],
+        "mean_baseline": [run(0.1, 0.5, p, 0.2) for p in (0.15, 0.16, 0.14)],
+        "grpo_std": [run(0.1, 0.5, p, 0.2) for p in (0.15, 0.17, 0.15)],
+    }
+
+
+def _opo_variance():
+    per = {"opo_length": [1.0, 1.1, 0.9], "mean": [2.0, 2.0, 2.1]}
+    return {"per_prompt": per, "var/corr_len_gradnorm2": 0.5, **{f"var/{k}": 1.0 for k in ("none", "mean", "opo_length", "optimal_group", "optimal_pooled")}}
+
+
+def test_opo_judge_on_hand_made_results():
+    from sherman.experiments import verdict as V
+
+    b = opo.BUDGETS["smoke"]
+    j = opo.judge(_opo_results(), {"pass@1": 0.2, "entropy": 0.6}, _opo_variance(), b)
+    assert [r["verdict"] for r in j["rows"]] == [V.REPRODUCED] * 5 and j["verdict"] == V.REPRODUCED and j["at_edge"] == []
+    # the KL sub-claim is verdict.compare on the per-seed values, lower is better, threshold 10% of the off-policy KL
+    want = V.compare([0.1, 0.12, 0.11], [0.5, 0.6, 0.55], 0.1 * 0.55, higher_is_better=False)
+    assert j["sub_verdicts"]["kl"]["effect"] == want.effect and j["sub_verdicts"]["kl"]["spread"] == want.spread
+    # no learnable signal at the warm start: every row is untestable
+    j = opo.judge(_opo_results(), {"pass@1": 0.0, "entropy": 0.6}, _opo_variance(), b)
+    assert {r["verdict"] for r in j["rows"]} == {V.NOT_TESTABLE} and j["verdict"] == V.NOT_TESTABLE
+    # off-policy arm not off-policy (no clipping, ratio variance 0): the three on/off rows are untestable, the rest stand
+    j = opo.judge(_opo_results(clip=0.0), {"pass@1": 0.2, "entropy": 0.6}, _opo_variance(), b)
+    assert [r["verdict"] for r in j["rows"]] == [V.NOT_TESTABLE] * 3 + [V.REPRODUCED] * 2 and j["verdict"] == V.PARTLY
+    # pass@1 OPO - off = [-0.0175, -0.0225, -0.0125] (mean -0.0175, sd 0.005, 2 s.e. 0.00577): + margin 0.03 -> effect 0.0125,
+    # reproduced, 0.0067 above the spread (> 0.5 s.e. = 0.00144): not at the edge
+    j = opo.judge(_opo_results(pass_opo=(0.1825, 0.1775, 0.1875)), {"pass@1": 0.2, "entropy": 0.6}, _opo_variance(), b)
+    assert j["sub_verdicts"]["pass@1"]["verdict"] == V.REPRODUCED and "pass@1" not in j["at_edge"]
+    # mean diff -0.0255: effect 0.0045 vs 2 s.e. 0.00577 -> not reproduced, 0.0013 below the spread (< 0.5 s.e.): at the edge
+    j = opo.judge(_opo_results(pass_opo=(0.1745, 0.1695, 0.1795)), {"pass@1": 0.2, "entropy": 0.6}, _opo_variance(), b)
+    assert j["sub_verdicts"]["pass@1"]["verdict"] == V.NOT_REPRODUCED and "pass@1" in j["at_edge"]
+    assert "AT THE EDGE" in j["rows"][2]["ours"] and j["rows"][2]["verdict"] == V.PARTLY  # matched-KL reward still holds
 
 
 def test_rspo_arms_and_collapse_band():
