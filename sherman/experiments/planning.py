@@ -211,6 +211,26 @@ def _vtxt(v: V.Verdict) -> str:
     return f"[{v.verdict}: {v.reason}]"
 
 
+ROWS = {  # takeaway -> (claim, paper's statement, arms its numbers read)
+    "(1)": ("(1) SFT learns co-occurrence (observed reachability), fails on pairs needing transitivity",
+            "SFT solves pairs whose nodes co-occur in training paths, not their transitive closure", ()),
+    "(2)": ("(2) PG beats continual SFT on test pairs (exploration)", "PG test accuracy > SFT test accuracy", ("sft", "pg_kl0")),
+    "(3)": ("(3) PG without KL collapses diversity after train accuracy saturates; KL keeps diversity at some accuracy cost",
+            "diversity falls under PG even at 100% train accuracy; KL preserves it, lower accuracy", ("pg_kl0", "pg_kl_large")),
+    "(4)": ("(4) Q-learning: outcome-only reward is hacked and degrades; process reward plans correctly and keeps diversity",
+            "outcome reward: degrades; process reward: correct planning with diversity preserved", ("q_outcome", "q_process", "pg_kl0")),
+    "(5)": ("(5) Blocksworld: PG with a mean baseline, a discount (0.9) or a step cost (0.05) wanders less than plain "
+            "REINFORCE (shorter paths, fewer stuck samples) and so narrows the gap to continual SFT",
+            "(not in the paper) PG = REINFORCE without baseline or length cost; BW test acc PG < continual SFT",
+            ("sft", "pg_kl0", *PG_ABLATIONS)),
+}  # fmt: skip
+
+
+def _row(key: str, ours: str, verdict: str) -> dict:
+    claim, paper, _ = ROWS[key]
+    return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict}
+
+
 def takeaways(results: dict[str, list[dict]]) -> list[dict]:
     """One row per takeaway (1)-(4) plus the Blocksworld PG ablations (5), each sub-claim judged per task on per-seed
     values with the shared rule (`sherman.experiments.verdict`: an effect threshold and 2 standard errors of the
@@ -218,67 +238,79 @@ def takeaways(results: dict[str, list[dict]]) -> list[dict]:
     rows = []
     names = {"er": "ER", "bw": "BW"}
 
+    def ran(key: str, tasks: tuple[str, ...]) -> bool:
+        """Every arm the row reads was run on every task it reads (a reduced run may skip some)."""
+        return all(a in results[t][0]["arms"] for t in tasks if t in results for a in ROWS[key][2])
+
+    def not_run(key: str) -> dict:
+        return _row(key, f"not run here: the row reads arms {list(ROWS[key][2])}, some of which this run skipped", V.NOT_TESTABLE)
+
     # (1) SFT: co-occurrence, not transitivity -- accuracy on unobserved test pairs well below observed ones (>= 0.1)
     vs, txt = [], []
     for task, runs in results.items():
         obs, unobs = sft0_seed(runs, "acc/test_obs"), sft0_seed(runs, "acc/test_unobs")
-        cont = mean_over_seeds(runs, "sft", "acc/test_unobs") if "acc/test_unobs" in runs[0]["arms"]["sft"][-1] else float("nan")
+        has = "sft" in runs[0]["arms"] and "acc/test_unobs" in runs[0]["arms"]["sft"][-1]
+        cont = mean_over_seeds(runs, "sft", "acc/test_unobs") if has else float("nan")
         prec = float(np.mean([r["sft0"]["adj/precision"] for r in runs]))
         v = compare(obs, unobs, 0.1)
         vs.append(v)
         txt.append(f"{names[task]}: SFT test acc observed {np.mean(obs):.2f} vs unobserved {np.mean(unobs):.2f} {_vtxt(v)} "
                    f"(after continual SFT {cont:.2f}); adjacency precision {prec:.2f}")
-    rows.append({"claim": "(1) SFT learns co-occurrence (observed reachability), fails on pairs needing transitivity",
-                 "paper": "SFT solves pairs whose nodes co-occur in training paths, not their transitive closure",
-                 "ours": "; ".join(txt), "verdict": combine(vs)})
+    rows.append(_row("(1)", "; ".join(txt), combine(vs)))
 
     # (2) PG beats continual SFT on test pairs (by >= 0.02)
-    vs, txt = [], []
-    for task, runs in results.items():
-        pg, sft = per_seed(runs, "pg_kl0", "acc/test"), per_seed(runs, "sft", "acc/test")
-        start = float(np.mean([r["sft0"]["acc/test"] for r in runs]))
-        v = compare(pg, sft, 0.02)
-        vs.append(v)
-        stuck = mean_over_seeds(runs, "pg_kl0", "stuck/test") if "stuck/test" in runs[0]["arms"]["pg_kl0"][-1] else float("nan")
-        txt.append(f"{names[task]}: test acc PG {np.mean(pg):.2f} vs continual SFT {np.mean(sft):.2f} {_vtxt(v)} (checkpoint {start:.2f}; "
-                   f"PG samples never reaching the target {stuck:.2f})")
-    rows.append({"claim": "(2) PG beats continual SFT on test pairs (exploration)", "paper": "PG test accuracy > SFT test accuracy",
-                 "ours": "; ".join(txt), "verdict": combine(vs)})
+    if not ran("(2)", tuple(results)):
+        rows.append(not_run("(2)"))
+    else:
+        vs, txt = [], []
+        for task, runs in results.items():
+            pg, sft = per_seed(runs, "pg_kl0", "acc/test"), per_seed(runs, "sft", "acc/test")
+            start = float(np.mean([r["sft0"]["acc/test"] for r in runs]))
+            v = compare(pg, sft, 0.02)
+            vs.append(v)
+            stuck = mean_over_seeds(runs, "pg_kl0", "stuck/test") if "stuck/test" in runs[0]["arms"]["pg_kl0"][-1] else float("nan")
+            txt.append(f"{names[task]}: test acc PG {np.mean(pg):.2f} vs continual SFT {np.mean(sft):.2f} {_vtxt(v)} (checkpoint {start:.2f}; "
+                       f"PG samples never reaching the target {stuck:.2f})")
+        rows.append(_row("(2)", "; ".join(txt), combine(vs)))
 
     # (3) PG without KL collapses diversity (by >= 30% of the start); KL keeps it (>= 20% of the start more); at some accuracy cost
-    vs, txt = [], []
-    for task, runs in results.items():
-        d0 = per_seed(runs, "pg_kl0", "div/train", at=0)
-        d_nokl, d_kl = per_seed(runs, "pg_kl0", "div/train"), per_seed(runs, "pg_kl_large", "div/train")
-        a_nokl, a_kl = per_seed(runs, "pg_kl0", "acc/train"), per_seed(runs, "pg_kl_large", "acc/train")
-        sub = [compare(d0, d_nokl, 0.3 * float(np.mean(d0))), compare(d_kl, d_nokl, 0.2 * float(np.mean(d0))), compare(a_nokl, a_kl, 0.01)]
-        vs += sub
-        txt.append(f"{names[task]}: distinct correct paths/pair {np.mean(d0):.2f} -> {np.mean(d_nokl):.2f} (KL 0) {_vtxt(sub[0])} vs "
-                   f"{np.mean(d_kl):.2f} (KL large) {_vtxt(sub[1])}; train acc {np.mean(a_nokl):.2f} (KL 0) vs {np.mean(a_kl):.2f} (KL large) "
-                   f"{_vtxt(sub[2])}")
-    rows.append({"claim": "(3) PG without KL collapses diversity after train accuracy saturates; KL keeps diversity at some accuracy cost",
-                 "paper": "diversity falls under PG even at 100% train accuracy; KL preserves it, lower accuracy",
-                 "ours": "; ".join(txt), "verdict": combine(vs)})
+    if not ran("(3)", tuple(results)):
+        rows.append(not_run("(3)"))
+    else:
+        vs, txt = [], []
+        for task, runs in results.items():
+            d0 = per_seed(runs, "pg_kl0", "div/train", at=0)
+            d_nokl, d_kl = per_seed(runs, "pg_kl0", "div/train"), per_seed(runs, "pg_kl_large", "div/train")
+            a_nokl, a_kl = per_seed(runs, "pg_kl0", "acc/train"), per_seed(runs, "pg_kl_large", "acc/train")
+            sub = [compare(d0, d_nokl, 0.3 * float(np.mean(d0))), compare(d_kl, d_nokl, 0.2 * float(np.mean(d0))), compare(a_nokl, a_kl, 0.01)]
+            vs += sub
+            txt.append(f"{names[task]}: distinct correct paths/pair {np.mean(d0):.2f} -> {np.mean(d_nokl):.2f} (KL 0) {_vtxt(sub[0])} vs "
+                       f"{np.mean(d_kl):.2f} (KL large) {_vtxt(sub[1])}; train acc {np.mean(a_nokl):.2f} (KL 0) vs {np.mean(a_kl):.2f} (KL large) "
+                       f"{_vtxt(sub[2])}")
+        rows.append(_row("(3)", "; ".join(txt), combine(vs)))
 
     # (4) Q-learning: outcome reward degrades (by >= 0.2); process reward keeps accuracy (within 0.05) and diversity (>= 80%)
-    vs, txt = [], []
-    for task, runs in results.items():
-        a0 = sft0_seed(runs, "acc/train")
-        d0 = per_seed(runs, "q_process", "div/train", at=0)
-        a_out, a_proc = per_seed(runs, "q_outcome", "acc/train"), per_seed(runs, "q_process", "acc/train")
-        d_proc, d_pg = per_seed(runs, "q_process", "div/train"), mean_over_seeds(runs, "pg_kl0", "div/train")
-        sub = [compare(a0, a_out, 0.2), reaches([p - a for p, a in zip(a_proc, a0)], -0.05),
-               reaches([d - 0.8 * s for d, s in zip(d_proc, d0)], 0.0)]
-        vs += sub
-        txt.append(f"{names[task]}: train acc checkpoint {np.mean(a0):.2f} -> Q outcome {np.mean(a_out):.2f} {_vtxt(sub[0])}, Q process "
-                   f"{np.mean(a_proc):.2f} (change vs checkpoint >= -0.05: {_vtxt(sub[1])}); distinct correct paths Q process "
-                   f"{np.mean(d_proc):.2f} (start {np.mean(d0):.2f}, Q process - 0.8 x start >= 0: {_vtxt(sub[2])}; PG KL 0 {d_pg:.2f})")
-    rows.append({"claim": "(4) Q-learning: outcome-only reward is hacked and degrades; process reward plans correctly and keeps diversity",
-                 "paper": "outcome reward: degrades; process reward: correct planning with diversity preserved",
-                 "ours": "; ".join(txt), "verdict": combine(vs)})
+    if not ran("(4)", tuple(results)):
+        rows.append(not_run("(4)"))
+    else:
+        vs, txt = [], []
+        for task, runs in results.items():
+            a0 = sft0_seed(runs, "acc/train")
+            d0 = per_seed(runs, "q_process", "div/train", at=0)
+            a_out, a_proc = per_seed(runs, "q_outcome", "acc/train"), per_seed(runs, "q_process", "acc/train")
+            d_proc, d_pg = per_seed(runs, "q_process", "div/train"), mean_over_seeds(runs, "pg_kl0", "div/train")
+            sub = [compare(a0, a_out, 0.2), reaches([p - a for p, a in zip(a_proc, a0)], -0.05),
+                   reaches([d - 0.8 * s for d, s in zip(d_proc, d0)], 0.0)]
+            vs += sub
+            txt.append(f"{names[task]}: train acc checkpoint {np.mean(a0):.2f} -> Q outcome {np.mean(a_out):.2f} {_vtxt(sub[0])}, Q process "
+                       f"{np.mean(a_proc):.2f} (change vs checkpoint >= -0.05: {_vtxt(sub[1])}); distinct correct paths Q process "
+                       f"{np.mean(d_proc):.2f} (start {np.mean(d0):.2f}, Q process - 0.8 x start >= 0: {_vtxt(sub[2])}; PG KL 0 {d_pg:.2f})")
+        rows.append(_row("(4)", "; ".join(txt), combine(vs)))
 
     # (5) Blocksworld PG ablations: does a baseline / discount / step cost stop the wandering?
-    if "bw" in results:
+    if "bw" in results and not ran("(5)", ("bw",)):
+        rows.append(not_run("(5)"))
+    elif "bw" in results:
         runs = results["bw"]
         keys = ("acc/test", "acc_greedy/test", "stuck/test", "len/test", "len_correct/test")
 
@@ -291,14 +323,12 @@ def takeaways(results: dict[str, list[dict]]) -> list[dict]:
         # an ablation helps when its test accuracy beats PG KL 0 by >= 0.02 outside the seed spread
         helps = {a: compare(per_seed(runs, a, "acc/test"), pg, 0.02) for a in PG_ABLATIONS}
         gap = {a: compare(per_seed(runs, a, "acc/test"), per_seed(runs, "sft", "acc/test"), 0.0) for a in PG_ABLATIONS}
-        rows.append({"claim": "(5) Blocksworld: PG with a mean baseline, a discount (0.9) or a step cost (0.05) wanders less than plain "
-                              "REINFORCE (shorter paths, fewer stuck samples) and so narrows the gap to continual SFT",
-                     "paper": "(not in the paper) PG = REINFORCE without baseline or length cost; BW test acc PG < continual SFT",
-                     "ours": "BW (mean±sd over seeds, last eval; acc = sampled, acc_greedy = temperature 0, stuck = never reached the target, "
-                             "len = actions per sample, len_correct = per correct sample): " + "; ".join(parts)
-                             + "; test acc vs PG KL 0 (>= +0.02): " + "; ".join(f"{LABELS[a]} {_vtxt(v)}" for a, v in helps.items())
-                             + "; vs continual SFT: " + "; ".join(f"{LABELS[a]} {_vtxt(v)}" for a, v in gap.items()),
-                     "verdict": combine(list(helps.values()))})
+        rows.append(_row("(5)", "BW (mean±sd over seeds, last eval; acc = sampled, acc_greedy = temperature 0, stuck = never reached the target, "
+                         "len = actions per sample, len_correct = per correct sample): " + "; ".join(parts)
+                         + "; test acc vs PG KL 0 (>= +0.02): " + "; ".join(f"{LABELS[a]} {_vtxt(v)}" for a, v in helps.items())
+                         + "; vs continual SFT: " + "; ".join(f"{LABELS[a]} {_vtxt(v)}" for a, v in gap.items()),
+                         combine(list(helps.values()))))
+
     return rows
 
 
@@ -368,7 +398,8 @@ def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: flo
         f"32 train pairs x 2 rollouts per step, Adam lr 1e-3 (Q-learning 1e-4); PG = REINFORCE with 0/1 outcome reward and exact KL to the SFT model "
         f"(coefficients 0, {b.kl_small}, {b.kl_large}); Q-learning on the logits with rewards +-10 (see rl/planning.py). All policies "
         f"sampled at temperature 1; accuracy = valid path ending at the target, {b.eval_samples} samples per pair on up to "
-        f"{b.eval_pairs} pairs per split. 'Unobserved' test pairs: the source never lies on an SFT path to that target."
+        f"{b.eval_pairs} pairs per split. 'Unobserved' test pairs: the source never lies on an SFT path to that target. "
+        f"Arms not run: {', '.join(b.skip_arms) or 'none'}."
     )
     res = {
         "name": "planning",

@@ -31,6 +31,12 @@ def test_planning_experiment_smoke(tmp_path):
     assert skip and set(skip) <= set(ARMS) and not BUDGETS["full"].skip_arms and not BUDGETS["smoke"].skip_arms
     trimmed = {t: [dict(r, arms={a: h for a, h in r["arms"].items() if a not in skip}) for r in rs] for t, rs in runs.items()}
     assert takeaways(trimmed) == takeaways(runs) == res["rows"]
+    # a reduced run (SFT checkpoint, continual SFT and PG KL 0 only): rows (1)-(2) unchanged, the rest "not run here"
+    keep = ("sft", "pg_kl0")
+    reduced = {t: [dict(r, arms={a: h for a, h in r["arms"].items() if a in keep}) for r in rs] for t, rs in runs.items()}
+    rows = takeaways(reduced)
+    assert rows[:2] == res["rows"][:2] and [r["claim"] for r in rows] == [r["claim"] for r in res["rows"]]
+    assert all(r["verdict"] == "not testable here" and "not run here" in r["ours"] for r in rows[2:])
     steps = [h["step"] for h in runs["bw"][0]["arms"]["q_process"]]
     assert steps == [0, 2, 4] == list(range(0, BUDGETS["smoke"].arm_steps + 1, BUDGETS["smoke"].eval_every))
 
