@@ -37,6 +37,15 @@ Setup here (all on CPU, tiny scale):
   above zero).
 
 Run: `sherman reproduce opo --budget quick`.
+
+What the quick budget showed (87efb5b, 5 seeds, 1 thread, shared 2-core Intel Xeon at load 5-6.5: 678 s wall, 253 s CPU;
+242 s wall near idle at 3b72794 with the same per-seed numbers: a run is bit-reproducible on one commit, so a verdict
+that changed between commits, as pass@1 did from 724cb57 to 3b72794, changed with a new draw of the noise, not with
+the method): KL to init OPO 0.86 vs off-policy 1.19 (paired -0.33 ± 0.74, 2 s.e.): not reproduced; held-out entropy
+0.384 vs 0.498, the other way: not reproduced; comparable accuracy: pass@1 0.132 vs 0.062 (+0.070 ± 0.052, holds),
+reward at matched KL +0.005 ± 0.063 (fails the -0.03 margin): partly; gradient variance ratio OPO/mean 0.84 per prompt,
+effect 0.16 against a spread of 0.15 over 5 prompts: reproduced but AT THE EDGE of the spread (noise-level); all
+on-policy: OPO 0.132 vs mean baseline 0.179 vs GRPO std 0.163 pass@1: not reproduced. Overall partly.
 """
 
 from __future__ import annotations
@@ -135,7 +144,7 @@ def at_edge(v: V.Verdict, min_effect: float) -> bool:
 
 def vtxt(v: V.Verdict, min_effect: float = 0.0) -> str:
     """'[verdict: reason]', with the edge warning when `at_edge`."""
-    edge = (f"; AT THE EDGE of the seed spread (effect within {EDGE_SE:g} s.e. of a decision boundary): this verdict is "
+    edge = (f"; AT THE EDGE of the spread (effect within {EDGE_SE:g} s.e. of a decision boundary): this verdict is "
             "noise-level and can flip between runs of the same commit" if at_edge(v, min_effect) else "")  # fmt: skip
     return f"[{v.verdict}: {v.reason}{edge}]"
 
