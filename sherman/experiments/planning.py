@@ -32,6 +32,16 @@ accuracy is higher with KL, BW 0.80 vs 0.38): partly; (4) outcome-reward Q-learn
 0.85, BW 0.46): partly; (5) none of the Blocksworld PG ablations helps plain REINFORCE (test accuracy 0.24): mean
 baseline 0.11 (stuck 0.82), discount 0.9 0.27 (+0.03, inside the spread 0.05), step cost 0.20; all stay below
 continual SFT (0.34) and the stuck fraction stays 0.68-0.82.
+
+Until e6073db continual SFT restarted AdamW (and its data stream) at every evaluation; since then one optimizer runs
+the whole arm (`rl/planning.py` `run_continual_sft`). Rows (1)-(2), the ones that read continual SFT against PG, were
+re-measured on a reduced quick run at b18356a (SFT checkpoint, continual SFT and PG KL 0 only, the other rows "not
+run here"; 3 seeds, 1 thread, shared 2-core Intel Xeon at load 5.5-6.6: 1058 s wall, 480 s CPU): (1) unchanged,
+reproduced (ER 0.90 vs 0.68, +0.22 ± 0.02; BW 0.42 vs 0.32, +0.10 ± 0.07); (2) not reproduced: ER PG 0.80 vs continual
+SFT 0.75 (+0.044 inside the 2 s.e. spread 0.069), BW 0.25 vs 0.36 (the other way; PG samples never reaching the target
+0.71). Continual SFT moved little with the fix (ER 0.74 -> 0.75, BW 0.34 -> 0.36); PG on ER moved more (0.75 -> 0.80)
+because the core's numerics changed since be975a4 (the SFT checkpoint's loss differs in the 6th digit), a new draw of
+the noise. Rows (3)-(5) are from be975a4 (they read no continual-SFT numbers except (5)'s gap to it).
 """
 
 from __future__ import annotations
