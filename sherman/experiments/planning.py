@@ -39,7 +39,7 @@ re-measured on a reduced quick run at b18356a (SFT checkpoint, continual SFT and
 run here"; 3 seeds, 1 thread, shared 2-core Intel Xeon at load 5.5-6.6: 1058 s wall, 480 s CPU): (1) unchanged,
 reproduced (ER 0.90 vs 0.68, +0.22 ± 0.02; BW 0.42 vs 0.32, +0.10 ± 0.07); (2) not reproduced: ER PG 0.80 vs continual
 SFT 0.75 (+0.044 inside the 2 s.e. spread 0.069), BW 0.25 vs 0.36 (the other way; PG samples never reaching the target
-0.71). Continual SFT moved little with the fix (ER 0.74 -> 0.75, BW 0.34 -> 0.36); PG on ER moved more (0.75 -> 0.80)
+0.71). Continual SFT moved little (ER 0.74 -> 0.75, BW 0.34 -> 0.36, fix and new numerics together); PG on ER moved more (0.75 -> 0.80)
 because the core's numerics changed since be975a4 (the SFT checkpoint's loss differs in the 6th digit), a new draw of
 the noise. Rows (3)-(5) are from be975a4 (they read no continual-SFT numbers except (5)'s gap to it).
 """
