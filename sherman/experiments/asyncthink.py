@@ -1,35 +1,43 @@
 """AsyncThink vs parallel vs sequential thinking on one tiny model family (arXiv 2510.26658, Sec. 4, Table 1, Fig. 4-5).
 
-What runs:
-1. One tokenizer and one model family. Format SFT (`think.train.sft_examples`) on a mixture of
-   organizer/worker traces with randomized topologies (AsyncThink) and sequential traces (`<SEQ>` prompts,
-   the baselines' format), for multi-solution Countdown and multi-expression arithmetic (2-3 expressions).
-2. RL of the organizer and workers with the AsyncThink reward (accuracy + lambda * min(eta/c, tau)/tau,
-   format penalty), one run per lambda in the sweep (one optimizer, resumable), each from the SFT weights.
-3. Evaluation with the local backend (one batched forward per step for all agents of all questions):
-   AsyncThink, sequential thinking (same per-sample token budget as the organizer) and parallel
-   thinking (k = c - 1 samples, majority vote; set union for multi-solution Countdown), all at one temperature.
-   Accuracy, critical-path latency (mean, p50, p90), eta, total tokens, wall time.
-4. Generalization: arithmetic with 4 expressions, a shape never trained on.
-5. Precondition (`think.train.latency_precondition`): on 20 ground-truth traces per training task, replayed
-   through the engine one tokenizer token per step, the fork-join critical path must be <= 0.7x the
-   parallel-thinking latency (one whole sequential trace). Where Countdown fails it, the latency claim is
-   "not testable here". Measured: 3-number Countdown 1.24x, 3-expression 1-digit sums 1.36x (fail);
-   3-expression 3-digit products 0.57x, 2-3 digit products 0.65x (pass); 4-number 3-solution Countdown
-   without a search trace 0.83x (fail).
+The task is chosen by the latency precondition (issue 15). On 3-number Countdown the ground-truth fork-join
+critical path is 1.19x parallel thinking's latency (fork, join and answer tokens outweigh 6-14-token workers), and
+4-number 3-solution Countdown without a search trace 0.83x, so the paper's "-28% latency" cannot show there. The
+experiment therefore trains and tests on multi-expression 3-digit sums ("682+245;311+407;129+560="), worked with the
+place-value scratchpad (`tasks.arithmetic`); each worker does one expression (~35 tokens), the organizer forks it by
+its position in the question (sub-query "2": one token, `think.train.SUBQUERIES`), and the ground-truth fork-all
+trace is 0.56x the sequential trace (interleaved 0.75x). Countdown's ground-truth ratio is still measured and shown.
 
-Claims checked (paper -> ours): higher accuracy than both baselines on multi-solution Countdown;
-~28% lower latency than parallel thinking at equal or better accuracy; generalization to an unseen task;
-and (ablation) the concurrency reward raises eta.
+What runs, per seed (3 seeds at quick):
+1. One char tokenizer with the protocol tags as single tokens, one model family. Format SFT
+   (`think.train.sft_examples`) on organizer/worker traces with randomized fork-join topologies (interleaved and
+   fork-all-then-join-all) and on sequential traces (`<SEQ>` prompts, the baselines' format), for 2- and
+   3-expression questions.
+2. RL of the organizer and its workers (`think.train.rl_train`: one run, one AdamW over all steps, resumable, G = 8)
+   with the AsyncThink reward (format penalty, else accuracy + lambda * min(eta / c, tau) / tau), one run per lambda:
+   lambda = 0.5 (the compared model) and lambda = 0 (the concurrency-reward ablation), both from the SFT weights.
+3. Evaluation with the local backend (one batched forward per step for all agents of all questions) on held-out
+   3-expression questions: AsyncThink, sequential thinking and parallel thinking (k = c - 1 samples, majority vote),
+   all at ONE temperature and over a grid of per-sample token budgets B (every decoding stream capped at B: the
+   organizer, each worker, the sequential sample, each parallel sample). AsyncThink is run at every B; sequential
+   and parallel are run once at the largest B and cut at each smaller B (`truncated_sequential`,
+   `truncated_parallel`: a sample that closed its answer within B tokens is exactly what a B-capped run samples, one
+   that did not has no answer under the cap). Accuracy vs critical-path latency, one point per budget, is the curve.
+4. Generalization: 4-expression questions, a shape never trained on.
+5. Ablations: no RL (the format-SFT model), lambda = 0, and fork-all-then-join-all vs interleaved traces (two extra
+   SFT models per seed trained on one topology each, at `Budget.topo_sft_steps` steps; no RL; AsyncThink only).
+6. Precondition (`think.train.latency_precondition`): on ground-truth traces of the claim task, replayed through the
+   engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
+   sequential trace); else the latency claim is "not testable here".
 
-Before the fixes of issue 15 (answers no worker returned, eight fresh optimizers of one step each) the quick
-budget gave Countdown accuracy async 0.33 / parallel 0.46 / sequential 0.40 at equal latency (36.9 vs 36.6
-steps). RL is now one run per lambda (one AdamW over every step, checkpointed and resumed through
-`core.checkpoint`, G = 8); the new quick budget has not been measured yet.
+Verdicts go through `experiments/verdict.py` (effect threshold and 2 s.e. of the paired per-seed differences).
+Compute matching: every method of one model sees the same questions at the same per-sample token cap and the same
+temperature; the RL arms take the same number of steps of the same size; the topology arms the same SFT steps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -46,31 +54,40 @@ from sherman.core.generate import SamplingParams
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
 from sherman.core.train import TrainConfig, train
-from sherman.experiments.verdict import PARTLY, REPRODUCED, compare, overall
+from sherman.experiments.verdict import NOT_TESTABLE, PARTLY, REPRODUCED, compare, overall
 from sherman.tasks.arithmetic import Arithmetic
 from sherman.tasks.countdown import Countdown
 from sherman.think.backends import LocalBackend
-from sherman.think.baselines import BaselineConfig, parallel, sequential
-from sherman.think.engine import AsyncThinkEngine, ThinkConfig
+from sherman.think.baselines import BaselineConfig, aggregate, parallel, sequential
+from sherman.think.engine import AsyncThinkEngine, ThinkConfig, ThinkResult
 from sherman.think.train import RLConfig, latency_precondition, make_tokenizer, rl_train, sft_examples
 
-CLAIM = ("AsyncThink learns to organize asynchronous thinking: on multi-solution Countdown it is more accurate than sequential and "
-         "parallel thinking with about 28% lower latency than parallel thinking, and it generalizes to unseen tasks (arXiv 2510.26658, Sec. 4).")
+CLAIM = ("AsyncThink learns to organize asynchronous thinking: it is more accurate than sequential and parallel thinking "
+         "with about 28% lower latency than parallel thinking, and it generalizes to unseen tasks (arXiv 2510.26658, Sec. 4).")
 
 
 @dataclass
 class Budget:
     n_sft: int
-    """Training questions per task (each gives an organizer, its workers and a sequential example)."""
+    """Training questions per task shape (each gives an organizer, its workers and a sequential example)."""
     sft_steps: int
+    """Format-SFT steps of the main model."""
     rl_steps: int
+    """RL steps of each lambda run (one optimizer each)."""
     lambdas: tuple[float, ...]
-    """lambda values of the RL sweep (the first RL model is the one compared in the claims)."""
+    """lambda values of the RL sweep; the first is the compared model, 0 (if present) the ablation."""
     n_eval: int
-    """Test questions per task."""
+    """Test questions per evaluation set."""
     dim: int
+    """Model width."""
     n_layers: int
-    seeds: tuple[int, ...] = (0,)
+    """Decoder layers."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds: each trains its own SFT, RL and ablation models and evaluates on its own questions."""
+    budgets: tuple[int, ...] = (24, 32, 48, 64, 96, 128, 192)
+    """Per-sample token budgets of the accuracy-latency curves; the largest is the budget of every claim row."""
+    topo_sft_steps: int = 0
+    """SFT steps of each topology-ablation model (fork-all only vs interleaved only); 0 = ablation not run."""
     log_every: int = 0
     """Print SFT progress every N steps (0 = silent)."""
     rl_questions: int = 4
@@ -80,208 +97,337 @@ class Budget:
     save_every: int = 25
     """RL checkpoint interval (steps)."""
     eval_temperature: float = 1.0
-    """One sampling temperature for every method at evaluation (AsyncThink, sequential, parallel)."""
+    """One sampling temperature for every method at evaluation and in RL rollouts."""
+    sft_lr: float = 3e-3
+    """Peak SFT learning rate (warmup + cosine)."""
+    rl_lr: float = 2e-4
+    """RL learning rate (AdamW)."""
 
 
 BUDGETS = {
-    "smoke": Budget(n_sft=8, sft_steps=4, rl_steps=1, lambdas=(0.5, 0.0), n_eval=2, dim=32, n_layers=1, rl_questions=1, group=2),
-    "quick": Budget(n_sft=800, sft_steps=2000, rl_steps=30, lambdas=(0.5, 0.0), n_eval=40, dim=128, n_layers=2, log_every=250),
-    "full": Budget(n_sft=3000, sft_steps=2500, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, seeds=(0, 1, 2)),
+    "smoke": Budget(n_sft=6, sft_steps=3, rl_steps=1, lambdas=(0.5, 0.0), n_eval=2, dim=32, n_layers=1, seeds=(0, 1), budgets=(8, 16),
+                    topo_sft_steps=2, rl_questions=1, group=2),
+    "quick": Budget(n_sft=600, sft_steps=700, rl_steps=16, lambdas=(0.5, 0.0), n_eval=40, dim=128, n_layers=2, topo_sft_steps=250,
+                    log_every=100),
+    "full": Budget(n_sft=3000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000),
 }
 
 MIN_ACC_GAIN = 0.02
 """Effect threshold of an accuracy win (2 points), beyond the spread over seeds (`experiments/verdict.py`)."""
 MIN_ETA_GAIN = 0.05
 """Effect threshold of the concurrency-reward ablation on eta (average active threads)."""
+LATENCY_CUT = 0.28
+"""The paper's latency reduction vs parallel thinking (the effect threshold of the latency row)."""
+MAX_GT_RATIO = 0.7
+"""Precondition: ground-truth fork-join critical path <= this fraction of parallel thinking's latency."""
+MIN_TOPO_LATENCY_GAIN = 0.10
+"""Effect threshold of the topology ablation: fork-all latency at least 10% below interleaved's."""
 
 CAPACITY = 4
 TAU = 0.5
+SUBQUERY = "index"
+TRAIN_TOPOLOGIES = ("interleaved", "fork_all")
 
 
 def make_tasks():
+    """(training task shapes, claim task, held-out task, Countdown for its precondition number only)."""
+    train_tasks = [Arithmetic(n_expressions=n, min_digits=3, max_digits=3, ops="+") for n in (2, 3)]
+    heldout = Arithmetic(n_expressions=4, min_digits=3, max_digits=3, ops="+")
     countdown = Countdown(n_solutions=2, min_numbers=3, max_numbers=3, max_number=9, max_target=30)
-    arith = [Arithmetic(n_expressions=n, min_digits=1, max_digits=1, ops="+-") for n in (2, 3)]
-    heldout = Arithmetic(n_expressions=4, min_digits=1, max_digits=1, ops="+-")
-    return countdown, arith, heldout
+    return train_tasks, train_tasks[1], heldout, countdown
 
 
-def evaluate(model, tok, task, exs, think: ThinkConfig, base: BaselineConfig, seed: int, temperature: float = 1.0) -> dict[str, dict]:
-    """Run the three methods on the same questions, at one temperature -> {method: metrics}."""
-    import asyncio
+# ---------------------------------------------------------------------------------------------------
+# per-sample budgets applied after the fact to the baselines (exact: see the module docstring)
 
-    out = {}
-    for method in ("asyncthink", "sequential", "parallel"):
-        backend = LocalBackend(model, tok, SamplingParams(temperature=temperature), generator=torch.Generator().manual_seed(seed))
 
-        async def main(method=method, backend=backend):
-            try:
-                if method == "asyncthink":
-                    eng = AsyncThinkEngine(backend, think)
-                    return await asyncio.gather(*[eng.run(e.prompt) for e in exs])
-                fn = sequential if method == "sequential" else parallel
-                return await asyncio.gather(*[fn(backend, e.prompt, base) for e in exs])
-            finally:
-                await backend.aclose()
+def truncated_sequential(n_tokens: int, answer: str | None, budget: int) -> tuple[str | None, float]:
+    """A sequential sample that decoded n_tokens (its answer closed at the last one) under a cap of `budget` tokens:
+    (its answer if n_tokens <= budget else None, latency min(n_tokens, budget))."""
+    return (answer if n_tokens <= budget else None), float(min(n_tokens, budget))
 
-        t0 = time.perf_counter()
-        rs = asyncio.run(main())
-        wall = time.perf_counter() - t0
-        acc = [task.reward(e, "#" + r.answer) if r.answer is not None else 0.0 for e, r in zip(exs, rs)]
-        lat = np.array([r.latency for r in rs], dtype=float)
-        out[method] = {
-            "acc": float(np.mean(acc)),
-            "latency_mean": float(lat.mean()),
-            "latency_p50": float(np.percentile(lat, 50)),
-            "latency_p90": float(np.percentile(lat, 90)),
-            "eta": float(np.mean([r.eta for r in rs])),
-            "total_tokens": float(np.mean([r.total_tokens for r in rs])),
-            "format_ok": float(np.mean([not r.errors for r in rs])),
-            "forks": float(np.mean([len(r.workers) for r in rs])) if method == "asyncthink" else 0.0,
-            "wall_s": wall,
-        }
+
+def truncated_parallel(samples: list[tuple[int, str | None]], budget: int, how: str = "vote", sep: str = ";") -> tuple[str | None, float]:
+    """k parallel samples [(n_tokens, answer)] each under a cap of `budget`: (aggregate of the answers closed within the
+    cap, latency = the longest capped sample)."""
+    answers = [truncated_sequential(n, a, budget)[0] for n, a in samples]
+    return aggregate(answers, how, sep), float(max(min(n, budget) for n, _ in samples))
+
+
+def _run_method(model, tok, method: str, exs, think: ThinkConfig, base: BaselineConfig, seed: int, temperature: float) -> tuple[list[ThinkResult], float]:
+    backend = LocalBackend(model, tok, SamplingParams(temperature=temperature), generator=torch.Generator().manual_seed(seed))
+
+    async def main():
+        try:
+            if method == "asyncthink":
+                eng = AsyncThinkEngine(backend, think)
+                return await asyncio.gather(*[eng.run(e.prompt) for e in exs])
+            fn = sequential if method == "sequential" else parallel
+            return await asyncio.gather(*[fn(backend, e.prompt, base) for e in exs])
+        finally:
+            await backend.aclose()
+
+    t0 = time.perf_counter()
+    rs = asyncio.run(main())
+    return rs, time.perf_counter() - t0
+
+
+def _metrics(task, exs, rs: list[ThinkResult], method: str, wall: float) -> dict:
+    acc = [task.reward(e, "#" + r.answer) if r.answer is not None else 0.0 for e, r in zip(exs, rs)]
+    lat = np.array([r.latency for r in rs], dtype=float)
+    return {"acc": float(np.mean(acc)), "latency_mean": float(lat.mean()), "latency_p50": float(np.percentile(lat, 50)),
+            "latency_p90": float(np.percentile(lat, 90)), "eta": float(np.mean([r.eta for r in rs])),
+            "total_tokens": float(np.mean([r.total_tokens for r in rs])), "format_ok": float(np.mean([not r.errors for r in rs])),
+            "forks": float(np.mean([len(r.workers) for r in rs])) if method == "asyncthink" else 0.0, "wall_s": wall}  # fmt: skip
+
+
+def _baseline_curve(task, exs, rs: list[ThinkResult], method: str, budgets, how: str) -> list[dict]:
+    out = []
+    for bud in budgets:
+        acc, lat = [], []
+        for e, r in zip(exs, rs):
+            if method == "sequential":
+                a, lt = truncated_sequential(r.org_tokens, r.answer, bud)
+            else:
+                a, lt = truncated_parallel([(w.tokens, w.returned) for w in r.workers.values()], bud, how)
+            acc.append(task.reward(e, "#" + a) if a is not None else 0.0)
+            lat.append(lt)
+        out.append({"budget": bud, "acc": float(np.mean(acc)), "latency_mean": float(np.mean(lat))})
     return out
 
 
+def evaluate(model, tok, task, exs, seed: int, temperature: float, budgets=(), methods=("asyncthink", "sequential", "parallel"),
+             how: str = "vote") -> dict[str, dict]:  # fmt: skip
+    """The methods on the same questions at one temperature -> {method: metrics at max(budgets), with "curve": one
+    {budget, acc, latency_mean} per budget when len(budgets) > 1}."""
+    top = max(budgets)
+    out = {}
+    for method in methods:
+        think = ThinkConfig(capacity=CAPACITY, max_org_tokens=top, max_worker_tokens=top)
+        base = BaselineConfig(max_tokens=top, k=CAPACITY - 1, aggregate=how)
+        rs, wall = _run_method(model, tok, method, exs, think, base, seed, temperature)
+        out[method] = _metrics(task, exs, rs, method, wall)
+        if len(budgets) < 2:
+            continue
+        if method == "asyncthink":  # the protocol reacts to a cap (a truncated worker returns nothing): run each budget
+            curve = []
+            for bud in budgets:
+                r_b = rs if bud == top else _run_method(model, tok, method, exs, ThinkConfig(capacity=CAPACITY, max_org_tokens=bud,
+                                                                                           max_worker_tokens=bud), base, seed, temperature)[0]
+                m = _metrics(task, exs, r_b, method, 0.0)
+                curve.append({"budget": bud, "acc": m["acc"], "latency_mean": m["latency_mean"]})
+            out[method]["curve"] = curve
+        else:
+            out[method]["curve"] = _baseline_curve(task, exs, rs, method, budgets, how)
+    return out
+
+
+def _new_model(tok, b: Budget) -> Transformer:
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2,
+                                   ffn_dim=int(b.dim * 8 / 3) // 8 * 8, max_seq_len=512))  # fmt: skip
+
+
+def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies) -> tuple[Transformer, list[float]]:
+    """A fresh model format-SFT'd on organizer/worker traces of `topologies` plus sequential traces (seeded data)."""
+    seed_everything(seed)
+    rng = random.Random(seed)
+    data = []
+    for t in train_tasks:
+        data += sft_examples(t, tok, b.n_sft, rng, capacity=CAPACITY, topologies=topologies, subquery=SUBQUERY)
+        data += sft_examples(t, tok, b.n_sft, rng, sequential=True)
+    model = _new_model(tok, b)
+    res = train(model, data, TrainConfig(steps=steps, batch_size=32, lr=b.sft_lr, warmup_steps=min(20, steps // 5), seed=seed,
+                                         log_every=b.log_every))  # fmt: skip
+    model.eval()
+    return model, [h["loss/train"] for h in res.history if "loss/train" in h]
+
+
 def run(budget: str, out_dir: Path) -> dict:
-    """The quick budget runs with one intra-op thread (`sherman reproduce --threads 1`, the default); not yet timed after the RL fix."""
-    return _run(budget, out_dir)
-
-
-def _run(budget: str, out_dir: Path) -> dict:
+    """Runs with one intra-op thread (`sherman reproduce --threads 1`, the default)."""
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    countdown, arith, heldout = make_tasks()
-    tok = make_tokenizer(countdown, *arith)
-    think = ThinkConfig(capacity=CAPACITY, max_org_tokens=96, max_worker_tokens=48)
-    base_cd = BaselineConfig(max_tokens=96, k=CAPACITY - 1, aggregate="union")
-    base_ar = BaselineConfig(max_tokens=96, k=CAPACITY - 1, aggregate="vote")
-    per_seed = []
-    rl_curves: dict[str, list] = {}
+    train_tasks, claim_task, heldout, countdown = make_tasks()
+    tok = make_tokenizer(*train_tasks, countdown)
+    top = max(b.budgets)
     t_start = time.perf_counter()
-    # precondition (issue 15): on ground-truth traces the fork-join critical path must be <= 0.7x parallel's
-    pre = {"countdown": latency_precondition(countdown, tok, 20, CAPACITY),
-           **{f"arith{t.cfg.n_expressions}": latency_precondition(t, tok, 20, CAPACITY) for t in arith}}
-    prog = progress(len(b.seeds), "seeds (SFT, RL per lambda, evaluation)")
+    # precondition (issue 15): on ground-truth traces of the claim task the fork-join critical path must be <= 0.7x parallel's
+    pre = {"claim_task": latency_precondition(claim_task, tok, 40, CAPACITY, max_ratio=MAX_GT_RATIO, subquery=SUBQUERY),
+           "countdown3": latency_precondition(countdown, tok, 20, CAPACITY, max_ratio=MAX_GT_RATIO)}
+    think_rl = ThinkConfig(capacity=CAPACITY, max_org_tokens=top, max_worker_tokens=top)
+    per_seed, rl_curves = [], {}
+    n_models = 1 + len(b.lambdas) + (2 if b.topo_sft_steps else 0)
+    prog = progress(len(b.seeds) * n_models, "models trained and evaluated (SFT, RL per lambda, topology ablation)")
     for seed in b.seeds:
         prog.set(seed=seed)
-        seed_everything(seed)
-        rng = random.Random(seed)
-        data = []
-        for t in [countdown, *arith]:
-            data += sft_examples(t, tok, b.n_sft, rng, capacity=CAPACITY, think=think)
-            data += sft_examples(t, tok, b.n_sft, rng, sequential=True)
-        model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2,
-                                        ffn_dim=int(b.dim * 8 / 3) // 8 * 8, max_seq_len=512))
-        sft = train(model, data, TrainConfig(steps=b.sft_steps, batch_size=32, lr=3e-3, warmup_steps=min(20, b.sft_steps // 5), seed=seed,
-                                                        log_every=b.log_every))
-        sft_loss = [h["loss/train"] for h in sft.history if "loss/train" in h]
-        models = {"sft": model}
-        for lam in b.lambdas:  # RL on the mixture of training tasks, one run per lambda
-            m = copy.deepcopy(model)
-            hist = rl_train(m, tok, [countdown, *arith], think, RLConfig(steps=b.rl_steps, questions=b.rl_questions, group=b.group, lr=2e-4, lam=lam,
-                                                                          tau=TAU, seed=seed, save_every=b.save_every),
-                            run_dir=out_dir / "rl" / f"seed{seed}_lam{lam:g}")  # one run, one optimizer, resumable
+        sft_model, sft_loss = _sft(tok, train_tasks, b, seed, b.sft_steps, TRAIN_TOPOLOGIES)
+        models = {"sft": sft_model}
+        for lam in b.lambdas:  # RL on the training shapes, one run (one optimizer, resumable) per lambda
+            m = copy.deepcopy(sft_model)
+            hist = rl_train(m, tok, train_tasks, think_rl, RLConfig(steps=b.rl_steps, questions=b.rl_questions, group=b.group, lr=b.rl_lr,
+                                                                    lam=lam, tau=TAU, seed=seed, save_every=b.save_every,
+                                                                    temperature=b.eval_temperature),
+                            run_dir=out_dir / "rl" / f"seed{seed}_lam{lam:g}")  # fmt: skip
             models[f"rl_lam{lam:g}"] = m
             rl_curves[f"seed{seed}_lam{lam:g}"] = hist
-        if seed == b.seeds[0]:  # the trained organizer: `sherman think "3+4;5-2=" --backend local --ckpt OUT/organizer`
+        if seed == b.seeds[0]:  # the trained organizer: `sherman think "123+456;789+12=" --backend local --ckpt OUT/organizer`
             save_checkpoint(out_dir / "organizer", models[f"rl_lam{b.lambdas[0]:g}" if b.lambdas else "sft"], extra={"seed": seed})
             tok.save(out_dir / "organizer" / "tokenizer.json")
-        eval_rng = random.Random(10_000 + seed)
-        sets = {"countdown": (countdown, [countdown.sample(eval_rng) for _ in range(b.n_eval)], base_cd),
-                "arithmetic": (arith[1], [arith[1].sample(eval_rng) for _ in range(b.n_eval)], base_ar),
-                "heldout_arith4": (heldout, [heldout.sample(eval_rng) for _ in range(b.n_eval)], base_ar)}
+        eval_rng = random.Random(10_000 + seed)  # test questions: a stream no training step draws from
+        claim_exs = [claim_task.sample(eval_rng) for _ in range(b.n_eval)]
+        held_exs = [heldout.sample(eval_rng) for _ in range(b.n_eval)]
         res = {}
         for mname, m in models.items():
-            for sname, (task, exs, base) in sets.items():
-                res[f"{mname}/{sname}"] = evaluate(m, tok, task, exs, think, base, seed, b.eval_temperature)
-        per_seed.append({"seed": seed, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "eval": res})
-        prog.advance()
+            res[f"{mname}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, b.budgets)
+            res[f"{mname}/heldout"] = evaluate(m, tok, heldout, held_exs, seed, b.eval_temperature, (top,))
+            prog.advance()
+        topo_loss = {}
+        if b.topo_sft_steps:  # ablation: fork-all-then-join-all vs interleaved traces (format SFT only, same steps)
+            for topo in ("fork_all", "interleaved"):
+                m, loss = _sft(tok, train_tasks, b, seed, b.topo_sft_steps, (topo,))
+                res[f"topo_{topo}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, (top,), methods=("asyncthink",))
+                topo_loss[topo] = loss[-1]
+                prog.advance()
+        per_seed.append({"seed": seed, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
+                         "eval": res})  # fmt: skip
     prog.close()
-    # aggregate over seeds
-    keys = per_seed[0]["eval"].keys()
-    agg = {k: {meth: {m: float(np.mean([s["eval"][k][meth][m] for s in per_seed])) for m in per_seed[0]["eval"][k][meth]}
-               for meth in per_seed[0]["eval"][k]} for k in keys}
+    rows = _rows(per_seed, b, pre)
+    agg = _aggregate(per_seed)
+    plots = _plot_curves(per_seed, out_dir) + _plot_rl(rl_curves, out_dir)
     main_model = f"rl_lam{b.lambdas[0]:g}" if b.lambdas else "sft"
-    cd, ho = agg[f"{main_model}/countdown"], agg[f"{main_model}/heldout_arith4"]
-    rows = []
-    a, s, p = cd["asyncthink"]["acc"], cd["sequential"]["acc"], cd["parallel"]["acc"]
-
-    def per(key: str, meth: str, metric: str) -> list[float]:  # one value per seed (the shared rule's spread)
-        return [e["eval"][key][meth][metric] for e in per_seed]
-
-    cdk = f"{main_model}/countdown"
-    # shared rule: a win needs MIN_ACC_GAIN and a seed spread (one seed: at most 'partly'); 0 vs 0 is two failures
-    v1 = str(overall([compare(per(cdk, "asyncthink", "acc"), per(cdk, other, "acc"), MIN_ACC_GAIN, fail_at=0.0) for other in ("sequential", "parallel")]))
-    rows.append({"claim": "Countdown (multi-solution) accuracy: AsyncThink > parallel and > sequential",
-                 "paper": "AsyncThink highest (Table 1)", "ours": f"async {a:.2f} | parallel {p:.2f} | sequential {s:.2f}", "verdict": v1})
-    red = 1 - cd["asyncthink"]["latency_mean"] / max(cd["parallel"]["latency_mean"], 1e-9)
-    # the paper's -28% is the effect threshold (relative to parallel's mean latency); outside the spread but smaller: partly;
-    # parallel more accurate beyond the spread means the latency was bought with accuracy: at most partly
-    lat = compare(per(cdk, "asyncthink", "latency_mean"), per(cdk, "parallel", "latency_mean"), 0.28 * cd["parallel"]["latency_mean"],
-                  higher_is_better=False)  # fmt: skip
-    worse = compare(per(cdk, "parallel", "acc"), per(cdk, "asyncthink", "acc"), MIN_ACC_GAIN).verdict == REPRODUCED
-    v2 = PARTLY if lat.verdict == REPRODUCED and worse else lat.verdict
-    if not pre["countdown"]["passed"]:  # fork-join cannot be faster even on ground-truth traces here
-        v2 = "not testable here"
-    rows.append({"claim": "Countdown latency vs parallel thinking at equal or better accuracy",
-                 "paper": "-28% latency", "ours": f"{-100 * red:+.0f}% latency (async {cd['asyncthink']['latency_mean']:.1f} vs parallel "
-                 f"{cd['parallel']['latency_mean']:.1f} steps), acc {a:.2f} vs {p:.2f}; precondition: ground-truth fork-join / parallel "
-                 f"= {pre['countdown']['best_ratio']:.2f} (needs <= 0.70)", "verdict": v2})
-    ha, hs = ho["asyncthink"]["acc"], ho["sequential"]["acc"]
-    per_ho = [s["eval"][f"{main_model}/heldout_arith4"] for s in per_seed]  # shared rule: 0.00 vs 0.00 is two failures
-    v3 = compare([e["asyncthink"]["acc"] for e in per_ho], [e["sequential"]["acc"] for e in per_ho], min_effect=0.0, fail_at=0.0).verdict
-    rows.append({"claim": "Generalization to an unseen task (4-expression arithmetic, trained on 2-3)",
-                 "paper": "AsyncThink generalizes (Sudoku, Sec. 4.3)",
-                 "ours": f"async acc {ha:.2f} (format ok {ho['asyncthink']['format_ok']:.2f}, eta {ho['asyncthink']['eta']:.2f}) vs sequential {hs:.2f}",
-                 "verdict": v3})
-    if len(b.lambdas) > 1 and 0.0 in b.lambdas:  # ablation (Sec. 4.4): the concurrency reward raises eta
-        lam_on = f"rl_lam{b.lambdas[0]:g}/countdown"
-        e_on, e_off = agg[lam_on]["asyncthink"]["eta"], agg["rl_lam0/countdown"]["asyncthink"]["eta"]
-        f_on, f_off = agg[lam_on]["asyncthink"]["forks"], agg["rl_lam0/countdown"]["asyncthink"]["forks"]
-        v4 = compare(per(lam_on, "asyncthink", "eta"), per("rl_lam0/countdown", "asyncthink", "eta"), MIN_ETA_GAIN).verdict
-        rows.append({"claim": f"Concurrency reward (lambda={b.lambdas[0]:g} vs 0) raises eta on Countdown",
-                     "paper": "removing it lowers concurrency (ablation, Sec. 4.4)",
-                     "ours": f"eta {e_on:.2f} vs {e_off:.2f}; forks/question {f_on:.2f} vs {f_off:.2f}", "verdict": v4})
-    verdict = overall([r["verdict"] for r in rows])
-    plots = _plot(agg, out_dir) + _plot_rl(rl_curves, out_dir)
-    notes = (f"budget {budget}, seeds {list(b.seeds)}; model dim {b.dim} x {b.n_layers} layers, char tokenizer with protocol tags; "
-             f"SFT {b.sft_steps} steps on {b.n_sft} questions/task; RL {b.rl_steps} steps per lambda in {list(b.lambdas)} (tau {TAU}, c {CAPACITY}); "
-             f"{b.n_eval} test questions per task; claims use model '{main_model}'. Latency is the fork-join critical path in decode steps; "
-             f"parallel = {CAPACITY - 1} samples (union on Countdown, vote on arithmetic); every method at T={b.eval_temperature:g}, "
-             f"per-sample budget {think.max_org_tokens} tokens (organizer, sequential and each parallel sample). "
-             f"Total wall {time.perf_counter() - t_start:.0f}s.")
-    result = {"name": "asyncthink", "claim": CLAIM, "verdict": verdict, "rows": rows, "plots": plots, "notes": notes,
-              "metrics": {"eval": agg, "per_seed": per_seed, "rl": rl_curves, "precondition": pre}}
+    notes = (f"budget {budget}, seeds {list(b.seeds)}; model dim {b.dim} x {b.n_layers} layers, char tokenizer with the protocol tags as "
+             f"single tokens; task: {claim_task.cfg.n_expressions}-expression {claim_task.cfg.min_digits}-digit sums (trained on 2 and 3 "
+             f"expressions, {b.n_sft} questions per shape), held out: {heldout.cfg.n_expressions} expressions; organizer sub-query = the "
+             f"expression's position. SFT {b.sft_steps} steps (traces: {', '.join(TRAIN_TOPOLOGIES)}); RL {b.rl_steps} steps x "
+             f"{b.rl_questions} questions x G={b.group} per lambda in {list(b.lambdas)} (tau {TAU}, c {CAPACITY}); topology ablation "
+             f"{b.topo_sft_steps} SFT steps per arm; {b.n_eval} test questions per set; claims use '{main_model}'. Latency = fork-join "
+             f"critical path in decode steps; parallel = {CAPACITY - 1} samples, majority vote; every method at T={b.eval_temperature:g}; "
+             f"per-sample budgets {list(b.budgets)} (claims at {top}). Total wall {time.perf_counter() - t_start:.0f}s.")
+    result = {"name": "asyncthink", "claim": CLAIM, "verdict": overall([r["verdict"] for r in rows]), "rows": rows, "plots": plots,
+              "notes": notes, "metrics": {"eval": agg, "per_seed": per_seed, "rl": rl_curves, "precondition": pre}}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=float))
     return result
 
 
-def _plot(agg: dict, out_dir: Path) -> list[str]:
+def _aggregate(per_seed: list[dict]) -> dict:
+    """Mean over seeds of every scalar metric: {model/set: {method: {metric: mean}}}."""
+    first = per_seed[0]["eval"]
+    return {k: {meth: {m: float(np.mean([s["eval"][k][meth][m] for s in per_seed])) for m, v in first[k][meth].items() if m != "curve"}
+                for meth in first[k]} for k in first}  # fmt: skip
+
+
+def curve_mean_acc(curve: list[dict]) -> float:
+    """Mean accuracy over the budget grid (the area under accuracy vs budget index)."""
+    return float(np.mean([p["acc"] for p in curve]))
+
+
+def _rows(per_seed: list[dict], b: Budget, pre: dict) -> list[dict]:
+    main_model = f"rl_lam{b.lambdas[0]:g}" if b.lambdas else "sft"
+    ck, hk = f"{main_model}/claim", f"{main_model}/heldout"
+
+    def per(key: str, meth: str, metric: str) -> list[float]:  # one value per seed (the shared rule's spread)
+        return [s["eval"][key][meth][metric] for s in per_seed]
+
+    def mean(key: str, meth: str, metric: str) -> float:
+        return float(np.mean(per(key, meth, metric)))
+
+    def pm(v) -> str:
+        if v.verdict == NOT_TESTABLE:
+            return f"{v.effect:+.3f}, both arms failed"
+        return f"{v.effect:+.3f} ± {v.spread:.3f}" if v.spread == v.spread else f"{v.effect:+.3f} (one seed)"
+
+    rows = []
+    a, s, p = (mean(ck, m, "acc") for m in ("asyncthink", "sequential", "parallel"))
+    vs = [compare(per(ck, "asyncthink", "acc"), per(ck, o, "acc"), MIN_ACC_GAIN, fail_at=0.0) for o in ("parallel", "sequential")]
+    rows.append({"claim": "Accuracy: AsyncThink > parallel and > sequential thinking (same model, temperature and per-sample budget)",
+                 "paper": "AsyncThink highest (Table 1)",
+                 "ours": f"async {a:.2f} | parallel {p:.2f} | sequential {s:.2f}; paired async - parallel {pm(vs[0])}, async - sequential {pm(vs[1])}",
+                 "verdict": overall(vs)})  # fmt: skip
+    pc = pre["claim_task"]
+    lat_a, lat_p = mean(ck, "asyncthink", "latency_mean"), mean(ck, "parallel", "latency_mean")
+    lat = compare(per(ck, "asyncthink", "latency_mean"), per(ck, "parallel", "latency_mean"), LATENCY_CUT * lat_p, higher_is_better=False)
+    worse = compare(per(ck, "parallel", "acc"), per(ck, "asyncthink", "acc"), MIN_ACC_GAIN).verdict == REPRODUCED
+    v2 = PARTLY if lat.verdict == REPRODUCED and worse else lat.verdict  # latency bought with accuracy: at most partly
+    if not pc["passed"]:
+        v2 = NOT_TESTABLE
+    rows.append({"claim": "Latency: AsyncThink's critical path <= 0.72x parallel thinking's at equal or better accuracy",
+                 "paper": "-28% latency", "ours": f"async {lat_a:.1f} vs parallel {lat_p:.1f} steps ({lat_a / max(lat_p, 1e-9):.2f}x; paired "
+                 f"{-lat.effect:+.1f} ± {lat.spread:.1f}), acc {a:.2f} vs {p:.2f}; precondition: ground-truth fork-all / parallel = "
+                 f"{pc['fork_all_ratio']:.2f}, interleaved {pc['interleaved_ratio']:.2f} (needs <= {MAX_GT_RATIO:.2f}; 3-number Countdown "
+                 f"{pre['countdown3']['best_ratio']:.2f})", "verdict": v2})  # fmt: skip
+    if "curve" in per_seed[0]["eval"][ck]["asyncthink"]:
+        cv = {m: [curve_mean_acc(s["eval"][ck][m]["curve"]) for s in per_seed] for m in ("asyncthink", "parallel", "sequential")}
+        vc = [compare(cv["asyncthink"], cv[o], MIN_ACC_GAIN, fail_at=0.0) for o in ("parallel", "sequential")]
+        pts = "; ".join(f"B={pt['budget']}: " + ", ".join(
+            f"{m[:3]} {np.mean([s['eval'][ck][m]['curve'][i]['acc'] for s in per_seed]):.2f}@{np.mean([s['eval'][ck][m]['curve'][i]['latency_mean'] for s in per_seed]):.0f}"
+            for m in ("asyncthink", "parallel", "sequential")) for i, pt in enumerate(per_seed[0]["eval"][ck]["asyncthink"]["curve"]))  # fmt: skip
+        rows.append({"claim": "Accuracy over matched per-sample token budgets (mean over the budget grid): AsyncThink above both",
+                     "paper": "better accuracy-latency trade-off (Fig. 4)",
+                     "ours": f"mean acc async {np.mean(cv['asyncthink']):.2f} | parallel {np.mean(cv['parallel']):.2f} | sequential "
+                     f"{np.mean(cv['sequential']):.2f}; paired vs parallel {pm(vc[0])}; points acc@latency: {pts}",
+                     "verdict": overall(vc)})  # fmt: skip
+    vh = [compare(per(hk, "asyncthink", "acc"), per(hk, o, "acc"), MIN_ACC_GAIN, fail_at=0.0) for o in ("parallel", "sequential")]
+    rows.append({"claim": "Generalization to an unseen shape (4 expressions; trained on 2-3): AsyncThink above both baselines",
+                 "paper": "AsyncThink generalizes (Sudoku, Sec. 4.3)",
+                 "ours": f"async {mean(hk, 'asyncthink', 'acc'):.2f} (format ok {mean(hk, 'asyncthink', 'format_ok'):.2f}) | parallel "
+                 f"{mean(hk, 'parallel', 'acc'):.2f} | sequential {mean(hk, 'sequential', 'acc'):.2f}", "verdict": overall(vh)})  # fmt: skip
+    if b.lambdas:  # ablation: no RL (format SFT only)
+        v = compare(per(ck, "asyncthink", "acc"), per("sft/claim", "asyncthink", "acc"), MIN_ACC_GAIN, fail_at=0.0)
+        rows.append({"claim": f"Ablation, no RL: RL (lambda={b.lambdas[0]:g}) raises AsyncThink's accuracy over format SFT only",
+                     "paper": "RL improves over the cold-start model (Sec. 4.4)",
+                     "ours": f"acc {a:.2f} vs {mean('sft/claim', 'asyncthink', 'acc'):.2f} (paired {pm(v)}); latency {lat_a:.1f} vs "
+                     f"{mean('sft/claim', 'asyncthink', 'latency_mean'):.1f}; format ok {mean(ck, 'asyncthink', 'format_ok'):.2f} vs "
+                     f"{mean('sft/claim', 'asyncthink', 'format_ok'):.2f}", "verdict": v.verdict})  # fmt: skip
+    if len(b.lambdas) > 1 and 0.0 in b.lambdas:  # ablation: the concurrency reward raises eta
+        k0 = "rl_lam0/claim"
+        v = compare(per(ck, "asyncthink", "eta"), per(k0, "asyncthink", "eta"), MIN_ETA_GAIN)
+        rows.append({"claim": f"Ablation, lambda = 0: the concurrency reward (lambda={b.lambdas[0]:g}) raises eta",
+                     "paper": "removing it lowers concurrency (Sec. 4.4)",
+                     "ours": f"eta {mean(ck, 'asyncthink', 'eta'):.2f} vs {mean(k0, 'asyncthink', 'eta'):.2f} (paired {pm(v)}); latency "
+                     f"{lat_a:.1f} vs {mean(k0, 'asyncthink', 'latency_mean'):.1f}; acc {a:.2f} vs {mean(k0, 'asyncthink', 'acc'):.2f}",
+                     "verdict": v.verdict})  # fmt: skip
+    if "topo_fork_all/claim" in per_seed[0]["eval"]:  # ablation: fork-all-then-join-all vs interleaved traces
+        fa, il = "topo_fork_all/claim", "topo_interleaved/claim"
+        vl = compare(per(fa, "asyncthink", "latency_mean"), per(il, "asyncthink", "latency_mean"),
+                     MIN_TOPO_LATENCY_GAIN * mean(il, "asyncthink", "latency_mean"), higher_is_better=False)  # fmt: skip
+        va = compare(per(fa, "asyncthink", "acc"), per(il, "asyncthink", "acc"), MIN_ACC_GAIN, fail_at=0.0)
+        rows.append({"claim": "Ablation, trace topology: fork-all-then-join-all traces give a shorter critical path than interleaved ones "
+                     "(format SFT only, same steps)", "paper": "(ablation asked by issue 15; the paper mixes structures, Sec. 3.1)",
+                     "ours": f"latency {mean(fa, 'asyncthink', 'latency_mean'):.1f} vs {mean(il, 'asyncthink', 'latency_mean'):.1f} "
+                     f"(paired {-vl.effect:+.1f} ± {vl.spread:.1f}); acc {mean(fa, 'asyncthink', 'acc'):.2f} vs "
+                     f"{mean(il, 'asyncthink', 'acc'):.2f} (paired {pm(va)}; accuracy verdict: {va.verdict}); ground truth "
+                     f"{pc['fork_all_latency']:.1f} vs {pc['interleaved_latency']:.1f}", "verdict": vl.verdict})  # fmt: skip
+    return rows
+
+
+def _plot_curves(per_seed: list[dict], out_dir: Path) -> list[str]:
+    """Accuracy vs critical-path latency over the per-sample budgets (mean over seeds), one panel per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({k.split("/")[1] for k in agg})
-    models = sorted({k.split("/")[0] for k in agg})
-    cols = min(2, len(tasks))  # at most 2 panels per row: legible at the report's width
-    fig, axes = plt.subplots(-(-len(tasks) // cols), cols, figsize=(6 * cols, 4.4 * -(-len(tasks) // cols)), squeeze=False)
-    for ax in axes.ravel()[len(tasks):]:
+    ev = per_seed[0]["eval"]
+    keys = [k for k in ev if k.endswith("/claim") and "curve" in ev[k]["asyncthink"]]
+    cols = min(2, len(keys))  # at most 2 panels per row: legible at the report's width
+    nrow = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(6 * cols, 4.4 * nrow), squeeze=False)
+    for ax in axes.ravel()[len(keys):]:
         ax.set_visible(False)
-    axes = [list(axes.ravel())]
     colors = {"asyncthink": "tab:red", "parallel": "tab:blue", "sequential": "tab:green"}
-    markers = ["o", "s", "^", "D", "v"]
-    for ax, t in zip(axes[0], tasks):
-        for mi, m in enumerate(models):
-            for meth, c in colors.items():
-                r = agg[f"{m}/{t}"][meth]
-                ax.scatter(r["latency_mean"], r["acc"], color=c, marker=markers[mi % len(markers)], label=f"{meth} ({m})")
-        ax.set_title(t)
+    for ax, k in zip(axes.ravel(), keys):
+        for meth, c in colors.items():
+            n = len(ev[k][meth]["curve"])
+            lat = [np.mean([s["eval"][k][meth]["curve"][i]["latency_mean"] for s in per_seed]) for i in range(n)]
+            acc = [np.mean([s["eval"][k][meth]["curve"][i]["acc"] for s in per_seed]) for i in range(n)]
+            ax.plot(lat, acc, "-o", color=c, label=meth, ms=4)
+            for i, pt in enumerate(ev[k][meth]["curve"]):
+                ax.annotate(str(pt["budget"]), (lat[i], acc[i]), fontsize=6, color=c, xytext=(2, 2), textcoords="offset points")
+        ax.set_title(f"{k.split('/')[0]}: accuracy vs latency over per-sample budgets")
         ax.set_xlabel("critical-path latency (decode steps)")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(f"accuracy (mean of {len(per_seed)} seeds)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "asyncthink_acc_vs_latency.png", dpi=110)
     plt.close(fig)
@@ -297,14 +443,13 @@ def _plot_rl(curves: dict[str, list], out_dir: Path) -> list[str]:
 
     keys = ["rollout/reward_mean", "rollout/acc_mean", "rollout/eta_mean", "rollout/latency_mean"]
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.4))  # 2 x 2: each panel legible at the report's width
-    axes = [list(axes.ravel())]
-    for ax, k in zip(axes[0], keys):
+    for ax, k in zip(axes.ravel(), keys):
         for name, hist in curves.items():
             ax.plot([h["step"] for h in hist], [h[k] for h in hist], label=name, lw=1)
         ax.set_title(k.split("/")[1])
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes.ravel()[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "asyncthink_rl_curves.png", dpi=110)
     plt.close(fig)

@@ -72,11 +72,20 @@ def top_op(expr: str) -> str:
     return e.op if e is not None and e.op != "n" else "?"
 
 
-def plan(task, ex: Example) -> Plan:
+SUBQUERIES = ("expr", "index")
+"""How an arithmetic organizer names a sub-problem: 'expr' copies the expression ("47*85="), 'index' gives its
+position in the question ("2" = the second expression; workers see the question, so one token says which)."""
+
+
+def plan(task, ex: Example, subquery: str = "expr") -> Plan:
+    """Ground-truth decomposition of one question. subquery: see SUBQUERIES (arithmetic only; Countdown's sub-query
+    is always `{op}{rank}`)."""
+    if subquery not in SUBQUERIES:
+        raise ValueError(f"subquery must be one of {SUBQUERIES}, got {subquery!r}")
     if isinstance(task, Arithmetic):
         subs, traces = [], []
-        for (a, op, b), res in zip(ex.meta["exprs"], ex.meta["results"]):
-            subs.append(f"{a}{op}{b}=")
+        for k, ((a, op, b), res) in enumerate(zip(ex.meta["exprs"], ex.meta["results"]), start=1):
+            subs.append(f"{a}{op}{b}=" if subquery == "expr" else str(k))
             traces.append(f"{scratchpad(a, op, b)}<RETURN>{res}</RETURN>")
         solo = ";".join(scratchpad(a, op, b) for a, op, b in ex.meta["exprs"])
         return Plan(subs, traces, solo, ex.answer)
@@ -147,14 +156,14 @@ def organizer_trace(p: Plan, topology: str, capacity: int, rng: random.Random) -
     return segs
 
 
-def replay_trace(task, ex: Example, tok, topology: str, capacity: int, rng: random.Random) -> ThinkResult:
+def replay_trace(task, ex: Example, tok, topology: str, capacity: int, rng: random.Random, subquery: str = "expr") -> ThinkResult:
     """Play the ground-truth trace through the real engine, one token of `tok` per decode step (the organizer's
     text from `organizer_trace`, each worker's from the plan): its latency is the fork-join critical path."""
     import re
 
     from sherman.think.backends import ScriptedBackend
 
-    p = plan(task, ex)
+    p = plan(task, ex, subquery)
     org = "".join(t for t, learn in organizer_trace(p, topology, capacity, rng) if learn)
     workers = dict(zip(p.subqueries, p.worker_traces))
 
@@ -176,7 +185,7 @@ def sequential_length(task, ex: Example, tok) -> int:
 
 
 def latency_precondition(task, tok, n: int, capacity: int, seed: int = 0, max_ratio: float = 0.7,
-                         topologies=("interleaved", "fork_all")) -> dict:
+                         topologies=("interleaved", "fork_all"), subquery: str = "expr") -> dict:
     """On n ground-truth traces per topology: mean fork-join critical path / mean parallel-thinking latency.
     The paper's latency claim is testable on `task` only if some topology reaches ratio <= max_ratio."""
     rng = random.Random(seed)
@@ -184,7 +193,7 @@ def latency_precondition(task, tok, n: int, capacity: int, seed: int = 0, max_ra
     par = sum(sequential_length(task, ex, tok) for ex in exs) / n
     out: dict = {"parallel_latency": par, "max_ratio": max_ratio}
     for topo in topologies:
-        fj = sum(replay_trace(task, ex, tok, topo, capacity, rng).latency for ex in exs) / n
+        fj = sum(replay_trace(task, ex, tok, topo, capacity, rng, subquery).latency for ex in exs) / n
         out[f"{topo}_latency"] = fj
         out[f"{topo}_ratio"] = fj / max(par, 1e-9)
     out["best_ratio"] = min(out[f"{t}_ratio"] for t in topologies)
@@ -203,13 +212,13 @@ def _example(tok: CharTokenizer, prompt: str, segs: list[tuple[str, bool]]) -> S
 
 
 def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity: int = 4, topologies=TOPOLOGIES,
-                 think: ThinkConfig | None = None, sequential: bool = False) -> list[SeqExample]:
+                 think: ThinkConfig | None = None, sequential: bool = False, subquery: str = "expr") -> list[SeqExample]:
     """n questions -> organizer + worker examples (or sequential examples with sequential=True)."""
     think = think or ThinkConfig(capacity=capacity)
     out: list[SeqExample] = []
     for _ in range(n):
         ex = task.sample(rng)
-        p = plan(task, ex)
+        p = plan(task, ex, subquery)
         if sequential:
             body = p.solo + f"<ANSWER>{p.solo_answer or p.answer}</ANSWER>"
             out.append(_example(tok, f"{ex.prompt}<SEQ>", [(body, True)]))

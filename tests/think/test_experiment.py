@@ -1,9 +1,29 @@
+import asyncio
 import json
 import random
 
+import pytest
+import torch
+
 from sherman.cli import main
+from sherman.core.generate import SamplingParams
+from sherman.core.model import ModelConfig, Transformer
 from sherman.experiments import EXPERIMENTS
-from sherman.experiments.asyncthink import CLAIM, make_tasks, run
+from sherman.experiments.asyncthink import (
+    BUDGETS,
+    CAPACITY,
+    CLAIM,
+    MAX_GT_RATIO,
+    SUBQUERY,
+    curve_mean_acc,
+    make_tasks,
+    run,
+    truncated_parallel,
+    truncated_sequential,
+)
+from sherman.think.backends import LocalBackend
+from sherman.think.baselines import BaselineConfig, sequential
+from sherman.think.train import latency_precondition, make_tokenizer
 
 
 def test_asyncthink_experiment_smoke(tmp_path, capsys):
@@ -12,21 +32,77 @@ def test_asyncthink_experiment_smoke(tmp_path, capsys):
     assert r["name"] == "asyncthink" and r["claim"] == CLAIM
     assert r["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here")
     pre = r["metrics"]["precondition"]
-    assert set(pre) == {"countdown", "arith2", "arith3"} and not pre["countdown"]["passed"]  # 3-number Countdown: tags dominate
-    assert r["rows"][1]["verdict"] == "not testable here"
-    assert len(r["rows"]) == 4 and all(set(row) == {"claim", "paper", "ours", "verdict"} for row in r["rows"])
-    assert (tmp_path / r["plots"][0]).stat().st_size > 1000
+    assert set(pre) == {"claim_task", "countdown3"}
+    assert pre["claim_task"]["passed"] and not pre["countdown3"]["passed"]  # the task is chosen so that the latency claim is testable
+    claims = [row["claim"] for row in r["rows"]]
+    assert len(r["rows"]) == 7 and all(set(row) == {"claim", "paper", "ours", "verdict"} for row in r["rows"])
+    assert any("no RL" in c for c in claims) and any("lambda = 0" in c for c in claims) and any("topology" in c for c in claims)
+    assert all((tmp_path / p).stat().st_size > 1000 for p in r["plots"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    ev = saved["metrics"]["eval"]
-    assert {"sft/countdown", "rl_lam0.5/heldout_arith4"} <= set(ev)
-    for methods in ev.values():
-        for m in methods.values():
+    b = BUDGETS["smoke"]
+    per_seed = saved["metrics"]["per_seed"]
+    assert [s["seed"] for s in per_seed] == list(b.seeds)
+    ev = per_seed[0]["eval"]
+    assert {"sft/claim", "rl_lam0.5/claim", "rl_lam0/claim", "rl_lam0.5/heldout", "topo_fork_all/claim", "topo_interleaved/claim"} <= set(ev)
+    for key, methods in ev.items():
+        for meth, m in methods.items():
             assert 0 <= m["acc"] <= 1 and m["latency_p50"] <= m["latency_p90"] and m["eta"] >= 0
+            if key.endswith("/claim") and not key.startswith("topo_"):  # one curve point per budget, latency capped by it
+                assert [p["budget"] for p in m["curve"]] == list(b.budgets)
+                assert all(p["latency_mean"] <= p["budget"] for p in m["curve"]) or meth == "asyncthink"
     # the saved organizer is what `sherman think --ckpt` reads (README): run it end to end
     org = tmp_path / "organizer"
     assert (org / "config.json").is_file() and (org / "model.safetensors").is_file() and (org / "tokenizer.json").is_file()
-    question = make_tasks()[1][0].sample(random.Random(0)).prompt
+    question = make_tasks()[1].sample(random.Random(0)).prompt
     capsys.readouterr()
     code = main(["think", question, "--backend", "local", "--ckpt", str(org), "--max-org-tokens", "24", "--max-worker-tokens", "8"])
     out, err = capsys.readouterr()
     assert code in (0, 1) and "latency" in out and "organizer  (" in out and "error" not in err, err  # 1 = no answer from the tiny model
+
+
+def test_claim_task_passes_the_latency_precondition_and_countdown_does_not():
+    train_tasks, claim, heldout, countdown = make_tasks()
+    tok = make_tokenizer(*train_tasks, countdown)
+    assert heldout.cfg.n_expressions not in {t.cfg.n_expressions for t in train_tasks}  # the held-out shape is never trained on
+    pre = latency_precondition(claim, tok, 20, CAPACITY, max_ratio=MAX_GT_RATIO, subquery=SUBQUERY)
+    assert pre["passed"] and pre["fork_all_ratio"] <= MAX_GT_RATIO < pre["interleaved_ratio"]
+    assert not latency_precondition(countdown, tok, 10, CAPACITY, max_ratio=MAX_GT_RATIO)["passed"]
+
+
+def test_truncated_baselines_by_hand():
+    # a sample of 10 tokens answers under a cap of 10 or more, not under 9; latency is the capped length
+    assert truncated_sequential(10, "5", 10) == ("5", 10.0)
+    assert truncated_sequential(10, "5", 9) == (None, 9.0)
+    assert truncated_sequential(4, None, 8) == (None, 4.0)  # stopped (eos) without an answer
+    samples = [(6, "7"), (12, "8"), (9, "8")]
+    assert truncated_parallel(samples, 12) == ("8", 12.0)  # vote 8, 8 over 7
+    assert truncated_parallel(samples, 10) == ("7", 10.0)  # only 6 and 9 closed: tie, first seen (7) wins
+    assert truncated_parallel(samples, 8) == ("7", 8.0)
+    assert truncated_parallel(samples, 5) == (None, 5.0)
+    assert truncated_parallel([(3, "1;2"), (4, "2;3")], 4, how="union") == ("1;2;3", 4.0)
+    assert curve_mean_acc([{"acc": 0.2}, {"acc": 0.6}]) == pytest.approx(0.4)
+
+
+def test_truncation_equals_a_capped_run():
+    """A sequential sample capped at B has exactly the first B tokens of the same-seed uncapped sample, so cutting the
+    uncapped run after the fact (`truncated_sequential`) gives what a B-capped run gives."""
+    train_tasks, claim, _, countdown = make_tasks()
+    tok = make_tokenizer(*train_tasks, countdown)
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)).eval()
+    q = claim.sample(random.Random(0)).prompt
+
+    def once(cap):
+        be = LocalBackend(m, tok, SamplingParams(temperature=1.0), generator=torch.Generator().manual_seed(3))
+
+        async def go():
+            try:
+                return await sequential(be, q, BaselineConfig(max_tokens=cap, k=1))
+            finally:
+                await be.aclose()
+
+        return asyncio.run(go())
+
+    full, short = once(30), once(12)
+    assert [t.ids for t in short.tokens] == [t.ids for t in full.tokens][:12]
+    assert truncated_sequential(full.org_tokens, full.answer, 12) == (short.answer, short.latency)
