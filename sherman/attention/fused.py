@@ -9,6 +9,14 @@ Milakov & Gimelshein 2018, as in FlashAttention):
     m' = max(m, max_j s_j);  l = l * exp(m - m') + sum_j exp(s_j - m');  acc = acc * exp(m - m') + sum_j exp(s_j - m') v_j
 so K and V are read exactly once and nothing is materialised. Float32, CPU, no autograd.
 
+The arithmetic runs on a small SIMD layer chosen at compile time (AVX-512: 16 lanes, AVX2 + FMA: 8, otherwise
+scalar): dot products, the p v updates and the exponentials are vectorised, exp by Cephes' range reduction and
+polynomial (relative error ~1e-7; scores below -87.3 nats under the running max give exactly 0). While a block's
+scores run, its value rows are prefetched, and while its values accumulate, the next selected block's keys are:
+the selected blocks are scattered, so the hardware prefetcher would restart at every block. Measured on the 2-core
+Intel Xeon (AVX-512) at one thread, CPU time (issue 20): 2.6-3.7 GB/s of K/V before (scalar exp, no prefetch),
+7.5-9.2 GB/s after, against ~9.3 GB/s for a one-thread `torch.sum` over DRAM.
+
 Each key and value row is read once for all G query heads of its group. The selected blocks of every (row, KV head)
 are split into ~8 chunks, each reduced to a partial (m, l, acc) and merged at the end with the same rescaling, so the
 work divides into many small items taken dynamically by the calling thread and helper `std::thread`s started for
@@ -36,6 +44,156 @@ _SRC = r"""
 #include <limits>
 #include <thread>
 #include <vector>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+// ---- a small SIMD layer: W float lanes (AVX-512: 16, AVX2 + FMA: 8, otherwise scalar: 1) ----
+#if defined(__AVX512F__)
+constexpr int64_t W = 16;
+using vf = __m512;
+using vi = __m512i;
+static inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float* p, vf x) { _mm512_storeu_ps(p, x); }
+static inline vf vset(float a) { return _mm512_set1_ps(a); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline float vsum(vf x) { return _mm512_reduce_add_ps(x); }
+static inline float vhmax(vf x) { return _mm512_reduce_max_ps(x); }
+static inline vf vround(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vpow2i(vf n) {  // 2^n for integral n in [-126, 127], built in the exponent field
+  vi e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+}
+static inline vf vzero_below(vf y, vf x, float lo) {  // y where x >= lo, else 0
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_GE_OQ), y);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t W = 8;
+using vf = __m256;
+static inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float* p, vf x) { _mm256_storeu_ps(p, x); }
+static inline vf vset(float a) { return _mm256_set1_ps(a); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline float vsum(vf x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+static inline float vhmax(vf x) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+static inline vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vpow2i(vf n) {
+  __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+}
+static inline vf vzero_below(vf y, vf x, float lo) {
+  return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_GE_OQ));
+}
+#else
+constexpr int64_t W = 1;
+using vf = float;
+static inline vf vload(const float* p) { return *p; }
+static inline void vstore(float* p, vf x) { *p = x; }
+static inline vf vset(float a) { return a; }
+static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
+static inline vf vadd(vf a, vf b) { return a + b; }
+static inline vf vmul(vf a, vf b) { return a * b; }
+static inline vf vmax(vf a, vf b) { return std::max(a, b); }
+static inline vf vmin(vf a, vf b) { return std::min(a, b); }
+static inline float vsum(vf x) { return x; }
+static inline float vhmax(vf x) { return x; }
+static inline vf vround(vf x) { return std::nearbyint(x); }
+static inline vf vpow2i(vf n) { return std::ldexp(1.f, (int)n); }
+static inline vf vzero_below(vf y, vf x, float lo) { return x >= lo ? y : 0.f; }
+#endif
+
+// exp(x) on W lanes: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so r is exact to float precision), then
+// e^r by the degree-7 Taylor-like minimax polynomial of Cephes' expf (relative error ~1e-7) and 2^n from the exponent
+// bits. Inputs below -87.3 (including -inf, a padded slot) give exactly 0; inputs are <= 0 here (scores minus
+// their running max), so no overflow branch is needed beyond the clamp.
+static inline vf vexp(vf x) {
+  const float LO = -87.3f;
+  vf xc = vmax(vmin(x, vset(88.3f)), vset(LO));
+  vf n = vround(vmul(xc, vset(1.44269504088896341f)));
+  vf r = vfma(n, vset(-0.693359375f), xc);
+  r = vfma(n, vset(2.12194440e-4f), r);
+  vf p = vset(1.9875691500e-4f);
+  p = vfma(p, r, vset(1.3981999507e-3f));
+  p = vfma(p, r, vset(8.3334519073e-3f));
+  p = vfma(p, r, vset(4.1665795894e-2f));
+  p = vfma(p, r, vset(1.6666665459e-1f));
+  p = vfma(p, r, vset(5.0000001201e-1f));
+  p = vfma(p, vmul(r, r), vadd(r, vset(1.f)));
+  return vzero_below(vmul(p, vpow2i(n)), x, LO);
+}
+
+static inline void prefetch_row(const float* p, int64_t n) {  // ask for the cache lines of p[0, n) (a hint only)
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 2);
+}
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+  vf s0 = vset(0.f), s1 = vset(0.f);
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    s0 = vfma(vload(a + i), vload(b + i), s0);
+    s1 = vfma(vload(a + i + W), vload(b + i + W), s1);
+  }
+  for (; i + W <= n; i += W) s0 = vfma(vload(a + i), vload(b + i), s0);
+  float s = vsum(vadd(s0, s1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+static inline void axpy(float* y, float a, const float* x, int64_t n) {  // y += a x
+  const vf va = vset(a);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(y + i, vfma(va, vload(x + i), vload(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+static inline void scale_by(float* y, float a, int64_t n) {  // y *= a
+  const vf va = vset(a);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(y + i, vmul(va, vload(y + i)));
+  for (; i < n; ++i) y[i] *= a;
+}
+
+static inline float max_of(const float* x, int64_t n) {
+  const float NEG = -std::numeric_limits<float>::infinity();
+  vf m = vset(NEG);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) m = vmax(m, vload(x + i));
+  float r = vhmax(m);
+  for (; i < n; ++i) r = std::max(r, x[i]);
+  return r;
+}
+
+static inline float exp_minus(float* p, const float* s, float m, int64_t n) {  // p = exp(s - m); returns sum p
+  const vf vm = vset(m);
+  vf acc = vset(0.f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    vf e = vexp(vadd(vload(s + i), vmul(vm, vset(-1.f))));
+    vstore(p + i, e);
+    acc = vadd(acc, e);
+  }
+  float r = vsum(acc);
+  for (; i < n; ++i) { p[i] = std::exp(s[i] - m); r += p[i]; }
+  return r;
+}
 
 // One work item: the selected blocks [c0, c1) of row-head bh (c1 == K + 1 means: up to and including the local block),
 // reduced to a partial online-softmax state (m, l, acc) per query head of the group.
@@ -77,53 +235,41 @@ torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tenso
     P.m.assign(G, NEG);
     P.l.assign(G, 0.f);
     P.acc.assign(G * D, 0.f);
-    auto run = [&](int64_t t0, int64_t n) {
+    // attend the n slots from t0; nt0 >= 0 is the first slot of the block that comes next (prefetched meanwhile)
+    auto run = [&](int64_t t0, int64_t n, int64_t nt0) {
       // scores of the n slots for all G heads: each key row is read once for the whole group
       for (int64_t j = 0; j < n; ++j) {
         const float* kr = kb + (t0 + j) * D;
         const bool ok = valid_row[t0 + j];
-        for (int64_t g = 0; g < G; ++g) {
-          if (!ok) { sc[g * n + j] = NEG; continue; }
-          const float* qg = qb + g * D;
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < D; ++d) s += qg[d] * kr[d];
-          sc[g * n + j] = s;
-        }
+        prefetch_row(vb + (t0 + j) * D, D);  // the value row this slot needs below, fetched while the scores run
+        for (int64_t g = 0; g < G; ++g) sc[g * n + j] = ok ? dot(qb + g * D, kr, D) : NEG;
       }
+      // online-softmax update per head: new max, rescale the running state, exponentiate (vectorised)
       for (int64_t g = 0; g < G; ++g) {
         float* sg = sc.data() + g * n;
         float* pg = pr.data() + g * n;
-        float mb = NEG;
-        for (int64_t j = 0; j < n; ++j) mb = std::max(mb, sg[j]);
-        const float mn = std::max(P.m[g], mb);
+        const float mn = std::max(P.m[g], max_of(sg, n));
         if (mn == NEG) { std::fill(pg, pg + n, 0.f); continue; }
         const float scale = std::exp(P.m[g] - mn);
-        float lsum = 0.f;
-        for (int64_t j = 0; j < n; ++j) { pg[j] = std::exp(sg[j] - mn); lsum += pg[j]; }
-        P.l[g] = P.l[g] * scale + lsum;
-        float* ag = P.acc.data() + g * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) ag[d] *= scale;
+        P.l[g] = P.l[g] * scale + exp_minus(pg, sg, mn, n);
+        scale_by(P.acc.data() + g * D, scale, D);
         P.m[g] = mn;
       }
       // accumulate p v: each value row is read once for the whole group
       for (int64_t j = 0; j < n; ++j) {
         const float* vr = vb + (t0 + j) * D;
+        if (nt0 >= 0 && j < bs) prefetch_row(kb + (nt0 + j) * D, D);  // the next block's keys
         for (int64_t g = 0; g < G; ++g) {
           const float p = pr[g * n + j];
-          if (p == 0.f) continue;
-          float* ag = P.acc.data() + g * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) ag[d] += p * vr[d];
+          if (p != 0.f) axpy(P.acc.data() + g * D, p, vr, D);
         }
       }
     };
     if (c < per_bh - 1) {
       const int64_t k1 = std::min(K, (c + 1) * chunk);
-      for (int64_t kk = c * chunk; kk < k1; ++kk) run(ip[bh * K + kk] * bs, bs);
+      for (int64_t kk = c * chunk; kk < k1; ++kk) run(ip[bh * K + kk] * bs, bs, kk + 1 < k1 ? ip[bh * K + kk + 1] * bs : -1);
     } else if (end > lo) {
-      run(lo, end - lo);
+      run(lo, end - lo, -1);
     }
   };
 
@@ -151,21 +297,30 @@ torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tenso
         if (P.m[g] == NEG) continue;
         const float w = std::exp(P.m[g] - M);
         L += P.l[g] * w;
-        const float* a = P.acc.data() + g * D;
-        for (int64_t d = 0; d < D; ++d) o[d] += a[d] * w;
+        axpy(o, w, P.acc.data() + g * D, D);
       }
-      const float inv = 1.f / L;
-      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      scale_by(o, 1.f / L, D);
     }
   }
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("block_sparse_decode", &block_sparse_decode); }
+int64_t simd_width() { return W; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("block_sparse_decode", &block_sparse_decode); m.def("simd_width", &simd_width); }
 """
 
 _EXT = None
 _FAILED: str | None = None
+
+
+def build(name: str = "sherman_block_sparse_v4", arch_flags: tuple[str, ...] = ("-march=native",)):
+    """Compile (or load from torch's build cache) the extension. `arch_flags` pick the SIMD layer at compile time:
+    -march=native gives AVX-512 or AVX2 where the CPU has them; the tests also build "-mno-avx512f" (AVX2) and
+    "-mno-avx2" (scalar) variants to check each path against the pure one."""
+    from torch.utils.cpp_extension import load_inline
+
+    return load_inline(name=name, cpp_sources=[_SRC], extra_cflags=["-O3", *arch_flags, "-pthread"], extra_ldflags=["-pthread"], verbose=False)
 
 
 def _load():
@@ -174,18 +329,9 @@ def _load():
         try:
             import sys
 
-            from torch.utils.cpp_extension import load_inline
-
             # first use compiles (20-25 s on 2 cores; later runs load torch's build cache): say so instead of a silent pause
             print("sherman: loading the fused C++ sparse-decode kernel (--impl cpp); the first use compiles it, ~20-25 s ...", file=sys.stderr, flush=True)
-            _EXT = load_inline(
-                name="sherman_block_sparse_v3",
-                cpp_sources=[_SRC],
-                # -fopenmp-simd: the `omp simd` loop hints only; threads are std::threads (no OpenMP runtime)
-                extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-pthread"],
-                extra_ldflags=["-pthread"],
-                verbose=False,
-            )
+            _EXT = build()  # threads are std::threads (no OpenMP runtime)
         except Exception as e:  # no compiler, no headers: the pure path is used
             _FAILED = f"{type(e).__name__}: {e}"
     return _EXT
@@ -196,9 +342,11 @@ def available() -> bool:
     return _load() is not None
 
 
-def fused_sparse_decode(q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, valid: torch.Tensor, idx: torch.Tensor, end: int, block_size: int) -> torch.Tensor:
-    """Same contract as `sparse.sparse_decode` (without sel_mask): q (B, H_q, 1, D) -> (B, H_q, 1, D)."""
-    ext = _load()
+def fused_sparse_decode(q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, valid: torch.Tensor, idx: torch.Tensor, end: int, block_size: int,
+                        ext=None) -> torch.Tensor:  # fmt: skip
+    """Same contract as `sparse.sparse_decode` (without sel_mask): q (B, H_q, 1, D) -> (B, H_q, 1, D). `ext`: a
+    module from `build` (default: the one `available()` loads)."""
+    ext = ext or _load()
     if ext is None:
         raise RuntimeError(f"the fused block-sparse extension is unavailable: {_FAILED}")
     b, hq, _, d = q.shape

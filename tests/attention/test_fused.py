@@ -1,5 +1,6 @@
 """The fused C++ block-sparse decode kernel equals the pure-PyTorch path (compiles on first use: marked slow)."""
 
+import platform
 import shutil
 
 import pytest
@@ -73,3 +74,42 @@ def test_kernel_threads_follow_work_and_idle_cores(monkeypatch):
     assert fused.kernel_threads(64 * fused.BYTES_PER_THREAD) == 4  # at most torch's thread count
     monkeypatch.setattr(fused, "idle_cores", lambda: 1.2)  # another job holds the other cores
     assert fused.kernel_threads(64 * fused.BYTES_PER_THREAD) == 1
+
+
+@pytest.mark.parametrize("d,scale", [(72, 1.0), (128, 1.0), (128, 6.0), (16, 30.0)])
+def test_fused_vector_paths_and_wide_scores_equal_pure(d, scale):
+    """The SIMD layer's full-width, unrolled and tail loops (d = 72 has an 8-float tail under AVX-512), and scores
+    spread over tens of nats (the vectorised exp near its underflow clamp): the pure path's numbers."""
+    require_extension()
+    torch.manual_seed(2)
+    b, hkv, g, bs = 1, 2, 4, 16
+    t = 12 * bs + 7
+    k, v = torch.randn(b, hkv, t, d) * scale, torch.randn(b, hkv, t, d)
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[0, 20:23] = False  # a few padded slots inside a selected block
+    q = torch.randn(b, hkv * g, 1, d) * scale
+    idx = torch.tensor([[[0, 1, 4, 9], [2, 3, 7, 11]]])
+    ref = sparse_decode(q, k, v, valid, idx, t, bs)
+    got = fused.fused_sparse_decode(q, k, v, valid, idx, t, bs)
+    assert (ref - got).abs().max() < 1e-5
+    assert fused._load().simd_width() in (1, 8, 16)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX2 / scalar variants are x86 flags")
+@pytest.mark.parametrize("flags,width", [(("-march=x86-64-v3",), 8), (("-march=x86-64",), 1)])
+def test_fused_avx2_and_scalar_builds_equal_pure(flags, width):
+    """The SIMD layer's other two paths (AVX2 + FMA: 8 lanes; plain x86-64: scalar), built explicitly, on a case with
+    a vector tail (d = 72), padding and chunked items."""
+    require_extension()
+    ext = fused.build(f"sherman_block_sparse_test_w{width}", flags)
+    assert ext.simd_width() == width
+    torch.manual_seed(3)
+    b, hkv, g, d, bs = 2, 2, 4, 72, 16
+    t = 20 * bs + 3
+    k, v = torch.randn(b, hkv, t, d) * 3, torch.randn(b, hkv, t, d)
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[1, :40] = False
+    q = torch.randn(b, hkv * g, 1, d)
+    idx = torch.stack([torch.randperm(20)[:9] for _ in range(b * hkv)]).view(b, hkv, 9)
+    ref = sparse_decode(q, k, v, valid, idx, t, bs)
+    assert (ref - fused.fused_sparse_decode(q, k, v, valid, idx, t, bs, ext=ext)).abs().max() < 1e-5
