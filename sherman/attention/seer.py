@@ -307,13 +307,18 @@ def query_position(st: SeerState, layer: int, valid: torch.Tensor, nc: int, bloc
     return (n - 1).clamp(min=0)
 
 
-def gate_scores(gate: AttnGate, q: torch.Tensor, kg: torch.Tensor, has: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
-    """Decode-step gate probabilities: q (B, H_q, 1, D) post-RoPE at positions q_pos (B, 1); kg (B, H_kv, n, D_g).
+def gate_logits(gate: AttnGate, q: torch.Tensor, kg: torch.Tensor, has: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+    """Decode-step gate logits: q (B, H_q, 1, D) post-RoPE at positions q_pos (B, 1); kg (B, H_kv, n, D_g).
 
-    Returns softmax over the n blocks (B, H_kv, n); empty blocks get 0."""
+    Returns the scaled scores (B, H_kv, n), -inf for empty blocks."""
     qg = gate.gate_q(unrope(q, q_pos, gate.cfg.rope_theta), q_pos)  # (B, H_kv, 1, D_g)
     s = torch.matmul(qg, kg.transpose(-1, -2)).squeeze(2) / math.sqrt(kg.shape[-1])  # (B, H_kv, n)
-    return torch.softmax(s.masked_fill(~has[:, None, :], float("-inf")), dim=-1)
+    return s.masked_fill_(~has[:, None, :], float("-inf"))
+
+
+def gate_scores(gate: AttnGate, q: torch.Tensor, kg: torch.Tensor, has: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+    """Decode-step gate probabilities: softmax of `gate_logits` over the n blocks (B, H_kv, n); empty blocks get 0."""
+    return torch.softmax(gate_logits(gate, q, kg, has, q_pos), dim=-1)
 
 
 def select_blocks(probs: torch.Tensor, k: int, threshold: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -372,8 +377,11 @@ def seer_select(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: SeerStat
     else:
         with torch.no_grad():
             q_pos = query_position(st, layer, valid, nc, bs)  # (B, 1)
-            probs = gate_scores(gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
-        idx, keep = select_blocks(probs, kk, None if threshold is None else float(threshold))
+            args = (gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
+            if threshold is None:  # top-k of the logits = top-k of the softmax (monotone), without the exp pass
+                idx, keep = select_topk(gate_logits(*args), kk), None
+            else:
+                idx, keep = select_blocks(gate_scores(*args), kk, float(threshold))
     return idx, keep
 
 
