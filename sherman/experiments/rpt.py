@@ -1,29 +1,39 @@
 """RPT reproduction at tiny scale (Reinforcement Pre-Training, arXiv 2506.08007, Secs. 3-4).
 
-Setup (per seed; every arm starts from the same checkpoint S of that seed):
+Setup (every arm starts from one checkpoint S, pre-trained once; the seeds are the arms' own randomness):
 - corpus: `rpt.generate_corpus` (arithmetic worked examples, partly computable, mixed with a fixed fact table,
   memorised), split by document into train documents (pre-training, proxy, RPT positions) and held-out documents
-  (evaluation only); a byte-level BPE trained on the train documents.
-- proxy: a smaller model (half the width) pre-trained on the train documents; its top-16 entropy selects the RPT
-  training positions (above the median) and labels held-out positions easy / medium / hard. At this scale the
+  (evaluation only); a byte-level BPE trained on the train documents, the delimiters `\\boxed{` and `}` one token each.
+- proxy: a smaller model (half the width, 2 layers) pre-trained on the train documents; its top-16 entropy selects the
+  RPT training positions (above the median) and labels held-out positions easy / medium / hard. At this scale the
   proxy's entropies do not sit on the paper's 0.5 / 1.0 / 1.5 nats, so the split edges are the tertiles of the
   held-out positions' entropies (stated in the notes).
-- S: a policy pre-trained with NTP on the train documents, then a format SFT (prompt -> `\\boxed{next token}`) on train
-  positions, mixed 1:1 with NTP replay (alone it collapses the tiny policy to one constant prediction): the paper starts from a reasoning model that already writes the format; ours does not.
+- S: the paper starts from a reasoning model that already writes the format; ours must learn it, and the format has a
+  price at this scale: the prediction comes one position after the context (after the opener), so the model computes
+  it with one layer fewer than a plain next-token prediction. `Budget.format_mode` says how S learns it:
+    'spans' (default): NTP pre-training from step 0 on documents with `Budget.spans` reasoning spans per document
+      spliced in (`rpt.format_span_data`: opener, true next token, closer; span targets weighted `span_weight`), fresh
+      span positions every epoch: the format is next-token prediction wrapped in the template, learnt together with it;
+    'sft': plain NTP pre-training, then a format SFT (prompt -> `\\boxed{next token}`) mixed 1:1 with NTP replay.
+  Measured on held-out positions (quick corpus, seed 0, probe runs under load 5-6; argmax -> reasoning accuracy):
+  'sft' at 2 layers (f908422, 3 seeds): pre-trained argmax 0.573, S by reasoning 0.258 +- 0.154 (S's own argmax
+  0.76: the replay kept training NTP); format SFT alone collapsed to one constant prediction. 'spans' (4 spans,
+  weight 1) at 2 layers, 1200 steps: 0.767 -> 0.540; at 4 layers: 600 steps 0.780 -> 0.520, 1200 steps 0.760 -> 0.653.
+  Hence `layers` = 4 and the span weight (see BUDGETS), and the precondition below.
 - arms: RPT (GRPO on-policy, G = 8, T = 0.8, no KL: `rpt.PRESET`, think_tokens = 0, the paper's no-thinking
   ablation, since a tiny model has nothing to think with); NTP on the same documents and NTP on the same selected
   positions, each with the FLOPs of the RPT run (2N per rollout token, 6N per trained token; tokens are counted too);
-  and S itself (next-token reasoning without RPT training).
+  and S itself (next-token reasoning without RPT training: the first point of RPT's curve).
 
 Claims: (1) RPT beats NTP at matched compute on held-out next-token accuracy, most on hard positions; (2) RPT's
 accuracy rises with compute along P(C) = A / C^alpha + P* (fit, R^2); (3) an RPT model is a better start for later
 RL than a continued-NTP model of equal compute (arithmetic task, same SFT + RL budget for both).
 Precondition of claims 1-2: S writes parsable predictions, RPT's rollouts earn some reward, and the format is nearly
-free (S's next-token-reasoning accuracy is within `FORMAT_COST_MAX` of the pre-trained model's argmax accuracy before
-the format SFT); otherwise RPT starts from a model that lost its next-token knowledge to the format and NTP wins by
-relearning plain text, so the comparison cannot test RPT.
-Verdict rule: a claim is "reproduced" only when the paired difference over seeds exceeds both the effect threshold
-and its spread (sd over seeds); a failed precondition gives "not testable here".
+free: S's next-token-reasoning accuracy is within `FORMAT_COST_MAX` of the best plain argmax accuracy (S's own, or
+the pre-trained model's before a format SFT); otherwise RPT starts from a model that lost next-token knowledge to the
+format and NTP wins by predicting plain text, so the comparison cannot test RPT.
+Verdicts: `experiments/verdict.compare` on the per-seed values, paired by seed: "reproduced" only when the mean
+paired difference is at least `EFFECT` and beyond 2 standard errors; a failed precondition gives "not testable here".
 """
 
 from __future__ import annotations
@@ -35,11 +45,14 @@ import random
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sherman.core.model import Transformer
+from sherman.core.progress import progress
+from sherman.experiments.verdict import compare, overall
 from sherman.rl import rpt
 from sherman.rl.evaluation import evaluate, sft_warm_start, tiny_model_config
 from sherman.rl.grpo import preset_config, rl_train
@@ -50,16 +63,70 @@ CLAIM = (
     "later RL (Dong et al., arXiv 2506.08007, Table 1, Fig. 5 and the RL fine-tuning comparison)"
 )
 
+@dataclass(frozen=True)
+class Budget:
+    """Sizes of one budget of the RPT reproduction."""
+
+    seeds: tuple[int, ...]
+    """Seeds of the arms (RPT sampling, NTP batch order, claim 3's SFT + RL); S is pre-trained once (`s_seed`) and shared."""
+    docs: int
+    """Generated corpus documents (80% train / 20% held out, by document)."""
+    vocab: int
+    """Byte-level BPE vocabulary size (before the template delimiters are added)."""
+    dim: int
+    """Policy width."""
+    layers: int
+    """Policy depth. The prediction comes one position after the context (after the opener), so next-token reasoning
+    has one layer fewer than plain NTP to compute it: after 1200 'spans' steps that cost 0.23 accuracy at 2 layers and
+    0.11 at 4 (module docstring)."""
+    proxy_dim: int
+    """Proxy width (2 layers; smaller than the policy, as in the paper)."""
+    proxy_steps: int
+    """Proxy NTP pre-training steps."""
+    format_mode: str
+    """How S learns the next-token-reasoning format: 'spans' (NTP pre-training on documents with `spans` reasoning
+    spans spliced in from step 0, `rpt.format_span_data`: S is one model that predicts both ways) or 'sft' (plain NTP
+    pre-training, then `fmt_steps` of format SFT mixed 1:1 with NTP replay)."""
+    base_steps: int
+    """S pre-training steps (with the spans in 'spans' mode)."""
+    spans: int
+    """Reasoning spans per document in 'spans' mode."""
+    span_weight: float
+    """Loss weight of each span target (the predicted token and the closer) against 1 for a document token."""
+    fmt_steps: int
+    """Format SFT steps in 'sft' mode."""
+    rpt_steps: int
+    """RPT iterations (one on-policy optimizer step each)."""
+    prompts: int
+    """RPT positions per iteration."""
+    group: int
+    """G: completions per position (the paper: 8)."""
+    eval_every: int
+    """RPT iterations between held-out evaluations (the accuracy-vs-compute curve)."""
+    held_positions: int
+    """Held-out evaluation positions (entropy above the median, from held-out documents)."""
+    rl_sft_steps: int
+    """Claim 3: SFT steps on arithmetic before RL (both arms)."""
+    rl_steps: int
+    """Claim 3: RL iterations on arithmetic (both arms)."""
+    rl_eval: int
+    """Claim 3: held-out arithmetic prompts."""
+    batch: int
+    """Batch size of every NTP / SFT step."""
+    s_seed: int = 0
+    """Seed of the shared S (and its pre-training data order)."""
+
+
 BUDGETS = {
-    "smoke": dict(seeds=(0, 1, 2), docs=60, vocab=330, dim=32, proxy_dim=16, base_steps=20, proxy_steps=10, fmt_steps=8,
-                  rpt_steps=3, prompts=4, group=4, eval_every=1, held_positions=24, rl_sft_steps=4, rl_steps=1, rl_eval=4,
-                  batch=8),
-    "quick": dict(seeds=(0, 1, 2), docs=400, vocab=400, dim=64, proxy_dim=32, base_steps=300, proxy_steps=200, fmt_steps=600,
-                  rpt_steps=30, prompts=8, group=8, eval_every=6, held_positions=150, rl_sft_steps=60, rl_steps=12, rl_eval=48,
-                  batch=16),
-    "full": dict(seeds=(0, 1, 2, 3, 4), docs=2000, vocab=600, dim=128, proxy_dim=64, base_steps=1500, proxy_steps=800, fmt_steps=1500,
-                 rpt_steps=200, prompts=16, group=8, eval_every=20, held_positions=600, rl_sft_steps=200, rl_steps=60, rl_eval=128,
-                 batch=32),
+    "smoke": Budget(seeds=(0, 1, 2), docs=60, vocab=330, dim=32, layers=2, proxy_dim=16, proxy_steps=10, format_mode="spans", base_steps=30,
+                    spans=4, span_weight=4.0, fmt_steps=8, rpt_steps=3, prompts=4, group=4, eval_every=1, held_positions=24, rl_sft_steps=4, rl_steps=1,
+                    rl_eval=4, batch=8),
+    "quick": Budget(seeds=(0, 1, 2), docs=400, vocab=400, dim=64, layers=4, proxy_dim=32, proxy_steps=200, format_mode="spans", base_steps=1200,
+                    spans=4, span_weight=4.0, fmt_steps=600, rpt_steps=60, prompts=8, group=8, eval_every=12, held_positions=150, rl_sft_steps=60,
+                    rl_steps=12, rl_eval=48, batch=16),
+    "full": Budget(seeds=(0, 1, 2, 3, 4), docs=2000, vocab=600, dim=128, layers=4, proxy_dim=64, proxy_steps=800, format_mode="spans",
+                   base_steps=4000, spans=4, span_weight=4.0, fmt_steps=1500, rpt_steps=300, prompts=16, group=8, eval_every=30, held_positions=600,
+                   rl_sft_steps=200, rl_steps=60, rl_eval=128, batch=32),
 }  # fmt: skip
 
 LR = 3e-3
@@ -67,8 +134,11 @@ LR = 3e-3
 RPT_LR = 1e-3
 """Learning rate of RPT."""
 FORMAT_COST_MAX = 0.05
-"""Precondition: the format SFT may cost at most this much held-out next-token accuracy (pre-trained argmax -> S by
-next-token reasoning); beyond it the claims are not testable here."""
+"""Precondition: next-token reasoning may cost S at most this much held-out next-token accuracy against the best plain
+argmax accuracy before or after its format training (pre-trained model, S itself); beyond it the claims are not testable here."""
+EFFECT = 0.02
+"""Effect threshold of every claim (accuracy points), judged against 2 s.e. of the paired per-seed differences
+(`experiments/verdict.py`)."""
 RL_TASK = dict(min_digits=1, max_digits=2, ops="+")
 """Arithmetic task of claim 3."""
 
@@ -83,12 +153,6 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
 def fmt(xs: list[float], p: int = 3) -> str:
     m, s = mean_sd(xs)
     return f"{m:.{p}f} ± {s:.{p}f}"
-
-
-def paired_verdict(diffs: list[float], threshold: float) -> str:
-    """'reproduced' when the mean paired difference exceeds the threshold and its sd over seeds, else 'not reproduced'."""
-    m, s = mean_sd(diffs)
-    return "reproduced" if m > threshold and m > s else "not reproduced"
 
 
 def fit_power_law(c: list[float], p: list[float]) -> dict:
@@ -112,9 +176,14 @@ def fit_power_law(c: list[float], p: list[float]) -> dict:
     return {"A": float(a), "alpha": float(alpha), "P*": float(pstar), "r2": float(r2)}
 
 
-def _model(vocab: int, dim: int, seed: int) -> Transformer:
+def _model(vocab: int, dim: int, seed: int, layers: int = 2) -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(tiny_model_config(vocab, dim=dim, n_layers=2, n_heads=4 if dim >= 32 else 2, n_kv_heads=2 if dim >= 32 else 1, max_seq_len=160))
+    return Transformer(tiny_model_config(vocab, dim=dim, n_layers=layers, n_heads=4 if dim >= 32 else 2, n_kv_heads=2 if dim >= 32 else 1,
+                                         max_seq_len=MAX_SEQ))  # fmt: skip
+
+
+MAX_SEQ = 192
+"""Model window: a 150-token document plus its reasoning spans (3 tokens each)."""
 
 
 def _eval(model, task: rpt.RPTTask, held_idx: list[int], cfg: rpt.RPTConfig) -> dict:
@@ -129,60 +198,80 @@ def _best(e: dict, split: str) -> float:
     return max(vals) if vals else float("nan")
 
 
-def run_seed(seed: int, b: dict, shared: dict) -> dict:
+def span_rounds(task: rpt.RPTTask, docs: list, b: Budget, rng: random.Random) -> list:
+    """Pre-training data of 'spans' mode: enough copies of the documents, each with fresh span positions, that no
+    epoch of the `base_steps` repeats a span placement (at most 64 copies)."""
+    rounds = min(64, max(1, math.ceil(b.base_steps * b.batch / len(docs))))
+    out = []
+    for _ in range(rounds):
+        out += rpt.format_span_data(task, docs, b.spans, rng, weight=b.span_weight)
+    return out
+
+
+def make_s(b: Budget, shared: dict) -> tuple[dict, dict]:
+    """The shared start S -> (state dict, {'base': argmax eval before the format training (sft mode) or of S itself})."""
+    tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
+    held = [held_task.positions[i] for i in shared["held_idx"]]
+    m = _model(tok.vocab_size, b.dim, b.s_seed, b.layers)
+    task = rpt.RPTTask(tok, train_docs, train_pos, cfg)
+    rng = random.Random(b.s_seed)
+    if b.format_mode == "spans":
+        rpt.ntp_train(m, span_rounds(task, train_docs, b, rng), b.base_steps, b.batch, LR, b.s_seed, tok.pad_id)
+        base = rpt.ntp_accuracy(m, tok, held_task.docs, held, cfg)
+    elif b.format_mode == "sft":
+        rpt.ntp_train(m, rpt.lm_data(train_docs, tok.bos_id), b.base_steps, b.batch, LR, b.s_seed, tok.pad_id)
+        base = rpt.ntp_accuracy(m, tok, held_task.docs, held, cfg)  # before the format SFT
+        # format SFT mixed 1:1 with NTP replay (alone it collapses the tiny policy to one constant prediction)
+        fmt_idx = rng.sample(range(len(train_pos)), min(len(train_pos), max(1, b.fmt_steps * b.batch // 2)))
+        data = rpt.format_sft_data(task, fmt_idx)
+        replay = rpt.lm_data(train_docs, tok.bos_id)
+        rng.shuffle(replay)
+        data += [replay[i % len(replay)] for i in range(len(data))]
+        rng.shuffle(data)
+        rpt.ntp_train(m, data, b.fmt_steps, b.batch, LR, b.s_seed, tok.pad_id, warmup=0)
+    else:
+        raise ValueError(f"format_mode must be 'spans' or 'sft', got {b.format_mode!r}")
+    return {k: v.clone() for k, v in m.state_dict().items()}, base
+
+
+def run_seed(seed: int, b: Budget, shared: dict, s_state: dict) -> dict:
     tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
     held_idx = shared["held_idx"]
-    # S: NTP pre-training then format SFT on train positions
-    s_model = _model(tok.vocab_size, b["dim"], seed)
-    rpt.ntp_train(s_model, rpt.lm_data(train_docs, tok.bos_id), b["base_steps"], b["batch"], LR, seed, tok.pad_id)
-    base = rpt.ntp_accuracy(s_model, tok, held_task.docs, [held_task.positions[i] for i in held_idx], cfg)  # before the format SFT
     task = rpt.RPTTask(tok, train_docs, train_pos, cfg)
-    rng = random.Random(seed)
-    # format SFT mixed 1:1 with NTP replay on the train documents: alone, it collapses the tiny policy to the most
-    # frequent token after the opener (measured: reasoning accuracy 0.06 vs 0.78 argmax before it); the replay keeps
-    # the next-token knowledge the format must carry (one pass over distinct positions: nothing repeats to memorise)
-    fmt_idx = rng.sample(range(len(train_pos)), min(len(train_pos), max(1, b["fmt_steps"] * b["batch"] // 2)))
-    fmt_data = rpt.format_sft_data(task, fmt_idx)
-    replay = rpt.lm_data(train_docs, tok.bos_id)
-    rng.shuffle(replay)
-    fmt_data += [replay[i % len(replay)] for i in range(len(fmt_data))]
-    rng.shuffle(fmt_data)
-    rpt.ntp_train(s_model, fmt_data, b["fmt_steps"], b["batch"], LR, seed, tok.pad_id, warmup=0)
-    s_state = {k: v.clone() for k, v in s_model.state_dict().items()}
-    n = rpt.n_params(s_model)
-    evals = {"S": _eval(s_model, held_task, held_idx, cfg), "base": base}
-
-    # RPT, with an accuracy-vs-compute curve
-    policy = _model(tok.vocab_size, b["dim"], seed)
+    policy = _model(tok.vocab_size, b.dim, seed, b.layers)
     policy.load_state_dict(s_state)
+    n = rpt.n_params(policy)
+
+    # RPT, with an accuracy-vs-compute curve (the first point is S itself)
     cost = {"flops": 0.0, "tokens": 0}
-    curve: list[dict] = []
+    curve: list[dict] = [{"step": 0, "flops": 0.0, "tokens": 0, **shared["s_eval"]}]
     seen = {"prompt": 0}
 
     def on_step(step: int, row: dict) -> None:
         p_tok = task.prompt_tokens_seen - seen["prompt"]  # each group's prompt runs once in prefill and in the log-prob pass
         seen["prompt"] = task.prompt_tokens_seen
-        c_tok = int(row["rollout/len_mean"] * b["prompts"] * b["group"])
+        c_tok = int(row["rollout/len_mean"] * b.prompts * b.group)
         f, t = rpt.rpt_step_cost(n, p_tok, c_tok)
         cost["flops"] += f
         cost["tokens"] += t
-        if step % b["eval_every"] == 0 or step == b["rpt_steps"]:
+        if step % b.eval_every == 0 or step == b.rpt_steps:
             curve.append({"step": step, "flops": cost["flops"], "tokens": cost["tokens"], **_eval(policy, held_task, held_idx, cfg)})
 
-    rc = preset_config("opo", **{**rpt.PRESET, "steps": b["rpt_steps"], "prompts_per_step": b["prompts"], "group_size": b["group"],
+    rc = preset_config("opo", **{**rpt.PRESET, "steps": b.rpt_steps, "prompts_per_step": b.prompts, "group_size": b.group,
                                  "max_new_tokens": cfg.max_new_tokens, "lr": RPT_LR, "track_kl_to_init": False, "seed": seed})  # fmt: skip
     res = rl_train(policy, task, tok, rc, callback=on_step)
-    evals["RPT"] = curve[-1]
+    evals = {"RPT": curve[-1]}
     reward_curve = [r["rollout/reward_mean"] for r in res.history]
 
     # NTP baselines at the RPT run's FLOPs
     arms_cost = {}
+    ntp_model = None
     for arm, data in (("NTP-docs", rpt.lm_data(train_docs, tok.bos_id)), ("NTP-positions", rpt.lm_data(train_docs, tok.bos_id, train_pos))):
-        tokens_per_step = b["batch"] * statistics.fmean(len(x.ids) - 1 for x in data)
+        tokens_per_step = b.batch * statistics.fmean(len(x.ids) - 1 for x in data)
         steps = max(1, round(cost["flops"] / rpt.ntp_step_cost(n, int(tokens_per_step))[0]))
-        m = _model(tok.vocab_size, b["dim"], seed)
+        m = _model(tok.vocab_size, b.dim, seed, b.layers)
         m.load_state_dict(s_state)
-        rpt.ntp_train(m, data, steps, b["batch"], LR, seed, tok.pad_id, warmup=0)
+        rpt.ntp_train(m, data, steps, b.batch, LR, seed, tok.pad_id, warmup=0)
         f, t = rpt.ntp_step_cost(n, int(tokens_per_step * steps))
         arms_cost[arm] = {"steps": steps, "flops": f, "tokens": t}
         evals[arm] = _eval(m, held_task, held_idx, cfg)
@@ -194,12 +283,12 @@ def run_seed(seed: int, b: dict, shared: dict) -> dict:
 
     ar = get_task("arithmetic", **RL_TASK)
     held_rng = random.Random(5000 + seed)
-    held_ar = [ar.sample(held_rng) for _ in range(b["rl_eval"])]
+    held_ar = [ar.sample(held_rng) for _ in range(b.rl_eval)]
     later = {}
     for arm, m in (("RPT", policy), ("NTP-docs", ntp_model)):
-        sft_warm_start(m, ar, tok, b["rl_sft_steps"], n_examples=500, batch_size=b["batch"], lr=LR, seed=seed)
+        sft_warm_start(m, ar, tok, b.rl_sft_steps, n_examples=500, batch_size=b.batch, lr=LR, seed=seed)
         before = evaluate(m, ar, tok, held_ar, n_samples=4, ks=(1,), max_new_tokens=24, seed=seed)["eval/pass@1"]
-        rl_cfg = preset_config("opo", steps=b["rl_steps"], prompts_per_step=b["prompts"], group_size=b["group"], max_new_tokens=24,
+        rl_cfg = preset_config("opo", steps=b.rl_steps, prompts_per_step=b.prompts, group_size=b.group, max_new_tokens=24,
                                lr=RPT_LR, track_kl_to_init=False, seed=seed)  # fmt: skip
         rl_train(m, ar, tok, rl_cfg)
         after = evaluate(m, ar, tok, held_ar, n_samples=4, ks=(1,), max_new_tokens=24, seed=seed)["eval/pass@1"]
@@ -228,7 +317,7 @@ def _plots(results: list[dict], fits: list[dict], out_dir: Path, b: dict) -> lis
         ax.set_xlabel("training FLOPs")
         ax.set_ylabel("held-out next-token accuracy")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"RPT vs NTP at matched FLOPs, seeds {list(b['seeds'])}")
+    fig.suptitle(f"RPT vs NTP at matched FLOPs, seeds {list(b.seeds)}")
     fig.tight_layout()
     fig.savefig(out_dir / "rpt_accuracy_vs_compute.png", dpi=110)
     plt.close(fig)
@@ -259,115 +348,126 @@ def run(budget: str, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     cfg = rpt.RPTConfig(think_tokens=0, max_pred_tokens=3, min_context=2, threshold=None, quantile=0.5, context_tokens=128)
-    texts = rpt.generate_corpus(b["docs"], seed=100)
+    texts = rpt.generate_corpus(b.docs, seed=100)
     n_train = int(0.8 * len(texts))
-    tok = rpt.corpus_tokenizer(texts[:n_train], b["vocab"], cfg)
+    tok = rpt.corpus_tokenizer(texts[:n_train], b.vocab, cfg)
     docs = rpt.tokenize_corpus(texts, tok, 150)
     train_docs, held_docs = docs[:n_train], docs[n_train:]
     # proxy: a smaller model pre-trained on the train documents
-    proxy = _model(tok.vocab_size, b["proxy_dim"], 1234)
-    rpt.ntp_train(proxy, rpt.lm_data(train_docs, tok.bos_id), b["proxy_steps"], b["batch"], LR, 1234, tok.pad_id)
+    proxy = _model(tok.vocab_size, b.proxy_dim, 1234)
+    rpt.ntp_train(proxy, rpt.lm_data(train_docs, tok.bos_id), b.proxy_steps, b.batch, LR, 1234, tok.pad_id)
     ents = rpt.cached_entropies(proxy, docs, tok.bos_id, cfg.top_k, out_dir / "entropy_cache")
     train_pos = rpt.select_positions(ents[:n_train], cfg)
     held_all = [(d - n_train, t, e) for d, t, e in rpt.select_positions(ents, cfg, docs=range(n_train, len(docs)))]
     rng = random.Random(99)
-    held_all = rng.sample(held_all, min(len(held_all), b["held_positions"]))
+    held_all = rng.sample(held_all, min(len(held_all), b.held_positions))
     edges = rpt.quantile_edges([e for _, _, e in held_all])
     cfg = dataclasses.replace(cfg, split_edges=edges)
     held_task = rpt.RPTTask(tok, held_docs, held_all, cfg)
     shared = {"tok": tok, "train_docs": train_docs, "train_pos": train_pos, "held_task": held_task, "held_idx": list(range(len(held_all))), "cfg": cfg}
 
-    results = [run_seed(s, b, shared) for s in b["seeds"]]
+    prog = progress(1 + len(b.seeds), "stages")
+    prog.set(stage="S")
+    s_state, base = make_s(b, shared)
+    s_model = _model(tok.vocab_size, b.dim, b.s_seed, b.layers)
+    s_model.load_state_dict(s_state)
+    shared["s_eval"] = _eval(s_model, held_task, shared["held_idx"], cfg)
+    t_s = time.time() - t_start
+    prog.advance()
+    results = []
+    for s in b.seeds:
+        prog.set(stage="arms", seed=s)
+        results.append(run_seed(s, b, shared, s_state))
+        prog.advance()
+    prog.close()
     fits = []
     for r in results:
-        c = [p["flops"] for p in r["curve"]]
-        y = [p["reason/all"] for p in r["curve"]]
+        c = [p["flops"] for p in r["curve"][1:]]  # the fit's C starts at the first RPT evaluation (C = 0 at S)
+        y = [p["reason/all"] for p in r["curve"][1:]]
         fits.append(fit_power_law(c, y) if len(c) >= 4 else {"A": float("nan"), "alpha": float("nan"), "P*": float("nan"), "r2": float("nan")})
 
     def col(arm: str, key: str) -> list[float]:
         return [r["evals"][arm][key] for r in results]
 
-    def best_col(arm: str, split: str) -> list[float]:
-        return [_best(r["evals"][arm], split) for r in results]
+    def best_ntp(split: str) -> list[float]:
+        return [max(_best(r["evals"]["NTP-docs"], split), _best(r["evals"]["NTP-positions"], split)) for r in results]
 
-    # precondition: S writes parsable predictions and RPT's rollouts carry a learning signal
-    s_wellformed = [1 - r["evals"]["S"]["reason/malformed"] for r in results]
+    # precondition of claims 1-2: S writes parsable predictions, RPT's rollouts carry a learning signal, and the format is
+    # nearly free: S predicts by next-token reasoning about as well as by argmax (its own, or the pre-trained model's
+    # before the format SFT); else RPT starts from a model that lost next-token knowledge to the format and NTP wins
+    # by predicting plain text, whatever RPT does
+    se = shared["s_eval"]
+    s_wellformed = 1 - se["reason/malformed"]
     signal = [max(r["reward_curve"]) > 0 for r in results]
-    # ... and the format is nearly free: S predicts by next-token reasoning about as well as the pre-trained model did by
-    # argmax before the format SFT (else RPT would start from a model that lost its next-token knowledge to the format,
-    # and NTP would win by relearning plain text, whatever RPT does)
-    base_acc, s_reason = col("base", "ntp/all"), col("S", "reason/all")
-    format_cost = [a - r for a, r in zip(base_acc, s_reason)]
-    pre_fmt = statistics.fmean(format_cost) <= FORMAT_COST_MAX
-    pre1 = statistics.fmean(s_wellformed) >= 0.5 and all(signal) and pre_fmt
+    argmax_ref = max(base["ntp/all"], se["ntp/all"])
+    format_cost = argmax_ref - se["reason/all"]
+    pre1 = s_wellformed >= 0.5 and all(signal) and format_cost <= FORMAT_COST_MAX
+    pre1_txt = (f"S well-formed >= 0.5 ({s_wellformed:.3f}), RPT rollout reward > 0 in every seed ({signal}), and next-token reasoning costs S "
+                f"<= {FORMAT_COST_MAX} accuracy (S by reasoning {se['reason/all']:.3f} vs argmax {argmax_ref:.3f}: cost {format_cost:.3f}): {pre1}")  # fmt: skip
     rows = []
-    thr = 0.02
-    diffs = {s: [a - max(bd, bp) for a, bd, bp in zip(col("RPT", f"reason/{s}"), best_col("NTP-docs", s), best_col("NTP-positions", s))] for s in ("easy", "medium", "hard", "all")}
-    v1 = paired_verdict(diffs["all"], thr)
-    if v1 == "reproduced" and mean_sd(diffs["hard"])[0] < max(mean_sd(diffs["easy"])[0], mean_sd(diffs["medium"])[0]):
-        v1 = "partly"
+    v = {s: compare(col("RPT", f"reason/{s}"), best_ntp(s), EFFECT) for s in ("easy", "medium", "hard", "all")}
+    v1 = v["all"].verdict
+    if v1 == "reproduced" and v["hard"].effect < max(v["easy"].effect, v["medium"].effect):
+        v1 = "partly"  # RPT wins, but not most on hard positions
     rows.append({
         "claim": "RPT beats NTP at matched FLOPs on held-out next-token accuracy, most on hard positions",
         "paper": "R1-Distill-14B: NTP 20.43 vs RPT 23.75 on hard (Table 1)",
-        "ours": (f"all: RPT {fmt(col('RPT', 'reason/all'))} vs NTP-docs {fmt(best_col('NTP-docs', 'all'))}, NTP-positions "
-                 f"{fmt(best_col('NTP-positions', 'all'))}, S {fmt(best_col('S', 'all'))}; hard: RPT {fmt(col('RPT', 'reason/hard'))} vs "
-                 f"NTP-docs {fmt(best_col('NTP-docs', 'hard'))}, NTP-positions {fmt(best_col('NTP-positions', 'hard'))}; paired RPT - best NTP: "
-                 + ", ".join(f"{s} {fmt(diffs[s])}" for s in ("easy", "medium", "hard", "all"))),
+        "ours": (f"all: RPT {fmt(col('RPT', 'reason/all'))} vs best NTP {fmt(best_ntp('all'))} (S by reasoning {se['reason/all']:.3f}, argmax "
+                 f"{se['ntp/all']:.3f}); hard: RPT {fmt(col('RPT', 'reason/hard'))} vs best NTP {fmt(best_ntp('hard'))}; paired RPT - best NTP "
+                 "(effect, 2 s.e.): " + ", ".join(f"{s} {v[s].effect:+.3f} ({v[s].spread:.3f})" for s in ("easy", "medium", "hard", "all"))
+                 + f"; {v['all'].reason}"),
         "verdict": v1 if pre1 else "not testable here",
-        "precondition": (f"S well-formed >= 0.5 ({fmt(s_wellformed)}), RPT rollout reward > 0 in every seed ({signal}), and the format costs <= "
-                         f"{FORMAT_COST_MAX} accuracy (pre-trained argmax {fmt(base_acc)} -> S by reasoning {fmt(s_reason)}: cost {fmt(format_cost)}): {pre1}"),
+        "precondition": pre1_txt,
     })  # fmt: skip
     r2 = [f["r2"] for f in fits]
-    rises = [r["curve"][-1]["reason/all"] - r["curve"][0]["reason/all"] for r in results]
-    pre2 = all(len(r["curve"]) >= 4 for r in results) and pre1
+    last, first = [r["curve"][-1]["reason/all"] for r in results], [r["curve"][0]["reason/all"] for r in results]
+    rise = compare(last, first, EFFECT)
+    pre2 = all(len(r["curve"]) >= 5 for r in results) and pre1
     m_r2 = mean_sd(r2)[0]
-    v2 = "reproduced" if (paired_verdict(rises, thr) == "reproduced" and not math.isnan(m_r2) and m_r2 >= 0.8) else "not reproduced"
+    v2 = rise.verdict if rise.verdict != "reproduced" or (not math.isnan(m_r2) and m_r2 >= 0.8) else "partly"
     rows.append({
         "claim": "RPT accuracy rises with training compute along P(C) = A / C^alpha + P*",
         "paper": "accuracy follows the fitted power law closely on every split (Fig. 5)",
-        "ours": f"accuracy rise first -> last eval {fmt(rises)}; fit R^2 {fmt(r2)}, alpha {fmt([f['alpha'] for f in fits])}, P* {fmt([f['P*'] for f in fits])}",
+        "ours": (f"held-out reasoning accuracy S {first[0]:.3f} -> after RPT {fmt(last)} (rise {rise.effect:+.3f}, 2 s.e. {rise.spread:.3f}); "
+                 f"fit R^2 {fmt(r2)}, alpha {fmt([f['alpha'] for f in fits])}, P* {fmt([f['P*'] for f in fits])}"),
         "verdict": v2 if pre2 else "not testable here",
-        "precondition": f">= 4 evaluation points per seed and claim 1's precondition: {pre2}",
+        "precondition": f">= 4 RPT evaluation points per seed and claim 1's precondition: {pre2}",
     })  # fmt: skip
     l_rpt = [r["later_rl"]["RPT"]["after_rl"] for r in results]
     l_ntp = [r["later_rl"]["NTP-docs"]["after_rl"] for r in results]
-    d3 = [a - c for a, c in zip(l_rpt, l_ntp)]
+    v3 = compare(l_rpt, l_ntp, EFFECT, fail_at=0.0)
     pre3 = any(r["later_rl"][a]["before_rl"] > 0 for r in results for a in ("RPT", "NTP-docs"))
     rows.append({
         "claim": "an RPT model is a better start for later RL than a continued-NTP model of equal compute",
         "paper": "RL from RPT-14B ends higher than RL from the base model and from continued NTP (its RL fine-tuning table)",
-        "ours": (f"arithmetic pass@1 after the same SFT + RL: RPT {fmt(l_rpt)} vs NTP-docs {fmt(l_ntp)} (paired {fmt(d3)}); before RL: RPT "
-                 f"{fmt([r['later_rl']['RPT']['before_rl'] for r in results])}, NTP {fmt([r['later_rl']['NTP-docs']['before_rl'] for r in results])}"),
-        "verdict": paired_verdict(d3, thr) if pre3 else "not testable here",
+        "ours": (f"arithmetic pass@1 after the same SFT + RL: RPT {fmt(l_rpt)} vs NTP-docs {fmt(l_ntp)} (paired {v3.effect:+.3f}, 2 s.e. "
+                 f"{v3.spread:.3f}); before RL: RPT {fmt([r['later_rl']['RPT']['before_rl'] for r in results])}, NTP "
+                 f"{fmt([r['later_rl']['NTP-docs']['before_rl'] for r in results])}"),
+        "verdict": v3.verdict if pre3 else "not testable here",
         "precondition": f"some arm solves an arithmetic prompt before RL (reward signal): {pre3}",
     })  # fmt: skip
     for r in rows:  # the report shows `ours`: the precondition goes with it
         r["ours"] += f" [precondition: {r['precondition']}]"
-    vs = [r["verdict"] for r in rows]
-    if all(v == "reproduced" for v in vs):
-        verdict = "reproduced"
-    elif "reproduced" in vs or "partly" in vs:
-        verdict = "partly"
-    elif all(v == "not testable here" for v in vs):
-        verdict = "not testable here"  # every precondition failed: nothing was tested
-    else:
-        verdict = "not reproduced"
+    verdict = overall([r["verdict"] for r in rows])
     plots = _plots(results, fits, out_dir, b)
     mal = sum((Counter(r["malformed"]) for r in results), Counter())
+    s_txt = (f"{b.base_steps} steps of NTP with {b.spans} reasoning spans per document (format_mode 'spans')" if b.format_mode == "spans"
+             else f"{b.base_steps} NTP steps + {b.fmt_steps} format-SFT steps mixed 1:1 with NTP replay (format_mode 'sft')")  # fmt: skip
     notes = (
-        f"Budget {budget}; seeds {list(b['seeds'])}; policy dim {b['dim']} x 2 layers ({results[0]['n_params']} params excluding the input embedding), "
-        f"proxy dim {b['proxy_dim']}; corpus {b['docs']} generated documents (80% train / 20% held out by document), byte-level BPE "
-        f"vocab {tok.vocab_size}; {len(train_pos)} train positions (proxy top-16 entropy >= median), {len(held_all)} held-out positions, "
-        f"split edges (held-out entropy tertiles) {tuple(round(e, 3) for e in edges)} nats. S = {b['base_steps']} NTP steps + "
-        f"{b['fmt_steps']} format-SFT steps. RPT {b['rpt_steps']} iterations x {b['prompts']} prompts x G={b['group']}, T=0.8, lr {RPT_LR}, "
-        f"think_tokens=0. NTP arms matched on FLOPs (2N/token rollout, 6N/token training): steps "
-        f"{[r['ntp_cost']['NTP-docs']['steps'] for r in results]} (docs), {[r['ntp_cost']['NTP-positions']['steps'] for r in results]} "
-        f"(positions); tokens processed RPT {[r['rpt_cost']['tokens'] for r in results]} vs NTP-docs "
-        f"{[r['ntp_cost']['NTP-docs']['tokens'] for r in results]}. NTP arms are scored in their better mode (argmax or reasoning). "
-        f"Malformed RPT rollouts: {dict(mal)}. Wall time {time.time() - t_start:.0f} s."
-    )
+        f"Budget {budget}; arm seeds {list(b.seeds)}, S shared (seed {b.s_seed}); policy dim {b.dim} x {b.layers} layers "
+        f"({results[0]['n_params']} params excluding the input embedding), proxy dim {b.proxy_dim} x 2; corpus {b.docs} generated documents "
+        f"(80% train / 20% held out by document), byte-level BPE vocab {tok.vocab_size}; {len(train_pos)} train positions (proxy top-16 "
+        f"entropy >= median), {len(held_all)} held-out positions, split edges (held-out entropy tertiles) {tuple(round(e, 3) for e in edges)} "
+        f"nats. S = {s_txt} ({t_s:.0f} s); S held-out argmax {se['ntp/all']:.3f}, by reasoning {se['reason/all']:.3f}. RPT {b.rpt_steps} "
+        f"iterations x {b.prompts} prompts x G={b.group}, T=0.8, exact on-policy, no KL, lr {RPT_LR}, think_tokens=0. NTP arms matched on "
+        f"FLOPs (2N/token rollout, 6N/token training): steps {[r['ntp_cost']['NTP-docs']['steps'] for r in results]} (docs), "
+        f"{[r['ntp_cost']['NTP-positions']['steps'] for r in results]} (positions); tokens processed RPT {[r['rpt_cost']['tokens'] for r in results]} "
+        f"vs NTP-docs {[r['ntp_cost']['NTP-docs']['tokens'] for r in results]}. NTP arms are scored in their better mode (argmax or "
+        f"reasoning). Verdicts: verdict.compare, effect >= {EFFECT} and beyond 2 s.e. of the paired per-seed differences. Malformed RPT "
+        f"rollouts: {dict(mal)}. Wall time {time.time() - t_start:.0f} s."
+    )  # fmt: skip
     out = {"name": "rpt", "claim": CLAIM, "verdict": verdict, "rows": rows, "plots": plots, "notes": notes,
-           "metrics": {"budget": budget, "seeds": results, "fits": fits, "split_edges": edges}}  # fmt: skip
+           "metrics": {"budget": budget, "s_eval": se, "base": base, "format_cost": format_cost, "seeds": results, "fits": fits,
+                       "split_edges": edges}}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(out, indent=1, default=str))
     return out
-

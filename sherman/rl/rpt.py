@@ -24,9 +24,12 @@ or MoE, runs it, under torchrun too. The paper's setting is GRPO with exact on-p
 temperature 0.8: `PRESET` below (the `opo` preset's update with the GRPO advantage).
 
 How this differs from the paper at this scale: the paper starts from a reasoning model (R1-Distill-Qwen-14B) that
-already writes `<think>...</think>` and `\\boxed{}`; a tiny model does not, so the tiny reproduction first teaches the
-output format with a short SFT on positions outside every evaluation set (`format_sft_data`); `think_tokens = 0` (the
-paper's no-thinking ablation) is the default at tiny scale.
+already writes `<think>...</think>` and `\\boxed{}`; a tiny model does not, so the tiny reproduction teaches it the
+format, on positions outside every evaluation set, in one of two ways: a format SFT (`format_sft_data`: one prompt and
+its one-token completion per sequence), or reasoning spans spliced into the NTP pre-training documents
+(`format_span_data`: opener, true next token, closer, at random positions, with a loss weight), so that the format is
+learnt with, and at the rate of, the next-token knowledge it must carry. `think_tokens = 0` (the paper's no-thinking
+ablation) is the default at tiny scale.
 
 CLI:  sherman rpt entropy CORPUS --proxy CKPT ;  sherman rpt train CKPT --data CORPUS ;  sherman rpt eval CKPT --data CORPUS
 """
@@ -444,6 +447,45 @@ def format_sft_data(task: RPTTask, indices: Sequence[int]) -> list:
         think = task.tok.encode(task.cfg.think_close + task.cfg.answer_open) if task.cfg.think_tokens else []
         c = think + [ex.meta["next_id"]] + task.tok.encode(task.cfg.answer_close) + [task.tok.eos_id]
         out.append(SeqExample(ids=p + c, mask=[0] * len(p) + [1] * len(c)))
+    return out
+
+
+def format_span_data(task: RPTTask, docs: Sequence[Sequence[int]], n_spans: int, rng: random.Random, weight: float = 1.0) -> list:
+    """SeqExamples of next-token prediction on whole documents with `n_spans` next-token-reasoning spans spliced in:
+    before a random token x_t (t >= min_context) the sequence holds the prompt's opener, then the well-formed
+    completion predicting x_t (`format_sft_data`'s completion without eos), then the document goes on from x_t.
+
+    Targets: every document token (plain NTP) and each span's completion (the true next token after the opener, then
+    the closer); not the opener (the prompt gives it) nor the copy of x_t right after the closer. So the format is
+    learnt where the next-token knowledge is learnt, with n_spans format targets per document instead of one per
+    sequence. `weight` scales the span targets' loss-mask entries (the core loop's mask is a per-target weight and its
+    loss the weighted mean), so the few reasoning targets are not drowned by the document's many NTP targets. Only for
+    the bare template ('{context}'), whose prompts are bos + context + opener, token-exact."""
+    from sherman.core.train import SeqExample
+
+    if task.cfg.template != "{context}":
+        raise ShermanError("rpt: format spans need the bare template '{context}'")
+    cfg, tok = task.cfg, task.tok
+    opener = tok.encode(cfg.think_open if cfg.think_tokens else cfg.answer_open)
+    think = tok.encode(cfg.think_close + cfg.answer_open) if cfg.think_tokens else []
+    closer = tok.encode(cfg.answer_close)
+    out = []
+    for d in docs:
+        d = list(d)
+        cand = range(cfg.min_context, len(d))
+        at = set(rng.sample(cand, min(n_spans, len(cand))))
+        ids, mask = [tok.bos_id], [0]
+        for t, x in enumerate(d):
+            if t in at:
+                span = think + [x] + closer
+                ids += opener + span
+                mask += [0] * len(opener) + [weight] * len(span)
+                ids.append(x)
+                mask.append(0)  # the copy of x_t after the closer: the document resumes
+            else:
+                ids.append(x)
+                mask.append(1)
+        out.append(SeqExample(ids=ids, mask=mask))
     return out
 
 

@@ -353,3 +353,35 @@ def test_rpt_with_thinking_trains_through_rl_train():
     assert sum(task.malformed.values()) == 3 * 64
     assert task.malformed["ok"] > 0.5 * 3 * 64, task.malformed  # the format SFT taught </think> then the answer
     assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_format_span_data_hand_built():
+    """One document [a, b, c, d, e], a span before token index 3 (min_context 3 leaves only t in {3, 4}; n_spans 1 and a
+    seeded rng pick one): bos a b c OPEN d CLOSE d e; targets are the document tokens and the span's completion."""
+    texts = rpt.generate_corpus(20, seed=1)
+    cfg = RPTConfig(min_context=3, threshold=0.0, quantile=None)
+    tok = rpt.corpus_tokenizer(texts, 320, cfg)
+    docs = rpt.tokenize_corpus(texts, tok, 96)
+    task = rpt.RPTTask(tok, docs, rpt.select_positions([torch.ones(len(d)) for d in docs], cfg), cfg)
+    op, cl = tok.encode(cfg.answer_open), tok.encode(cfg.answer_close)
+    assert len(op) == 1 and len(cl) == 1
+    doc = [11, 12, 13, 14, 15]
+    rng = random.Random(0)
+    t = random.Random(0).sample(range(3, 5), 1)[0]  # the position the function draws with the same rng
+    (ex,) = rpt.format_span_data(task, [doc], 1, rng)
+    pre, post = doc[:t], doc[t:]
+    assert ex.ids == [tok.bos_id] + pre + op + [doc[t]] + cl + post
+    assert ex.mask == [0] + [1] * len(pre) + [0] + [1, 1] + [0] + [1] * (len(post) - 1)
+    # the span's prompt part is exactly the RPT prompt of position t, and its targets extract to the true next token
+    k = len(pre) + 2  # bos + pre + opener
+    assert ex.ids[:k] == rpt.prompt_tokens(tok, doc, t, cfg)
+    assert rpt.extract_prediction(tok.decode(ex.ids[k : k + 2]), cfg)[1] == "ok"
+    # n_spans >= the eligible positions: every eligible token gets a span; document tokens stay in order
+    (full,) = rpt.format_span_data(task, [doc], 10, random.Random(1))
+    o, c = op[0], cl[0]
+    assert full.ids == [tok.bos_id, 11, 12, 13, o, 14, c, 14, o, 15, c, 15]
+    assert full.mask == [0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0]  # each document token is a target exactly once
+    (w,) = rpt.format_span_data(task, [doc], 10, random.Random(1), weight=4.0)  # span targets weighted, the rest as before
+    assert w.ids == full.ids and w.mask == [0, 1, 1, 1, 0, 4.0, 4.0, 0, 0, 4.0, 4.0, 0]
+    with pytest.raises(ShermanError, match="bare template"):
+        rpt.format_span_data(rpt.RPTTask(tok, docs, task.positions, RPTConfig(template="Text: {context}")), [doc], 1, rng)

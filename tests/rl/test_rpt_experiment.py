@@ -18,7 +18,7 @@ def test_rpt_experiment_smoke(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["verdict"] == out["verdict"]
     for s in out["metrics"]["seeds"]:
         assert s["rpt_cost"]["flops"] > 0 and s["ntp_cost"]["NTP-docs"]["steps"] >= 1
-        assert len(s["reward_curve"]) == exp.BUDGETS["smoke"]["rpt_steps"]
+        assert len(s["reward_curve"]) == exp.BUDGETS["smoke"].rpt_steps
 
 
 def test_power_law_fit_recovers_parameters():
@@ -29,7 +29,27 @@ def test_power_law_fit_recovers_parameters():
     assert math.isclose(f["P*"], 0.5, abs_tol=1e-3) and f["r2"] > 0.9999
 
 
-def test_paired_verdict_rule():
-    assert exp.paired_verdict([0.05, 0.06, 0.04], 0.02) == "reproduced"
-    assert exp.paired_verdict([0.10, -0.08, 0.04], 0.02) == "not reproduced"  # inside the seed spread
-    assert exp.paired_verdict([0.01, 0.01, 0.01], 0.02) == "not reproduced"  # below the effect threshold
+def test_span_rounds_fresh_placements_per_epoch():
+    """'spans' mode pre-training data: ceil(steps * batch / docs) copies of the corpus (capped at 64), each with its own
+    span positions, so the epochs of the pre-training do not repeat one placement."""
+    import dataclasses
+    import random
+
+    import torch
+
+    from sherman.rl import rpt
+
+    cfg = rpt.RPTConfig(min_context=2, threshold=0.0, quantile=None)
+    texts = rpt.generate_corpus(10, seed=0)
+    tok = rpt.corpus_tokenizer(texts, 320, cfg)
+    docs = rpt.tokenize_corpus(texts, tok, 96)
+    task = rpt.RPTTask(tok, docs, rpt.select_positions([torch.ones(len(d)) for d in docs], cfg), cfg)
+    b = dataclasses.replace(exp.BUDGETS["smoke"], base_steps=7, batch=4, spans=3)  # 28 sequences over 10 documents -> 3 rounds
+    data = exp.span_rounds(task, docs, b, random.Random(0))
+    assert len(data) == 30
+    opener = tok.encode(cfg.answer_open)[0]
+    assert all(x.ids.count(opener) == 3 for x in data)
+    assert data[0].ids != data[10].ids  # the same document, other span positions
+    assert [i for i, m in zip(data[0].ids, data[0].mask) if m] != []
+    b = dataclasses.replace(b, base_steps=10_000)
+    assert len(exp.span_rounds(task, docs, b, random.Random(0))) == 64 * 10
