@@ -15,6 +15,7 @@ from sherman.experiments.delt import (
     claims,
     eval_split,
     judge,
+    late_mix,
     lr_precondition,
     paired_ci,
     run,
@@ -108,3 +109,11 @@ def test_smoke_run(tmp_path):
     s = res["metrics"]["summary"]
     assert s["lqs/fold/r0.5/equal-steps"]["steps"][0] == s[BASE.name]["steps"][0] == 2 * s["lqs/fold/r0.5/equal-passes"]["steps"][0]
     assert all(v["val_loss"][0] < math.log(32) for v in s.values())  # below the uniform guess
+
+
+def test_late_mix_reads_the_last_tenth_of_the_order():
+    meta = {"corrupt": np.linspace(0.0, 0.9, 10), "hops": np.array([1, 1, 1, 1, 1, 1, 1, 1, 4, 2])}
+    order = np.arange(20) % 10  # 20 documents trained; the last 10% = the last 2 = documents 8, 9
+    out = late_mix(order, meta)
+    assert math.isclose(out["late_hops"], 3.0) and math.isclose(out["late_corruption"], (0.8 + 0.9) / 2)
+    assert late_mix(np.array([3]), {"corrupt": meta["corrupt"]}) == {"late_corruption": meta["corrupt"][3]}  # at least 1
