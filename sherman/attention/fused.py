@@ -71,6 +71,13 @@ static inline vf vpow2i(vf n) {  // 2^n for integral n in [-126, 127], built in 
 static inline vf vzero_below(vf y, vf x, float lo) {  // y where x >= lo, else 0
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_GE_OQ), y);
 }
+static inline void vsum4(vf a, vf b, vf c, vf d, float* out) {  // out[0..3] = sums of a, b, c, d (one transpose tree)
+  vf t0 = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // per 128-bit lane [a02 b02 a13 b13]
+  vf t1 = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  vf u = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, 0x44), _mm512_shuffle_ps(t0, t1, 0xEE));  // per lane [a b c d]
+  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int64_t W = 8;
 using vf = __m256;
@@ -102,6 +109,10 @@ static inline vf vpow2i(vf n) {
 static inline vf vzero_below(vf y, vf x, float lo) {
   return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_GE_OQ));
 }
+static inline void vsum4(vf a, vf b, vf c, vf d, float* out) {
+  vf u = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));  // per 128-bit half [a b c d]
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+}
 #else
 constexpr int64_t W = 1;
 using vf = float;
@@ -118,6 +129,7 @@ static inline float vhmax(vf x) { return x; }
 static inline vf vround(vf x) { return std::nearbyint(x); }
 static inline vf vpow2i(vf n) { return std::ldexp(1.f, (int)n); }
 static inline vf vzero_below(vf y, vf x, float lo) { return x >= lo ? y : 0.f; }
+static inline void vsum4(vf a, vf b, vf c, vf d, float* out) { out[0] = a; out[1] = b; out[2] = c; out[3] = d; }
 #endif
 
 // exp(x) on W lanes: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so r is exact to float precision), then
@@ -169,6 +181,40 @@ static inline void scale_by(float* y, float a, int64_t n) {  // y *= a
   int64_t i = 0;
   for (; i + W <= n; i += W) vstore(y + i, vmul(va, vload(y + i)));
   for (; i < n; ++i) y[i] *= a;
+}
+
+// out[i] = q_i . k for the four query rows q_i = q + i * D (one key row read once for four heads), D % W == 0
+static inline void dot4(const float* q, const float* k, int64_t D, float* out) {
+  vf a0 = vset(0.f), a1 = vset(0.f), a2 = vset(0.f), a3 = vset(0.f);
+  for (int64_t i = 0; i < D; i += W) {
+    const vf x = vload(k + i);
+    a0 = vfma(vload(q + i), x, a0);
+    a1 = vfma(vload(q + D + i), x, a1);
+    a2 = vfma(vload(q + 2 * D + i), x, a2);
+    a3 = vfma(vload(q + 3 * D + i), x, a3);
+  }
+  vsum4(a0, a1, a2, a3, out);
+}
+
+// acc_g[d0, d0 + 4W) += sum_j p_g[j] v_j[d0, d0 + 4W) for four heads g (acc rows stride D, p rows stride n): the
+// 16 accumulators stay in registers over the n value rows, so each row costs 4 loads and 16 FMAs
+static inline void pv_tile(float* acc, const float* p, int64_t n, const float* v, int64_t D, int64_t d0) {
+  vf c[4][4];
+  for (int g = 0; g < 4; ++g)
+    for (int i = 0; i < 4; ++i) c[g][i] = vload(acc + g * D + d0 + i * W);
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vr = v + j * D + d0;
+    const vf x0 = vload(vr), x1 = vload(vr + W), x2 = vload(vr + 2 * W), x3 = vload(vr + 3 * W);
+    for (int g = 0; g < 4; ++g) {
+      const vf pg = vset(p[g * n + j]);
+      c[g][0] = vfma(pg, x0, c[g][0]);
+      c[g][1] = vfma(pg, x1, c[g][1]);
+      c[g][2] = vfma(pg, x2, c[g][2]);
+      c[g][3] = vfma(pg, x3, c[g][3]);
+    }
+  }
+  for (int g = 0; g < 4; ++g)
+    for (int i = 0; i < 4; ++i) vstore(acc + g * D + d0 + i * W, c[g][i]);
 }
 
 static inline float max_of(const float* x, int64_t n) {
@@ -242,7 +288,15 @@ torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tenso
         const float* kr = kb + (t0 + j) * D;
         const bool ok = valid_row[t0 + j];
         prefetch_row(vb + (t0 + j) * D, D);  // the value row this slot needs below, fetched while the scores run
-        for (int64_t g = 0; g < G; ++g) sc[g * n + j] = ok ? dot(qb + g * D, kr, D) : NEG;
+        int64_t g = 0;
+        if (ok && D % W == 0) {
+          for (; g + 4 <= G; g += 4) {  // four heads per pass: one transpose tree instead of four reductions
+            float s4[4];
+            dot4(qb + g * D, kr, D, s4);
+            for (int i = 0; i < 4; ++i) sc[(g + i) * n + j] = s4[i];
+          }
+        }
+        for (; g < G; ++g) sc[g * n + j] = ok ? dot(qb + g * D, kr, D) : NEG;
       }
       // online-softmax update per head: new max, rescale the running state, exponentiate (vectorised)
       for (int64_t g = 0; g < G; ++g) {
@@ -255,15 +309,21 @@ torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tenso
         scale_by(P.acc.data() + g * D, scale, D);
         P.m[g] = mn;
       }
-      // accumulate p v: each value row is read once for the whole group
-      for (int64_t j = 0; j < n; ++j) {
-        const float* vr = vb + (t0 + j) * D;
-        if (nt0 >= 0 && j < bs) prefetch_row(kb + (nt0 + j) * D, D);  // the next block's keys
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = pr[g * n + j];
-          if (p != 0.f) axpy(P.acc.data() + g * D, p, vr, D);
-        }
+      // accumulate p v: each value row is read once for the whole group; tiles of 4 heads x 4W dims in registers,
+      // the rest (a head or dimension remainder) by one axpy per row and head
+      if (nt0 >= 0)
+        for (int64_t j = 0; j < bs; ++j) prefetch_row(kb + (nt0 + j) * D, D);  // the next block's keys
+      const float* v0 = vb + t0 * D;
+      int64_t g0 = 0;
+      for (; g0 + 4 <= G; g0 += 4) {
+        int64_t d0 = 0;
+        for (; d0 + 4 * W <= D; d0 += 4 * W) pv_tile(P.acc.data() + g0 * D, pr.data() + g0 * n, n, v0, D, d0);
+        if (d0 < D)
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t g = g0; g < g0 + 4; ++g) axpy(P.acc.data() + g * D + d0, pr[g * n + j], v0 + j * D + d0, D - d0);
       }
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t g = g0; g < G; ++g) axpy(P.acc.data() + g * D, pr[g * n + j], v0 + j * D, D);
     };
     if (c < per_bh - 1) {
       const int64_t k1 = std::min(K, (c + 1) * chunk);
@@ -314,7 +374,7 @@ _EXT = None
 _FAILED: str | None = None
 
 
-def build(name: str = "sherman_block_sparse_v4", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_block_sparse_v5", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension. `arch_flags` pick the SIMD layer at compile time:
     -march=native gives AVX-512 or AVX2 where the CPU has them; the tests also build "-mno-avx512f" (AVX2) and
     "-mno-avx2" (scalar) variants to check each path against the pure one."""

@@ -76,13 +76,14 @@ def test_kernel_threads_follow_work_and_idle_cores(monkeypatch):
     assert fused.kernel_threads(64 * fused.BYTES_PER_THREAD) == 1
 
 
-@pytest.mark.parametrize("d,scale", [(72, 1.0), (128, 1.0), (128, 6.0), (16, 30.0)])
-def test_fused_vector_paths_and_wide_scores_equal_pure(d, scale):
+@pytest.mark.parametrize("d,scale,g", [(72, 1.0, 4), (128, 1.0, 4), (128, 6.0, 4), (16, 30.0, 4), (64, 1.0, 6), (64, 1.0, 1)])
+def test_fused_vector_paths_and_wide_scores_equal_pure(d, scale, g):
     """The SIMD layer's full-width, unrolled and tail loops (d = 72 has an 8-float tail under AVX-512), and scores
-    spread over tens of nats (the vectorised exp near its underflow clamp): the pure path's numbers."""
+    spread over tens of nats (the vectorised exp near its underflow clamp), and group sizes that are not a multiple of
+    the 4-head tiles (g = 6: one tile and two single heads; g = 1): the pure path's numbers."""
     require_extension()
     torch.manual_seed(2)
-    b, hkv, g, bs = 1, 2, 4, 16
+    b, hkv, bs = 1, 2, 16
     t = 12 * bs + 7
     k, v = torch.randn(b, hkv, t, d) * scale, torch.randn(b, hkv, t, d)
     valid = torch.ones(b, t, dtype=torch.bool)
@@ -101,7 +102,7 @@ def test_fused_avx2_and_scalar_builds_equal_pure(flags, width):
     """The SIMD layer's other two paths (AVX2 + FMA: 8 lanes; plain x86-64: scalar), built explicitly, on a case with
     a vector tail (d = 72), padding and chunked items."""
     require_extension()
-    ext = fused.build(f"sherman_block_sparse_test_w{width}", flags)
+    ext = fused.build(f"sherman_block_sparse_v5_test_w{width}", flags)
     assert ext.simd_width() == width
     torch.manual_seed(3)
     b, hkv, g, d, bs = 2, 2, 4, 72, 16
