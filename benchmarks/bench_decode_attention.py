@@ -50,15 +50,20 @@ def read_bandwidth_gbs(n_bytes: int = 1 << 30, reps: int = 5) -> float:
     return n_bytes / best / 1e9
 
 
-def time_ms(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ts)
+def time_interleaved(fns: dict, reps: int, rounds: int = 5) -> dict:
+    """Median ms per call of each function, timed in `rounds` interleaved rounds of about reps / rounds calls each
+    (one untimed warm-up call per function per round): a drift in this VM's speed over a minute hits every method
+    alike instead of whichever ran last."""
+    per = max(1, -(-reps // rounds))
+    ts: dict = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(per):
+                t0 = time.perf_counter()
+                fn()
+                ts[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(x) for name, x in ts.items()}
 
 
 def bench_case(t: int, hkv: int, hq: int, d: int, bs: int, fracs: list[float], reps: int, use_cpp: bool) -> list[dict]:
@@ -81,24 +86,29 @@ def bench_case(t: int, hkv: int, hq: int, d: int, bs: int, fracs: list[float], r
         """The context of the decode step whose query sits at slot end - 1 (the keys of slots [0, end) are cached)."""
         return AttnContext(backend=name.split("-")[0], q_start=end - 1, key_valid=cache.valid, cache=cache, options=opts)
 
+    fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), "dense": lambda: decode_attention(q, k, v, None)}
+    meta = {}  # name -> (method, kept, bytes read)
+    for frac in fracs:
+        methods = [("quest", quest_attention, {}), ("seer", seer_attention, {"gates": gates})]
+        if use_cpp:
+            methods += [("quest-cpp", quest_attention, {"impl": "cpp"}), ("seer-cpp", seer_attention, {"gates": gates, "impl": "cpp"})]
+        for name, fn, extra in methods:
+            opts = {"budget": frac, "block_size": bs, **extra}
+            nb = t // bs
+            kept_blocks = max(1, round(frac * (nb - 1))) + 1
+            summ = 2 * hkv * nb * d * 4 if name.startswith("quest") else hkv * nb * gates.cfg.gate_dim * 4
+            meta[(name, frac)] = kv_bytes * kept_blocks / nb + summ
+            for e, where in ((t, "end"), (t - bs // 2, "mid")):  # the block-completing step, a mid-block step
+                c = step_ctx(name, e, opts)
+                fns[(name, frac, where)] = lambda fn=fn, e=e, c=c: fn(q, k[:, :, :e], v[:, :, :e], c)
     with torch.no_grad():
-        ms_sdpa = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), reps)
-        row("sdpa", 1.0, ms_sdpa, kv_bytes)
-        ms_dense = time_ms(lambda: decode_attention(q, k, v, None), reps)
-        row("dense", 1.0, ms_dense, kv_bytes)
-        for frac in fracs:
-            methods = [("quest", quest_attention, {}), ("seer", seer_attention, {"gates": gates})]
-            if use_cpp:
-                methods += [("quest-cpp", quest_attention, {"impl": "cpp"}), ("seer-cpp", seer_attention, {"gates": gates, "impl": "cpp"})]
-            for name, fn, extra in methods:
-                opts = {"budget": frac, "block_size": bs, **extra}
-                nb = t // bs
-                kept_blocks = max(1, round(frac * (nb - 1))) + 1
-                summ = 2 * hkv * nb * d * 4 if name.startswith("quest") else hkv * nb * gates.cfg.gate_dim * 4
-                ctxs = [(e, step_ctx(name, e, opts)) for e in (t, t - bs // 2)]  # block-completing step, mid-block step
-                ms_end, ms_mid = (time_ms(lambda fn=fn, e=e, c=c: fn(q, k[:, :, :e], v[:, :, :e], c), reps) for e, c in ctxs)
-                ms = ((bs - 1) * ms_mid + ms_end) / bs  # one decode step in bs completes a block
-                row(name, frac, ms, kv_bytes * kept_blocks / nb + summ, ms_end)
+        ms = time_interleaved(fns, reps)
+    row("sdpa", 1.0, ms["sdpa"], kv_bytes)
+    row("dense", 1.0, ms["dense"], kv_bytes)
+    ms_sdpa, ms_dense = ms["sdpa"], ms["dense"]
+    for (name, frac), read in meta.items():
+        ms_end, ms_mid = ms[(name, frac, "end")], ms[(name, frac, "mid")]
+        row(name, frac, ((bs - 1) * ms_mid + ms_end) / bs, read, ms_end)  # one decode step in bs completes a block
     for r in rows:
         r["x_dense_end"] = ms_dense / r["ms_end"]
         r["x_dense"] = ms_dense / r["ms"]
@@ -111,7 +121,7 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
     ap.add_argument("--fracs", type=float, nargs="+", default=[1.0, 0.2, 0.1, 0.05])
     ap.add_argument("--block-size", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=10, help="timed calls per method, spread over 5 interleaved rounds")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--no-cpp", action="store_true", help="skip the fused C++ kernel (compiles on first use)")
     ap.add_argument("--small-only", action="store_true", help="only the small-head case")

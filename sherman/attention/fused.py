@@ -365,16 +365,76 @@ torch::Tensor block_sparse_decode(torch::Tensor q, torch::Tensor k, torch::Tenso
   return out;
 }
 
+// The k best of n scores, ascending block ids (ties: the lower id first), -inf scores last: one partial selection
+// instead of torch's topk + sort pair.
+static void topk_ascending(const float* s, int64_t n, int64_t k, std::vector<int64_t>& ids, int64_t* out) {
+  ids.resize(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = i;
+  auto better = [s](int64_t a, int64_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); };
+  std::nth_element(ids.begin(), ids.begin() + (k - 1), ids.end(), better);
+  std::sort(ids.begin(), ids.begin() + k);
+  std::copy(ids.begin(), ids.begin() + k, out);
+}
+
+// Quest / ReSA block selection for one decode step, in one call: the group-mean query m (over the G query heads of
+// each KV head), block score sum_d max(m_d kmax_d, m_d kmin_d) = m+ . kmax + m- . kmin over the first nc blocks of
+// the summaries, -inf for blocks without a real token, then the k best in ascending order.
+// q (B, H, G, D); kmax, kmin (B, H, NB, D) with NB >= nc, rows contiguous; has (B, NB) bool -> (B, H, k) int64.
+torch::Tensor quest_select(torch::Tensor q, torch::Tensor kmax, torch::Tensor kmin, torch::Tensor has, int64_t nc,
+                           int64_t k) {
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3);
+  TORCH_CHECK(kmax.stride(3) == 1 && kmin.stride(3) == 1 && kmax.stride(2) == D && kmin.stride(2) == D, "summary rows must be contiguous");
+  TORCH_CHECK(k >= 1 && k <= nc && nc <= kmax.size(2), "need 1 <= k <= nc <= blocks");
+  auto out = torch::empty({B, H, k}, torch::kLong);
+  const float* qp = q.data_ptr<float>();
+  const bool* hp = has.data_ptr<bool>();
+  int64_t* op = out.data_ptr<int64_t>();
+  const float NEG = -std::numeric_limits<float>::infinity();
+  std::vector<float> pos(D), neg(D), sc(nc);
+  std::vector<int64_t> ids;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qg = qp + (b * H + h) * G * D;
+      for (int64_t d = 0; d < D; ++d) {
+        float m = 0.f;
+        for (int64_t g = 0; g < G; ++g) m += qg[g * D + d];
+        m /= (float)G;
+        pos[d] = std::max(m, 0.f);
+        neg[d] = std::min(m, 0.f);
+      }
+      const float* xb = kmax.data_ptr<float>() + b * kmax.stride(0) + h * kmax.stride(1);
+      const float* nb = kmin.data_ptr<float>() + b * kmin.stride(0) + h * kmin.stride(1);
+      const bool* hb = hp + b * has.stride(0);
+      for (int64_t i = 0; i < nc; ++i)
+        sc[i] = hb[i * has.stride(1)] ? dot(xb + i * D, pos.data(), D) + dot(nb + i * D, neg.data(), D) : NEG;
+      topk_ascending(sc.data(), nc, k, ids, op + (b * H + h) * k);
+    }
+  }
+  return out;
+}
+
+// scores (B, H, n) float, contiguous -> the k best per row, ascending (B, H, k) int64 (see topk_ascending)
+torch::Tensor topk_select(torch::Tensor scores, int64_t k) {
+  const int64_t B = scores.size(0), H = scores.size(1), n = scores.size(2);
+  TORCH_CHECK(k >= 1 && k <= n, "need 1 <= k <= n");
+  auto out = torch::empty({B, H, k}, torch::kLong);
+  const float* sp = scores.data_ptr<float>();
+  std::vector<int64_t> ids;
+  for (int64_t r = 0; r < B * H; ++r) topk_ascending(sp + r * n, n, k, ids, out.data_ptr<int64_t>() + r * k);
+  return out;
+}
+
 int64_t simd_width() { return W; }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("block_sparse_decode", &block_sparse_decode); m.def("simd_width", &simd_width); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("block_sparse_decode", &block_sparse_decode); m.def("simd_width", &simd_width);
+  m.def("quest_select", &quest_select); m.def("topk_select", &topk_select); }
 """
 
 _EXT = None
 _FAILED: str | None = None
 
 
-def build(name: str = "sherman_block_sparse_v5", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_block_sparse_v6", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension. `arch_flags` pick the SIMD layer at compile time:
     -march=native gives AVX-512 or AVX2 where the CPU has them; the tests also build "-mno-avx512f" (AVX2) and
     "-mno-avx2" (scalar) variants to check each path against the pure one."""
@@ -420,6 +480,25 @@ def fused_sparse_decode(q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tenso
     out = ext.block_sparse_decode(qg, k_all, v_all, idx.contiguous().long(), valid.contiguous(), block_size, nc * block_size, end,
                                   chunk, kernel_threads(kv_bytes))  # fmt: skip
     return out.reshape(b, hq, 1, d)
+
+
+def usable(q: torch.Tensor, impl: str) -> bool:
+    """The C++ selection applies (block ids carry no gradient): impl "cpp", fp32 on the CPU, and the extension builds."""
+    return impl == "cpp" and q.dtype == torch.float32 and not q.is_cuda and available()
+
+
+def quest_select(q: torch.Tensor, kmax: torch.Tensor, kmin: torch.Tensor, has: torch.Tensor, nc: int, k: int) -> torch.Tensor:
+    """`sparse.quest_scores` over the first nc blocks + `sparse.select_topk` in one C++ call: q (B, H_q, 1, D); kmax,
+    kmin (B, H_kv, NB, D) the whole summary buffers (NB >= nc); has (B, NB) -> (B, H_kv, k) ascending block ids.
+    Ties go to the lower block id (torch's topk leaves them unspecified)."""
+    b, hq, _, d = q.shape
+    hkv = kmax.shape[1]
+    return _load().quest_select(q.reshape(b, hkv, hq // hkv, d).contiguous(), kmax, kmin, has, nc, k)
+
+
+def topk_select(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """`sparse.select_topk` in one C++ call: scores (B, H, n) -> (B, H, k) ascending (ties to the lower id)."""
+    return _load().topk_select(scores.float().contiguous(), k)
 
 
 BYTES_PER_THREAD = 1 << 20

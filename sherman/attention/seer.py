@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from sherman.attention import fused
 from sherman.attention.sparse import decode_selected, mark_written, n_keep, select_topk, serial_ops
 from sherman.core.attention import AttnContext, dense_attention
 from sherman.core.common import ShermanError
@@ -379,7 +380,9 @@ def seer_select(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: SeerStat
             q_pos = query_position(st, layer, valid, nc, bs)  # (B, 1)
             args = (gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
             if threshold is None:  # top-k of the logits = top-k of the softmax (monotone), without the exp pass
-                idx, keep = select_topk(gate_logits(*args), kk), None
+                logits = gate_logits(*args)
+                idx = fused.topk_select(logits, kk) if kk >= 1 and fused.usable(q, opts.get("impl", "torch")) else select_topk(logits, kk)
+                keep = None
             else:
                 idx, keep = select_blocks(gate_scores(*args), kk, float(threshold))
     return idx, keep

@@ -292,6 +292,10 @@ def select_quest(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: BlockSu
         idx = torch.arange(nc, device=q.device).expand(q.shape[0], k.shape[1], nc)
     else:
         how = ctx.options.get("select", "quest")
+        from sherman.attention import fused
+
+        if how == "quest" and kk >= 1 and fused.usable(q, ctx.options.get("impl", "torch")):  # scores + top-k in one C++ call
+            return fused.quest_select(q, st.kmax[layer], st.kmin[layer], st.has_valid[layer], nc, kk)
         if how == "quest":
             scores = quest_scores(q, st.kmax[layer][:, :, :nc], st.kmin[layer][:, :, :nc], st.has_valid[layer][:, :nc])
         elif how == "oracle":

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sherman.attention import fused
-from sherman.attention.sparse import sparse_decode
+from sherman.attention.seer import SeerConfig, SeerGates
+from sherman.attention.sparse import quest_scores, select_topk, sparse_decode
 from sherman.core.attention import AttnContext
 from sherman.core.generate import SamplingParams, generate
 from sherman.core.model import ModelConfig, Transformer
@@ -114,3 +115,37 @@ def test_fused_avx2_and_scalar_builds_equal_pure(flags, width):
     idx = torch.stack([torch.randperm(20)[:9] for _ in range(b * hkv)]).view(b, hkv, 9)
     ref = sparse_decode(q, k, v, valid, idx, t, bs)
     assert (ref - fused.fused_sparse_decode(q, k, v, valid, idx, t, bs, ext=ext)).abs().max() < 1e-5
+
+
+def test_quest_select_and_topk_select_equal_the_torch_selection():
+    """Quest scores + top-k in one C++ call pick the blocks `quest_scores` + `select_topk` pick (over the first nc
+    blocks of larger summary buffers, with empty blocks), and `topk_select` equals `select_topk`."""
+    require_extension()
+    torch.manual_seed(4)
+    b, hkv, g, d, nb, nc, k = 2, 3, 4, 24, 40, 33, 7
+    q = torch.randn(b, hkv * g, 1, d)
+    kmax, kmin = torch.randn(b, hkv, nb, d), torch.randn(b, hkv, nb, d)
+    has = torch.ones(b, nb, dtype=torch.bool)
+    has[1, :5] = False  # row 1's first five blocks hold only padding
+    ref = select_topk(quest_scores(q, kmax[:, :, :nc], kmin[:, :, :nc], has[:, :nc]), k)
+    assert torch.equal(fused.quest_select(q, kmax, kmin, has, nc, k), ref)
+    scores = torch.randn(b, hkv, nc)
+    assert torch.equal(fused.topk_select(scores, k), select_topk(scores, k))
+    assert torch.equal(fused.topk_select(scores, nc), torch.arange(nc).expand(b, hkv, nc))
+
+
+@pytest.mark.parametrize("backend", ["quest", "seer"])
+def test_cpp_backends_decode_as_the_torch_backends(backend):
+    """Greedy decode at 30% kept through the whole C++ path (selection + fused kernel) = the torch path's tokens."""
+    require_extension()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)).eval()
+    prompts = [[(7 * i) % 47 + 3 for i in range(57)], [(5 * i) % 43 + 5 for i in range(40)]]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    opts = {"budget": 0.3, "block_size": 8}
+    if backend == "seer":
+        opts["gates"] = SeerGates(SeerConfig.for_model(model, block_size=8))
+    ref = generate(model, prompts, params, attn=AttnContext(backend=backend, options={**opts, "impl": "torch"}))
+    got = generate(model, prompts, params, attn=AttnContext(backend=backend, options={**opts, "impl": "cpp"}))
+    assert got.tokens == ref.tokens
+    assert max(abs(a - c) for ra, rc in zip(got.logprobs, ref.logprobs) for a, c in zip(ra, rc)) < 1e-5
