@@ -424,17 +424,69 @@ torch::Tensor topk_select(torch::Tensor scores, int64_t k) {
   return out;
 }
 
+// Rotate x (n even) by RoPE at position pos in the half-split layout (pairs i, i + n/2), sign = +1 rotates, -1 undoes
+// the rotation; inv[i] = theta^(-2i/n). Matches `seer.rope_at` + `core.model.apply_rope` to fp32 rounding.
+static void rope_inplace(float* x, int64_t n, float pos, const float* inv, float sign) {
+  const int64_t half = n / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float f = pos * inv[i], c = std::cos(f), sn = sign * std::sin(f);
+    const float a = x[i], b = x[i + half];
+    x[i] = a * c - b * sn;
+    x[i + half] = b * c + a * sn;
+  }
+}
+
+// SeerAttention-R's decode-step gate and block selection in one call (`seer.gate_logits` + top-k): per (row, KV head)
+// undo RoPE on the G query heads at the query position, project the concatenated pre-RoPE query (G*D) by wq[h] to D_g,
+// rotate it at the same position, score the first nc cached gate keys (dot / sqrt(D_g), -inf for empty blocks) and
+// keep the k best in ascending order.
+// q (B, H*G, 1, D) post-RoPE, contiguous; q_pos (B) int64; wq (H, G*D, D_g) contiguous; kg (B, H, NB, D_g) rows
+// contiguous; has (B, NB) bool; inv_d (D/2), inv_g (D_g/2) float RoPE frequencies -> (B, H, k) int64.
+torch::Tensor seer_select(torch::Tensor q, torch::Tensor q_pos, torch::Tensor wq, torch::Tensor kg, torch::Tensor has,
+                          torch::Tensor inv_d, torch::Tensor inv_g, int64_t nc, int64_t k) {
+  const int64_t B = q.size(0), D = q.size(3), H = kg.size(1), Dg = kg.size(3), G = q.size(1) / H;
+  TORCH_CHECK(kg.stride(3) == 1 && kg.stride(2) == Dg, "gate-key rows must be contiguous");
+  TORCH_CHECK(wq.size(0) == H && wq.size(1) == G * D && wq.size(2) == Dg, "wq must be (H_kv, G*D, D_g)");
+  TORCH_CHECK(k >= 1 && k <= nc && nc <= kg.size(2), "need 1 <= k <= nc <= blocks");
+  auto out = torch::empty({B, H, k}, torch::kLong);
+  const float* qp = q.data_ptr<float>();
+  const float* wp = wq.data_ptr<float>();
+  const int64_t* pp = q_pos.data_ptr<int64_t>();
+  const bool* hp = has.data_ptr<bool>();
+  const float NEG = -std::numeric_limits<float>::infinity();
+  const float inv_sqrt = 1.f / std::sqrt((float)Dg);
+  std::vector<float> pre(G * D), y(Dg), sc(nc);
+  std::vector<int64_t> ids;
+  for (int64_t b = 0; b < B; ++b) {
+    const float pos = (float)pp[b];
+    for (int64_t h = 0; h < H; ++h) {
+      std::copy(qp + (b * H + h) * G * D, qp + (b * H + h + 1) * G * D, pre.begin());
+      for (int64_t g = 0; g < G; ++g) rope_inplace(pre.data() + g * D, D, pos, inv_d.data_ptr<float>(), -1.f);
+      std::fill(y.begin(), y.end(), 0.f);
+      const float* wh = wp + h * G * D * Dg;
+      for (int64_t j = 0; j < G * D; ++j) axpy(y.data(), pre[j], wh + j * Dg, Dg);
+      rope_inplace(y.data(), Dg, pos, inv_g.data_ptr<float>(), 1.f);
+      const float* kb = kg.data_ptr<float>() + b * kg.stride(0) + h * kg.stride(1);
+      const bool* hb = hp + b * has.stride(0);
+      for (int64_t i = 0; i < nc; ++i) sc[i] = hb[i * has.stride(1)] ? dot(y.data(), kb + i * Dg, Dg) * inv_sqrt : NEG;
+      topk_ascending(sc.data(), nc, k, ids, out.data_ptr<int64_t>() + (b * H + h) * k);
+    }
+  }
+  return out;
+}
+
 int64_t simd_width() { return W; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("block_sparse_decode", &block_sparse_decode); m.def("simd_width", &simd_width);
-  m.def("quest_select", &quest_select); m.def("topk_select", &topk_select); }
+  m.def("quest_select", &quest_select); m.def("topk_select", &topk_select);
+  m.def("seer_select", &seer_select); }
 """
 
 _EXT = None
 _FAILED: str | None = None
 
 
-def build(name: str = "sherman_block_sparse_v6", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_block_sparse_v7", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension. `arch_flags` pick the SIMD layer at compile time:
     -march=native gives AVX-512 or AVX2 where the CPU has them; the tests also build "-mno-avx512f" (AVX2) and
     "-mno-avx2" (scalar) variants to check each path against the pure one."""
@@ -499,6 +551,26 @@ def quest_select(q: torch.Tensor, kmax: torch.Tensor, kmin: torch.Tensor, has: t
 def topk_select(scores: torch.Tensor, k: int) -> torch.Tensor:
     """`sparse.select_topk` in one C++ call: scores (B, H, n) -> (B, H, k) ascending (ties to the lower id)."""
     return _load().topk_select(scores.float().contiguous(), k)
+
+
+def seer_select(q: torch.Tensor, q_pos: torch.Tensor, wq: torch.Tensor, kg: torch.Tensor, has: torch.Tensor, nc: int, k: int,
+                theta: float) -> torch.Tensor:  # fmt: skip
+    """`seer.gate_logits` over the first nc gate keys + top-k in one C++ call: q (B, H_q, 1, D) post-RoPE at positions
+    q_pos (B, 1); wq (H_kv, G*D, D_g) the layer gate's query map; kg (B, H_kv, NB, D_g), has (B, NB) the whole gate-key
+    cache -> (B, H_kv, k) ascending block ids (ties to the lower id)."""
+    inv_d, inv_g = _inv_freq(q.shape[-1], theta), _inv_freq(kg.shape[-1], theta)
+    return _load().seer_select(q.contiguous(), q_pos.reshape(-1).long(), wq.float().contiguous(), kg, has, inv_d, inv_g, nc, k)
+
+
+_INV: dict = {}
+
+
+def _inv_freq(dim: int, theta: float) -> torch.Tensor:
+    """RoPE frequencies theta^(-2i/dim), i < dim/2, as `seer.rope_at` computes them (cached)."""
+    key = (dim, theta)
+    if key not in _INV:
+        _INV[key] = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (dim/2,)
+    return _INV[key]
 
 
 BYTES_PER_THREAD = 1 << 20

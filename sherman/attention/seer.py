@@ -379,10 +379,10 @@ def seer_select(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: SeerStat
         with torch.no_grad():
             q_pos = query_position(st, layer, valid, nc, bs)  # (B, 1)
             args = (gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
-            if threshold is None:  # top-k of the logits = top-k of the softmax (monotone), without the exp pass
-                logits = gate_logits(*args)
-                idx = fused.topk_select(logits, kk) if kk >= 1 and fused.usable(q, opts.get("impl", "torch")) else select_topk(logits, kk)
-                keep = None
+            if threshold is None and kk >= 1 and fused.usable(q, opts.get("impl", "torch")):  # the gate + top-k in one C++ call
+                idx, keep = fused.seer_select(q, q_pos, gate.wq, st.kg[layer], st.has_valid[layer], nc, kk, cfg.rope_theta), None
+            elif threshold is None:  # top-k of the logits = top-k of the softmax (monotone), without the exp pass
+                idx, keep = select_topk(gate_logits(*args), kk), None
             else:
                 idx, keep = select_blocks(gate_scores(*args), kk, float(threshold))
     return idx, keep

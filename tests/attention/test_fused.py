@@ -149,3 +149,23 @@ def test_cpp_backends_decode_as_the_torch_backends(backend):
     got = generate(model, prompts, params, attn=AttnContext(backend=backend, options={**opts, "impl": "cpp"}))
     assert got.tokens == ref.tokens
     assert max(abs(a - c) for ra, rc in zip(got.logprobs, ref.logprobs) for a, c in zip(ra, rc)) < 1e-5
+
+
+def test_seer_select_equals_the_gate_logits_top_k():
+    """The one-call C++ gate (undo RoPE, project, rotate, score, top-k) picks the blocks `gate_logits` + `select_topk`
+    pick, for random gates at ragged query positions, over the first nc of a larger gate-key cache with empty blocks."""
+    require_extension()
+    from sherman.attention.seer import AttnGate, gate_logits
+
+    torch.manual_seed(5)
+    b, hkv, g, d, dg, nb, nc, k = 2, 2, 3, 16, 12, 30, 25, 6
+    gate = AttnGate(SeerConfig(1, hkv * g, hkv, d, rope_theta=500.0, block_size=8, gate_dim=dg))
+    q = torch.randn(b, hkv * g, 1, d)
+    q_pos = torch.tensor([[203], [57]])
+    kg = torch.randn(b, hkv, nb, dg)
+    has = torch.ones(b, nb, dtype=torch.bool)
+    has[0, 3] = False
+    with torch.no_grad():
+        ref = select_topk(gate_logits(gate, q, kg[:, :, :nc], has[:, :nc], q_pos), k)
+        got = fused.seer_select(q, q_pos, gate.wq, kg, has, nc, k, 500.0)
+    assert torch.equal(got, ref)
