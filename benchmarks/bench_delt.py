@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import _bench  # (this checkout's sherman first on sys.path)
 import torch
 
 from sherman.core.model import ModelConfig, Transformer
@@ -41,6 +42,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    print(_bench.machine_line(torch.get_num_threads()))
     tok = CharTokenizer(ALPHABET)
     corpus = make_corpus(CorpusConfig(n_clean=a.docs), seed=0)
     seqs = [tok.encode(d.text, bos=True, eos=True) for d in corpus.train[: a.docs]]

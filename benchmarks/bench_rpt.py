@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench  # (this checkout's sherman first on sys.path)
 import torch
 
 
@@ -73,6 +74,7 @@ def main() -> None:
     from sherman.rl.grpo import preset_config, rl_train
 
     torch.set_num_threads(args.threads)
+    print(_bench.machine_line(torch.get_num_threads()))
     cfg = rpt.RPTConfig(think_tokens=0, max_pred_tokens=3, min_context=8, quantile=0.5, context_tokens=96)
     texts = rpt.generate_corpus(args.docs, seed=7)
     tok = rpt.corpus_tokenizer(texts, 400, cfg)

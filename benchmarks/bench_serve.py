@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench  # (this checkout's sherman first on sys.path)
 import httpx
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 avoids oversubscription on a shared CPU)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    print(_bench.machine_line(torch.get_num_threads()))
     ckpt = Path(a.ckpt) if a.ckpt else tiny_checkpoint(Path(tempfile.mkdtemp()) / "bench", a.dim, a.layers)
     model, tok = load_for_serving(str(ckpt))
     rng = random.Random(0)

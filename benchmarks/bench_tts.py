@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 
+import _bench  # (this checkout's sherman first on sys.path)
 import numpy as np
 import torch
 
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=20, help="latent frames per turn in the synthesis benchmark")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    print(_bench.machine_line(torch.get_num_threads()))
     b = load_bundle(a.model) if a.model else default_bundle()
     hop = b.acoustic.cfg.hop
     n = int(a.seconds * SAMPLE_RATE) // hop * hop
