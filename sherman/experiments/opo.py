@@ -46,6 +46,12 @@ the method): KL to init OPO 0.86 vs off-policy 1.19 (paired -0.33 ± 0.74, 2 s.e
 reward at matched KL +0.005 ± 0.063 (fails the -0.03 margin): partly; gradient variance ratio OPO/mean 0.84 per prompt,
 effect 0.16 against a spread of 0.15 over 5 prompts: reproduced but AT THE EDGE of the spread (noise-level); all
 on-policy: OPO 0.132 vs mean baseline 0.179 vs GRPO std 0.163 pass@1: not reproduced. Overall partly.
+
+The full budget (warm start 1000 SFT steps at width 96, 400 optimizer steps x 8 prompts x G=8 per arm, 300 x 8 held-out
+samples) was started once at 032a960 and stopped after 4 of its 20 arm runs: beside this session's other jobs it got
+15-25% of a core and would have ended after the session. Measured there: 62-70 s of CPU per on-policy arm run (the
+off-policy arm does a quarter of the rollouts), so about 20-25 min of CPU on an idle core in all. The reference arm
+alone, 4 seeds: held-out pass@1 0.48-0.54 (the quick budget's ends at 0.13), KL to init 0.29-0.88; no verdict.
 """
 
 from __future__ import annotations
