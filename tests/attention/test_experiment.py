@@ -125,3 +125,11 @@ def test_claims_inside_the_spread_or_between_failures_are_never_reproduced():
     # ReSA: rectified late KL inside the spread of the sparse-only one -> not reproduced; clearly lower -> reproduced
     assert _synthetic(tight, {16: 0.88, 64: 0.88}, rect_last=(0.09, 0.21, 0.1, 0.19))[2]["verdict"] == "not reproduced"
     assert _synthetic(tight, {16: 0.88, 64: 0.88}, none_last=(0.10, 0.11, 0.10, 0.11), rect_last=(0.011, 0.012, 0.011, 0.012))[2]["verdict"] == "reproduced"
+
+
+def test_quick_budget_keeps_the_issue_design():
+    from sherman.experiments.sparse_decoding import BUDGETS
+
+    q = BUDGETS["quick"]
+    assert q["blocks"] == [16, 32, 64] and min(q["lens"]) == 512 and max(q["lens"]) == 4096 and len(q["gate_seeds"]) == 3
+    assert q["resa_gen"] >= 1024 and set(q["rect"]) == {16, 64, 256} and q["resa_block"] == 16
