@@ -33,6 +33,11 @@ Precondition of claims 1-2: S writes parsable predictions, RPT's rollouts earn s
 free: S's next-token-reasoning accuracy is within `FORMAT_COST_MAX` of the best plain argmax accuracy (S's own, or
 the pre-trained model's before a format SFT); otherwise RPT starts from a model that lost next-token knowledge to the
 format and NTP wins by predicting plain text, so the comparison cannot test RPT.
+Quick result at 2e7e866 (3 arm seeds, shared S, 1 thread, shared 2-core Intel Xeon nice'd at load 3-7: 3029 s wall, of
+which S 2055 s): S by reasoning 0.740 vs argmax 0.793, format cost 0.053 > 0.05, so claims 1-2 are not testable here
+(by a hair: 8 of 150 positions). Beyond the precondition: RPT 0.760 +- 0.007 vs best NTP 0.789 +- 0.010 (paired -0.029,
+2 s.e. 0.016: NTP ahead), hard 0.667 vs 0.667; RPT's rise over S +0.020 (2 s.e. 0.008), power-law R^2 0.30; claim 3
+not reproduced (arithmetic pass@1 after RL 0.009 vs 0.010, both near the floor).
 Verdicts: `experiments/verdict.compare` on the per-seed values, paired by seed: "reproduced" only when the mean
 paired difference is at least `EFFECT` and beyond 2 standard errors; a failed precondition gives "not testable here".
 """
@@ -326,8 +331,8 @@ def _plots(results: list[dict], fits: list[dict], out_dir: Path, b: dict) -> lis
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for r, f in zip(results, fits):
-        c = np.array([p["flops"] for p in r["curve"]])
-        y = [p["reason/all"] for p in r["curve"]]
+        c = np.array([p["flops"] for p in r["curve"][1:]])  # as fitted: from the first RPT evaluation (S sits at C = 0)
+        y = [p["reason/all"] for p in r["curve"][1:]]
         ax.plot(c, y, "o", label=f"seed {r['seed']}")
         if not math.isnan(f["r2"]):
             xs = np.linspace(c[0], c[-1], 50)

@@ -53,3 +53,21 @@ def test_span_rounds_fresh_placements_per_epoch():
     assert [i for i, m in zip(data[0].ids, data[0].mask) if m] != []
     b = dataclasses.replace(b, base_steps=10_000)
     assert len(exp.span_rounds(task, docs, b, random.Random(0))) == 64 * 10
+
+
+def test_fit_plot_from_first_rpt_evaluation(tmp_path):
+    """The curve's first point is S at C = 0; the fit and its plotted line start at the first RPT evaluation (no division
+    by C = 0: numpy warnings are errors here)."""
+    import warnings
+
+    curve = [{"step": 0, "flops": 0.0, "reason/all": 0.5}] + [{"step": k, "flops": 1e9 * k, "reason/all": 0.6 - 0.1 / k} for k in (1, 2, 4, 8)]
+    for p in curve:
+        p.update({f"reason/{s}": p["reason/all"] for s in ("easy", "medium", "hard")})
+    ev = {f"{m}/{s}": 0.5 for m in ("ntp", "reason") for s in ("easy", "medium", "hard", "all")}
+    res = [{"seed": 0, "curve": curve, "ntp_cost": {"NTP-docs": {"flops": 8e9}, "NTP-positions": {"flops": 8e9}}, "evals": {"NTP-docs": ev, "NTP-positions": ev}}]
+    fit = exp.fit_power_law([p["flops"] for p in curve[1:]], [p["reason/all"] for p in curve[1:]])
+    assert fit["r2"] > 0.999
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        names = exp._plots(res, [fit], tmp_path, exp.BUDGETS["smoke"])
+    assert all((tmp_path / n).stat().st_size > 0 for n in names)
