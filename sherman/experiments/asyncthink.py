@@ -33,6 +33,15 @@ What runs, per seed (3 seeds at quick):
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
 
+Measured (quick at 1eb23df, 3 seeds, 1 torch thread, shared 2-core Intel Xeon with the process at ~23% of one core:
+3702 s wall, about 14 CPU-minutes, so ~15 minutes on an idle core): every method has 0% accuracy on the 3-expression
+task (SFT loss 0.44-0.55 after 600 steps: operands copied from the wrong place), so every accuracy row and the latency
+row are "not testable here", although AsyncThink's critical path is 0.63x parallel's (43.7 vs 69.6 steps, paired
+-25.9 +- 1.7) with the ground-truth ratio 0.68x. The concurrency reward raises eta 2.08 vs 1.97 (+0.11 +- 0.08) and
+fork-all traces shorten the critical path vs interleaved ones (46.2 vs 60.9, -14.7 +- 5.6): reproduced, on wrong
+answers. Full budget (dim 192 x 4 layers, 3000 SFT steps per model, 300 RL steps x 3 lambdas, 200 test questions,
+3 seeds): not run; estimated ~4 CPU-hours per seed (SFT ~2 h for the main and topology models, RL ~2 h), ~12 h in all.
+
 Verdicts go through `experiments/verdict.py` (effect threshold and 2 s.e. of the paired per-seed differences).
 Compute matching: every method of one model sees the same questions at the same per-sample token cap and the same
 temperature; the RL arms take the same number of steps of the same size; the topology arms the same SFT steps.
