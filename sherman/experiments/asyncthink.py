@@ -34,7 +34,7 @@ What runs, per seed (3 seeds at quick):
    sequential trace); else the latency claim is "not testable here".
 
 Measured (quick at 1eb23df, 3 seeds, 1 torch thread, shared 2-core Intel Xeon with the process at ~23% of one core:
-3702 s wall, about 14 CPU-minutes, so ~15 minutes on an idle core): every method has 0% accuracy on the 3-expression
+3702 s wall, about 14 CPU-minutes extrapolated from 5 min 52 s in its first 25 min, so ~15 minutes on an idle core): every method has 0% accuracy on the 3-expression
 task (SFT loss 0.44-0.55 after 600 steps: operands copied from the wrong place), so every accuracy row and the latency
 row are "not testable here", although AsyncThink's critical path is 0.63x parallel's (43.7 vs 69.6 steps, paired
 -25.9 +- 1.7) with the ground-truth ratio 0.68x. The concurrency reward raises eta 2.08 vs 1.97 (+0.11 +- 0.08) and
