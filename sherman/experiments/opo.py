@@ -47,11 +47,15 @@ reward at matched KL +0.005 ± 0.063 (fails the -0.03 margin): partly; gradient 
 effect 0.16 against a spread of 0.15 over 5 prompts: reproduced but AT THE EDGE of the spread (noise-level); all
 on-policy: OPO 0.132 vs mean baseline 0.179 vs GRPO std 0.163 pass@1: not reproduced. Overall partly.
 
-The full budget (warm start 1000 SFT steps at width 96, 400 optimizer steps x 8 prompts x G=8 per arm, 300 x 8 held-out
-samples) was started once at 032a960 and stopped after 4 of its 20 arm runs: beside this session's other jobs it got
-15-25% of a core and would have ended after the session. Measured there: 62-70 s of CPU per on-policy arm run (the
-off-policy arm does a quarter of the rollouts), so about 20-25 min of CPU on an idle core in all. The reference arm
-alone, 4 seeds: held-out pass@1 0.48-0.54 (the quick budget's ends at 0.13), KL to init 0.29-0.88; no verdict.
+The full budget, run once at a2ea95f (5 seeds, 1 thread, shared 2-core Intel Xeon at load 1.2-3.2: 1410 s wall, 1131 s
+CPU; warm start 1000 SFT steps at width 96, held-out pass@1 0.393; 400 optimizer steps x 8 prompts x G=8 per arm; 300 x 8
+held-out samples; no sub-claim at the edge of the spread): KL to init OPO 0.52 vs off-policy 7.28 (per seed 0.86-3.30
+and one run at 30.0; paired -6.8 ± 11.3): not reproduced; held-out entropy 0.127 vs 0.205, the other way: not
+reproduced; pass@1 0.518 vs 0.354 (+0.164 ± 0.036: on-policy clearly better) but reward at matched KL +0.016 ± 0.077:
+partly; gradient variance ratio OPO/mean 0.77 per prompt (effect 0.23, spread 0.08, 16 prompts): reproduced; all
+on-policy: OPO 0.518 vs mean baseline 0.504 (+0.014 ± 0.012) vs GRPO std 0.506 (+0.012 ± 0.023): reproduced
+(comparable or better). Overall partly. An earlier start at 032a960 was stopped after 4 of 20 arm runs (it got 15-25%
+of a core); its 4 reference-arm runs are identical to these.
 """
 
 from __future__ import annotations
