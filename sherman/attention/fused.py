@@ -554,23 +554,12 @@ def topk_select(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def seer_select(q: torch.Tensor, q_pos: torch.Tensor, wq: torch.Tensor, kg: torch.Tensor, has: torch.Tensor, nc: int, k: int,
-                theta: float) -> torch.Tensor:  # fmt: skip
+                inv_d: torch.Tensor, inv_g: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """`seer.gate_logits` over the first nc gate keys + top-k in one C++ call: q (B, H_q, 1, D) post-RoPE at positions
     q_pos (B, 1); wq (H_kv, G*D, D_g) the layer gate's query map; kg (B, H_kv, NB, D_g), has (B, NB) the whole gate-key
-    cache -> (B, H_kv, k) ascending block ids (ties to the lower id)."""
-    inv_d, inv_g = _inv_freq(q.shape[-1], theta), _inv_freq(kg.shape[-1], theta)
+    cache; inv_d (D/2,), inv_g (D_g/2,) the RoPE frequencies (`seer.inv_freq`) -> (B, H_kv, k) ascending block ids
+    (ties to the lower id)."""
     return _load().seer_select(q.contiguous(), q_pos.reshape(-1).long(), wq.float().contiguous(), kg, has, inv_d, inv_g, nc, k)
-
-
-_INV: dict = {}
-
-
-def _inv_freq(dim: int, theta: float) -> torch.Tensor:
-    """RoPE frequencies theta^(-2i/dim), i < dim/2, as `seer.rope_at` computes them (cached)."""
-    key = (dim, theta)
-    if key not in _INV:
-        _INV[key] = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # (dim/2,)
-    return _INV[key]
 
 
 BYTES_PER_THREAD = 1 << 20

@@ -40,7 +40,7 @@ from sherman.attention.sparse import decode_selected, mark_written, n_keep, sele
 from sherman.core.attention import AttnContext, dense_attention
 from sherman.core.common import ShermanError
 from sherman.core.kv_cache import KVCache
-from sherman.core.model import Transformer, apply_rope, padded_positions
+from sherman.core.model import Transformer, apply_rope, default_inv_freq, padded_positions
 
 GATES_FILE = "seer_gates.pt"
 
@@ -85,13 +85,18 @@ class SeerConfig:
 _INV_FREQ: dict[tuple, torch.Tensor] = {}
 
 
-def rope_at(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions (B, T) -> cos, sin (B, 1, T, dim) in the core model's half-split layout."""
-    key = (dim, theta, positions.device)
+def inv_freq(dim: int, theta: float, device=None) -> torch.Tensor:
+    """The core model's plain RoPE frequencies (`default_inv_freq`, (dim/2,) float32), cached per (dim, theta, device)."""
+    key = (dim, theta, torch.device(device) if device is not None else torch.device("cpu"))
     inv = _INV_FREQ.get(key)
     if inv is None:
-        inv = _INV_FREQ[key] = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))  # (dim/2,)
-    f = positions.float()[..., None] * inv  # (B, T, dim/2)
+        inv = _INV_FREQ[key] = default_inv_freq(dim, theta, key[2])  # (dim/2,)
+    return inv
+
+
+def rope_at(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (B, T) -> cos, sin (B, 1, T, dim) in the core model's half-split layout."""
+    f = positions.float()[..., None] * inv_freq(dim, theta, positions.device)  # (B, T, dim/2)
     emb = torch.cat([f, f], dim=-1)[:, None]  # (B, 1, T, dim)
     return emb.cos(), emb.sin()
 
@@ -380,7 +385,8 @@ def seer_select(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: SeerStat
             q_pos = query_position(st, layer, valid, nc, bs)  # (B, 1)
             args = (gate, q, st.kg[layer][:, :, :nc], st.has_valid[layer][:, :nc], q_pos)
             if threshold is None and kk >= 1 and fused.usable(q, opts.get("impl", "torch")):  # the gate + top-k in one C++ call
-                idx, keep = fused.seer_select(q, q_pos, gate.wq, st.kg[layer], st.has_valid[layer], nc, kk, cfg.rope_theta), None
+                inv_d, inv_g = inv_freq(q.shape[-1], cfg.rope_theta), inv_freq(cfg.gate_dim, cfg.rope_theta)
+                idx, keep = fused.seer_select(q, q_pos, gate.wq, st.kg[layer], st.has_valid[layer], nc, kk, inv_d, inv_g), None
             elif threshold is None:  # top-k of the logits = top-k of the softmax (monotone), without the exp pass
                 idx, keep = select_topk(gate_logits(*args), kk), None
             else:

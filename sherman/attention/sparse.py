@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sherman.attention import fused
 from sherman.core.attention import AttnContext, dense_attention
 from sherman.core.kv_cache import KVCache
 
@@ -292,8 +293,6 @@ def select_quest(q: torch.Tensor, k: torch.Tensor, ctx: AttnContext, st: BlockSu
         idx = torch.arange(nc, device=q.device).expand(q.shape[0], k.shape[1], nc)
     else:
         how = ctx.options.get("select", "quest")
-        from sherman.attention import fused
-
         if how == "quest" and kk >= 1 and fused.usable(q, ctx.options.get("impl", "torch")):  # scores + top-k in one C++ call
             return fused.quest_select(q, st.kmax[layer], st.kmin[layer], st.has_valid[layer], nc, kk)
         if how == "quest":
@@ -314,12 +313,8 @@ def decode_selected(q, cache: KVCache, layer: int, idx, end: int, block_size: in
         raise ValueError(f"impl must be 'torch' or 'cpp', got {impl!r}")
     grad = cache.k[layer].requires_grad
     if impl == "cpp" and sel_mask is None and q.dtype == torch.float32 and not q.is_cuda and not grad:
-        from sherman.attention.fused import fused_sparse_decode
-
-        return fused_sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size)
-    from sherman.attention.fused import kernel_threads
-
+        return fused.fused_sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size)
     b, hkv, nsel = idx.shape
     kv_bytes = 2 * b * hkv * (nsel + 1) * block_size * q.shape[-1] * q.element_size()
-    with torch_threads(kernel_threads(kv_bytes)):  # as the fused kernel: threads for the work and the idle cores only
+    with torch_threads(fused.kernel_threads(kv_bytes)):  # as the fused kernel: threads for the work and the idle cores only
         return sparse_decode(q, cache.k[layer], cache.v[layer], cache.valid, idx, end, block_size, buffers, sel_mask)

@@ -155,7 +155,7 @@ def test_seer_select_equals_the_gate_logits_top_k():
     """The one-call C++ gate (undo RoPE, project, rotate, score, top-k) picks the blocks `gate_logits` + `select_topk`
     pick, for random gates at ragged query positions, over the first nc of a larger gate-key cache with empty blocks."""
     require_extension()
-    from sherman.attention.seer import AttnGate, gate_logits
+    from sherman.attention.seer import AttnGate, gate_logits, inv_freq
 
     torch.manual_seed(5)
     b, hkv, g, d, dg, nb, nc, k = 2, 2, 3, 16, 12, 30, 25, 6
@@ -167,5 +167,5 @@ def test_seer_select_equals_the_gate_logits_top_k():
     has[0, 3] = False
     with torch.no_grad():
         ref = select_topk(gate_logits(gate, q, kg[:, :, :nc], has[:, :nc], q_pos), k)
-        got = fused.seer_select(q, q_pos, gate.wq, kg, has, nc, k, 500.0)
+        got = fused.seer_select(q, q_pos, gate.wq, kg, has, nc, k, inv_freq(d, 500.0), inv_freq(dg, 500.0))
     assert torch.equal(got, ref)
