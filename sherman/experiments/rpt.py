@@ -45,8 +45,11 @@ paired difference is at least `EFFECT` and beyond 2 standard errors; a failed pr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import json
 import math
+import os
 import random
 import statistics
 import time
@@ -56,6 +59,7 @@ from pathlib import Path
 
 import torch
 
+from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.progress import progress
 from sherman.experiments.verdict import compare, overall
@@ -74,7 +78,7 @@ class Budget:
     """Sizes of one budget of the RPT reproduction."""
 
     seeds: tuple[int, ...]
-    """Seeds of the arms (RPT sampling, NTP batch order, claim 3's SFT + RL); S is pre-trained once (`s_seed`) and shared."""
+    """Seeds of the arms (RPT sampling, NTP batch order, claim 3's SFT + RL) and, with `s_per_seed`, of each arm's own S."""
     docs: int
     """Generated corpus documents (80% train / 20% held out, by document)."""
     vocab: int
@@ -119,8 +123,11 @@ class Budget:
     """Claim 3: held-out arithmetic prompts."""
     batch: int
     """Batch size of every NTP / SFT step."""
+    s_per_seed: bool = True
+    """One S per arm seed (S's initialisation and data order from the arm's seed), or one S (`s_seed`) shared by every
+    seed; S is cached either way (`s_stage`)."""
     s_seed: int = 0
-    """Seed of the shared S (and its pre-training data order)."""
+    """Seed of the shared S when `s_per_seed` is False."""
 
 
 BUDGETS = {
@@ -215,18 +222,18 @@ def span_rounds(task: rpt.RPTTask, docs: list, b: Budget, rng: random.Random) ->
     return out
 
 
-def make_s(b: Budget, shared: dict) -> tuple[dict, dict]:
-    """The shared start S -> (state dict, {'base': argmax eval before the format training (sft mode) or of S itself})."""
+def make_s(b: Budget, shared: dict, seed: int) -> tuple[dict, dict]:
+    """Pre-train one start model S -> (state dict, {'base': argmax eval before the format training (sft mode) or of S itself})."""
     tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
     held = [held_task.positions[i] for i in shared["held_idx"]]
-    m = _model(tok.vocab_size, b.dim, b.s_seed, b.layers)
+    m = _model(tok.vocab_size, b.dim, seed, b.layers)
     task = rpt.RPTTask(tok, train_docs, train_pos, cfg)
-    rng = random.Random(b.s_seed)
+    rng = random.Random(seed)
     if b.format_mode == "spans":
-        rpt.ntp_train(m, span_rounds(task, train_docs, b, rng), b.base_steps, b.batch, LR, b.s_seed, tok.pad_id)
+        rpt.ntp_train(m, span_rounds(task, train_docs, b, rng), b.base_steps, b.batch, LR, seed, tok.pad_id)
         base = rpt.ntp_accuracy(m, tok, held_task.docs, held, cfg)
     elif b.format_mode == "sft":
-        rpt.ntp_train(m, rpt.lm_data(train_docs, tok.bos_id), b.base_steps, b.batch, LR, b.s_seed, tok.pad_id)
+        rpt.ntp_train(m, rpt.lm_data(train_docs, tok.bos_id), b.base_steps, b.batch, LR, seed, tok.pad_id)
         base = rpt.ntp_accuracy(m, tok, held_task.docs, held, cfg)  # before the format SFT
         # format SFT mixed 1:1 with NTP replay (alone it collapses the tiny policy to one constant prediction)
         fmt_idx = rng.sample(range(len(train_pos)), min(len(train_pos), max(1, b.fmt_steps * b.batch // 2)))
@@ -235,15 +242,87 @@ def make_s(b: Budget, shared: dict) -> tuple[dict, dict]:
         rng.shuffle(replay)
         data += [replay[i % len(replay)] for i in range(len(data))]
         rng.shuffle(data)
-        rpt.ntp_train(m, data, b.fmt_steps, b.batch, LR, b.s_seed, tok.pad_id, warmup=0)
+        rpt.ntp_train(m, data, b.fmt_steps, b.batch, LR, seed, tok.pad_id, warmup=0)
     else:
         raise ValueError(f"format_mode must be 'spans' or 'sft', got {b.format_mode!r}")
     return {k: v.clone() for k, v in m.state_dict().items()}, base
 
 
-def run_seed(seed: int, b: Budget, shared: dict, s_state: dict) -> dict:
+S_FIELDS = ("docs", "vocab", "dim", "layers", "format_mode", "base_steps", "spans", "span_weight", "fmt_steps", "batch")
+"""Budget fields that change what S is (the cache key); the arms' fields do not."""
+
+
+def s_cache_root() -> Path:
+    """Where trained S models are cached: $SHERMAN_ARTIFACTS/rpt, else $SHERMAN_CACHE/rpt (default ~/.cache/sherman/rpt)."""
+    env = os.environ.get("SHERMAN_ARTIFACTS")
+    if env:
+        return Path(env) / "rpt"
+    return Path(os.environ.get("SHERMAN_CACHE", Path.home() / ".cache" / "sherman")) / "rpt"
+
+
+def s_key(b: Budget, shared: dict, seed: int) -> tuple[dict, str]:
+    """(config, data digest) naming S: the S-relevant budget fields, the seed, LR, the template, the model window and a
+    digest of the code that builds and trains it; the data digest covers the tokenizer, every document and the held-out
+    positions its base evaluation uses. Any change makes a cached S stale (retrained, never reused)."""
+    from sherman.core import attention, linear, model, train
+    from sherman.speech.artifacts import code_digest
+
+    src = "".join(inspect.getsource(f) for f in (make_s, span_rounds, _model))
+    config = {"budget": {k: getattr(b, k) for k in S_FIELDS}, "seed": seed, "lr": LR, "max_seq": MAX_SEQ, "rpt": dataclasses.asdict(shared["cfg"]),
+              "code": code_digest(rpt, train, model, attention, linear), "src": hashlib.sha256(src.encode()).hexdigest()}  # fmt: skip
+    h = hashlib.sha256(shared["tok"].tok.to_str().encode())
+    for group in (shared["train_docs"], shared["held_task"].docs):
+        for d in group:
+            h.update(json.dumps(list(d)).encode() + b"|")
+    h.update(json.dumps([shared["held_task"].positions[i][:2] for i in shared["held_idx"]]).encode())
+    return config, h.hexdigest()
+
+
+def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict:
+    """S for `seed`, trained or reused from `cache_root/<budget digest>/S_seed<seed>` (manifest + safetensors, written
+    atomically; a stale or unreadable artifact is retrained): {'state', 'base', 'eval', 'status', 'train_cpu_s', 'train_s'}.
+    The CPU seconds of the training are stored with it, so a warm run still reports what a cold one costs."""
+    from sherman.speech.artifacts import cached
+
+    config, data = s_key(b, shared, seed)
+
+    def train_s() -> tuple[dict, dict]:
+        c0 = time.process_time()
+        state, base = make_s(b, shared, seed)
+        return state, {"base": base, "train_cpu_s": time.process_time() - c0}
+
+    t0, c0 = time.time(), time.process_time()
+    if cache_root is None:
+        state, extra = train_s()
+        status, train_wall = "trained (no cache)", time.time() - t0
+    else:
+        name = hashlib.sha256(json.dumps(config["budget"], sort_keys=True).encode()).hexdigest()[:12]
+        art = cached(cache_root / name / f"S_seed{seed}", "rpt_S", config, data, train_s, log=lambda m: print0(f"[rpt] {m}"),
+                     check=lambda st: _model(shared["tok"].vocab_size, b.dim, seed, b.layers).load_state_dict(st))  # fmt: skip
+        state, extra, status, train_wall = art.state, art.extra, art.status, float(art.manifest.get("train_s", 0.0))
+    m = _model(shared["tok"].vocab_size, b.dim, seed, b.layers)
+    m.load_state_dict(state)
+    ev = _eval(m, shared["held_task"], shared["held_idx"], shared["cfg"])
+    return {"state": state, "base": extra["base"], "eval": ev, "status": status, "train_cpu_s": float(extra["train_cpu_s"]), "train_s": train_wall,
+            "stage_s": time.time() - t0, "stage_cpu_s": time.process_time() - c0}  # fmt: skip
+
+
+def _clock() -> tuple[float, float]:
+    return time.time(), time.process_time()
+
+
+def _since(t: tuple[float, float]) -> dict[str, float]:
+    """{'wall_s', 'cpu_s'} since `_clock()` (CPU = this process, every thread)."""
+    return {"wall_s": round(time.time() - t[0], 1), "cpu_s": round(time.process_time() - t[1], 1)}
+
+
+def run_seed(seed: int, b: Budget, shared: dict, s: dict) -> dict:
+    """The arms of one seed from its start model `s` (`s_stage`'s dict): RPT with its curve, the NTP arms, claim 3."""
     tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
     held_idx = shared["held_idx"]
+    s_state = s["state"]
+    times = {}
+    clk = _clock()
     task = rpt.RPTTask(tok, train_docs, train_pos, cfg)
     policy = _model(tok.vocab_size, b.dim, seed, b.layers)
     policy.load_state_dict(s_state)
@@ -251,7 +330,7 @@ def run_seed(seed: int, b: Budget, shared: dict, s_state: dict) -> dict:
 
     # RPT, with an accuracy-vs-compute curve (the first point is S itself)
     cost = {"flops": 0.0, "tokens": 0}
-    curve: list[dict] = [{"step": 0, "flops": 0.0, "tokens": 0, **shared["s_eval"]}]
+    curve: list[dict] = [{"step": 0, "flops": 0.0, "tokens": 0, **s["eval"]}]
     seen = {"prompt": 0}
 
     def on_step(step: int, row: dict) -> None:
@@ -269,6 +348,8 @@ def run_seed(seed: int, b: Budget, shared: dict, s_state: dict) -> dict:
     res = rl_train(policy, task, tok, rc, callback=on_step)
     evals = {"RPT": curve[-1]}
     reward_curve = [r["rollout/reward_mean"] for r in res.history]
+    times["rpt"] = _since(clk)
+    clk = _clock()
 
     # NTP baselines at the RPT run's FLOPs
     arms_cost = {}
@@ -285,6 +366,9 @@ def run_seed(seed: int, b: Budget, shared: dict, s_state: dict) -> dict:
         if arm == "NTP-docs":
             ntp_model = m
 
+    times["ntp"] = _since(clk)
+    clk = _clock()
+
     # claim 3: the same SFT + RL budget on arithmetic from the RPT and NTP-docs models
     from sherman.tasks import get_task
 
@@ -300,8 +384,9 @@ def run_seed(seed: int, b: Budget, shared: dict, s_state: dict) -> dict:
         rl_train(m, ar, tok, rl_cfg)
         after = evaluate(m, ar, tok, held_ar, n_samples=4, ks=(1,), max_new_tokens=24, seed=seed)["eval/pass@1"]
         later[arm] = {"before_rl": before, "after_rl": after}
+    times["later_rl"] = _since(clk)
 
-    return {"seed": seed, "evals": evals, "curve": curve, "reward_curve": reward_curve, "rpt_cost": dict(cost), "ntp_cost": arms_cost,
+    return {"seed": seed, "times": times, "s_eval": s["eval"], "s_base": s["base"], "evals": evals, "curve": curve, "reward_curve": reward_curve, "rpt_cost": dict(cost), "ntp_cost": arms_cost,
             "later_rl": later, "malformed": dict(task.malformed), "n_params": n}  # fmt: skip
 
 
@@ -347,13 +432,8 @@ def _plots(results: list[dict], fits: list[dict], out_dir: Path, b: dict) -> lis
     return ["rpt_accuracy_vs_compute.png", "rpt_fit.png"]
 
 
-def run(budget: str, out_dir: Path) -> dict:
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
-    b = BUDGETS[budget]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+def setup(b: Budget, entropy_cache: Path | None) -> dict:
+    """Corpus, tokenizer, proxy, entropies, train positions and the held-out evaluation task, shared by every stage."""
     cfg = rpt.RPTConfig(think_tokens=0, max_pred_tokens=3, min_context=2, threshold=None, quantile=0.5, context_tokens=128)
     texts = rpt.generate_corpus(b.docs, seed=100)
     n_train = int(0.8 * len(texts))
@@ -363,30 +443,48 @@ def run(budget: str, out_dir: Path) -> dict:
     # proxy: a smaller model pre-trained on the train documents
     proxy = _model(tok.vocab_size, b.proxy_dim, 1234)
     rpt.ntp_train(proxy, rpt.lm_data(train_docs, tok.bos_id), b.proxy_steps, b.batch, LR, 1234, tok.pad_id)
-    ents = rpt.cached_entropies(proxy, docs, tok.bos_id, cfg.top_k, out_dir / "entropy_cache")
+    ents = rpt.cached_entropies(proxy, docs, tok.bos_id, cfg.top_k, entropy_cache)
     train_pos = rpt.select_positions(ents[:n_train], cfg)
-    held_all = [(d - n_train, t, e) for d, t, e in rpt.select_positions(ents, cfg, docs=range(n_train, len(docs)))]
+    held_all = [(d - n_train, pos, e) for d, pos, e in rpt.select_positions(ents, cfg, docs=range(n_train, len(docs)))]
     rng = random.Random(99)
     held_all = rng.sample(held_all, min(len(held_all), b.held_positions))
     edges = rpt.quantile_edges([e for _, _, e in held_all])
     cfg = dataclasses.replace(cfg, split_edges=edges)
     held_task = rpt.RPTTask(tok, held_docs, held_all, cfg)
-    shared = {"tok": tok, "train_docs": train_docs, "train_pos": train_pos, "held_task": held_task, "held_idx": list(range(len(held_all))), "cfg": cfg}
+    return {"tok": tok, "train_docs": train_docs, "train_pos": train_pos, "held_task": held_task, "held_idx": list(range(len(held_all))),
+            "cfg": cfg, "edges": edges}  # fmt: skip
 
-    prog = progress(1 + len(b.seeds), "stages")
-    prog.set(stage="S")
-    s_state, base = make_s(b, shared)
-    s_model = _model(tok.vocab_size, b.dim, b.s_seed, b.layers)
-    s_model.load_state_dict(s_state)
-    shared["s_eval"] = _eval(s_model, held_task, shared["held_idx"], cfg)
-    t_s = time.time() - t_start
-    prog.advance()
+
+def run(budget: str, out_dir: Path) -> dict:
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
+    b = BUDGETS[budget]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clk = t_start_clock = _clock()
+    times: dict = {}
+    shared = setup(b, out_dir / "entropy_cache")
+    tok, train_pos, held_task, edges = shared["tok"], shared["train_pos"], shared["held_task"], shared["edges"]
+    held_all = held_task.positions
+    times["setup"] = _since(clk)  # corpus, tokenizer, proxy, entropies, positions
+
+    cache_root = None if budget == "smoke" else s_cache_root()  # smoke: seconds, no files outside out_dir
+    s_seeds = list(b.seeds) if b.s_per_seed else [b.s_seed]
+    prog = progress(len(s_seeds) + len(b.seeds), "stages")
+    starts: dict[int, dict] = {}
+    for seed in s_seeds:
+        prog.set(stage="S", seed=seed)
+        starts[seed] = s_stage(b, shared, seed, cache_root)
+        prog.advance()
     results = []
-    for s in b.seeds:
-        prog.set(stage="arms", seed=s)
-        results.append(run_seed(s, b, shared, s_state))
+    for seed in b.seeds:
+        prog.set(stage="arms", seed=seed)
+        results.append(run_seed(seed, b, shared, starts[seed if b.s_per_seed else b.s_seed]))
         prog.advance()
     prog.close()
+    times["S"] = {str(k): {"status": v["status"], "train_cpu_s": round(v["train_cpu_s"], 1), "train_wall_s": round(v["train_s"], 1),
+                           "stage_wall_s": round(v["stage_s"], 1), "stage_cpu_s": round(v["stage_cpu_s"], 1)} for k, v in starts.items()}  # fmt: skip
+    times["arms"] = {str(r["seed"]): r["times"] for r in results}
     fits = []
     for r in results:
         c = [p["flops"] for p in r["curve"][1:]]  # the fit's C starts at the first RPT evaluation (C = 0 at S)
@@ -403,14 +501,18 @@ def run(budget: str, out_dir: Path) -> dict:
     # nearly free: S predicts by next-token reasoning about as well as by argmax (its own, or the pre-trained model's
     # before the format SFT); else RPT starts from a model that lost next-token knowledge to the format and NTP wins
     # by predicting plain text, whatever RPT does
-    se = shared["s_eval"]
-    s_wellformed = 1 - se["reason/malformed"]
+    # (every S: with one S per seed, each seed's S must pass)
+    s_reason = [starts[k]["eval"]["reason/all"] for k in s_seeds]
+    s_argmax = [starts[k]["eval"]["ntp/all"] for k in s_seeds]
+    s_wellformed = [1 - starts[k]["eval"]["reason/malformed"] for k in s_seeds]
     signal = [max(r["reward_curve"]) > 0 for r in results]
-    argmax_ref = max(base["ntp/all"], se["ntp/all"])
-    format_cost = argmax_ref - se["reason/all"]
-    pre1 = s_wellformed >= 0.5 and all(signal) and format_cost <= FORMAT_COST_MAX
-    pre1_txt = (f"S well-formed >= 0.5 ({s_wellformed:.3f}), RPT rollout reward > 0 in every seed ({signal}), and next-token reasoning costs S "
-                f"<= {FORMAT_COST_MAX} accuracy (S by reasoning {se['reason/all']:.3f} vs argmax {argmax_ref:.3f}: cost {format_cost:.3f}): {pre1}")  # fmt: skip
+    argmax_ref = [max(starts[k]["base"]["ntp/all"], starts[k]["eval"]["ntp/all"]) for k in s_seeds]
+    format_cost = [a - r for a, r in zip(argmax_ref, s_reason)]
+    pre1 = min(s_wellformed) >= 0.5 and all(signal) and max(format_cost) <= FORMAT_COST_MAX
+    pre1_txt = (f"every S well-formed >= 0.5 ({', '.join(f'{x:.3f}' for x in s_wellformed)}), RPT rollout reward > 0 in every seed ({signal}), "
+                f"and next-token reasoning costs every S <= {FORMAT_COST_MAX} accuracy (S seeds {s_seeds}: by reasoning "
+                f"{', '.join(f'{x:.3f}' for x in s_reason)} vs argmax {', '.join(f'{x:.3f}' for x in argmax_ref)}: cost "
+                f"{', '.join(f'{x:.3f}' for x in format_cost)}, max {max(format_cost):.3f}): {pre1}")  # fmt: skip
     rows = []
     v = {s: compare(col("RPT", f"reason/{s}"), best_ntp(s), EFFECT) for s in ("easy", "medium", "hard", "all")}
     v1 = v["all"].verdict
@@ -419,8 +521,8 @@ def run(budget: str, out_dir: Path) -> dict:
     rows.append({
         "claim": "RPT beats NTP at matched FLOPs on held-out next-token accuracy, most on hard positions",
         "paper": "R1-Distill-14B: NTP 20.43 vs RPT 23.75 on hard (Table 1)",
-        "ours": (f"all: RPT {fmt(col('RPT', 'reason/all'))} vs best NTP {fmt(best_ntp('all'))} (S by reasoning {se['reason/all']:.3f}, argmax "
-                 f"{se['ntp/all']:.3f}); hard: RPT {fmt(col('RPT', 'reason/hard'))} vs best NTP {fmt(best_ntp('hard'))}; paired RPT - best NTP "
+        "ours": (f"all: RPT {fmt(col('RPT', 'reason/all'))} vs best NTP {fmt(best_ntp('all'))} (S by reasoning {fmt(s_reason)}, argmax "
+                 f"{fmt(s_argmax)}); hard: RPT {fmt(col('RPT', 'reason/hard'))} vs best NTP {fmt(best_ntp('hard'))}; paired RPT - best NTP "
                  "(effect, 2 s.e.): " + ", ".join(f"{s} {v[s].effect:+.3f} ({v[s].spread:.3f})" for s in ("easy", "medium", "hard", "all"))
                  + f"; {v['all'].reason}"),
         "verdict": v1 if pre1 else "not testable here",
@@ -435,7 +537,7 @@ def run(budget: str, out_dir: Path) -> dict:
     rows.append({
         "claim": "RPT accuracy rises with training compute along P(C) = A / C^alpha + P*",
         "paper": "accuracy follows the fitted power law closely on every split (Fig. 5)",
-        "ours": (f"held-out reasoning accuracy S {first[0]:.3f} -> after RPT {fmt(last)} (rise {rise.effect:+.3f}, 2 s.e. {rise.spread:.3f}); "
+        "ours": (f"held-out reasoning accuracy S {fmt(first)} -> after RPT {fmt(last)} (rise {rise.effect:+.3f}, 2 s.e. {rise.spread:.3f}); "
                  f"fit R^2 {fmt(r2)}, alpha {fmt([f['alpha'] for f in fits])}, P* {fmt([f['P*'] for f in fits])}"),
         "verdict": v2 if pre2 else "not testable here",
         "precondition": f">= 4 RPT evaluation points per seed and claim 1's precondition: {pre2}",
@@ -460,21 +562,32 @@ def run(budget: str, out_dir: Path) -> dict:
     mal = sum((Counter(r["malformed"]) for r in results), Counter())
     s_txt = (f"{b.base_steps} steps of NTP with {b.spans} reasoning spans per document (format_mode 'spans')" if b.format_mode == "spans"
              else f"{b.base_steps} NTP steps + {b.fmt_steps} format-SFT steps mixed 1:1 with NTP replay (format_mode 'sft')")  # fmt: skip
+    total = _since(t_start_clock)
+    reused_cpu = sum(v["train_cpu_s"] for v in starts.values() if v["status"] == "reused")
+    times["total"] = {**total, "cold_cpu_estimate_s": round(total["cpu_s"] + reused_cpu, 1), "threads": torch.get_num_threads()}
+    s_status = ", ".join(f"seed {k}: {v['status']} (trained in {v['train_cpu_s']:.0f} CPU s)" for k, v in starts.items())
     notes = (
-        f"Budget {budget}; arm seeds {list(b.seeds)}, S shared (seed {b.s_seed}); policy dim {b.dim} x {b.layers} layers "
+        f"Budget {budget}; arm seeds {list(b.seeds)}, " + ("one S per seed" if b.s_per_seed else f"S shared (seed {b.s_seed})")
+        + f"; policy dim {b.dim} x {b.layers} layers "
         f"({results[0]['n_params']} params excluding the input embedding), proxy dim {b.proxy_dim} x 2; corpus {b.docs} generated documents "
         f"(80% train / 20% held out by document), byte-level BPE vocab {tok.vocab_size}; {len(train_pos)} train positions (proxy top-16 "
         f"entropy >= median), {len(held_all)} held-out positions, split edges (held-out entropy tertiles) {tuple(round(e, 3) for e in edges)} "
-        f"nats. S = {s_txt} ({t_s:.0f} s); S held-out argmax {se['ntp/all']:.3f}, by reasoning {se['reason/all']:.3f}. RPT {b.rpt_steps} "
+        f"nats. S = {s_txt}; cached by a hash of config + data + code ({s_status}); S held-out argmax {fmt(s_argmax)}, by reasoning "
+        f"{fmt(s_reason)}. RPT {b.rpt_steps} "
         f"iterations x {b.prompts} prompts x G={b.group}, T=0.8, exact on-policy, no KL, lr {RPT_LR}, think_tokens=0. NTP arms matched on "
         f"FLOPs (2N/token rollout, 6N/token training): steps {[r['ntp_cost']['NTP-docs']['steps'] for r in results]} (docs), "
         f"{[r['ntp_cost']['NTP-positions']['steps'] for r in results]} (positions); tokens processed RPT {[r['rpt_cost']['tokens'] for r in results]} "
         f"vs NTP-docs {[r['ntp_cost']['NTP-docs']['tokens'] for r in results]}. NTP arms are scored in their better mode (argmax or "
         f"reasoning). Verdicts: verdict.compare, effect >= {EFFECT} and beyond 2 s.e. of the paired per-seed differences. Malformed RPT "
-        f"rollouts: {dict(mal)}. Wall time {time.time() - t_start:.0f} s."
+        f"rollouts: {dict(mal)}. Wall time {total['wall_s']:.0f} s, CPU {total['cpu_s']:.0f} s ({torch.get_num_threads()} torch threads; "
+        f"a cold run, every S trained: {times['total']['cold_cpu_estimate_s']:.0f} CPU s, which is its wall time on an idle machine at 1 "
+        f"thread); per stage (wall / CPU s): setup {times['setup']['wall_s']:.0f} / {times['setup']['cpu_s']:.0f}, "
+        + ", ".join(f"S seed {k} {v['stage_s']:.0f} / {v['stage_cpu_s']:.0f}" for k, v in starts.items()) + ", "
+        + ", ".join(f"seed {r['seed']} RPT {r['times']['rpt']['cpu_s']:.0f}, NTP {r['times']['ntp']['cpu_s']:.0f}, later RL "
+                    f"{r['times']['later_rl']['cpu_s']:.0f} CPU s" for r in results) + "."
     )  # fmt: skip
     out = {"name": "rpt", "claim": CLAIM, "verdict": verdict, "rows": rows, "plots": plots, "notes": notes,
-           "metrics": {"budget": budget, "s_eval": se, "base": base, "format_cost": format_cost, "seeds": results, "fits": fits,
-                       "split_edges": edges}}  # fmt: skip
+           "metrics": {"budget": budget, "s": {str(k): {"eval": v["eval"], "base": v["base"], "status": v["status"]} for k, v in starts.items()},
+                       "format_cost": format_cost, "seeds": results, "fits": fits, "split_edges": edges, "times": times}}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(out, indent=1, default=str))
     return out

@@ -71,3 +71,37 @@ def test_fit_plot_from_first_rpt_evaluation(tmp_path):
         warnings.simplefilter("error")
         names = exp._plots(res, [fit], tmp_path, exp.BUDGETS["smoke"])
     assert all((tmp_path / n).stat().st_size > 0 for n in names)
+
+
+def test_s_stage_cache_trains_once_reuses_and_retrains_stale(tmp_path, monkeypatch):
+    """S is trained into the cache once, reused bit for bit by the next call (with its training CPU time, for the cold-run
+    estimate), retrained when the data it was trained on changes, when its weights file is damaged, and for another seed."""
+    import dataclasses
+
+    import torch
+
+    monkeypatch.setenv("SHERMAN_ARTIFACTS", str(tmp_path / "art"))
+    b = dataclasses.replace(exp.BUDGETS["smoke"], base_steps=4)
+    shared = exp.setup(b, None)
+    root = exp.s_cache_root()
+    assert root == tmp_path / "art" / "rpt"
+    first = exp.s_stage(b, shared, 0, root)
+    assert first["status"] == "trained (new)" and first["train_cpu_s"] > 0
+    again = exp.s_stage(b, shared, 0, root)
+    assert again["status"] == "reused" and again["train_cpu_s"] == first["train_cpu_s"]
+    assert all(torch.equal(first["state"][k], again["state"][k]) for k in first["state"]) and again["eval"] == first["eval"]
+    assert again["base"] == first["base"]
+    other = exp.s_stage(b, shared, 1, root)  # another seed: its own S
+    k0 = next(iter(first["state"]))
+    assert other["status"] == "trained (new)" and not torch.equal(other["state"][k0], first["state"][k0])
+    shared2 = {**shared, "train_docs": shared["train_docs"][1:]}  # other training data: stale
+    stale = exp.s_stage(b, shared2, 0, root)
+    assert stale["status"].startswith("trained (stale")
+    d = next(p for p in root.iterdir()) / "S_seed0"
+    for w in d.glob("weights-*.safetensors"):
+        w.write_bytes(b"not safetensors")
+    broken = exp.s_stage(b, shared2, 0, root)
+    assert broken["status"].startswith("trained (unreadable")
+    assert exp.s_stage(b, shared2, 0, root)["status"] == "reused"
+    files = sorted(p.name for p in d.iterdir())
+    assert files[0] == "manifest.json" and len(files) == 2 and files[1].endswith(".safetensors")  # JSON + safetensors only
