@@ -44,6 +44,7 @@ paired difference is at least `EFFECT` and beyond 2 standard errors; a failed pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -128,15 +129,18 @@ class Budget:
     seed; S is cached either way (`s_stage`)."""
     s_seed: int = 0
     """Seed of the shared S when `s_per_seed` is False."""
+    s_workers: int = 0
+    """Background processes (1 torch thread each) that pre-train the later seeds' S into the cache while the main process
+    trains the first S and runs the arms (needs the cache; 0 = every S in the main process)."""
 
 
 BUDGETS = {
     "smoke": Budget(seeds=(0, 1, 2), docs=60, vocab=330, dim=32, layers=2, proxy_dim=16, proxy_steps=10, format_mode="spans", base_steps=30,
                     spans=4, span_weight=1.0, fmt_steps=8, rpt_steps=3, prompts=4, group=4, eval_every=1, held_positions=24, rl_sft_steps=4, rl_steps=1,
                     rl_eval=4, batch=8),
-    "quick": Budget(seeds=(0, 1, 2), docs=400, vocab=400, dim=64, layers=4, proxy_dim=32, proxy_steps=200, format_mode="spans", base_steps=1800,
-                    spans=4, span_weight=1.0, fmt_steps=600, rpt_steps=90, prompts=8, group=8, eval_every=18, held_positions=150, rl_sft_steps=60,
-                    rl_steps=12, rl_eval=48, batch=16),
+    "quick": Budget(seeds=(0, 1, 2), docs=400, vocab=400, dim=64, layers=4, proxy_dim=32, proxy_steps=200, format_mode="spans", base_steps=1200,
+                    spans=12, span_weight=1.0, fmt_steps=600, rpt_steps=90, prompts=8, group=8, eval_every=18, held_positions=300, rl_sft_steps=60,
+                    rl_steps=12, rl_eval=48, batch=16, s_workers=1),
     "full": Budget(seeds=(0, 1, 2, 3, 4), docs=2000, vocab=600, dim=128, layers=4, proxy_dim=64, proxy_steps=800, format_mode="spans",
                    base_steps=4000, spans=4, span_weight=1.0, fmt_steps=1500, rpt_steps=300, prompts=16, group=8, eval_every=30, held_positions=600,
                    rl_sft_steps=200, rl_steps=60, rl_eval=128, batch=32),
@@ -278,6 +282,18 @@ def s_key(b: Budget, shared: dict, seed: int) -> tuple[dict, str]:
     return config, h.hexdigest()
 
 
+def _s_dir(b: Budget, seed: int, cache_root: Path) -> Path:
+    return cache_root / hashlib.sha256(json.dumps({k: getattr(b, k) for k in S_FIELDS}, sort_keys=True).encode()).hexdigest()[:12] / f"S_seed{seed}"
+
+
+def s_cached(b: Budget, shared: dict, seed: int, cache_root: Path) -> bool:
+    """Whether the cache's manifest for `seed`'s S names the expected hash (its weights are checked when loaded)."""
+    from sherman.speech.artifacts import artifact_hash, read_manifest
+
+    m = read_manifest(_s_dir(b, seed, cache_root))
+    return bool(m) and m.get("hash") == artifact_hash("rpt_S", *s_key(b, shared, seed))
+
+
 def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict:
     """S for `seed`, trained or reused from `cache_root/<budget digest>/S_seed<seed>` (manifest + safetensors, written
     atomically; a stale or unreadable artifact is retrained): {'state', 'base', 'eval', 'status', 'train_cpu_s', 'train_s'}.
@@ -296,8 +312,7 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
         state, extra = train_s()
         status, train_wall = "trained (no cache)", time.time() - t0
     else:
-        name = hashlib.sha256(json.dumps(config["budget"], sort_keys=True).encode()).hexdigest()[:12]
-        art = cached(cache_root / name / f"S_seed{seed}", "rpt_S", config, data, train_s, log=lambda m: print0(f"[rpt] {m}"),
+        art = cached(_s_dir(b, seed, cache_root), "rpt_S", config, data, train_s, log=lambda m: print0(f"[rpt] {m}"),
                      check=lambda st: _model(shared["tok"].vocab_size, b.dim, seed, b.layers).load_state_dict(st))  # fmt: skip
         state, extra, status, train_wall = art.state, art.extra, art.status, float(art.manifest.get("train_s", 0.0))
     m = _model(shared["tok"].vocab_size, b.dim, seed, b.layers)
@@ -305,6 +320,38 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
     ev = _eval(m, shared["held_task"], shared["held_idx"], shared["cfg"])
     return {"state": state, "base": extra["base"], "eval": ev, "status": status, "train_cpu_s": float(extra["train_cpu_s"]), "train_s": train_wall,
             "stage_s": time.time() - t0, "stage_cpu_s": time.process_time() - c0}  # fmt: skip
+
+
+_WORKER_SHARED: dict = {}
+"""A background S worker's `setup()` result, per budget (built once per worker process)."""
+
+
+def _s_worker(b: Budget, seed: int, cache_root: str, entropy_cache: str) -> dict:
+    """Background process: train (or find) `seed`'s S in the cache -> its status and this process' CPU seconds so far."""
+    torch.set_num_threads(1)
+    key = repr(b)
+    if key not in _WORKER_SHARED:
+        c0 = time.process_time()
+        _WORKER_SHARED[key] = setup(b, Path(entropy_cache))
+        _WORKER_SHARED["setup_cpu_s"] = time.process_time() - c0
+    st = s_stage(b, _WORKER_SHARED[key], seed, Path(cache_root))
+    return {"status": st["status"], "train_cpu_s": st["train_cpu_s"], "setup_cpu_s": _WORKER_SHARED["setup_cpu_s"], "cpu_s": time.process_time()}
+
+
+def idle_wall_estimate(setup_cpu: float, order: list[dict], worker_setup_cpu: float) -> float:
+    """Wall seconds of a cold run on an idle machine with one core per process, replayed from measured CPU seconds:
+    the main process runs setup, then per seed (in order) its S stage and arms; a seed whose S trains in the background
+    worker (`bg`) waits for it (the worker starts after the setup: its own setup, then its seeds' S one after another).
+    order: [{'bg', 'train_cpu_s', 'stage_cpu_s' (main's part of the S stage), 'arms_cpu_s'}] (cold: S trained)."""
+    now, worker = setup_cpu, setup_cpu + worker_setup_cpu
+    for o in order:
+        if o["bg"]:
+            worker += o["train_cpu_s"]
+            now = max(now, worker) + o["stage_cpu_s"]
+        else:
+            now += o["train_cpu_s"] + o["stage_cpu_s"]
+        now += o["arms_cpu_s"]
+    return now
 
 
 def _clock() -> tuple[float, float]:
@@ -316,21 +363,16 @@ def _since(t: tuple[float, float]) -> dict[str, float]:
     return {"wall_s": round(time.time() - t[0], 1), "cpu_s": round(time.process_time() - t[1], 1)}
 
 
-def run_seed(seed: int, b: Budget, shared: dict, s: dict) -> dict:
-    """The arms of one seed from its start model `s` (`s_stage`'s dict): RPT with its curve, the NTP arms, claim 3."""
-    tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
-    held_idx = shared["held_idx"]
-    s_state = s["state"]
-    times = {}
-    clk = _clock()
+def rpt_arm(seed: int, b: Budget, shared: dict, s: dict, lr: float, eval_task: rpt.RPTTask, eval_idx: list[int]) -> dict:
+    """RPT from the start model `s` (`s_stage`'s dict) at learning rate `lr`, scored on `eval_task` every `eval_every`
+    iterations -> {'policy', 'task', 'curve' (the first point is S itself), 'reward_curve', 'cost', 'n'}."""
+    tok, train_docs, train_pos, cfg = shared["tok"], shared["train_docs"], shared["train_pos"], shared["cfg"]
     task = rpt.RPTTask(tok, train_docs, train_pos, cfg)
     policy = _model(tok.vocab_size, b.dim, seed, b.layers)
-    policy.load_state_dict(s_state)
+    policy.load_state_dict(s["state"])
     n = rpt.n_params(policy)
-
-    # RPT, with an accuracy-vs-compute curve (the first point is S itself)
     cost = {"flops": 0.0, "tokens": 0}
-    curve: list[dict] = [{"step": 0, "flops": 0.0, "tokens": 0, **s["eval"]}]
+    curve: list[dict] = [{"step": 0, "flops": 0.0, "tokens": 0, **(s["eval"] if eval_task is shared["held_task"] else _eval(policy, eval_task, eval_idx, cfg))}]
     seen = {"prompt": 0}
 
     def on_step(step: int, row: dict) -> None:
@@ -341,13 +383,26 @@ def run_seed(seed: int, b: Budget, shared: dict, s: dict) -> dict:
         cost["flops"] += f
         cost["tokens"] += t
         if step % b.eval_every == 0 or step == b.rpt_steps:
-            curve.append({"step": step, "flops": cost["flops"], "tokens": cost["tokens"], **_eval(policy, held_task, held_idx, cfg)})
+            curve.append({"step": step, "flops": cost["flops"], "tokens": cost["tokens"], **_eval(policy, eval_task, eval_idx, cfg)})
 
     rc = preset_config("opo", **{**rpt.PRESET, "steps": b.rpt_steps, "prompts_per_step": b.prompts, "group_size": b.group,
-                                 "max_new_tokens": cfg.max_new_tokens, "lr": RPT_LR, "track_kl_to_init": False, "seed": seed})  # fmt: skip
+                                 "max_new_tokens": cfg.max_new_tokens, "lr": lr, "track_kl_to_init": False, "seed": seed})  # fmt: skip
     res = rl_train(policy, task, tok, rc, callback=on_step)
+    return {"policy": policy, "task": task, "curve": curve, "reward_curve": [r["rollout/reward_mean"] for r in res.history], "cost": cost, "n": n}
+
+
+def run_seed(seed: int, b: Budget, shared: dict, s: dict) -> dict:
+    """The arms of one seed from its start model `s` (`s_stage`'s dict): RPT with its curve, the NTP arms, claim 3."""
+    tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
+    held_idx = shared["held_idx"]
+    s_state = s["state"]
+    times = {}
+    clk = _clock()
+
+    # RPT, with an accuracy-vs-compute curve (the first point is S itself)
+    arm = rpt_arm(seed, b, shared, s, RPT_LR, held_task, held_idx)
+    policy, task, curve, reward_curve, cost, n = arm["policy"], arm["task"], arm["curve"], arm["reward_curve"], arm["cost"], arm["n"]
     evals = {"RPT": curve[-1]}
-    reward_curve = [r["rollout/reward_mean"] for r in res.history]
     times["rpt"] = _since(clk)
     clk = _clock()
 
@@ -452,7 +507,7 @@ def setup(b: Budget, entropy_cache: Path | None) -> dict:
     cfg = dataclasses.replace(cfg, split_edges=edges)
     held_task = rpt.RPTTask(tok, held_docs, held_all, cfg)
     return {"tok": tok, "train_docs": train_docs, "train_pos": train_pos, "held_task": held_task, "held_idx": list(range(len(held_all))),
-            "cfg": cfg, "edges": edges}  # fmt: skip
+            "cfg": cfg, "edges": edges, "proxy": proxy}  # fmt: skip
 
 
 def run(budget: str, out_dir: Path) -> dict:
@@ -470,17 +525,32 @@ def run(budget: str, out_dir: Path) -> dict:
 
     cache_root = None if budget == "smoke" else s_cache_root()  # smoke: seconds, no files outside out_dir
     s_seeds = list(b.seeds) if b.s_per_seed else [b.s_seed]
+    bg_seeds = [sd for sd in s_seeds[1:] if not s_cached(b, shared, sd, cache_root)] if (cache_root is not None and b.s_workers > 0) else []
     prog = progress(len(s_seeds) + len(b.seeds), "stages")
     starts: dict[int, dict] = {}
-    for seed in s_seeds:
-        prog.set(stage="S", seed=seed)
-        starts[seed] = s_stage(b, shared, seed, cache_root)
-        prog.advance()
+    bg_info: dict[int, dict] = {}
     results = []
-    for seed in b.seeds:
-        prog.set(stage="arms", seed=seed)
-        results.append(run_seed(seed, b, shared, starts[seed if b.s_per_seed else b.s_seed]))
-        prog.advance()
+    with contextlib.ExitStack() as stack:
+        futures = {}
+        if bg_seeds:  # later seeds' S trained in the background while the main process trains the first and runs its arms
+            import concurrent.futures
+            import multiprocessing
+
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(b.s_workers, mp_context=multiprocessing.get_context("spawn")))
+            futures = {sd: pool.submit(_s_worker, b, sd, str(cache_root), str(out_dir / "entropy_cache")) for sd in bg_seeds}
+        for seed in b.seeds:
+            sd = seed if b.s_per_seed else b.s_seed
+            if sd not in starts:
+                prog.set(stage="S", seed=sd)
+                if sd in futures:
+                    bg_info[sd] = futures[sd].result()
+                starts[sd] = s_stage(b, shared, sd, cache_root)
+                if sd in bg_info:
+                    starts[sd]["status"] = f"{bg_info[sd]['status']} in a background worker"
+                prog.advance()
+            prog.set(stage="arms", seed=seed)
+            results.append(run_seed(seed, b, shared, starts[sd]))
+            prog.advance()
     prog.close()
     times["S"] = {str(k): {"status": v["status"], "train_cpu_s": round(v["train_cpu_s"], 1), "train_wall_s": round(v["train_s"], 1),
                            "stage_wall_s": round(v["stage_s"], 1), "stage_cpu_s": round(v["stage_cpu_s"], 1)} for k, v in starts.items()}  # fmt: skip
@@ -563,8 +633,21 @@ def run(budget: str, out_dir: Path) -> dict:
     s_txt = (f"{b.base_steps} steps of NTP with {b.spans} reasoning spans per document (format_mode 'spans')" if b.format_mode == "spans"
              else f"{b.base_steps} NTP steps + {b.fmt_steps} format-SFT steps mixed 1:1 with NTP replay (format_mode 'sft')")  # fmt: skip
     total = _since(t_start_clock)
-    reused_cpu = sum(v["train_cpu_s"] for v in starts.values() if v["status"] == "reused")
-    times["total"] = {**total, "cold_cpu_estimate_s": round(total["cpu_s"] + reused_cpu, 1), "threads": torch.get_num_threads()}
+    # a cold run's CPU: this process, plus each S trained elsewhere (cache, worker) as it cost when trained
+    elsewhere = sum(v["train_cpu_s"] for v in starts.values() if v["status"] == "reused" or "background" in v["status"])
+    order, arms_cpu = [], {r["seed"]: sum(x["cpu_s"] for x in r["times"].values()) for r in results}
+    for seed in b.seeds:  # main's part of an S stage it trained = the stage minus the training
+        sd = seed if b.s_per_seed else b.s_seed
+        v = starts[sd]
+        main_part = v["stage_cpu_s"] - (v["train_cpu_s"] if v["status"].startswith("trained") and sd not in bg_info else 0.0)
+        first = sd not in [o.get("sd") for o in order]
+        order.append({"sd": sd, "bg": sd in bg_seeds, "train_cpu_s": v["train_cpu_s"] if first else 0.0, "stage_cpu_s": main_part if first else 0.0,
+                      "arms_cpu_s": arms_cpu[seed]})  # fmt: skip
+    w_setup = next(iter(bg_info.values()))["setup_cpu_s"] if bg_info else (times["setup"]["cpu_s"] if bg_seeds else 0.0)
+    tail = max(0.0, total["cpu_s"] - times["setup"]["cpu_s"] - sum(v["stage_cpu_s"] for v in starts.values()) - sum(arms_cpu.values()))
+    times["total"] = {**total, "cold_cpu_estimate_s": round(total["cpu_s"] + elsewhere + (w_setup if bg_info else 0.0), 1),
+                      "idle_wall_estimate_s": round(idle_wall_estimate(times["setup"]["cpu_s"], order, w_setup) + tail, 1),
+                      "threads": torch.get_num_threads(), "processes": 1 + (b.s_workers if bg_seeds else 0)}  # fmt: skip
     s_status = ", ".join(f"seed {k}: {v['status']} (trained in {v['train_cpu_s']:.0f} CPU s)" for k, v in starts.items())
     notes = (
         f"Budget {budget}; arm seeds {list(b.seeds)}, " + ("one S per seed" if b.s_per_seed else f"S shared (seed {b.s_seed})")
@@ -579,9 +662,11 @@ def run(budget: str, out_dir: Path) -> dict:
         f"{[r['ntp_cost']['NTP-positions']['steps'] for r in results]} (positions); tokens processed RPT {[r['rpt_cost']['tokens'] for r in results]} "
         f"vs NTP-docs {[r['ntp_cost']['NTP-docs']['tokens'] for r in results]}. NTP arms are scored in their better mode (argmax or "
         f"reasoning). Verdicts: verdict.compare, effect >= {EFFECT} and beyond 2 s.e. of the paired per-seed differences. Malformed RPT "
-        f"rollouts: {dict(mal)}. Wall time {total['wall_s']:.0f} s, CPU {total['cpu_s']:.0f} s ({torch.get_num_threads()} torch threads; "
-        f"a cold run, every S trained: {times['total']['cold_cpu_estimate_s']:.0f} CPU s, which is its wall time on an idle machine at 1 "
-        f"thread); per stage (wall / CPU s): setup {times['setup']['wall_s']:.0f} / {times['setup']['cpu_s']:.0f}, "
+        f"rollouts: {dict(mal)}. Wall time {total['wall_s']:.0f} s, CPU {total['cpu_s']:.0f} s in the main process "
+        f"({torch.get_num_threads()} torch thread(s), {times['total']['processes']} process(es)); a cold run (every S trained) costs "
+        f"{times['total']['cold_cpu_estimate_s']:.0f} CPU s in all and about {times['total']['idle_wall_estimate_s']:.0f} s of wall time on an "
+        f"idle machine with a core per process (the run's order replayed with its measured CPU seconds); per stage (wall / CPU s): "
+        f"setup {times['setup']['wall_s']:.0f} / {times['setup']['cpu_s']:.0f}, "
         + ", ".join(f"S seed {k} {v['stage_s']:.0f} / {v['stage_cpu_s']:.0f}" for k, v in starts.items()) + ", "
         + ", ".join(f"seed {r['seed']} RPT {r['times']['rpt']['cpu_s']:.0f}, NTP {r['times']['ntp']['cpu_s']:.0f}, later RL "
                     f"{r['times']['later_rl']['cpu_s']:.0f} CPU s" for r in results) + "."

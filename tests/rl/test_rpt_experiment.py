@@ -105,3 +105,38 @@ def test_s_stage_cache_trains_once_reuses_and_retrains_stale(tmp_path, monkeypat
     assert exp.s_stage(b, shared2, 0, root)["status"] == "reused"
     files = sorted(p.name for p in d.iterdir())
     assert files[0] == "manifest.json" and len(files) == 2 and files[1].endswith(".safetensors")  # JSON + safetensors only
+
+
+def test_idle_wall_estimate_hand_values():
+    """Setup 10 s; seed 0's S in the main process (100 s train + 5 s eval, arms 50 s); seeds 1-2 in the worker (its setup
+    8 s, each S 100 s; main loads + evaluates each in 5 s, arms 50 s). Worker: S1 ready at 10 + 8 + 100 = 118, S2 at 218.
+    Main: 10 + 105 + 50 = 165 -> S1 ready, + 5 + 50 = 220 -> S2 ready (218), + 5 + 50 = 275."""
+    order = [{"bg": False, "train_cpu_s": 100.0, "stage_cpu_s": 5.0, "arms_cpu_s": 50.0},
+             {"bg": True, "train_cpu_s": 100.0, "stage_cpu_s": 5.0, "arms_cpu_s": 50.0},
+             {"bg": True, "train_cpu_s": 100.0, "stage_cpu_s": 5.0, "arms_cpu_s": 50.0}]  # fmt: skip
+    assert exp.idle_wall_estimate(10.0, order, 8.0) == 275.0
+    order[0]["arms_cpu_s"] = 200.0  # main slower than the worker: no waiting, 10 + 105 + 200 + 55 + 55
+    assert exp.idle_wall_estimate(10.0, order, 8.0) == 425.0
+    assert exp.idle_wall_estimate(10.0, [dict(o, bg=False) for o in order], 0.0) == 10.0 + 3 * 105.0 + 300.0  # all in one process: every S, then every arm
+
+
+def test_experiment_with_background_s_worker_then_warm(tmp_path, monkeypatch):
+    """With the cache and one background worker: seed 0's S trains in the main process, seeds 1-2 in the worker; a second
+    run reuses all three (same results), and both report a cold-run estimate."""
+    import dataclasses
+
+    monkeypatch.setenv("SHERMAN_ARTIFACTS", str(tmp_path / "art"))
+    b = dataclasses.replace(exp.BUDGETS["smoke"], s_workers=1, base_steps=6, rpt_steps=2, held_positions=12)
+    monkeypatch.setitem(exp.BUDGETS, "tiny", b)
+    out = exp.run("tiny", tmp_path / "a")
+    s = out["metrics"]["times"]["S"]
+    assert s["0"]["status"] == "trained (new)"
+    assert s["1"]["status"] == s["2"]["status"] == "trained (new) in a background worker"
+    tot = out["metrics"]["times"]["total"]
+    assert tot["processes"] == 2 and tot["cold_cpu_estimate_s"] > tot["cpu_s"] and tot["idle_wall_estimate_s"] > 0
+    shared = exp.setup(b, None)
+    root = exp.s_cache_root()
+    assert all(exp.s_cached(b, shared, sd, root) for sd in b.seeds)  # a second run reuses all three, with no worker
+    assert not exp.s_cached(dataclasses.replace(b, spans=b.spans + 1), shared, 0, root)
+    st = exp.s_stage(b, shared, 1, root)
+    assert st["status"] == "reused" and st["eval"] == out["metrics"]["s"]["1"]["eval"]
