@@ -100,7 +100,8 @@ def test_sparse_decoding_smoke(tmp_path):
             assert all(min(by_method["oracle"][bs]) >= max(by_method[m][bs]) - 1e-6 for m in by_method), (n, bs)
     em = res["metrics"]["exact_match"]
     assert set(em) == {"128", "256"} and {"dense", "seer/bs16/seed0", "quest/bs32", "oracle/bs16", "random/bs32/seed1"} <= set(em["128"])
-    assert set(res["metrics"]["drift"]) == {"none", "f=16", "f=64", "dense"}
+    assert set(res["metrics"]["drift"]) == {"none", "f=16", "f=64", "per-step", "dense"}
+    assert set(res["metrics"]["cpu_s"]) == {"lm", "gates", "eval", "resa", "speed"} and all(v >= 0 for v in res["metrics"]["cpu_s"].values())
 
 
 def _synthetic(seer, quest, dense=0.9, none_last=(0.1, 0.2, 0.1, 0.2), rect_last=None, step_last=None):
