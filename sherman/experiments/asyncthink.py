@@ -99,7 +99,8 @@ class Budget:
     budgets: tuple[int, ...] = (16, 24, 32, 48, 64, 96)
     """Per-sample token budgets of the accuracy-latency curves; the largest is the budget of every claim row."""
     topo_sft_steps: int = 0
-    """SFT steps of each topology-ablation model (fork-all only vs interleaved only); 0 = ablation not run."""
+    """SFT steps of each topology-ablation arm (the seed's format-SFT model trained further on fork-all-only or on
+    interleaved-only traces); 0 = ablation not run."""
     log_every: int = 0
     """Print SFT progress every N steps (0 = silent)."""
     rl_questions: int = 4
@@ -117,6 +118,10 @@ class Budget:
     """Cap on each agent's tokens in RL rollouts (the ground-truth organizer and worker traces are ~20-30 tokens)."""
     sft_lr: float = 3e-3
     """Peak SFT learning rate (warmup + cosine)."""
+    sft_batch: int = 32
+    """SFT batch (sequences per step)."""
+    topo_lr: float = 1e-3
+    """Peak learning rate of the topology-ablation fine-tunes (each continues the seed's format-SFT model)."""
     rl_lr: float = 2e-4
     """RL learning rate (AdamW)."""
 
@@ -145,13 +150,15 @@ TAU = 0.5
 SUBQUERY = "index"
 DIGITS = 2
 """Digits of every operand (see the module docstring for why 2)."""
+STYLE = "digits"
+"""Scratchpad of every expression (`tasks.arithmetic`): digit-wise, units first (see the module docstring)."""
 TRAIN_TOPOLOGIES = ("interleaved", "fork_all")
 
 
 def make_tasks():
     """(training task shapes, claim task, held-out task, Countdown for its precondition number only)."""
-    train_tasks = [Arithmetic(n_expressions=3, min_digits=DIGITS, max_digits=DIGITS, ops="+")]
-    heldout = Arithmetic(n_expressions=4, min_digits=DIGITS, max_digits=DIGITS, ops="+")
+    train_tasks = [Arithmetic(n_expressions=3, min_digits=DIGITS, max_digits=DIGITS, ops="+", style=STYLE)]
+    heldout = Arithmetic(n_expressions=4, min_digits=DIGITS, max_digits=DIGITS, ops="+", style=STYLE)
     countdown = Countdown(n_solutions=2, min_numbers=3, max_numbers=3, max_number=9, max_target=30)
     return train_tasks, train_tasks[0], heldout, countdown
 
@@ -241,22 +248,58 @@ def evaluate(model, tok, task, exs, seed: int, temperature: float, budgets=(), m
     return out
 
 
+def field_accuracy(model, tok, task, exs) -> dict:
+    """Greedy accuracy of each agent's part on ground-truth contexts (what format SFT taught, one part at a time):
+    `worker` = the returned result of expression k given the worker prompt with sub-query k; `worker_copy` = the
+    expression copied from the question at the start of its thinking; `organizer_copy` = the final answer given the
+    true fork-all context up to <ANSWER> (the joined results copied into the answer)."""
+    from sherman.core.generate import generate
+    from sherman.think.train import organizer_trace, plan
+
+    think = ThinkConfig(capacity=CAPACITY)
+
+    def greedy(prompts: list[str], stop: str, n: int) -> list[str]:
+        params = SamplingParams(max_new_tokens=n, temperature=0.0, stop_token_ids=tok.encode(stop))
+        out = generate(model, [tok.encode(p, bos=True) for p in prompts], params)
+        return [tok.decode(t, skip_special=False) for t in out.tokens]
+
+    def inner(text: str, tag: str) -> str | None:
+        body = text.split(f"<{tag}>", 1)
+        return body[1].split(f"</{tag}>", 1)[0] if len(body) == 2 and f"</{tag}>" in body[1] else None
+
+    w_prompts, w_traces, o_prompts = [], [], []
+    for ex in exs:
+        p = plan(task, ex, SUBQUERY)
+        for q, tr in zip(p.subqueries, p.worker_traces):
+            w_prompts.append(think.worker_template.format(question=ex.prompt, query=q))
+            w_traces.append(tr)
+        segs = organizer_trace(p, "fork_all", CAPACITY, random.Random(0))
+        o_prompts.append(think.organizer_template.format(question=ex.prompt) + "".join(t for t, _ in segs[:-1]))
+    w_out = greedy(w_prompts, "</RETURN>", 48)
+    o_out = greedy(o_prompts, "</ANSWER>", 32)
+    return {"worker": float(np.mean([inner(o, "RETURN") == inner(t, "RETURN") for o, t in zip(w_out, w_traces)])),
+            "worker_copy": float(np.mean([o.split("=", 1)[0] == t.split("=", 1)[0] for o, t in zip(w_out, w_traces)])),
+            "organizer_copy": float(np.mean([inner(o, "ANSWER") == ex.answer for o, ex in zip(o_out, exs)]))}  # fmt: skip
+
+
 def _new_model(tok, b: Budget) -> Transformer:
     return Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2,
                                    ffn_dim=int(b.dim * 8 / 3) // 8 * 8, max_seq_len=512))  # fmt: skip
 
 
-def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies) -> tuple[Transformer, list[float]]:
-    """A fresh model format-SFT'd on organizer/worker traces of `topologies` plus sequential traces (seeded data)."""
+def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies, init: Transformer | None = None,
+         lr: float | None = None) -> tuple[Transformer, list[float]]:
+    """Format SFT on organizer/worker traces of `topologies` plus sequential traces (seeded data): a fresh model, or a
+    copy of `init` trained further (the topology ablation)."""
     seed_everything(seed)
     rng = random.Random(seed)
     data = []
     for t in train_tasks:
         data += sft_examples(t, tok, b.n_sft, rng, capacity=CAPACITY, topologies=topologies, subquery=SUBQUERY)
         data += sft_examples(t, tok, b.n_sft, rng, sequential=True)
-    model = _new_model(tok, b)
-    res = train(model, data, TrainConfig(steps=steps, batch_size=32, lr=b.sft_lr, warmup_steps=min(20, steps // 5), seed=seed,
-                                         log_every=b.log_every))  # fmt: skip
+    model = _new_model(tok, b) if init is None else copy.deepcopy(init)
+    res = train(model, data, TrainConfig(steps=steps, batch_size=b.sft_batch, lr=lr or b.sft_lr, warmup_steps=min(20, steps // 5),
+                                         seed=seed, log_every=b.log_every))  # fmt: skip
     model.eval()
     return model, [h["loss/train"] for h in res.history if "loss/train" in h]
 
@@ -296,21 +339,23 @@ def run(budget: str, out_dir: Path) -> dict:
         eval_rng = random.Random(10_000 + seed)  # test questions: a stream no training step draws from
         claim_exs = [claim_task.sample(eval_rng) for _ in range(b.n_eval)]
         held_exs = [heldout.sample(eval_rng) for _ in range(b.n_eval)]
-        res = {}
+        res, fields = {}, {}
         for mname, m in models.items():  # curves for the format-SFT model and the compared RL model, the top budget for the rest
             grid = b.budgets if mname in ("sft", main_model) else (top,)
             res[f"{mname}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, grid)
             res[f"{mname}/heldout"] = evaluate(m, tok, heldout, held_exs, seed, b.eval_temperature, (top,))
+            if mname in ("sft", main_model):
+                fields[mname] = field_accuracy(m, tok, claim_task, claim_exs)
             prog.advance()
         topo_loss = {}
-        if b.topo_sft_steps:  # ablation: fork-all-then-join-all vs interleaved traces (format SFT only, same steps)
+        if b.topo_sft_steps:  # ablation: fork-all-then-join-all vs interleaved traces (the same SFT model, same steps, no RL)
             for topo in ("fork_all", "interleaved"):
-                m, loss = _sft(tok, train_tasks, b, seed, b.topo_sft_steps, (topo,))
+                m, loss = _sft(tok, train_tasks, b, seed, b.topo_sft_steps, (topo,), init=sft_model, lr=b.topo_lr)
                 res[f"topo_{topo}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, (top,), methods=("asyncthink",))
                 topo_loss[topo] = loss[-1]
                 prog.advance()
         per_seed.append({"seed": seed, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
-                         "eval": res})  # fmt: skip
+                         "fields": fields, "eval": res})  # fmt: skip
     prog.close()
     rows = _rows(per_seed, b, pre)
     agg = _aggregate(per_seed)
@@ -320,7 +365,7 @@ def run(budget: str, out_dir: Path) -> dict:
              f"questions), held out: {heldout.cfg.n_expressions} expressions; organizer sub-query = the "
              f"expression's position. SFT {b.sft_steps} steps (traces: {', '.join(TRAIN_TOPOLOGIES)}); RL {b.rl_steps} steps x "
              f"{b.rl_questions} questions x G={b.group} per lambda in {list(b.lambdas)} (tau {TAU}, c {CAPACITY}); topology ablation "
-             f"{b.topo_sft_steps} SFT steps per arm; {b.n_eval} test questions per set; claims use '{main_model}'. Latency = fork-join "
+             f"{b.topo_sft_steps} further SFT steps per arm from the seed's SFT model; {b.n_eval} test questions per set; claims use '{main_model}'. Latency = fork-join "
              f"critical path in decode steps; parallel = {CAPACITY - 1} samples, majority vote; every method at T={b.eval_temperature:g}; "
              f"per-sample budgets {list(b.budgets)} (claims at {top}). Total wall {time.perf_counter() - t_start:.0f}s.")
     result = {"name": "asyncthink", "claim": CLAIM, "verdict": overall([r["verdict"] for r in rows]), "rows": rows, "plots": plots,
@@ -357,11 +402,17 @@ def _rows(per_seed: list[dict], b: Budget, pre: dict) -> list[dict]:
         return f"{v.effect:+.3f} ± {v.spread:.3f}" if v.spread == v.spread else f"{v.effect:+.3f} (one seed)"
 
     rows = []
+    fields_text = "".join(
+        f"; {name} greedy on true contexts: worker {np.mean([x['fields'][name]['worker'] for x in per_seed]):.2f} (copies its "
+        f"expression {np.mean([x['fields'][name]['worker_copy'] for x in per_seed]):.2f}), organizer copies the joins "
+        f"{np.mean([x['fields'][name]['organizer_copy'] for x in per_seed]):.2f}"
+        for name in dict.fromkeys(("sft", main_model)) if all(name in x.get("fields", {}) for x in per_seed))
     a, s, p = (mean(ck, m, "acc") for m in ("asyncthink", "sequential", "parallel"))
     vs = [compare(per(ck, "asyncthink", "acc"), per(ck, o, "acc"), MIN_ACC_GAIN, fail_at=0.0) for o in ("parallel", "sequential")]
     rows.append({"claim": "Accuracy: AsyncThink > parallel and > sequential thinking (same model, temperature and per-sample budget)",
                  "paper": "AsyncThink highest (Table 1)",
-                 "ours": f"async {a:.2f} | parallel {p:.2f} | sequential {s:.2f}; paired async - parallel {pm(vs[0])}, async - sequential {pm(vs[1])}",
+                 "ours": f"async {a:.2f} | parallel {p:.2f} | sequential {s:.2f}; paired async - parallel {pm(vs[0])}, async - sequential {pm(vs[1])}"
+                 + fields_text,
                  "verdict": overall(vs)})  # fmt: skip
     pc = pre["claim_task"]
     lat_a, lat_p = mean(ck, "asyncthink", "latency_mean"), mean(ck, "parallel", "latency_mean")
@@ -412,7 +463,7 @@ def _rows(per_seed: list[dict], b: Budget, pre: dict) -> list[dict]:
                      MIN_TOPO_LATENCY_GAIN * mean(il, "asyncthink", "latency_mean"), higher_is_better=False)  # fmt: skip
         va = compare(per(fa, "asyncthink", "acc"), per(il, "asyncthink", "acc"), MIN_ACC_GAIN, fail_at=0.0)
         rows.append({"claim": "Ablation, trace topology: fork-all-then-join-all traces give a shorter critical path than interleaved ones "
-                     "(format SFT only, same steps)", "paper": "(ablation asked by issue 15; the paper mixes structures, Sec. 3.1)",
+                     f"(the format-SFT model trained {b.topo_sft_steps} more steps on one topology each, no RL)", "paper": "(ablation asked by issue 15; the paper mixes structures, Sec. 3.1)",
                      "ours": f"latency {mean(fa, 'asyncthink', 'latency_mean'):.1f} vs {mean(il, 'asyncthink', 'latency_mean'):.1f} "
                      f"(paired {-vl.effect:+.1f} ± {vl.spread:.1f}); acc {mean(fa, 'asyncthink', 'acc'):.2f} vs "
                      f"{mean(il, 'asyncthink', 'acc'):.2f} (paired {pm(va)}; accuracy verdict: {va.verdict}); ground truth "

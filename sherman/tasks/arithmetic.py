@@ -7,6 +7,12 @@ first for + and -, lowest first for *), so its length grows with the number of d
 Multi-expression mode (`n_expressions > 1`, for AsyncThink-style decomposition): the prompt lists independent
 expressions separated by ";" ("12+5;7*8="), the trace works each one in turn separated by ";", and the answer is all
 results in order ("#17;56"). The reward is 1.0 only when every result is right.
+
+Digit-wise scratchpad (`style="digits"`, addition only): the expression is copied, then one 4-token step per digit
+place, units first, "a_i b_i s_i c_i" (digits of the operands, the sum digit and the carry out), then the result:
+"47+85=" "7521," "4831" "=132". Every token is a one-digit sum or a copy at an offset that depends only on the
+operands' lengths, the form small transformers learn from few examples (units-first digit order, as in reversed-digit
+addition); the place-value style writes multi-digit partial sums, whose offsets vary with the carries.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from sherman.tasks.base import Example
 from sherman.tasks.parsing import final_answer
 
 OPS = "+-*"
+STYLES = ("place", "digits")
 
 
 @dataclass
@@ -34,13 +41,19 @@ class ArithmeticConfig:
     nonneg_sub: bool = True
     """Order subtraction operands so results are never negative."""
     scratchpad: bool = True
-    """Traces show place-value partial results before '#answer'; False gives just '#answer'."""
+    """Traces show partial results before '#answer'; False gives just '#answer'."""
+    style: str = "place"
+    """Scratchpad form: 'place' (place-value partial results) or 'digits' (digit-wise, units first; ops '+' only)."""
 
     def __post_init__(self):
         if not 1 <= self.min_digits <= self.max_digits:
             raise ShermanError(f"arithmetic: need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
         if not self.ops or any(o not in OPS for o in self.ops):
             raise ShermanError(f"arithmetic: ops must be a non-empty subset of {OPS!r}, got {self.ops!r}")
+        if self.style not in STYLES:
+            raise ShermanError(f"arithmetic: style must be one of {STYLES}, got {self.style!r}")
+        if self.style == "digits" and self.ops != "+":
+            raise ShermanError(f"arithmetic: style 'digits' supports ops '+' only, got {self.ops!r}")
         if self.n_expressions < 1:
             raise ShermanError(f"arithmetic: n_expressions must be >= 1, got {self.n_expressions}")
 
@@ -76,6 +89,19 @@ def scratchpad(a: int, op: str, b: int) -> str:
     return ",".join(steps)
 
 
+def digit_scratchpad(a: int, b: int) -> str:
+    """a+b worked digit by digit, units first: copy "a+b=", then per place "a_i b_i s_i c_i" (0 for a missing digit),
+    then "=" and the sum: 47+85 -> "47+85=7521,4831=132"."""
+    x, y = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(x), len(y))):
+        da, db = int(x[i]) if i < len(x) else 0, int(y[i]) if i < len(y) else 0
+        t = da + db + carry
+        carry = t // 10
+        steps.append(f"{da}{db}{t % 10}{carry}")
+    return f"{a}+{b}=" + ",".join(steps) + f"={a + b}"
+
+
 class Arithmetic:
     """See the module docstring. Built as `Arithmetic(min_digits=1, max_digits=3, ...)`."""
 
@@ -83,6 +109,10 @@ class Arithmetic:
 
     def __init__(self, cfg: ArithmeticConfig | None = None, **kwargs):
         self.cfg = cfg or ArithmeticConfig(**kwargs)
+
+    def think(self, a: int, op: str, b: int) -> str:
+        """The worked steps of one expression in this task's scratchpad style."""
+        return digit_scratchpad(a, b) if self.cfg.style == "digits" else scratchpad(a, op, b)
 
     def _number(self, rng: random.Random) -> int:
         d = rng.randint(self.cfg.min_digits, self.cfg.max_digits)
@@ -105,7 +135,7 @@ class Arithmetic:
     def trace(self, ex: Example, rng: random.Random | None = None) -> str:
         if not self.cfg.scratchpad:
             return "#" + ex.answer
-        return ";".join(scratchpad(a, op, b) for a, op, b in ex.meta["exprs"]) + "#" + ex.answer
+        return ";".join(self.think(a, op, b) for a, op, b in ex.meta["exprs"]) + "#" + ex.answer
 
     def alphabet(self) -> str:
         return "0123456789+-*=,;#"

@@ -32,7 +32,7 @@ import torch
 
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample
-from sherman.tasks.arithmetic import Arithmetic, scratchpad
+from sherman.tasks.arithmetic import Arithmetic
 from sherman.tasks.base import Example
 from sherman.tasks.countdown import Countdown, solutions, steps
 from sherman.tasks.parsing import parse_expr
@@ -86,8 +86,8 @@ def plan(task, ex: Example, subquery: str = "expr") -> Plan:
         subs, traces = [], []
         for k, ((a, op, b), res) in enumerate(zip(ex.meta["exprs"], ex.meta["results"]), start=1):
             subs.append(f"{a}{op}{b}=" if subquery == "expr" else str(k))
-            traces.append(f"{scratchpad(a, op, b)}<RETURN>{res}</RETURN>")
-        solo = ";".join(scratchpad(a, op, b) for a, op, b in ex.meta["exprs"])
+            traces.append(f"{task.think(a, op, b)}<RETURN>{res}</RETURN>")
+        solo = ";".join(task.think(a, op, b) for a, op, b in ex.meta["exprs"])
         return Plan(subs, traces, solo, ex.answer)
     if isinstance(task, Countdown):
         return _countdown_plan(task, ex)

@@ -5,7 +5,7 @@ import pytest
 from sherman.core.common import ShermanError
 from sherman.core.tokenizer import CharTokenizer
 from sherman.tasks import TASKS, get_task
-from sherman.tasks.arithmetic import Arithmetic, place_parts, scratchpad
+from sherman.tasks.arithmetic import Arithmetic, digit_scratchpad, place_parts, scratchpad
 from sherman.tasks.base import Example
 from sherman.tasks.parsing import final_answer
 
@@ -25,6 +25,21 @@ def test_scratchpad_hand_examples():
     assert scratchpad(5, "-", 40) == "5-40=-35"
     assert scratchpad(12, "*", 0) == "12*0=0"
     assert scratchpad(3, "*", 102) == "3*2=6,3*100=300,6+300=306"
+
+
+def test_digit_scratchpad_hand_examples():
+    # per place, units first: operand digits, sum digit, carry out; then the sum
+    assert digit_scratchpad(47, 85) == "47+85=7521,4831=132"  # 7+5=12 -> 2 carry 1; 4+8+1=13 -> 3 carry 1
+    assert digit_scratchpad(43, 23) == "43+23=3360,4260=66"
+    assert digit_scratchpad(5, 97) == "5+97=5721,0901=102"  # a missing digit is 0
+    assert digit_scratchpad(999, 1) == "999+1=9101,9001,9001=1000"
+    task = Arithmetic(n_expressions=2, min_digits=2, max_digits=2, ops="+", style="digits")
+    ex = Example("47+85;43+23=", "132;66", {"exprs": [(47, "+", 85), (43, "+", 23)], "results": [132, 66]})
+    assert task.trace(ex) == "47+85=7521,4831=132;43+23=3360,4260=66#132;66"
+    with pytest.raises(ShermanError, match="style"):
+        Arithmetic(ops="+*", style="digits")
+    with pytest.raises(ShermanError, match="style"):
+        Arithmetic(style="bogus")
 
 
 def test_reward_hand_examples():
@@ -61,7 +76,8 @@ def test_sample_deterministic_and_in_range():
         assert ex.prompt == f"{x}-{y}="
 
 
-@pytest.mark.parametrize("cfg", [{}, {"max_digits": 5, "nonneg_sub": False}, {"n_expressions": 3, "ops": "+*"}, {"scratchpad": False}])
+@pytest.mark.parametrize("cfg", [{}, {"max_digits": 5, "nonneg_sub": False}, {"n_expressions": 3, "ops": "+*"}, {"scratchpad": False},
+                                 {"n_expressions": 3, "ops": "+", "style": "digits"}])
 def test_trace_always_correct_and_tokenizable(cfg):
     task = Arithmetic(**cfg)
     tok = CharTokenizer(task.alphabet())
