@@ -3,13 +3,21 @@
 The task is chosen by the latency precondition (issue 15). On 3-number Countdown the ground-truth fork-join
 critical path is 1.19x parallel thinking's latency (fork, join and answer tokens outweigh 6-14-token workers), and
 4-number 3-solution Countdown without a search trace 0.83x, so the paper's "-28% latency" cannot show there. The
-experiment therefore trains and tests on 3-expression 2-digit sums ("55+41;30+70;58+11="), worked with the
-place-value scratchpad (`tasks.arithmetic`); each worker does one expression (~20 tokens), the organizer forks it by
-its position in the question (sub-query "2": one token, `think.train.SUBQUERIES`; copying the expression as the
-sub-query costs 7 more tokens per fork and fails the precondition), and the ground-truth fork-all trace is 0.68x the
-sequential trace (interleaved 0.87x). 3-digit sums leave more room (0.56x) but a 2-layer model had 0% accuracy on
-them after 600 SFT steps; on 2-digit sums it still had 0% after 1000 (operands copied from the wrong place of the
-question), so at the quick budget the accuracy rows may well be "not testable here". Countdown's ground-truth
+experiment therefore trains and tests on 3-expression 2-digit sums ("55+41;30+70;58+11="), each expression worked
+with the digit-wise scratchpad (`tasks.arithmetic`, style "digits": copy "55+41=", then per place, units first,
+"a_i b_i s_i c_i", then "=96"); each worker does one expression (~20 tokens), the organizer forks it by its position in
+the question (sub-query "b" = the second: one token, `think.train.SUBQUERIES`, mode 'letter'; copying the expression as
+the sub-query costs 7 more tokens per fork and fails the precondition, 0.85x), and the ground-truth fork-all trace is 0.63x the sequential trace
+(interleaved 0.83x). Why digit-wise: with the place-value scratchpad ("55+40=95,95+1=96", 0.68x) a 2-layer model had
+0% accuracy after 600 SFT steps (1eb23df); probing the SFT stage alone (issue 15 notes) showed that it learned neither
+the worker's sub-task (3% of returned results right, 10% of first operands copied from the right expression) nor the
+organizer's copy of the joined results into its answer (0% even on true joins); units-first digit steps turn the
+arithmetic into one-digit sums at fixed offsets (loss 0.39 vs 0.54 at 600 steps), leaving the copying from the
+question and from the joins as what a tiny model has to learn. A digit index ("2") looks like the question's digits, so
+attention cannot find it by content once the worker has written a few tokens; a letter can be found from any position
+(600-step probes, seed 0, 32 test questions, greedy: first operand copied from the right expression 0.79 vs 0.31,
+returned result right 0.25 vs 0.03; the organizer's copy of the joins stayed at 0.00 in every probe, also at 900
+steps and with 3 layers). Countdown's ground-truth
 ratio is still measured and shown.
 
 What runs, per seed (3 seeds at quick):
@@ -27,8 +35,11 @@ What runs, per seed (3 seeds at quick):
    `truncated_parallel`: a sample that closed its answer within B tokens is exactly what a B-capped run samples, one
    that did not has no answer under the cap). Accuracy vs critical-path latency, one point per budget, is the curve.
 4. Generalization: 4-expression questions, a shape never trained on.
-5. Ablations: no RL (the format-SFT model), lambda = 0, and fork-all-then-join-all vs interleaved traces (two extra
-   SFT models per seed trained on one topology each, at `Budget.topo_sft_steps` steps; no RL; AsyncThink only).
+5. Ablations: no RL (the format-SFT model), lambda = 0, and fork-all-then-join-all vs interleaved traces (the seed's
+   format-SFT model trained `Budget.topo_sft_steps` more steps on one topology each, same data otherwise; no RL;
+   AsyncThink only; until 3ed1b54 these were fresh models of 150 steps, which answered nothing).
+   Diagnostics (`field_accuracy`): each agent's part alone, greedy, on true contexts: the worker's returned result and
+   its copy of the expression given sub-query k, the organizer's answer given the true joins.
 6. Precondition (`think.train.latency_precondition`): on ground-truth traces of the claim task, replayed through the
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
@@ -129,9 +140,9 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(n_sft=6, sft_steps=3, rl_steps=1, lambdas=(0.5, 0.0), n_eval=2, dim=32, n_layers=1, seeds=(0, 1), budgets=(8, 16), rl_max_tokens=12,
                     topo_sft_steps=2, rl_questions=1, group=2),
-    "quick": Budget(n_sft=1200, sft_steps=600, rl_steps=10, lambdas=(0.5, 0.0), n_eval=32, dim=128, n_layers=2, topo_sft_steps=150,
+    "quick": Budget(n_sft=4000, sft_steps=800, rl_steps=10, lambdas=(0.5, 0.0), n_eval=32, dim=128, n_layers=2, topo_sft_steps=80,
                     log_every=100),
-    "full": Budget(n_sft=3000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000),
+    "full": Budget(n_sft=12000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000),
 }
 
 MIN_ACC_GAIN = 0.02
@@ -147,7 +158,7 @@ MIN_TOPO_LATENCY_GAIN = 0.10
 
 CAPACITY = 4
 TAU = 0.5
-SUBQUERY = "index"
+SUBQUERY = "letter"
 DIGITS = 2
 """Digits of every operand (see the module docstring for why 2)."""
 STYLE = "digits"
@@ -263,10 +274,6 @@ def field_accuracy(model, tok, task, exs) -> dict:
         out = generate(model, [tok.encode(p, bos=True) for p in prompts], params)
         return [tok.decode(t, skip_special=False) for t in out.tokens]
 
-    def inner(text: str, tag: str) -> str | None:
-        body = text.split(f"<{tag}>", 1)
-        return body[1].split(f"</{tag}>", 1)[0] if len(body) == 2 and f"</{tag}>" in body[1] else None
-
     w_prompts, w_traces, o_prompts = [], [], []
     for ex in exs:
         p = plan(task, ex, SUBQUERY)
@@ -275,11 +282,20 @@ def field_accuracy(model, tok, task, exs) -> dict:
             w_traces.append(tr)
         segs = organizer_trace(p, "fork_all", CAPACITY, random.Random(0))
         o_prompts.append(think.organizer_template.format(question=ex.prompt) + "".join(t for t, _ in segs[:-1]))
-    w_out = greedy(w_prompts, "</RETURN>", 48)
-    o_out = greedy(o_prompts, "</ANSWER>", 32)
-    return {"worker": float(np.mean([inner(o, "RETURN") == inner(t, "RETURN") for o, t in zip(w_out, w_traces)])),
-            "worker_copy": float(np.mean([o.split("=", 1)[0] == t.split("=", 1)[0] for o, t in zip(w_out, w_traces)])),
-            "organizer_copy": float(np.mean([inner(o, "ANSWER") == ex.answer for o, ex in zip(o_out, exs)]))}  # fmt: skip
+    return score_fields(greedy(w_prompts, "</RETURN>", 48), w_traces, greedy(o_prompts, "</ANSWER>", 32), [ex.answer for ex in exs])
+
+
+def _inner(text: str, tag: str) -> str | None:
+    body = text.split(f"<{tag}>", 1)
+    return body[1].split(f"</{tag}>", 1)[0] if len(body) == 2 and f"</{tag}>" in body[1] else None
+
+
+def score_fields(worker_out: list[str], worker_traces: list[str], org_out: list[str], answers: list[str]) -> dict:
+    """`field_accuracy`'s scores from the decoded texts (tags kept): worker = returned result equals the true one,
+    worker_copy = the text before the first '=' equals the true trace's, organizer_copy = answer equals the truth."""
+    return {"worker": float(np.mean([_inner(o, "RETURN") == _inner(t, "RETURN") for o, t in zip(worker_out, worker_traces)])),
+            "worker_copy": float(np.mean([o.split("=", 1)[0] == t.split("=", 1)[0] for o, t in zip(worker_out, worker_traces)])),
+            "organizer_copy": float(np.mean([_inner(o, "ANSWER") == a for o, a in zip(org_out, answers)]))}  # fmt: skip
 
 
 def _new_model(tok, b: Budget) -> Transformer:
@@ -312,7 +328,7 @@ def run(budget: str, out_dir: Path) -> dict:
     train_tasks, claim_task, heldout, countdown = make_tasks()
     tok = make_tokenizer(*train_tasks, countdown)
     top = max(b.budgets)
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     # precondition (issue 15): on ground-truth traces of the claim task the fork-join critical path must be <= 0.7x parallel's
     pre = {"claim_task": latency_precondition(claim_task, tok, 40, CAPACITY, max_ratio=MAX_GT_RATIO, subquery=SUBQUERY),
            "countdown3": latency_precondition(countdown, tok, 20, CAPACITY, max_ratio=MAX_GT_RATIO)}
@@ -323,7 +339,10 @@ def run(budget: str, out_dir: Path) -> dict:
     prog = progress(len(b.seeds) * n_models, "models trained and evaluated (SFT, RL per lambda, topology ablation)")
     for seed in b.seeds:
         prog.set(seed=seed)
+        cpu = {}  # CPU seconds of this process per stage (time.process_time: unaffected by other jobs' share of the cores)
+        c0 = time.process_time()
         sft_model, sft_loss = _sft(tok, train_tasks, b, seed, b.sft_steps, TRAIN_TOPOLOGIES)
+        cpu["sft"], c0 = time.process_time() - c0, time.process_time()
         models = {"sft": sft_model}
         for lam in b.lambdas:  # RL on the training shapes, one run (one optimizer, resumable) per lambda
             m = copy.deepcopy(sft_model)
@@ -333,6 +352,7 @@ def run(budget: str, out_dir: Path) -> dict:
                             run_dir=out_dir / "rl" / f"seed{seed}_lam{lam:g}")  # fmt: skip
             models[f"rl_lam{lam:g}"] = m
             rl_curves[f"seed{seed}_lam{lam:g}"] = hist
+        cpu["rl"], c0 = time.process_time() - c0, time.process_time()
         if seed == b.seeds[0]:  # the trained organizer: `sherman think "123+456;789+12=" --backend local --ckpt OUT/organizer`
             save_checkpoint(out_dir / "organizer", models[f"rl_lam{b.lambdas[0]:g}" if b.lambdas else "sft"], extra={"seed": seed})
             tok.save(out_dir / "organizer" / "tokenizer.json")
@@ -347,6 +367,7 @@ def run(budget: str, out_dir: Path) -> dict:
             if mname in ("sft", main_model):
                 fields[mname] = field_accuracy(m, tok, claim_task, claim_exs)
             prog.advance()
+        cpu["eval"], c0 = time.process_time() - c0, time.process_time()
         topo_loss = {}
         if b.topo_sft_steps:  # ablation: fork-all-then-join-all vs interleaved traces (the same SFT model, same steps, no RL)
             for topo in ("fork_all", "interleaved"):
@@ -354,7 +375,8 @@ def run(budget: str, out_dir: Path) -> dict:
                 res[f"topo_{topo}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, (top,), methods=("asyncthink",))
                 topo_loss[topo] = loss[-1]
                 prog.advance()
-        per_seed.append({"seed": seed, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
+        cpu["topology"] = time.process_time() - c0
+        per_seed.append({"seed": seed, "cpu_s": cpu, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
                          "fields": fields, "eval": res})  # fmt: skip
     prog.close()
     rows = _rows(per_seed, b, pre)
@@ -362,12 +384,14 @@ def run(budget: str, out_dir: Path) -> dict:
     plots = _plot_curves(per_seed, out_dir) + _plot_rl(rl_curves, out_dir)
     notes = (f"budget {budget}, seeds {list(b.seeds)}; model dim {b.dim} x {b.n_layers} layers, char tokenizer with the protocol tags as "
              f"single tokens; task: {claim_task.cfg.n_expressions}-expression {claim_task.cfg.min_digits}-digit sums ({b.n_sft} training "
-             f"questions), held out: {heldout.cfg.n_expressions} expressions; organizer sub-query = the "
-             f"expression's position. SFT {b.sft_steps} steps (traces: {', '.join(TRAIN_TOPOLOGIES)}); RL {b.rl_steps} steps x "
+             f"questions, {claim_task.cfg.style} scratchpad), held out: {heldout.cfg.n_expressions} expressions; organizer sub-query = the "
+             f"expression's position ({SUBQUERY}). SFT {b.sft_steps} steps (traces: {', '.join(TRAIN_TOPOLOGIES)}); RL {b.rl_steps} steps x "
              f"{b.rl_questions} questions x G={b.group} per lambda in {list(b.lambdas)} (tau {TAU}, c {CAPACITY}); topology ablation "
              f"{b.topo_sft_steps} further SFT steps per arm from the seed's SFT model; {b.n_eval} test questions per set; claims use '{main_model}'. Latency = fork-join "
              f"critical path in decode steps; parallel = {CAPACITY - 1} samples, majority vote; every method at T={b.eval_temperature:g}; "
-             f"per-sample budgets {list(b.budgets)} (claims at {top}). Total wall {time.perf_counter() - t_start:.0f}s.")
+             f"per-sample budgets {list(b.budgets)} (claims at {top}). Total wall {time.perf_counter() - t_start:.0f}s, CPU "
+             f"{time.process_time() - c_start:.0f}s (per seed and stage: " + "; ".join(
+                 f"seed {x['seed']}: " + ", ".join(f"{k} {v:.0f}s" for k, v in x["cpu_s"].items()) for x in per_seed) + ").")
     result = {"name": "asyncthink", "claim": CLAIM, "verdict": overall([r["verdict"] for r in rows]), "rows": rows, "plots": plots,
               "notes": notes, "metrics": {"eval": agg, "per_seed": per_seed, "rl": rl_curves, "precondition": pre}}  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(result, indent=1, default=float))

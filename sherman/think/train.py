@@ -44,9 +44,13 @@ SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", *protocol_specials(MAX_F
 TOPOLOGIES = ("interleaved", "fork_all", "no_fork")
 
 
+INDEX_LETTERS = "abcdefgh"
+"""Sub-queries of the 'letter' mode: the k-th expression is named by the k-th letter (letters never occur in a question)."""
+
+
 def make_tokenizer(*tasks) -> CharTokenizer:
-    """Char tokenizer over the tasks' alphabets, with the protocol tags as single tokens."""
-    return CharTokenizer("".join(t.alphabet() for t in tasks) + "?", specials=SPECIALS)
+    """Char tokenizer over the tasks' alphabets (+ the index letters), with the protocol tags as single tokens."""
+    return CharTokenizer("".join(t.alphabet() for t in tasks) + "?" + INDEX_LETTERS, specials=SPECIALS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -72,9 +76,11 @@ def top_op(expr: str) -> str:
     return e.op if e is not None and e.op != "n" else "?"
 
 
-SUBQUERIES = ("expr", "index")
+SUBQUERIES = ("expr", "index", "letter")
 """How an arithmetic organizer names a sub-problem: 'expr' copies the expression ("47*85="), 'index' gives its
-position in the question ("2" = the second expression; workers see the question, so one token says which)."""
+position in the question ("2" = the second expression; workers see the question, so one token says which), 'letter'
+the same position as a letter ("b" = the second): one token whose content occurs nowhere else in the worker's prompt,
+so attention can find it from any position (a digit index looks like the question's digits)."""
 
 
 def plan(task, ex: Example, subquery: str = "expr") -> Plan:
@@ -85,7 +91,7 @@ def plan(task, ex: Example, subquery: str = "expr") -> Plan:
     if isinstance(task, Arithmetic):
         subs, traces = [], []
         for k, ((a, op, b), res) in enumerate(zip(ex.meta["exprs"], ex.meta["results"]), start=1):
-            subs.append(f"{a}{op}{b}=" if subquery == "expr" else str(k))
+            subs.append(f"{a}{op}{b}=" if subquery == "expr" else str(k) if subquery == "index" else INDEX_LETTERS[k - 1])
             traces.append(f"{task.think(a, op, b)}<RETURN>{res}</RETURN>")
         solo = ";".join(task.think(a, op, b) for a, op, b in ex.meta["exprs"])
         return Plan(subs, traces, solo, ex.answer)

@@ -18,6 +18,7 @@ from sherman.experiments.asyncthink import (
     curve_mean_acc,
     make_tasks,
     run,
+    score_fields,
     truncated_parallel,
     truncated_sequential,
 )
@@ -69,6 +70,16 @@ def test_claim_task_passes_the_latency_precondition_and_countdown_does_not():
     pre = latency_precondition(claim, tok, 20, CAPACITY, max_ratio=MAX_GT_RATIO, subquery=SUBQUERY)
     assert pre["passed"] and pre["fork_all_ratio"] <= MAX_GT_RATIO < pre["interleaved_ratio"]
     assert not latency_precondition(countdown, tok, 10, CAPACITY, max_ratio=MAX_GT_RATIO)["passed"]
+
+
+def test_score_fields_by_hand():
+    traces = ["14+93=4370,1901=107<RETURN>107</RETURN>", "43+23=3360,4260=66<RETURN>66</RETURN>"]
+    outs = ["14+93=4370,1900=7<RETURN>107</RETURN>",  # wrong steps, right result: counts for `worker`
+            "43+28=3880,4271=71<RETURN>71</RETURN>"]  # wrong copy, wrong result
+    org = ["<ANSWER>107;66</ANSWER>", "<ANSWER>107;66", "<ANSWER>93</ANSWER>"]  # right, unclosed, wrong
+    f = score_fields(outs, traces, org, ["107;66"] * 3)
+    assert f == {"worker": 0.5, "worker_copy": 0.5, "organizer_copy": pytest.approx(1 / 3)}
+    assert score_fields(["14+93=4370"], traces[:1], org[:1], ["107;66"])["worker"] == 0.0  # no return: wrong
 
 
 def test_truncated_baselines_by_hand():

@@ -235,8 +235,8 @@ def test_latency_precondition_on_ground_truth_traces():
     assert not bad["passed"] and bad["best_ratio"] > 1.0
 
 
-@pytest.mark.parametrize("topology", ["interleaved", "fork_all"])
-def test_index_subqueries_fork_by_position_and_replay_to_full_accuracy(topology):
+@pytest.mark.parametrize("topology,mode", [("interleaved", "index"), ("fork_all", "index"), ("fork_all", "letter")])
+def test_index_subqueries_fork_by_position_and_replay_to_full_accuracy(topology, mode):
     """subquery='index': the organizer forks expression k by its position ("k", one token), the worker (which sees the
     question) works expression k; the ground-truth trace is valid protocol and answers everything right."""
     from sherman.think.train import replay_trace
@@ -246,14 +246,16 @@ def test_index_subqueries_fork_by_position_and_replay_to_full_accuracy(topology)
     rng = random.Random(5)
     for _ in range(4):
         ex = task.sample(rng)
-        p = plan(task, ex, subquery="index")
-        assert p.subqueries == ["1", "2", "3"]
+        p = plan(task, ex, subquery=mode)
+        names = "123" if mode == "index" else "abc"
+        assert p.subqueries == list(names)
         assert p.worker_traces == plan(task, ex).worker_traces  # same work, only the sub-query's text differs
         forks = [t for t, learn in organizer_trace(p, topology, 4, rng) if learn and t.startswith("<FORK-")]
         assert all(len(tok.encode(f)) == 3 for f in forks)  # <FORK-i>, k, </FORK-i>
-        r = replay_trace(task, ex, tok, topology, 4, rng, subquery="index")
+        r = replay_trace(task, ex, tok, topology, 4, rng, subquery=mode)
         assert r.errors == [] and task.reward(ex, "#" + r.answer) == 1.0
         prompts = sorted(log.segments[0].text for log in r.worker_logs.values())
-        assert prompts == [f"{ex.prompt}<WORK>{k}<WORK>" for k in "123"]
+        assert prompts == [f"{ex.prompt}<WORK>{k}<WORK>" for k in names]
+        assert not set("abc") & set(ex.prompt)
     with pytest.raises(ValueError, match="subquery"):
         plan(task, task.sample(rng), subquery="bogus")
