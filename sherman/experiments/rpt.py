@@ -45,11 +45,14 @@ Precondition of claims 1-2: S writes parsable predictions, RPT's rollouts earn s
 free: S's next-token-reasoning accuracy is within `FORMAT_COST_MAX` of the best plain argmax accuracy (S's own, or
 the pre-trained model's before a format SFT); otherwise RPT starts from a model that lost next-token knowledge to the
 format and NTP wins by predicting plain text, so the comparison cannot test RPT.
-Quick result at 2e7e866 (3 arm seeds, shared S, 1 thread, shared 2-core Intel Xeon nice'd at load 3-7: 3029 s wall, of
-which S 2055 s): S by reasoning 0.740 vs argmax 0.793, format cost 0.053 > 0.05, so claims 1-2 are not testable here
-(by a hair: 8 of 150 positions). Beyond the precondition: RPT 0.760 +- 0.007 vs best NTP 0.789 +- 0.010 (paired -0.029,
-2 s.e. 0.016: NTP ahead), hard 0.667 vs 0.667; RPT's rise over S +0.020 (2 s.e. 0.008), power-law R^2 0.30; claim 3
-not reproduced (arithmetic pass@1 after RL 0.009 vs 0.010, both near the floor).
+Quick result at 9d68026 (3 seeds, one S per seed, RPT lr 1e-4; 1 torch thread, main process + 1 background S worker,
+cold cache; shared 2-core Intel Xeon, nice'd beside another helper's quick run, load 3.3-5: 1516 s wall; CPU 559 s in the
+main process, 1209 s in all, ~740 s estimated idle wall): the precondition holds for every S (format cost 0.023, 0.037,
+0.033 on 300 held-out positions; argmax 0.737 +- 0.020, by reasoning 0.706 +- 0.013). Claim 1 not reproduced: RPT
+0.739 +- 0.016 vs best NTP 0.751 +- 0.002 (paired -0.012, 2 s.e. 0.021), hard 0.633 vs 0.643 (-0.010, 2 s.e. 0.081).
+Claim 2 not reproduced: RPT rises over S by +0.033 with 2 s.e. 0.034 (inside the spread), power-law R^2 0.48 +- 0.38.
+Claim 3 not reproduced: arithmetic pass@1 after RL 0.012 vs 0.017, both near the floor. Earlier, at 2e7e866 (4 spans,
+1800 steps, one shared S, lr 3e-4): format cost 0.053, claims 1-2 not testable here; RPT 0.760 vs NTP 0.789 beyond it.
 Verdicts: `experiments/verdict.compare` on the per-seed values, paired by seed: "reproduced" only when the mean
 paired difference is at least `EFFECT` and beyond 2 standard errors; a failed precondition gives "not testable here".
 """
