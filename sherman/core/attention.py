@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from sherman.core import cpu_decode
 from sherman.core.kv_cache import KVCache
 
 
@@ -81,11 +82,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_vali
 
     q (B, H_q, 1, D); k, v (B, H_kv, T_k, D); key_valid (B, T_k) or None; bias: optional precomputed
     `key_bias(key_valid, H_kv, G, dtype)` (the dense backend builds it once per forward pass for all layers).
-    Returns (B, H_q, 1, D). The score GEMM adds the mask and the 1/sqrt(D) scale itself (`baddbmm`). Much faster
+    Returns (B, H_q, 1, D). Inside an inference context (`cpu_decode.active`) one C++ pass over K and V instead. The score GEMM adds the mask and the 1/sqrt(D) scale itself (`baddbmm`). Much faster
     on CPU than `scaled_dot_product_attention(..., enable_gqa=True)` for T_q = 1.
     """
     b, hq, _, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
+    if cpu_decode.active(q) and k.stride(-1) == 1 and v.stride(-1) == 1:  # inference: one C++ pass over K and V
+        return cpu_decode.decode_attention(q, k, v, key_valid, 1.0 / math.sqrt(d))
     g = hq // hkv
     qg = q.reshape(b * hkv, g, d)  # (B*H_kv, G, D)
     kt = k.reshape(b * hkv, tk, d).transpose(1, 2)  # (B*H_kv, D, T_k), a view when k is a cache slice
@@ -132,7 +135,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: Attn
         return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, enable_gqa=True)
     if t_q == 1 and ctx.q_start == t_k - 1:
         bias = None
-        if ctx.key_valid is not None:  # one additive mask per forward pass (ctx.scratch), shared by the layers
+        if ctx.key_valid is not None and not cpu_decode.active(q):  # one additive mask per forward pass (ctx.scratch), shared by the layers
             cached = ctx.scratch.get("decode_bias")
             if cached is None or cached[0] is not ctx.key_valid:  # (a context reused outside the model: rebuild)
                 cached = ctx.scratch["decode_bias"] = (ctx.key_valid, key_bias(ctx.key_valid[:, :t_k], k.shape[1], q.shape[1] // k.shape[1], q.dtype))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sherman.core import cpu_decode
 from sherman.core.attention import AttnContext
 from sherman.core.linear import packed_weights
 from sherman.core.model import Transformer, padded_positions
@@ -176,13 +177,19 @@ def sample_next(
     inverse-CDF sampling (one uniform per row against the cumulative distribution of the kept mass, in
     vocabulary order), which is exact and avoids `torch.multinomial`'s per-entry exponential draws. Both
     searches use `cumsum_search` (no full-vocabulary cumsum). The log-prob is log of the fp32 softmax entry
-    (within ~1e-7 of log_softmax for any token that can be drawn).
+    (within ~1e-7 of log_softmax for any token that can be drawn). Inside an inference context on CPU
+    (`cpu_decode.active`: every `generate` call) `cpu_decode.sample_top_p` computes the same threshold and draw
+    without the sort (same uniforms; results equal up to fp32 rounding at the edges of the kept set).
     """
     logits = logits.float()
     if temperature == 0.0:
         tok = logits.argmax(-1)
         logp = torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
         return tok, logp
+    if cpu_decode.active(logits) and logits.dim() == 2:  # inference on CPU: the same draw in one C++ pass per row
+        if u is None:
+            u = torch.rand(logits.shape[0], generator=generator)
+        return cpu_decode.sample_top_p(logits, temperature, top_p, u)
     probs = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)  # (B, V)
     kept = probs
     if top_p < 1.0:

@@ -58,6 +58,9 @@ PACK_MIN_NUMEL = 1 << 16
 generate call; smaller weights run unpacked)."""
 
 _STATE: dict = {}
+CHOICE_VERSION = 2
+"""Bumped when the set of measured candidates or the way they are timed changes: the cache file is named after it, so
+cached choices are remeasured (and an older Sherman on the same machine keeps its own file)."""
 MARGIN = 0.95
 """A candidate other than `F.linear` is chosen only when its time is below MARGIN x F.linear's."""
 
@@ -94,7 +97,7 @@ def choice_path() -> Path:
     root = os.environ.get("SHERMAN_CACHE_DIR")
     if not root:
         root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sherman")
-    return Path(root) / "linear_choice.json"
+    return Path(root) / f"linear_choice_v{CHOICE_VERSION}.json"
 
 
 def machine_key() -> str:
@@ -148,6 +151,7 @@ def _save_choice(d: dict) -> None:
     shapes meanwhile); an unwritable cache directory only means measuring again next time."""
     disk = _load_choice()
     d["infer"] = {**disk["infer"], **d["infer"]}
+    d["infer_torch"] = {**disk.get("infer_torch", {}), **d.get("infer_torch", {})}
     if "train" in disk and "train" not in d:
         d["train"], d["train_us"] = disk["train"], disk.get("train_us")
     try:
@@ -199,24 +203,46 @@ def train_choice() -> str:
     return c["train"]
 
 
+COLD_BYTES = 8 << 20
+"""`measure_infer` cycles through copies of the weight totalling at least this many bytes, so each product reads its
+weight from memory as a decode step does (the layers' weights together exceed the L2 cache), not from L2."""
+
+
 def measure_infer(out_f: int, in_f: int, rows: int = 16) -> dict[str, float]:
     """Seconds per no-grad product of `rows` x in_f -> out_f for each inference candidate: "mkl" (F.linear),
-    "t" (x @ W^T on a transposed copy), "onednn" (prepacked weight, when available)."""
+    "t" (x @ W^T on a transposed copy), "onednn" (prepacked weight, when available), "tiled" (`core/cpu_decode.py`'s
+    packed skinny GEMM, when its extension builds). Each call takes the next of several weight copies (`COLD_BYTES`)."""
+    from sherman.core import cpu_decode
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_f, generator=g)
     w = torch.randn(out_f, in_f, generator=g)
-    wt = w.t().contiguous()
-    fns = {"mkl": lambda: F.linear(x, w), "t": lambda: torch.mm(x, wt)}
+    copies = max(2, min(64, -(-COLD_BYTES // (w.numel() * 4))))
+    ws = [w.clone() for _ in range(copies)]
+    turn = [0]
+
+    def cycling(fn, weights):
+        def call():
+            turn[0] = (turn[0] + 1) % copies
+            return fn(weights[turn[0]])
+        return call
+
+    fns = {"mkl": cycling(lambda w_: F.linear(x, w_), ws), "t": cycling(lambda w_: torch.mm(x, w_), [w_.t().contiguous() for w_ in ws])}
     if onednn_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, 16)
-        fns["onednn"] = lambda: _op(x, packed, None)
-    reps = max(1, min(20, int(2e6 // max(rows * in_f * out_f // 16, 1))))  # ~a few ms per round
+        fns["onednn"] = cycling(lambda w_: _op(x, w_, None), [torch.ops.mkldnn._reorder_linear_weight(w_, 16) for w_ in ws])
+    if cpu_decode.ext() is not None:
+        fns["tiled"] = cycling(lambda wp: cpu_decode.tiled_linear(x, wp, None, out_f), [cpu_decode.pack_tiles(w_, None)[0] for w_ in ws])
+    reps = max(copies, min(20, int(2e6 // max(rows * in_f * out_f // 16, 1))))  # ~a few ms per round
     with torch.no_grad():
         return _best_of(fns, rounds=5, reps=reps)
 
 
 def infer_choice(out_f: int, in_f: int) -> str:
-    """"onednn", "t" or "mkl" for no-grad products with an (out_f, in_f) weight (measured once per shape and machine)."""
+    """"onednn", "t", "tiled" or "mkl" for no-grad products with an (out_f, in_f) weight (measured once per shape and
+    machine). "tiled" needs the C++ kernels (`core/cpu_decode.py`); where they are disabled (SHERMAN_CPP=0) or do not
+    build, the fastest of the other candidates, measured in the same run, is used."""
+    from sherman.core import cpu_decode
+
     mode = _mode_env()
     if mode == "off" or not onednn_available():
         return "mkl"
@@ -224,12 +250,18 @@ def infer_choice(out_f: int, in_f: int) -> str:
         return "onednn"
     key = f"{out_f}x{in_f}"
     c = _choice()
-    if key not in c["infer"]:
+    c.setdefault("infer_torch", {})
+    if key not in c["infer"] or key not in c["infer_torch"]:
         with _CHOICE_LOCK:
-            if key not in c["infer"]:
-                c["infer"][key] = _pick(measure_infer(out_f, in_f))
+            if key not in c["infer"] or key not in c["infer_torch"]:
+                times = measure_infer(out_f, in_f)
+                c["infer"][key] = _pick(times)
+                c["infer_torch"][key] = _pick({k: v for k, v in times.items() if k != "tiled"})
                 _save_choice(c)
-    return c["infer"][key]
+    choice = c["infer"][key]
+    if choice == "tiled" and cpu_decode.ext() is None:
+        return c["infer_torch"][key]
+    return choice
 
 
 def plain_autograd() -> bool:
@@ -387,8 +419,9 @@ class FusedPack:
     source weights changes (tensor identity and version counter)."""
 
     def __init__(self, linears: list[nn.Linear], packed: torch.Tensor | None, plain: torch.Tensor | None, bias: torch.Tensor | None,
-                 wt: torch.Tensor | None = None):  # fmt: skip
+                 wt: torch.Tensor | None = None, tiles: tuple[torch.Tensor, torch.Tensor | None] | None = None):  # fmt: skip
         self.linears, self.bias = linears, bias
+        self.tiles = tiles  # (column tiles, padded bias) for `cpu_decode.tiled_linear`, or None
         self.packed = packed  # oneDNN-reordered (sum out, in) concatenation, or None
         self.plain = plain  # the plain concatenation (sum out, in), when neither reordered nor transposed
         self.wt = wt  # the transposed concatenation (in, sum out), contiguous, or None
@@ -399,7 +432,7 @@ class FusedPack:
 
     @property
     def layout(self) -> str:
-        return "onednn" if self.packed is not None else "t" if self.wt is not None else "mkl"
+        return "onednn" if self.packed is not None else "t" if self.wt is not None else "tiled" if self.tiles is not None else "mkl"
 
     def fresh(self) -> bool:
         """True while every source weight/bias is unchanged in place (version counter; this is called per
@@ -423,6 +456,10 @@ class FusedPack:
                 return cls(linears, torch.ops.mkldnn._reorder_linear_weight(w, 16), None, bias)
             if how == "t":
                 return cls(linears, None, None, bias, w.t().contiguous())
+            if how == "tiled":
+                from sherman.core import cpu_decode
+
+                return cls(linears, None, None, bias, tiles=cpu_decode.pack_tiles(w, bias))
             return cls(linears, None, w, bias)
 
     def usable(self, x: torch.Tensor) -> bool:
@@ -438,6 +475,10 @@ class FusedPack:
         oneDNN weight, on the transposed copy, or `linear()` on the plain concatenated weight."""
         if self.packed is not None:
             return _op_rows(x, self.packed, self.bias)
+        if self.tiles is not None:
+            from sherman.core import cpu_decode
+
+            return cpu_decode.tiled_linear(x, self.tiles[0], self.tiles[1], sum(self.splits))
         if self.wt is not None:
             x2 = x.reshape(-1, x.shape[-1])  # (m, in)
             y = torch.mm(x2, self.wt) if self.bias is None else torch.addmm(self.bias, x2, self.wt)  # (m, out)
@@ -457,7 +498,8 @@ def packed_weights(model: nn.Module):
     """Prepack, for fast inference, every module of `model` that defines `pack_for_inference` (our `Linear`,
     fused q/k/v and gate/up projections, the LM head); unpack on exit. Re-entrant and thread-safe: a count of
     open contexts per model, the first one packs and the last one unpacks. Costs one reorder of the weights
-    (a few ms for a 10M-parameter model); packs made stale by weights changing inside are ignored."""
+    (a few ms for a 10M-parameter model); packs made stale by weights changing inside are ignored. Inside, the calling
+    thread is also in `cpu_decode.inference()` (C++ kernels for the small ops of a decode step, where they build)."""
     with _PACK_LOCK:
         depth = model.__dict__.get("_pack_depth", 0)
         model.__dict__["_pack_depth"] = depth + 1
@@ -466,8 +508,14 @@ def packed_weights(model: nn.Module):
             for m in model.modules():
                 if hasattr(m, "pack_for_inference") and id(m) not in covered:
                     covered.update(id(x) for x in m.pack_for_inference() or ())
+    from sherman.core import cpu_decode
+
     try:
-        yield model
+        # this thread's fp32 no-grad RMSNorm, q/k norm + RoPE, decode attention and sampling use the C++ kernels
+        # (loaded, on a machine's first use compiled, here; unless SHERMAN_CPP=0)
+        w = next(model.parameters(), None)
+        with cpu_decode.inference(enable=w is not None and w.device.type == "cpu" and w.dtype == torch.float32):
+            yield model
     finally:
         with _PACK_LOCK:
             model.__dict__["_pack_depth"] -= 1

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sherman.core import cpu_decode
 from sherman.core.attention import AttnContext, attend
 from sherman.core.config import check, check_types
 from sherman.core.kv_cache import KVCache
@@ -196,6 +197,8 @@ class RMSNorm(nn.Module):
         if x.dtype == torch.float32 and w.dtype == torch.float32:  # bit-identical to the formula below in fp32
             if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and plain_autograd():
                 return _RMSNormFn.apply(x, w, self.eps)  # training: a closed-form backward
+            if cpu_decode.active(x):  # inference (`packed_weights`): the C++ kernel, same formula
+                return cpu_decode.rms_norm(x, w, self.eps)
             return F.rms_norm(x, w.shape, w, self.eps)
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least; fp64 stays fp64
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -347,6 +350,9 @@ class Attention(nn.Module):
         pack = self.__dict__.get("_qkv_pack")
         if pack is not None and pack.usable(x):  # inference: one GEMM, q and k normed and rotated together
             qkv = pack.fused(x).view(b, t, hq + 2 * hkv, hd)  # (B, T, H_q + 2 H_kv, D)
+            if cpu_decode.active(qkv):  # one C++ pass: q/k RMSNorm, RoPE, and q, k, v in (B, H, T, D)
+                w = None if self.q_norm is None else torch.cat([self.q_norm.weight.expand(hq, hd), self.k_norm.weight.expand(hkv, hd)])
+                return cpu_decode.qk_norm_rope(qkv, hq, hkv, w, self.q_norm.eps if self.q_norm is not None else 0.0, cos, sin)
             qk, v = qkv[:, :, : hq + hkv], qkv[:, :, hq + hkv :]
             if self.q_norm is not None:  # same arithmetic as the two RMSNorms (fp32: rms_norm then * weight)
                 w = torch.cat([self.q_norm.weight.expand(hq, hd), self.k_norm.weight.expand(hkv, hd)])  # (H_q + H_kv, D)

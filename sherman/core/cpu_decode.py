@@ -1,0 +1,647 @@
+"""C++ CPU kernels for the small ops of a decode step: a tiled skinny GEMM, RMSNorm, q/k RMSNorm + RoPE, and dense
+one-query attention over the KV cache (issue 20: doing less work per decode step on CPUs whose BLAS is slow on
+skinny products).
+
+Why (measured on the 2-core Intel Xeon of issue 20, one thread, the 10M `bench_generate` model at batch 16, ~24 ms
+per decode step): the four GEMMs of a layer are a third of the step and run at 3-4 GB/s of weight reads, because
+MKL's kernels for 16-row products re-read the weight in a strided pattern; decode attention (`baddbmm`, softmax,
+`bmm` over 64 (row, KV head) pairs of 2 x 32 by 32 x T) pays MKL's per-matrix overhead 64 times per call; and the
+q/k RMSNorm over (B, 1, 12, 32) strided rows costs ~120 us in PyTorch's reduction, ~40 times what its bytes need.
+Each kernel here reads its operands once, in order:
+
+  * `tiled_linear`: y = x W^T + b for x (M, K) with W packed once (per `packed_weights` context) into column tiles of
+    NT = 4 SIMD widths, (N / NT, K, NT) contiguous, so one tile is one sequential stream; per tile and group of up to
+    6 rows the 6 x 4 vector accumulators stay in registers over all K. (The same register-blocking idea as every
+    BLAS micro-kernel; the packed layout is what makes the weight read sequential for skinny M.)
+  * `rms_norm`: rows of x (any leading strides, contiguous last dim) -> x * rsqrt(mean(x^2) + eps) * w (the formula of
+    `F.rms_norm` in fp32), optionally after a residual add x + y (the add is returned too).
+  * `qk_norm_rope`: the fused q/k/v projection output (B, T, H_q + 2 H_kv, D) -> q, k RMS-normed per head (weights of
+    `q_norm`/`k_norm`, or none) and rotated (`rope_signed`: x cos + roll(x, D/2) ssin), v copied; each (B, H, T, D).
+  * `decode_attention`: softmax(q k^T / sqrt(D) + mask) v for one query per row, grouped heads read each key and value
+    row once; the masked slots (`key_valid` False) get probability 0. Exponentials by the shared vectorised exp.
+
+They are used only inside an inference context (`inference()`, entered by `core.linear.packed_weights`, i.e. by every
+`generate` call) on fp32 CPU tensors with no gradient, and only when the extension builds here (first use compiles
+it, ~15-20 s on 2 cores, then torch's build cache loads it). `SHERMAN_CPP=0` disables them (pure PyTorch, e.g. to
+compare). The results equal the PyTorch ops to fp32 rounding (different summation order; tests/core/test_cpu_decode.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+import torch
+
+from sherman.core.simd import SIMD_SRC
+
+_SRC = SIMD_SRC + r"""
+#include <ATen/Parallel.h>
+#include <cstring>
+
+// ---------------- tiled skinny GEMM ----------------
+// wp (tiles, K, NT): column tile t holds W^T[:, t*NT : (t+1)*NT] row by row (N padded with zero columns to tiles*NT).
+// For a group of MR <= 6 rows of x, the MR x 4 vector accumulators stay in registers over the K rows of the tile.
+template <int MR>
+static inline void tile_rows(const float* x, int64_t ldx, const float* wt, int64_t K, const float* bias, float* y,
+                             int64_t ldy, int64_t ncols) {
+  vf c[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int i = 0; i < 4; ++i) c[r][i] = bias ? vload(bias + i * W) : vset(0.f);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wr = wt + k * 4 * W;
+    __builtin_prefetch(wr + 16 * 4 * W, 0, 1);
+    const vf w0 = vload(wr), w1 = vload(wr + W), w2 = vload(wr + 2 * W), w3 = vload(wr + 3 * W);
+    for (int r = 0; r < MR; ++r) {
+      const vf xv = vset(x[r * ldx + k]);
+      c[r][0] = vfma(xv, w0, c[r][0]);
+      c[r][1] = vfma(xv, w1, c[r][1]);
+      c[r][2] = vfma(xv, w2, c[r][2]);
+      c[r][3] = vfma(xv, w3, c[r][3]);
+    }
+  }
+  if (ncols == 4 * W) {
+    for (int r = 0; r < MR; ++r)
+      for (int i = 0; i < 4; ++i) vstore(y + r * ldy + i * W, c[r][i]);
+  } else {  // the last, partial tile: through a buffer, only the real columns
+    float buf[4 * W];
+    for (int r = 0; r < MR; ++r) {
+      for (int i = 0; i < 4; ++i) vstore(buf + i * W, c[r][i]);
+      for (int64_t j = 0; j < ncols; ++j) y[r * ldy + j] = buf[j];
+    }
+  }
+}
+
+torch::Tensor tiled_linear(torch::Tensor x, torch::Tensor wp, c10::optional<torch::Tensor> bias_p, int64_t n_out) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kFloat, "x must be (M, K) fp32 with contiguous rows");
+  TORCH_CHECK(wp.is_contiguous() && wp.dim() == 3 && wp.size(1) == x.size(1) && wp.size(2) == 4 * W, "packed weight must be (tiles, K, 4W)");
+  const int64_t M = x.size(0), K = x.size(1), NT = 4 * W, tiles = wp.size(0), ldx = x.stride(0);
+  TORCH_CHECK(n_out <= tiles * NT && n_out > (tiles - 1) * NT, "n_out does not match the packed tiles");
+  auto y = torch::empty({M, n_out}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* w = wp.data_ptr<float>();
+  const float* bp = nullptr;
+  if (bias_p.has_value()) {
+    TORCH_CHECK(bias_p->is_contiguous() && bias_p->numel() == tiles * NT, "bias must be padded to tiles * 4W");
+    bp = bias_p->data_ptr<float>();
+  }
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t)(1 << 18) / std::max<int64_t>(1, M * K * NT / 16));
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* wt = w + t * K * NT;
+      const float* bt = bp ? bp + t * NT : nullptr;
+      const int64_t nc = std::min<int64_t>(NT, n_out - t * NT);
+      int64_t m = 0;
+      for (; m + 6 <= M; m += 6) tile_rows<6>(xp + m * ldx, ldx, wt, K, bt, yp + m * n_out + t * NT, n_out, nc);
+      const float* xm = xp + m * ldx;
+      float* ym = yp + m * n_out + t * NT;
+      switch (M - m) {
+        case 5: tile_rows<5>(xm, ldx, wt, K, bt, ym, n_out, nc); break;
+        case 4: tile_rows<4>(xm, ldx, wt, K, bt, ym, n_out, nc); break;
+        case 3: tile_rows<3>(xm, ldx, wt, K, bt, ym, n_out, nc); break;
+        case 2: tile_rows<2>(xm, ldx, wt, K, bt, ym, n_out, nc); break;
+        case 1: tile_rows<1>(xm, ldx, wt, K, bt, ym, n_out, nc); break;
+        default: break;
+      }
+    }
+  });
+  return y;
+}
+
+// ---------------- RMSNorm ----------------
+static inline float sum_squares(const float* x, int64_t n) {
+  vf s0 = vset(0.f), s1 = vset(0.f);
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const vf a = vload(x + i), b = vload(x + i + W);
+    s0 = vfma(a, a, s0);
+    s1 = vfma(b, b, s1);
+  }
+  for (; i + W <= n; i += W) { const vf a = vload(x + i); s0 = vfma(a, a, s0); }
+  float s = vsum(vadd(s0, s1));
+  for (; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
+static inline void norm_row(const float* x, const float* w, float eps, float* out, int64_t n) {  // out = x r w
+  const float r = 1.f / std::sqrt(sum_squares(x, n) / (float)n + eps);
+  const vf vr = vset(r);
+  int64_t i = 0;
+  if (w) {
+    for (; i + W <= n; i += W) vstore(out + i, vmul(vmul(vload(x + i), vr), vload(w + i)));
+    for (; i < n; ++i) out[i] = (x[i] * r) * w[i];
+  } else {
+    for (; i + W <= n; i += W) vstore(out + i, vmul(vload(x + i), vr));
+    for (; i < n; ++i) out[i] = x[i] * r;
+  }
+}
+
+// x (N, C) rows (row stride any, last dim contiguous), w (C) -> (N, C) contiguous. With y given: s = x + y is
+// normed and returned as well (the residual stream after a sublayer), y (N, C) with contiguous rows.
+std::vector<torch::Tensor> rms_norm(torch::Tensor x, torch::Tensor w, double eps, c10::optional<torch::Tensor> y_opt) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kFloat, "x must be (N, C) fp32 with contiguous rows");
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(w.is_contiguous() && w.numel() == C, "weight must be (C,) contiguous");
+  auto out = torch::empty({N, C}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (!y_opt.has_value()) {
+    for (int64_t n = 0; n < N; ++n) norm_row(xp + n * x.stride(0), wp, (float)eps, op + n * C, C);
+    return {out};
+  }
+  const auto& y = *y_opt;
+  TORCH_CHECK(y.dim() == 2 && y.size(0) == N && y.size(1) == C && y.stride(1) == 1, "y must be (N, C) with contiguous rows");
+  auto s = torch::empty({N, C}, x.options());
+  const float* yp = y.data_ptr<float>();
+  float* sp = s.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xr = xp + n * x.stride(0);
+    const float* yr = yp + n * y.stride(0);
+    float* sr = sp + n * C;
+    int64_t i = 0;
+    for (; i + W <= C; i += W) vstore(sr + i, vadd(vload(xr + i), vload(yr + i)));
+    for (; i < C; ++i) sr[i] = xr[i] + yr[i];
+    norm_row(sr, wp, (float)eps, op + n * C, C);
+  }
+  return {s, out};
+}
+
+// ---------------- q/k RMSNorm + RoPE ----------------
+// qkv (B, T, Hq + 2 Hkv, D), last dim contiguous; w (Hq + Hkv, D) or empty (no q/k norm); cos, ssin (B or 1, T, D)
+// with contiguous last dim. Returns q (B, Hq, T, D), k (B, Hkv, T, D) rotated, v (B, Hkv, T, D) copied.
+// Per head row: u = rmsnorm(x) * w (if normed), out = u * cos + roll(u, D/2) * ssin.
+std::vector<torch::Tensor> qk_norm_rope(torch::Tensor qkv, int64_t hq, int64_t hkv, c10::optional<torch::Tensor> w_opt, double eps,
+                                        torch::Tensor cos, torch::Tensor ssin) {
+  TORCH_CHECK(qkv.dim() == 4 && qkv.stride(3) == 1 && qkv.scalar_type() == at::kFloat, "qkv must be (B, T, H, D) fp32, contiguous D");
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(2), D = qkv.size(3), half = D / 2;
+  TORCH_CHECK(H == hq + 2 * hkv && D % 2 == 0, "qkv heads must be hq + 2 hkv with an even head dim");
+  TORCH_CHECK(cos.dim() == 3 && cos.size(1) == T && cos.size(2) == D && cos.stride(2) == 1 && ssin.sizes() == cos.sizes() &&
+              ssin.stride(2) == 1 && (cos.size(0) == B || cos.size(0) == 1), "cos/ssin must be (B or 1, T, D)");
+  const float* wp = nullptr;
+  if (w_opt.has_value()) {
+    TORCH_CHECK(w_opt->is_contiguous() && w_opt->numel() == (hq + hkv) * D, "q/k norm weight must be (Hq + Hkv, D)");
+    wp = w_opt->data_ptr<float>();
+  }
+  auto q = torch::empty({B, hq, T, D}, qkv.options());
+  auto k = torch::empty({B, hkv, T, D}, qkv.options());
+  auto v = torch::empty({B, hkv, T, D}, qkv.options());
+  const float* xp = qkv.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = ssin.data_ptr<float>();
+  const int64_t cb = cos.size(0) == 1 ? 0 : cos.stride(0), sb = ssin.size(0) == 1 ? 0 : ssin.stride(0);
+  std::vector<float> u(D);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xr = xp + b * qkv.stride(0) + t * qkv.stride(1);
+      const float* c = cp + b * cb + t * cos.stride(1);
+      const float* s = sp + b * sb + t * ssin.stride(1);
+      for (int64_t h = 0; h < hq + hkv; ++h) {
+        const float* x = xr + h * qkv.stride(2);
+        if (wp) norm_row(x, wp + h * D, (float)eps, u.data(), D);
+        else std::copy(x, x + D, u.data());
+        float* o = h < hq ? q.data_ptr<float>() + ((b * hq + h) * T + t) * D : k.data_ptr<float>() + ((b * hkv + h - hq) * T + t) * D;
+        for (int64_t i = 0; i < D; ++i) {
+          const float sw = i < half ? u[i + half] : u[i - half];  // roll(u, D/2)
+          o[i] = u[i] * c[i] + sw * s[i];
+        }
+      }
+      for (int64_t h = 0; h < hkv; ++h) {
+        const float* x = xr + (hq + hkv + h) * qkv.stride(2);
+        std::copy(x, x + D, v.data_ptr<float>() + ((b * hkv + h) * T + t) * D);
+      }
+    }
+  return {q, k, v};
+}
+
+// ---------------- dense one-query decode attention ----------------
+// s[t] = q . k_t for four consecutive keys (rows kstride apart), one transpose tree for the four sums (D % W == 0)
+static inline void dot_4keys(const float* q, const float* k, int64_t kstride, int64_t D, float* out) {
+  vf a0 = vset(0.f), a1 = vset(0.f), a2 = vset(0.f), a3 = vset(0.f);
+  for (int64_t i = 0; i < D; i += W) {
+    const vf x = vload(q + i);
+    a0 = vfma(x, vload(k + i), a0);
+    a1 = vfma(x, vload(k + kstride + i), a1);
+    a2 = vfma(x, vload(k + 2 * kstride + i), a2);
+    a3 = vfma(x, vload(k + 3 * kstride + i), a3);
+  }
+  vsum4(a0, a1, a2, a3, out);
+}
+
+// o_g[d0, d0 + NV W) = sum_t p_g[t] v_t[d0, d0 + NV W) for NG heads g (p rows Tk apart, o rows D apart): the NG x NV
+// accumulators stay in registers over all value rows
+template <int NG, int NV>
+static inline void pv_tile(const float* p, int64_t Tk, const float* vb, int64_t vstride, int64_t d0, float* o, int64_t D) {
+  vf acc[NG][NV];
+  for (int g = 0; g < NG; ++g)
+    for (int j = 0; j < NV; ++j) acc[g][j] = vset(0.f);
+  for (int64_t t = 0; t < Tk; ++t) {
+    const float* vr = vb + t * vstride + d0;
+    vf x[NV];
+    for (int j = 0; j < NV; ++j) x[j] = vload(vr + j * W);
+    for (int g = 0; g < NG; ++g) {
+      const vf pg = vset(p[g * Tk + t]);
+      for (int j = 0; j < NV; ++j) acc[g][j] = vfma(pg, x[j], acc[g][j]);
+    }
+  }
+  for (int g = 0; g < NG; ++g)
+    for (int j = 0; j < NV; ++j) vstore(o + g * D + d0 + j * W, acc[g][j]);
+}
+
+template <int NG>
+static inline void pv_heads(const float* p, int64_t Tk, const float* vb, int64_t vstride, float* o, int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 4 * W <= D; d0 += 4 * W) pv_tile<NG, 4>(p, Tk, vb, vstride, d0, o, D);
+  switch ((D - d0) / W) {
+    case 3: pv_tile<NG, 3>(p, Tk, vb, vstride, d0, o, D); d0 += 3 * W; break;
+    case 2: pv_tile<NG, 2>(p, Tk, vb, vstride, d0, o, D); d0 += 2 * W; break;
+    case 1: pv_tile<NG, 1>(p, Tk, vb, vstride, d0, o, D); d0 += W; break;
+    default: break;
+  }
+  if (d0 < D) {  // dims past the last full vector
+    for (int g = 0; g < NG; ++g)
+      for (int64_t d = d0; d < D; ++d) {
+        float a = 0.f;
+        for (int64_t t = 0; t < Tk; ++t) a += p[g * Tk + t] * vb[t * vstride + d];
+        o[g * D + d] = a;
+      }
+  }
+}
+
+// q (B, Hq, 1, D) contiguous; k, v (B, Hkv, Tk, D) with contiguous D (cache views); valid (B, >= Tk) bool or empty.
+// out (B, Hq, 1, D) = softmax(q k^T * scale + mask) v, each key/value row read once for the G heads of its group.
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, c10::optional<torch::Tensor> valid_opt, double scale) {
+  TORCH_CHECK(q.is_contiguous() && q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat, "q must be (B, Hq, 1, D) contiguous fp32");
+  TORCH_CHECK(k.dim() == 4 && k.stride(3) == 1 && v.stride(3) == 1 && k.sizes() == v.sizes(), "k, v must be (B, Hkv, Tk, D) with contiguous D");
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(3), Hkv = k.size(1), Tk = k.size(2), G = Hq / Hkv;
+  TORCH_CHECK(k.size(0) == B && k.size(3) == D && Hq % Hkv == 0, "q and k shapes disagree");
+  const bool* vp = nullptr;
+  int64_t vs = 0;
+  if (valid_opt.has_value()) {
+    TORCH_CHECK(valid_opt->scalar_type() == at::kBool && valid_opt->dim() == 2 && valid_opt->size(0) == B && valid_opt->size(1) >= Tk &&
+                valid_opt->stride(1) == 1, "valid must be (B, >= Tk) bool with contiguous slots");
+    vp = valid_opt->data_ptr<bool>();
+    vs = valid_opt->stride(0);
+  }
+  auto out = torch::empty_like(q);
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vvp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t ksb = k.stride(0), ksh = k.stride(1), kst = k.stride(2), vsb = v.stride(0), vsh = v.stride(1), vst = v.stride(2);
+  const float NEG = -std::numeric_limits<float>::infinity();
+  const float sc = (float)scale;
+  const int64_t grain = std::max<int64_t>(1, (int64_t)(1 << 15) / std::max<int64_t>(1, Tk * D * G));
+  at::parallel_for(0, B * Hkv, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<float> s(G * Tk);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t b = item / Hkv, h = item % Hkv;
+      const float* kb = kp + b * ksb + h * ksh;
+      const float* vb = vvp + b * vsb + h * vsh;
+      const float* qg = qp + (b * Hq + h * G) * D;  // the G query heads of this KV head, rows of D
+      const bool* valid = vp ? vp + b * vs : nullptr;
+      for (int64_t g = 0; g < G; ++g) {  // scores, four keys per transpose tree
+        float* sg = s.data() + g * Tk;
+        const float* qr = qg + g * D;
+        int64_t t = 0;
+        if (D % W == 0)
+          for (; t + 4 <= Tk; t += 4) dot_4keys(qr, kb + t * kst, kst, D, sg + t);
+        for (; t < Tk; ++t) sg[t] = dot(qr, kb + t * kst, D);
+        const vf vsc = vset(sc);
+        for (t = 0; t + W <= Tk; t += W) vstore(sg + t, vmul(vload(sg + t), vsc));
+        for (; t < Tk; ++t) sg[t] *= sc;
+        if (valid)
+          for (t = 0; t < Tk; ++t) if (!valid[t]) sg[t] = NEG;
+      }
+      for (int64_t g = 0; g < G; ++g) {  // softmax of row g in place (masked slots: probability 0)
+        float* sg = s.data() + g * Tk;
+        vf vm = vset(NEG);
+        int64_t t = 0;
+        for (; t + W <= Tk; t += W) vm = vmax(vm, vload(sg + t));
+        float m = vhmax(vm);
+        for (; t < Tk; ++t) m = std::max(m, sg[t]);
+        if (m == NEG) m = 0.f;  // every slot masked: all probabilities 0 (output 0)
+        vf acc = vset(0.f);
+        for (t = 0; t + W <= Tk; t += W) { const vf e = vexp(vadd(vload(sg + t), vset(-m))); vstore(sg + t, e); acc = vadd(acc, e); }
+        float l = vsum(acc);
+        for (; t < Tk; ++t) { float e = sg[t] == NEG ? 0.f : std::exp(sg[t] - m); sg[t] = e; l += e; }
+        scale_by(sg, l > 0.f ? 1.f / l : 0.f, Tk);
+      }
+      float* ob = op + (b * Hq + h * G) * D;
+      int64_t g = 0;
+      for (; g + 4 <= G; g += 4) pv_heads<4>(s.data() + g * Tk, Tk, vb, vst, ob + g * D, D);
+      switch (G - g) {
+        case 3: pv_heads<3>(s.data() + g * Tk, Tk, vb, vst, ob + g * D, D); break;
+        case 2: pv_heads<2>(s.data() + g * Tk, Tk, vb, vst, ob + g * D, D); break;
+        case 1: pv_heads<1>(s.data() + g * Tk, Tk, vb, vst, ob + g * D, D); break;
+        default: break;
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------- temperature / top-p sampling ----------------
+// logits (B, V) fp32 with contiguous rows, u (B,) fp64 uniforms in [0, 1). Per row: p = softmax(logits / T) (fp32;
+// exp by the vectorised exp, normalised by the reciprocal of the sum); with top_p < 1 the kept set is {p >= tau},
+// tau the smallest probability value whose cumulative mass over the ascending order, ties included, reaches
+// total - top_p (the same set as `generate.sample_next`'s sort-based threshold), found by a bisection over the bit
+// patterns of non-negative floats (ordered like the values) with one masked-sum pass per step, no sort. The draw is
+// inverse-CDF over the kept mass in vocabulary order (fp64 running sum; first index whose sum exceeds u * kept).
+// Returns token (B,) int64 and log p(token) (B,) fp32 (tempered, untruncated).
+static inline uint32_t fbits(float x) { uint32_t b; std::memcpy(&b, &x, 4); return b; }
+static inline float bfloat(uint32_t b) { float x; std::memcpy(&x, &b, 4); return x; }
+
+// Split the entries of x[0, n) (non-negative floats) at v: those <= v to lo_out (count *nl, sum returned), those > v
+// to hi_out (count *nh). lo_out or hi_out may alias x (writes never pass the entries still to be read).
+static double split_at(const float* x, int64_t n, float v, float* lo_out, int64_t* nl, float* hi_out, int64_t* nh) {
+  int64_t a = 0, b = 0, i = 0;
+#if defined(__AVX512F__)
+  const vf vv = vset(v);
+  vf acc = vset(0.f);
+  for (; i + W <= n; i += W) {
+    const vf xv = vload(x + i);
+    const __mmask16 le = _mm512_cmp_ps_mask(xv, vv, _CMP_LE_OQ);
+    acc = _mm512_mask_add_ps(acc, le, acc, xv);
+    _mm512_mask_compressstoreu_ps(lo_out + a, le, xv);
+    a += __builtin_popcount(le);
+    _mm512_mask_compressstoreu_ps(hi_out + b, (__mmask16)~le, xv);
+    b += W - __builtin_popcount(le);
+  }
+  double s = (double)vsum(acc);
+#else
+  double s = 0.0;
+#endif
+  float tail = 0.f;
+  for (; i < n; ++i) {
+    const float xv = x[i];
+    if (xv <= v) { tail += xv; lo_out[a++] = xv; } else { hi_out[b++] = xv; }
+  }
+  *nl = a;
+  *nh = b;
+  return s + (double)tail;
+}
+
+// Sum of the entries of p[0, n) that are >= t (non-negative floats).
+static double mass_at_least(const float* p, int64_t n, float t) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const vf vt = vset(t);
+  vf a0 = vset(0.f), a1 = vset(0.f);
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const vf x0 = vload(p + i), x1 = vload(p + i + W);
+    a0 = _mm512_mask_add_ps(a0, _mm512_cmp_ps_mask(x0, vt, _CMP_GE_OQ), a0, x0);
+    a1 = _mm512_mask_add_ps(a1, _mm512_cmp_ps_mask(x1, vt, _CMP_GE_OQ), a1, x1);
+  }
+  double s = (double)vsum(a0) + (double)vsum(a1);
+#else
+  double s = 0.0;
+#endif
+  float tail = 0.f;
+  for (; i < n; ++i) tail += p[i] >= t ? p[i] : 0.f;
+  return s + (double)tail;
+}
+
+static inline vf vmax_row(const float* x, int64_t n, float* tail_max) {  // lanes of the max over x[0, n - n % W)
+  vf m = vset(-std::numeric_limits<float>::infinity());
+  float t = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) m = vmax(m, vload(x + i));
+  for (; i < n; ++i) t = std::max(t, x[i]);
+  *tail_max = t;
+  return m;
+}
+
+std::vector<torch::Tensor> sample_top_p(torch::Tensor logits, double temperature, double top_p, torch::Tensor u) {
+  TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1 && logits.scalar_type() == at::kFloat, "logits must be (B, V) fp32, contiguous rows");
+  TORCH_CHECK(u.dim() == 1 && u.size(0) == logits.size(0) && u.scalar_type() == at::kDouble && u.is_contiguous(), "u must be (B,) fp64");
+  TORCH_CHECK(temperature > 0.0 && top_p > 0.0 && top_p <= 1.0, "temperature must be > 0 and top_p in (0, 1]");
+  const int64_t B = logits.size(0), V = logits.size(1), BLK = 256;
+  auto tok = torch::empty({B}, logits.options().dtype(at::kLong));
+  auto logp = torch::empty({B}, logits.options());
+  const float* lp = logits.data_ptr<float>();
+  const double* up = u.data_ptr<double>();
+  int64_t* tp = tok.data_ptr<int64_t>();
+  float* op = logp.data_ptr<float>();
+  const float T = (float)temperature;
+  at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> pv(V), work(V), work2(V);
+    float* p = pv.data();
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* l = lp + r * logits.stride(0);
+      const float* x = l;
+      if (temperature != 1.0) {  // logits / T, a division as in torch
+        for (int64_t i = 0; i < V; ++i) p[i] = l[i] / T;
+        x = p;
+      }
+      float mt;
+      const float m = std::max(vhmax(vmax_row(x, V, &mt)), mt);
+      vf acc = vset(0.f);
+      int64_t i = 0;
+      for (; i + W <= V; i += W) { const vf e = vexp(vadd(vload(x + i), vset(-m))); vstore(p + i, e); acc = vadd(acc, e); }
+      float sum = vsum(acc);
+      for (; i < V; ++i) { p[i] = std::exp(x[i] - m); sum += p[i]; }
+      scale_by(p, 1.f / sum, V);
+      float tau = 0.f;  // keep p >= tau
+      if (top_p < 1.0) {
+        const double total = mass_at_least(p, V, 0.f);
+        const double need = total - top_p;  // mass of the smallest entries that may be dropped
+        if (need > 0.0) {
+          // bisection over bit patterns: the answer is the smallest v in [lo, hi] with mass(<= v) >= need; `work`
+          // holds the entries in [lo, hi], `below` the mass of the entries under lo
+          float pmin_t, pmax_t;
+          const float pmax = std::max(vhmax(vmax_row(p, V, &pmax_t)), pmax_t);
+          vf vmn = vset(pmax);
+          int64_t j = 0;
+          for (; j + W <= V; j += W) vmn = vmin(vmn, vload(p + j));
+          float pmin = pmax;
+          for (; j < V; ++j) pmin = std::min(pmin, p[j]);
+          float lanes[W];
+          vstore(lanes, vmn);
+          for (int q = 0; q < W; ++q) pmin = std::min(pmin, lanes[q]);
+          uint32_t lo = fbits(pmin), hi = fbits(pmax);
+          std::copy(p, p + V, work.data());
+          float* w = work.data();
+          float* hbuf = work2.data();
+          int64_t n = V;
+          double below = 0.0;
+          while (lo < hi && n > 0) {
+            const uint32_t mid = lo + (hi - lo) / 2;
+            int64_t nl, nh;
+            const double s = split_at(w, n, bfloat(mid), w, &nl, hbuf, &nh);
+            if (below + s >= need) {
+              hi = mid;
+              n = nl;  // entries in [lo, mid], already at the front of w
+            } else {
+              lo = mid + 1;
+              below += s;
+              std::swap(w, hbuf);  // entries in (mid, hi]
+              n = nh;
+            }
+          }
+          tau = bfloat(lo);  // lo == hi: the smallest value whose mass at or below it reaches `need` (a p value)
+        }
+      }
+      // kept mass per block of BLK entries, then the block and the entry where the running sum passes u * kept
+      const int64_t nb = (V + BLK - 1) / BLK;
+      std::vector<double> bs(nb);
+      double kept = 0.0;
+      for (int64_t b = 0; b < nb; ++b) {
+        bs[b] = mass_at_least(p + b * BLK, std::min(V, (b + 1) * BLK) - b * BLK, tau);
+        kept += bs[b];
+      }
+      const double target = up[r] * kept;
+      double run = 0.0;
+      int64_t pick = -1, last = -1;
+      for (int64_t b = 0; b < nb && pick < 0; ++b) {
+        if (bs[b] <= 0.0) continue;
+        if (run + bs[b] <= target && b + 1 < nb) { run += bs[b]; for (int64_t j = std::min(V, (b + 1) * BLK) - 1; j >= b * BLK; --j) if (p[j] >= tau && p[j] > 0.f) { last = j; break; } continue; }
+        for (int64_t j = b * BLK; j < std::min(V, (b + 1) * BLK); ++j) {
+          if (p[j] < tau || p[j] == 0.f) continue;
+          last = j;
+          run += (double)p[j];
+          if (run > target) { pick = j; break; }
+        }
+      }
+      if (pick < 0) pick = last;  // rounding at the very end of the kept mass
+      tp[r] = pick;
+      op[r] = std::log(p[pick]);
+    }
+  });
+  return {tok, logp};
+}
+
+int64_t simd_width() { return W; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("tiled_linear", &tiled_linear); m.def("rms_norm", &rms_norm); m.def("qk_norm_rope", &qk_norm_rope);
+  m.def("decode_attention", &decode_attention); m.def("simd_width", &simd_width);
+  m.def("sample_top_p", &sample_top_p);
+}
+"""
+
+_EXT = None
+_FAILED: str | None = None
+_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+def build(name: str = "sherman_cpu_decode_v6", arch_flags: tuple[str, ...] = ("-march=native",)):
+    """Compile (or load from torch's build cache) the extension; `arch_flags` pick the SIMD layer (`core/simd.py`)."""
+    from torch.utils.cpp_extension import load_inline
+
+    return load_inline(name=name, cpp_sources=[_SRC], extra_cflags=["-O3", *arch_flags], verbose=False)
+
+
+def enabled_by_env() -> bool:
+    """False when SHERMAN_CPP=0 (pure PyTorch everywhere)."""
+    return os.environ.get("SHERMAN_CPP", "auto") != "0"
+
+
+def ext():
+    """The compiled extension, or None (disabled by SHERMAN_CPP=0, or it does not build here: the reason is in
+    `failure()`). The first call in a process compiles or loads it."""
+    global _EXT, _FAILED
+    if _EXT is None and _FAILED is None and enabled_by_env():
+        with _LOCK:
+            if _EXT is None and _FAILED is None:
+                try:
+                    print("sherman: loading the C++ decode kernels (core/cpu_decode.py; SHERMAN_CPP=0 disables them); "
+                          "the first use on a machine compiles them, ~15-20 s ...", file=sys.stderr, flush=True)
+                    _EXT = build()
+                except Exception as e:  # no compiler or headers: the PyTorch ops are used
+                    _FAILED = f"{type(e).__name__}: {e}"
+    return _EXT if enabled_by_env() else None
+
+
+def failure() -> str | None:
+    return _FAILED
+
+
+@contextlib.contextmanager
+def inference(enable: bool = True):
+    """Within this context (per thread; re-entrant) the kernels serve fp32 CPU no-grad ops, when the extension is
+    available (loading it on first use) and SHERMAN_CPP is not 0 at entry. `packed_weights` enters it (with
+    enable=False for a model whose weights are not fp32 on the CPU: nothing is compiled then)."""
+    prev = getattr(_LOCAL, "on", False)
+    _LOCAL.on = enable and ext() is not None
+    try:
+        yield
+    finally:
+        _LOCAL.on = prev
+
+
+def active(x: torch.Tensor) -> bool:
+    """True when a kernel may serve an op on x: inside `inference()` with the extension on, fp32 CPU, no gradient."""
+    return getattr(_LOCAL, "on", False) and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def tile_width() -> int:
+    """Columns per packed tile (4 SIMD widths of the compiled extension)."""
+    return 4 * ext().simd_width()
+
+
+def pack_tiles(w: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """w (N, K) -> (tiles, K, NT) column tiles of W^T, N zero-padded to tiles * NT; bias (N,) -> (tiles * NT,)."""
+    nt = tile_width()
+    n, k = w.shape
+    tiles = -(-n // nt)
+    wt = w.new_zeros(tiles * nt, k)
+    wt[:n] = w
+    wp = wt.t().reshape(k, tiles, nt).permute(1, 0, 2).contiguous()  # (tiles, K, NT)
+    bp = None
+    if bias is not None:
+        bp = bias.new_zeros(tiles * nt)
+        bp[:n] = bias
+    return wp, bp
+
+
+def tiled_linear(x: torch.Tensor, wp: torch.Tensor, bp: torch.Tensor | None, n_out: int) -> torch.Tensor:
+    """x (..., K) -> (..., n_out) = x W^T + b on weights packed by `pack_tiles`."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return _EXT.tiled_linear(x2, wp, bp, n_out).view(*x.shape[:-1], n_out)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """x (..., C) -> rmsnorm(x) * w; with `residual`: (x + residual, rmsnorm(x + residual) * w)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if residual is None:
+        return _EXT.rms_norm(x2, w, eps, None)[0].view(shape)
+    r2 = residual.reshape(-1, shape[-1])
+    if r2.stride(-1) != 1:
+        r2 = r2.contiguous()
+    s, out = _EXT.rms_norm(x2, w, eps, r2)
+    return s.view(shape), out.view(shape)
+
+
+def qk_norm_rope(qkv: torch.Tensor, hq: int, hkv: int, w: torch.Tensor | None, eps: float, cos: torch.Tensor, ssin: torch.Tensor):
+    """qkv (B, T, H_q + 2 H_kv, D); cos, ssin (B|1, 1, T, D) -> q (B, H_q, T, D), k, v (B, H_kv, T, D)."""
+    c, s = cos[:, 0], ssin[:, 0]  # (B|1, T, D)
+    b, t, _, d = qkv.shape
+    if c.shape[1] != t:  # a broadcast table (one position row for every query)
+        c, s = c.expand(c.shape[0], t, d), s.expand(s.shape[0], t, d)
+    return _EXT.qk_norm_rope(qkv, hq, hkv, w, eps, c, s)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """q (B, H_q, 1, D), k/v (B, H_kv, T_k, D) cache views, key_valid (B, >= T_k) -> (B, H_q, 1, D)."""
+    if not q.is_contiguous():
+        q = q.contiguous()
+    if key_valid is not None and key_valid.stride(-1) != 1:
+        key_valid = key_valid.contiguous()
+    return _EXT.decode_attention(q, k, v, key_valid, scale)
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, V), u (B,) uniforms -> (token (B,), log p(token) (B,)): `generate.sample_next`'s draw for T > 0 in
+    one pass per row plus a bisection for the top-p threshold (no sort)."""
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    return tuple(_EXT.sample_top_p(x, float(temperature), float(top_p), u.double().contiguous()))
