@@ -39,7 +39,16 @@ from sherman.core.simd import SIMD_SRC
 
 _SRC = SIMD_SRC + r"""
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <cstring>
+
+#if defined(__AVX512F__)
+static inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+static inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+#else
+static inline vf vdiv(vf a, vf b) { return a / b; }
+#endif
 
 // ---------------- tiled skinny GEMM ----------------
 // wp (tiles, K, NT): column tile t holds W^T[:, t*NT : (t+1)*NT] row by row (N padded with zero columns to tiles*NT).
@@ -514,12 +523,101 @@ std::vector<torch::Tensor> sample_top_p(torch::Tensor logits, double temperature
   return {tok, logp};
 }
 
+
+// ---------------- one decode step over all (dense SwiGLU) layers ----------------
+// The layer loop of `Transformer.decode_step` for one new token per row, with no Python between the ops: per layer
+//   h = rmsnorm(x) w1; qkv = h Wqkv^T (+ b); q, k = rope(rmsnorm_head(q|k) wqk) (norm optional), v; k, v written to
+//   the cache slot `start`; a = attention(q, cache[:start + 1]); x += a Wo^T (+ b); h = rmsnorm(x) w2;
+//   g, u = h Wgu^T; x += (silu(g) u) Wdown^T;   and at the end rmsnorm(x) w_final.
+// Linear weights come in the layout their FusedPack chose: 0 plain (N, K) -> at::linear, 1 transposed (K, N) -> at::mm,
+// 2 oneDNN prepacked -> mkldnn::_linear_pointwise, 3 tiles -> tiled_linear (bias then padded to the tiles).
+static torch::Tensor run_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, int64_t layout, int64_t n_out) {
+  const bool has_b = b.defined() && b.numel() > 0;
+  switch (layout) {
+    case 0: return has_b ? at::linear(x, w, b) : at::linear(x, w);
+    case 1: return has_b ? at::addmm(b, x, w) : at::mm(x, w);
+    case 2: {
+      static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                            c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>();
+      return op.call(x, w, has_b ? std::optional<at::Tensor>(b) : std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    }
+    default: return tiled_linear(x, w, has_b ? c10::optional<torch::Tensor>(b) : c10::nullopt, n_out);
+  }
+}
+
+static inline void silu_mul(const float* gu, int64_t F, float* out) {  // out = silu(g) * u for gu = [g | u]
+  const float* g = gu;
+  const float* u = gu + F;
+  int64_t i = 0;
+  for (; i + W <= F; i += W) {
+    const vf x = vload(g + i);
+    const vf e = vexp(vmul(x, vset(-1.f)));  // exp(-x); clamped input, so 1 + e stays finite
+    vstore(out + i, vmul(vdiv(x, vadd(vset(1.f), e)), vload(u + i)));
+  }
+  for (; i < F; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+}
+
+torch::Tensor decode_layers(torch::Tensor x, std::vector<torch::Tensor> params, std::vector<int64_t> layouts, std::vector<int64_t> n_outs,
+                            std::vector<torch::Tensor> kc, std::vector<torch::Tensor> vc, int64_t start, torch::Tensor cos, torch::Tensor ssin,
+                            c10::optional<torch::Tensor> valid, int64_t hq, int64_t hkv, double eps, double qk_eps, torch::Tensor final_w) {
+  const int64_t P = 11, L = (int64_t)kc.size();
+  TORCH_CHECK((int64_t)params.size() == P * L && (int64_t)layouts.size() == 4 * L && (int64_t)n_outs.size() == 4 * L, "decode_layers: bad plan sizes");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat, "x must be (B, C) contiguous fp32");
+  const int64_t B = x.size(0), C = x.size(1), D = kc[0].size(3), H = hq + 2 * hkv;
+  TORCH_CHECK(cos.dim() == 2 && cos.size(0) == B && cos.size(1) == D && cos.is_contiguous() && ssin.is_contiguous(), "cos/ssin must be (B, D)");
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = ssin.data_ptr<float>();
+  const double scale = 1.0 / std::sqrt((double)D);
+  std::vector<float> u(D);
+  for (int64_t l = 0; l < L; ++l) {
+    const torch::Tensor* pr = params.data() + l * P;  // n1, qkv_w, qkv_b, qk_w, o_w, o_b, n2, gu_w, gu_b, down_w, down_b
+    torch::Tensor h = rms_norm(x, pr[0], eps, c10::nullopt)[0];
+    torch::Tensor qkv = run_linear(h, pr[1], pr[2], layouts[4 * l], n_outs[4 * l]);  // (B, H D)
+    TORCH_CHECK(qkv.size(1) == H * D && qkv.is_contiguous(), "decode_layers: q/k/v width");
+    auto q = torch::empty({B, hq, 1, D}, x.options());
+    const torch::Tensor& K = kc[l];
+    const torch::Tensor& V = vc[l];
+    float* kp = K.data_ptr<float>();
+    float* vp = V.data_ptr<float>();
+    const float* qkw = pr[3].defined() && pr[3].numel() > 0 ? pr[3].data_ptr<float>() : nullptr;
+    const float* xq = qkv.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      const float* c = cp + b * D;
+      const float* s = sp + b * D;
+      for (int64_t hh = 0; hh < hq + hkv; ++hh) {
+        const float* xr = xq + (b * H + hh) * D;
+        if (qkw) norm_row(xr, qkw + hh * D, (float)qk_eps, u.data(), D);
+        else std::copy(xr, xr + D, u.data());
+        float* o = hh < hq ? q.data_ptr<float>() + (b * hq + hh) * D
+                           : kp + b * K.stride(0) + (hh - hq) * K.stride(1) + start * K.stride(2);
+        for (int64_t i = 0; i < D; ++i) o[i] = u[i] * c[i] + (i < D / 2 ? u[i + D / 2] : u[i - D / 2]) * s[i];
+      }
+      for (int64_t hh = 0; hh < hkv; ++hh) {
+        const float* xr = xq + (b * H + hq + hkv + hh) * D;
+        std::copy(xr, xr + D, vp + b * V.stride(0) + hh * V.stride(1) + start * V.stride(2));
+      }
+    }
+    torch::Tensor a = decode_attention(q, K.narrow(2, 0, start + 1), V.narrow(2, 0, start + 1), valid, scale).view({B, hq * D});
+    torch::Tensor y = run_linear(a, pr[4], pr[5], layouts[4 * l + 1], n_outs[4 * l + 1]);
+    auto r = rms_norm(x, pr[6], eps, y);  // x + y, and its norm
+    x = r[0];
+    torch::Tensor gu = run_linear(r[1], pr[7], pr[8], layouts[4 * l + 2], n_outs[4 * l + 2]);  // (B, 2 F)
+    const int64_t F = gu.size(1) / 2;
+    auto act = torch::empty({B, F}, x.options());
+    for (int64_t b = 0; b < B; ++b) silu_mul(gu.data_ptr<float>() + b * 2 * F, F, act.data_ptr<float>() + b * F);
+    y = run_linear(act, pr[9], pr[10], layouts[4 * l + 3], n_outs[4 * l + 3]);
+    x = x.add(y);
+  }
+  return rms_norm(x, final_w, eps, c10::nullopt)[0];
+}
+
 int64_t simd_width() { return W; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tiled_linear", &tiled_linear); m.def("rms_norm", &rms_norm); m.def("qk_norm_rope", &qk_norm_rope);
   m.def("decode_attention", &decode_attention); m.def("simd_width", &simd_width);
-  m.def("sample_top_p", &sample_top_p);
+  m.def("sample_top_p", &sample_top_p); m.def("decode_layers", &decode_layers);
 }
 """
 
@@ -529,7 +627,7 @@ _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def build(name: str = "sherman_cpu_decode_v6", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_cpu_decode_v7", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension; `arch_flags` pick the SIMD layer (`core/simd.py`)."""
     from torch.utils.cpp_extension import load_inline
 
@@ -645,3 +743,73 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, u: torc
     one pass per row plus a bisection for the top-p threshold (no sort)."""
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     return tuple(_EXT.sample_top_p(x, float(temperature), float(top_p), u.double().contiguous()))
+
+
+_LAYOUT_CODES = {"mkl": 0, "t": 1, "onednn": 2, "tiled": 3}
+
+
+def _pack_parts(pack) -> tuple[int, torch.Tensor, torch.Tensor, int]:
+    """A `FusedPack` -> (layout code, weight in that layout, bias (empty if none; padded for tiles), output width)."""
+    n = sum(pack.splits)
+    empty = torch.empty(0)
+    if pack.tiles is not None:
+        return 3, pack.tiles[0], pack.tiles[1] if pack.tiles[1] is not None else empty, n
+    bias = pack.bias if pack.bias is not None else empty
+    if pack.packed is not None:
+        return 2, pack.packed, bias, n
+    if pack.wt is not None:
+        return 1, pack.wt, bias, n
+    return 0, pack.plain, bias, n
+
+
+class LayerPlan:
+    """What `decode_layers` needs of a model: per layer the RMSNorm weights, the q/k norm weights (concatenated), and
+    the q/k/v, o, gate/up and down weights in their `FusedPack` layouts. Valid while every pack is fresh."""
+
+    PER_LAYER = 11
+
+    def __init__(self, params, layouts, n_outs, packs, hq, hkv, eps, qk_eps, final_w):
+        self.params, self.layouts, self.n_outs, self.packs = params, layouts, n_outs, packs
+        self.hq, self.hkv, self.eps, self.qk_eps, self.final_w = hq, hkv, eps, qk_eps, final_w
+
+    @classmethod
+    def build(cls, model) -> LayerPlan | None:
+        from sherman.core.moe import SwiGLU
+
+        cfg = model.cfg
+        norms = [model.norm] + [n for layer in model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        if any(n.eps != model.norm.eps for n in norms):
+            return None
+        params, layouts, n_outs, packs = [], [], [], []
+        qk_eps = 0.0
+        empty = torch.empty(0)
+        for layer in model.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            if not isinstance(mlp, SwiGLU):
+                return None
+            lp = [at.__dict__.get("_qkv_pack"), at.o_proj._pack, mlp.__dict__.get("_gate_up_pack"), mlp.down_proj._pack]
+            if any(p is None for p in lp):
+                return None
+            parts = [_pack_parts(p) for p in lp]
+            qk = empty
+            if at.q_norm is not None:
+                qk = torch.cat([at.q_norm.weight.detach().expand(cfg.n_heads, cfg.head_dim), at.k_norm.weight.detach().expand(cfg.n_kv_heads, cfg.head_dim)]).contiguous()
+                qk_eps = at.q_norm.eps
+            params += [layer.input_layernorm.weight.detach(), parts[0][1], parts[0][2], qk, parts[1][1], parts[1][2],
+                       layer.post_attention_layernorm.weight.detach(), parts[2][1], parts[2][2], parts[3][1], parts[3][2]]
+            layouts += [p[0] for p in parts]
+            n_outs += [p[3] for p in parts]
+            packs += lp
+        return cls(params, layouts, n_outs, packs, cfg.n_heads, cfg.n_kv_heads, model.norm.eps, qk_eps, model.norm.weight.detach())
+
+    def fresh(self) -> bool:
+        return all(p.fresh() for p in self.packs)
+
+
+def decode_layers(x: torch.Tensor, plan: LayerPlan, cache, start: int, cos: torch.Tensor, ssin: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """`Transformer.decode_step`'s layer loop in one C++ call: x (B, C) embeddings of the new tokens, written into
+    `cache` at slot `start`; cos, ssin (B, D) -> the final normed hidden state (B, C)."""
+    if key_valid is not None and key_valid.stride(-1) != 1:
+        key_valid = key_valid.contiguous()
+    return _EXT.decode_layers(x.contiguous(), plan.params, plan.layouts, plan.n_outs, cache.k, cache.v, start, cos.contiguous(), ssin.contiguous(),
+                              key_valid, plan.hq, plan.hkv, plan.eps, plan.qk_eps, plan.final_w)

@@ -459,6 +459,7 @@ class Transformer(nn.Module):
 
     def unpack_for_inference(self) -> None:
         self.__dict__.pop("_head_pack", None)
+        self.__dict__.pop("_cpp_plan_cache", None)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (B, T) or (T,) -> cos, signed_sin(sin) (B|1, 1, T, D) (what the layers' `rope_signed` takes).
@@ -550,11 +551,26 @@ class Transformer(nn.Module):
         ctx = self._context(attn, cache, 1, None)
         cos, sin = self._rope(positions[:, None])  # (B, 1, 1, D)
         x = self.embed_tokens.forward(ids[:, None])  # (B, 1, C)
+        plan = self._cpp_plan(x, ctx)
+        if plan is not None:  # inference on CPU: the whole layer loop in one C++ call (cpu_decode.decode_layers)
+            return cpu_decode.decode_layers(x[:, 0], plan, cache, ctx.q_start, cos[:, 0, 0], sin[:, 0, 0], ctx.key_valid)
         for i, layer in enumerate(self.layers):
             ctx.layer = i
             x = x + layer.self_attn.forward(layer.input_layernorm.forward(x), cos, sin, ctx)
             x = x + layer.mlp.forward(layer.post_attention_layernorm.forward(x))
         return self.norm.forward(x)[:, 0]
+
+    def _cpp_plan(self, x: torch.Tensor, ctx: AttnContext) -> cpu_decode.LayerPlan | None:
+        """The packed weights of every layer for `cpu_decode.decode_layers`, built once per `packed_weights` context, or
+        None where that path does not apply: outside an inference context, MoE layers, a backend other than dense or an
+        explicit mask, a layer without its inference packs (or one made stale by a weight update)."""
+        if not cpu_decode.active(x) or ctx.backend != "dense" or ctx.mask is not None or ctx.cache is None:
+            return None
+        plan = self.__dict__.get("_cpp_plan_cache")
+        if plan is None:
+            plan = cpu_decode.LayerPlan.build(self)
+            self.__dict__["_cpp_plan_cache"] = plan if plan is not None else False
+        return plan if plan and plan.fresh() else None
 
     def _context(self, attn: AttnContext | None, cache: KVCache | None, t: int, key_valid: torch.Tensor | None) -> AttnContext:
         """The AttnContext of one pass over t new tokens (a copy of `attn` with fresh scratch); with a cache, the

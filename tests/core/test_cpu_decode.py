@@ -199,3 +199,35 @@ def test_narrower_simd_builds_match(flags):
     wt[:50] = w
     wp = wt.t().reshape(40, tiles, nt).permute(1, 0, 2).contiguous()
     torch.testing.assert_close(ext.tiled_linear(x, wp, None, 50), F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("qk_norm,bias", [(True, False), (False, True)])
+def test_decode_layers_matches_the_python_layer_loop(qk_norm, bias):
+    """The one-call C++ layer loop (`cpu_decode.decode_layers`) == `decode_step`'s Python loop: hidden state and cache."""
+    from sherman.core.kv_cache import KVCache
+    from sherman.core.linear import packed_weights
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=300, dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=96, qk_norm=qk_norm, attn_bias=bias, max_seq_len=64)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(1, 300, (3, 9))
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[0, :4] = False  # a left-padded row
+    tok, pos = torch.randint(1, 300, (3,)), valid.sum(-1)
+    with torch.no_grad(), packed_weights(model):
+        outs = []
+        for use_plan in (True, False):
+            cache = KVCache.allocate(cfg.n_layers, 3, cfg.n_kv_heads, 16, cfg.head_dim)
+            model(ids, cache=cache, key_valid=valid, positions=(valid.long().cumsum(-1) - 1).clamp(min=0))
+            model.__dict__.pop("_cpp_plan_cache", None)
+            if not use_plan:
+                model.__dict__["_cpp_plan_cache"] = False
+            else:
+                assert model._cpp_plan(torch.zeros(1, dtype=torch.float32), model._context(None, cache, 0, None)) is not None
+            h = model.decode_step(tok, pos, cache)
+            outs.append((h, [k[:, :, :10].clone() for k in cache.k], [v[:, :, :10].clone() for v in cache.v]))
+        model.__dict__.pop("_cpp_plan_cache", None)
+    (h1, k1, v1), (h0, k0, v0) = outs
+    torch.testing.assert_close(h1, h0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(k1 + v1, k0 + v0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
