@@ -49,13 +49,16 @@ _SRC = SIMD_SRC + r"""
 template <int MR>
 static inline void tile_rows(const float* x, int64_t ldx, const float* wt, int64_t K, const float* bias, float* y,
                              int64_t ldy, int64_t ncols) {
-  vf c[MR][4];
+  vf c[MR][4];  // fully unrolled loops below, so the 4 MR accumulators live in registers (not on the stack)
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) c[r][i] = bias ? vload(bias + i * W) : vset(0.f);
   for (int64_t k = 0; k < K; ++k) {
     const float* wr = wt + k * 4 * W;
     __builtin_prefetch(wr + 16 * 4 * W, 0, 1);
     const vf w0 = vload(wr), w1 = vload(wr + W), w2 = vload(wr + 2 * W), w3 = vload(wr + 3 * W);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const vf xv = vset(x[r * ldx + k]);
       c[r][0] = vfma(xv, w0, c[r][0]);
@@ -65,11 +68,15 @@ static inline void tile_rows(const float* x, int64_t ldx, const float* wt, int64
     }
   }
   if (ncols == 4 * W) {
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) vstore(y + r * ldy + i * W, c[r][i]);
   } else {  // the last, partial tile: through a buffer, only the real columns
     float buf[4 * W];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) vstore(buf + i * W, c[r][i]);
       for (int64_t j = 0; j < ncols; ++j) y[r * ldy + j] = buf[j];
     }
@@ -593,12 +600,86 @@ torch::Tensor decode_layers(torch::Tensor x, std::vector<torch::Tensor> params, 
   return rms_norm(x, final_w, eps, c10::nullopt)[0];
 }
 
+
+// ---------------- SwiGLU activation, forward and backward (training) ----------------
+// gu (N, 2F) = [g | u] rows (contiguous last dim, any row stride): act = silu(g) u with silu(g) = g / (1 + exp(-g)).
+// Backward, given d = dL/dact (N, F) contiguous: with s = sigmoid(g), dg = d u s (1 + g (1 - s)), du = d g s, written
+// straight into one (N, 2F) gradient (the layout of the fused gate/up GEMM's output), in one pass over the rows.
+static inline vf vdiv_(vf a, vf b) {
+#if defined(__AVX512F__)
+  return _mm512_div_ps(a, b);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return _mm256_div_ps(a, b);
+#else
+  return a / b;
+#endif
+}
+
+torch::Tensor swiglu_fwd(torch::Tensor gu) {
+  TORCH_CHECK(gu.dim() == 2 && gu.stride(1) == 1 && gu.size(1) % 2 == 0 && gu.scalar_type() == at::kFloat, "gu must be (N, 2F) fp32, contiguous rows");
+  const int64_t N = gu.size(0), F = gu.size(1) / 2, ld = gu.stride(0);
+  auto act = torch::empty({N, F}, gu.options());
+  const float* gp = gu.data_ptr<float>();
+  float* ap = act.data_ptr<float>();
+  at::parallel_for(0, N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, F)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* g = gp + r * ld;
+      const float* u = g + F;
+      float* a = ap + r * F;
+      int64_t i = 0;
+      for (; i + W <= F; i += W) {
+        const vf x = vload(g + i);
+        vstore(a + i, vmul(vdiv_(x, vadd(vset(1.f), vexp(vmul(x, vset(-1.f))))), vload(u + i)));
+      }
+      for (; i < F; ++i) a[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+  });
+  return act;
+}
+
+torch::Tensor swiglu_bwd(torch::Tensor d, torch::Tensor gu) {
+  TORCH_CHECK(gu.dim() == 2 && gu.stride(1) == 1 && gu.scalar_type() == at::kFloat, "gu must be (N, 2F) fp32, contiguous rows");
+  const int64_t N = gu.size(0), F = gu.size(1) / 2, ld = gu.stride(0);
+  TORCH_CHECK(d.dim() == 2 && d.size(0) == N && d.size(1) == F && d.stride(1) == 1 && d.scalar_type() == at::kFloat, "d must be (N, F) fp32");
+  auto dgu = torch::empty({N, 2 * F}, gu.options());
+  const float* gp = gu.data_ptr<float>();
+  const float* dp = d.data_ptr<float>();
+  float* op = dgu.data_ptr<float>();
+  const int64_t ldd = d.stride(0);
+  at::parallel_for(0, N, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, F)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* g = gp + r * ld;
+      const float* u = g + F;
+      const float* dr = dp + r * ldd;
+      float* dg = op + r * 2 * F;
+      float* du = dg + F;
+      int64_t i = 0;
+      const vf one = vset(1.f);
+      for (; i + W <= F; i += W) {
+        const vf x = vload(g + i), dv = vload(dr + i);
+        const vf sg = vdiv_(one, vadd(one, vexp(vmul(x, vset(-1.f)))));  // sigmoid(g)
+        const vf xs = vmul(x, sg);                                       // silu(g)
+        vstore(du + i, vmul(dv, xs));
+        const vf ds = vmul(sg, vfma(x, vadd(one, vmul(sg, vset(-1.f))), one));  // s (1 + g (1 - s))
+        vstore(dg + i, vmul(vmul(dv, vload(u + i)), ds));
+      }
+      for (; i < F; ++i) {
+        const float sg = 1.f / (1.f + std::exp(-g[i])), xs = g[i] * sg;
+        du[i] = dr[i] * xs;
+        dg[i] = dr[i] * u[i] * (sg * (1.f + g[i] * (1.f - sg)));
+      }
+    }
+  });
+  return dgu;
+}
+
 int64_t simd_width() { return W; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tiled_linear", &tiled_linear); m.def("rms_norm", &rms_norm); m.def("qk_norm_rope", &qk_norm_rope);
   m.def("decode_attention", &decode_attention); m.def("simd_width", &simd_width);
   m.def("sample_top_p", &sample_top_p); m.def("decode_layers", &decode_layers);
+  m.def("swiglu_fwd", &swiglu_fwd); m.def("swiglu_bwd", &swiglu_bwd);
 }
 """
 
@@ -608,7 +689,7 @@ _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def build(name: str = "sherman_cpu_decode_v8", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_cpu_decode_v10", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension; `arch_flags` pick the SIMD layer (`core/simd.py`)."""
     from torch.utils.cpp_extension import load_inline
 
@@ -794,3 +875,32 @@ def decode_layers(x: torch.Tensor, plan: LayerPlan, cache, start: int, cos: torc
         key_valid = key_valid.contiguous()
     return _EXT.decode_layers(x.contiguous(), plan.params, plan.layouts, plan.n_outs, cache.k, cache.v, start, cos.contiguous(), ssin.contiguous(),
                               key_valid, plan.hq, plan.hkv, plan.eps, plan.qk_eps, plan.final_w)
+
+
+class SwiGLUFn(torch.autograd.Function):
+    """act = silu(g) * u for gu = [g | u] (N, 2F), forward and backward each one C++ pass (training: about a third of
+    the memory traffic of silu, mul and their backward ops, and the gradient comes out already in the fused
+    gate/up layout, so autograd does not `cat` dg and du)."""
+
+    @staticmethod
+    def forward(ctx, gu: torch.Tensor) -> torch.Tensor:
+        gu2 = gu.reshape(-1, gu.shape[-1])
+        if gu2.stride(-1) != 1:
+            gu2 = gu2.contiguous()
+        ctx.save_for_backward(gu2)
+        ctx.shape = gu.shape
+        return _EXT.swiglu_fwd(gu2).view(*gu.shape[:-1], gu.shape[-1] // 2)
+
+    @staticmethod
+    def backward(ctx, d: torch.Tensor):
+        (gu2,) = ctx.saved_tensors
+        d2 = d.reshape(-1, d.shape[-1])
+        if d2.stride(-1) != 1:
+            d2 = d2.contiguous()
+        return _EXT.swiglu_bwd(d2, gu2).view(ctx.shape)
+
+
+def training_kernels(x: torch.Tensor) -> bool:
+    """True when the training-side kernels (`SwiGLUFn`) may run on x: fp32 CPU, recording a gradient, extension built
+    (loaded on first use; SHERMAN_CPP=0 disables)."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_grad_enabled() and ext() is not None

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sherman.core.linear import FusedPack, Linear, fuse_for_training, fused_linears
+from sherman.core import cpu_decode
+from sherman.core.linear import FusedPack, Linear, fuse_for_training, fused_linear, fused_linears, plain_autograd
 
 
 class SwiGLU(nn.Module):
@@ -52,6 +53,8 @@ class SwiGLU(nn.Module):
         if pack is not None and pack.usable(x):
             g, u = pack(x)  # one GEMM for gate and up (inference)
         elif fuse_for_training(pair := [self.gate_proj, self.up_proj], x):
+            if plain_autograd() and cpu_decode.training_kernels(x):  # one GEMM, then silu(g) u forward/backward in C++
+                return self.down_proj(cpu_decode.SwiGLUFn.apply(fused_linear(pair, x)))
             g, u = fused_linears(pair, x)  # one GEMM for gate and up (training)
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
