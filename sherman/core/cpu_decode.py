@@ -605,6 +605,8 @@ torch::Tensor decode_layers(torch::Tensor x, std::vector<torch::Tensor> params, 
 // gu (N, 2F) = [g | u] rows (contiguous last dim, any row stride): act = silu(g) u with silu(g) = g / (1 + exp(-g)).
 // Backward, given d = dL/dact (N, F) contiguous: with s = sigmoid(g), dg = d u s (1 + g (1 - s)), du = d g s, written
 // straight into one (N, 2F) gradient (the layout of the fused gate/up GEMM's output), in one pass over the rows.
+static inline vf vsub_(vf a, vf b) { return vadd(a, vmul(b, vset(-1.f))); }
+
 static inline vf vdiv_(vf a, vf b) {
 #if defined(__AVX512F__)
   return _mm512_div_ps(a, b);
@@ -673,6 +675,76 @@ torch::Tensor swiglu_bwd(torch::Tensor d, torch::Tensor gu) {
   return dgu;
 }
 
+
+// ---------------- RMSNorm forward / backward (training) ----------------
+// Forward: x (N, C) contiguous rows, w (C) -> y = x r w and r (N,) = rsqrt(mean(x^2) + eps).
+// Backward: dx = r (g w - x_hat mean(g w x_hat)), x_hat = x r; dw = sum_rows g x_hat (rows accumulated in fp32 per
+// thread, then summed).
+std::vector<torch::Tensor> rms_norm_train_fwd(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat && w.is_contiguous() && w.numel() == x.size(1), "x (N, C), w (C) contiguous fp32");
+  const int64_t N = x.size(0), C = x.size(1);
+  auto y = torch::empty_like(x);
+  auto r = torch::empty({N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* rp = r.data_ptr<float>();
+  at::parallel_for(0, N, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, C)), [&](int64_t r0, int64_t r1) {
+    for (int64_t n = r0; n < r1; ++n) {
+      const float* xr = xp + n * C;
+      const float rr = 1.f / std::sqrt(sum_squares(xr, C) / (float)C + (float)eps);
+      rp[n] = rr;
+      float* yr = yp + n * C;
+      const vf vr = vset(rr);
+      int64_t i = 0;
+      for (; i + W <= C; i += W) vstore(yr + i, vmul(vmul(vload(xr + i), vr), vload(wp + i)));
+      for (; i < C; ++i) yr[i] = (xr[i] * rr) * wp[i];
+    }
+  });
+  return {y, r};
+}
+
+std::vector<torch::Tensor> rms_norm_train_bwd(torch::Tensor g, torch::Tensor x, torch::Tensor r, torch::Tensor w) {
+  TORCH_CHECK(g.is_contiguous() && x.is_contiguous() && g.sizes() == x.sizes() && x.dim() == 2, "g, x (N, C) contiguous");
+  const int64_t N = x.size(0), C = x.size(1);
+  auto dx = torch::empty_like(x);
+  const int nt = std::max(1, at::get_num_threads());
+  auto dw_parts = torch::zeros({nt, C}, x.options());
+  const float* gp = g.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  const float* rp = r.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  float* dwp = dw_parts.data_ptr<float>();
+  at::parallel_for(0, N, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, C)), [&](int64_t r0, int64_t r1) {
+    float* dw = dwp + (int64_t)at::get_thread_num() * C;
+    for (int64_t n = r0; n < r1; ++n) {
+      const float* gr = gp + n * C;
+      const float* xr = xp + n * C;
+      const float rr = rp[n];
+      const vf vr = vset(rr);
+      vf acc = vset(0.f);
+      int64_t i = 0;
+      for (; i + W <= C; i += W) {  // mean(g w x_hat)
+        const vf xh = vmul(vload(xr + i), vr);
+        acc = vfma(vmul(vload(gr + i), vload(wp + i)), xh, acc);
+        vstore(dw + i, vfma(vload(gr + i), xh, vload(dw + i)));
+      }
+      float dot_ = vsum(acc);
+      for (; i < C; ++i) { const float xh = xr[i] * rr; dot_ += gr[i] * wp[i] * xh; dw[i] += gr[i] * xh; }
+      const float m = dot_ / (float)C;
+      const vf vm = vset(m);
+      float* dxr = dxp + n * C;
+      for (i = 0; i + W <= C; i += W) {
+        const vf xh = vmul(vload(xr + i), vr);
+        vstore(dxr + i, vmul(vsub_(vmul(vload(gr + i), vload(wp + i)), vmul(xh, vm)), vr));
+      }
+      for (; i < C; ++i) dxr[i] = (gr[i] * wp[i] - xr[i] * rr * m) * rr;
+    }
+  });
+  return {dx, dw_parts.sum(0)};
+}
+
 int64_t simd_width() { return W; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -680,6 +752,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention); m.def("simd_width", &simd_width);
   m.def("sample_top_p", &sample_top_p); m.def("decode_layers", &decode_layers);
   m.def("swiglu_fwd", &swiglu_fwd); m.def("swiglu_bwd", &swiglu_bwd);
+  m.def("rms_norm_train_fwd", &rms_norm_train_fwd); m.def("rms_norm_train_bwd", &rms_norm_train_bwd);
 }
 """
 
@@ -689,7 +762,7 @@ _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def build(name: str = "sherman_cpu_decode_v10", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_cpu_decode_v11", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension; `arch_flags` pick the SIMD layer (`core/simd.py`)."""
     from torch.utils.cpp_extension import load_inline
 
@@ -904,3 +977,22 @@ def training_kernels(x: torch.Tensor) -> bool:
     """True when the training-side kernels (`SwiGLUFn`) may run on x: fp32 CPU, recording a gradient, extension built
     (loaded on first use; SHERMAN_CPP=0 disables)."""
     return x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_grad_enabled() and ext() is not None
+
+
+class RMSNormFn(torch.autograd.Function):
+    """y = x r w, r = rsqrt(mean(x^2) + eps), forward and the closed-form backward (`core.model._RMSNormFn`'s formula)
+    each one C++ pass over the rows (training)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        y, r = _EXT.rms_norm_train_fwd(x2, w.contiguous(), eps)
+        ctx.save_for_backward(x2, r, w)
+        ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x2, r, w = ctx.saved_tensors
+        dx, dw = _EXT.rms_norm_train_bwd(g.reshape(-1, g.shape[-1]).contiguous(), x2, r, w.contiguous())
+        return (dx.view(ctx.shape) if ctx.needs_input_grad[0] else None), (dw if ctx.needs_input_grad[1] else None), None

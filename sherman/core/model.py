@@ -196,6 +196,8 @@ class RMSNorm(nn.Module):
         w = self.weight
         if x.dtype == torch.float32 and w.dtype == torch.float32:  # bit-identical to the formula below in fp32
             if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad) and plain_autograd():
+                if cpu_decode.training_kernels(x):  # the same closed form, one C++ pass each way
+                    return cpu_decode.RMSNormFn.apply(x, w, self.eps)
                 return _RMSNormFn.apply(x, w, self.eps)  # training: a closed-form backward
             if cpu_decode.active(x):  # inference (`packed_weights`): the C++ kernel, same formula
                 return cpu_decode.rms_norm(x, w, self.eps)

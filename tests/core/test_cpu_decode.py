@@ -281,3 +281,29 @@ def test_swiglu_training_uses_the_kernel_and_loss_falls():
         losses.append(loss.item())
     assert "SwiGLUFnBackward" in graph_names(out.grad_fn)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_rms_norm_fn_matches_the_closed_form_backward():
+    from sherman.core.model import _RMSNormFn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 37, generator=g, requires_grad=True)
+    w = torch.randn(37, generator=g, requires_grad=True)
+    gy = torch.randn(5, 3, 37, generator=g)
+    y = cpu_decode.RMSNormFn.apply(x, w, 1e-6)
+    y.backward(gy)
+    got = (y.detach(), x.grad.clone(), w.grad.clone())
+    x.grad = w.grad = None
+    y = _RMSNormFn.apply(x, w, 1e-6)
+    y.backward(gy)
+    for a, b in zip(got, (y.detach(), x.grad, w.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # hand values: x = [3, 4], w = [1, 1], g = [1, 0]: r = 1/sqrt(12.5), x_hat = x r,
+    # dx = r (g - x_hat mean(g x_hat)) = r ([1, 0] - x_hat * 3r / 2), dw = g x_hat
+    x = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    w = torch.ones(2, requires_grad=True)
+    cpu_decode.RMSNormFn.apply(x, w, 0.0).backward(torch.tensor([[1.0, 0.0]]))
+    r = 1 / math.sqrt(12.5)
+    xh = torch.tensor([3 * r, 4 * r])
+    torch.testing.assert_close(x.grad[0], r * (torch.tensor([1.0, 0.0]) - xh * 3 * r / 2))
+    torch.testing.assert_close(w.grad, torch.tensor([3 * r, 0.0]))
