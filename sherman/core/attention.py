@@ -82,8 +82,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_vali
 
     q (B, H_q, 1, D); k, v (B, H_kv, T_k, D); key_valid (B, T_k) or None; bias: optional precomputed
     `key_bias(key_valid, H_kv, G, dtype)` (the dense backend builds it once per forward pass for all layers).
-    Returns (B, H_q, 1, D). Inside an inference context (`cpu_decode.active`) one C++ pass over K and V instead. The score GEMM adds the mask and the 1/sqrt(D) scale itself (`baddbmm`). Much faster
-    on CPU than `scaled_dot_product_attention(..., enable_gqa=True)` for T_q = 1.
+    Returns (B, H_q, 1, D). The score GEMM adds the mask and the 1/sqrt(D) scale itself (`baddbmm`). Much faster
+    on CPU than `scaled_dot_product_attention(..., enable_gqa=True)` for T_q = 1. Inside an inference context
+    (`cpu_decode.active`) one C++ pass over K and V replaces the three ops.
     """
     b, hq, _, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]

@@ -135,7 +135,7 @@ static inline float sum_squares(const float* x, int64_t n) {
   return s;
 }
 
-static inline void norm_row(const float* x, const float* w, float eps, float* out, int64_t n) {  // out = x r w
+static inline float norm_row(const float* x, const float* w, float eps, float* out, int64_t n) {  // out = x r w; returns r
   const float r = 1.f / std::sqrt(sum_squares(x, n) / (float)n + eps);
   const vf vr = vset(r);
   int64_t i = 0;
@@ -146,6 +146,7 @@ static inline void norm_row(const float* x, const float* w, float eps, float* ou
     for (; i + W <= n; i += W) vstore(out + i, vmul(vload(x + i), vr));
     for (; i < n; ++i) out[i] = x[i] * r;
   }
+  return r;
 }
 
 // x (N, C) rows (row stride any, last dim contiguous), w (C) -> (N, C) contiguous. With y given: s = x + y is
@@ -179,6 +180,14 @@ std::vector<torch::Tensor> rms_norm(torch::Tensor x, torch::Tensor w, double eps
   return {s, out};
 }
 
+// One head row of q or k: u = rmsnorm(x) w (w null: u = x), out = u cos + roll(u, D/2) ssin (`rope_signed`).
+static inline void norm_rope_row(const float* x, const float* w, float eps, const float* c, const float* s, float* u, float* out, int64_t D) {
+  if (w) norm_row(x, w, eps, u, D);
+  else std::copy(x, x + D, u);
+  const int64_t half = D / 2;
+  for (int64_t i = 0; i < D; ++i) out[i] = u[i] * c[i] + (i < half ? u[i + half] : u[i - half]) * s[i];
+}
+
 // ---------------- q/k RMSNorm + RoPE ----------------
 // qkv (B, T, Hq + 2 Hkv, D), last dim contiguous; w (Hq + Hkv, D) or empty (no q/k norm); cos, ssin (B or 1, T, D)
 // with contiguous last dim. Returns q (B, Hq, T, D), k (B, Hkv, T, D) rotated, v (B, Hkv, T, D) copied.
@@ -186,7 +195,7 @@ std::vector<torch::Tensor> rms_norm(torch::Tensor x, torch::Tensor w, double eps
 std::vector<torch::Tensor> qk_norm_rope(torch::Tensor qkv, int64_t hq, int64_t hkv, c10::optional<torch::Tensor> w_opt, double eps,
                                         torch::Tensor cos, torch::Tensor ssin) {
   TORCH_CHECK(qkv.dim() == 4 && qkv.stride(3) == 1 && qkv.scalar_type() == at::kFloat, "qkv must be (B, T, H, D) fp32, contiguous D");
-  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(2), D = qkv.size(3), half = D / 2;
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(2), D = qkv.size(3);
   TORCH_CHECK(H == hq + 2 * hkv && D % 2 == 0, "qkv heads must be hq + 2 hkv with an even head dim");
   TORCH_CHECK(cos.dim() == 3 && cos.size(1) == T && cos.size(2) == D && cos.stride(2) == 1 && ssin.sizes() == cos.sizes() &&
               ssin.stride(2) == 1 && (cos.size(0) == B || cos.size(0) == 1), "cos/ssin must be (B or 1, T, D)");
@@ -209,14 +218,8 @@ std::vector<torch::Tensor> qk_norm_rope(torch::Tensor qkv, int64_t hq, int64_t h
       const float* c = cp + b * cb + t * cos.stride(1);
       const float* s = sp + b * sb + t * ssin.stride(1);
       for (int64_t h = 0; h < hq + hkv; ++h) {
-        const float* x = xr + h * qkv.stride(2);
-        if (wp) norm_row(x, wp + h * D, (float)eps, u.data(), D);
-        else std::copy(x, x + D, u.data());
         float* o = h < hq ? q.data_ptr<float>() + ((b * hq + h) * T + t) * D : k.data_ptr<float>() + ((b * hkv + h - hq) * T + t) * D;
-        for (int64_t i = 0; i < D; ++i) {
-          const float sw = i < half ? u[i + half] : u[i - half];  // roll(u, D/2)
-          o[i] = u[i] * c[i] + sw * s[i];
-        }
+        norm_rope_row(xr + h * qkv.stride(2), wp ? wp + h * D : nullptr, (float)eps, c, s, u.data(), o, D);
       }
       for (int64_t h = 0; h < hkv; ++h) {
         const float* x = xr + (hq + hkv + h) * qkv.stride(2);
@@ -574,12 +577,9 @@ torch::Tensor decode_layers(torch::Tensor x, std::vector<torch::Tensor> params, 
       const float* c = cp + b * D;
       const float* s = sp + b * D;
       for (int64_t hh = 0; hh < hq + hkv; ++hh) {
-        const float* xr = xq + (b * H + hh) * D;
-        if (qkw) norm_row(xr, qkw + hh * D, (float)qk_eps, u.data(), D);
-        else std::copy(xr, xr + D, u.data());
         float* o = hh < hq ? q.data_ptr<float>() + (b * hq + hh) * D
                            : kp + b * K.stride(0) + (hh - hq) * K.stride(1) + start * K.stride(2);
-        for (int64_t i = 0; i < D; ++i) o[i] = u[i] * c[i] + (i < D / 2 ? u[i + D / 2] : u[i - D / 2]) * s[i];
+        norm_rope_row(xq + (b * H + hh) * D, qkw ? qkw + hh * D : nullptr, (float)qk_eps, c, s, u.data(), o, D);
       }
       for (int64_t hh = 0; hh < hkv; ++hh) {
         const float* xr = xq + (b * H + hq + hkv + hh) * D;
@@ -691,14 +691,7 @@ std::vector<torch::Tensor> rms_norm_train_fwd(torch::Tensor x, torch::Tensor w, 
   float* rp = r.data_ptr<float>();
   at::parallel_for(0, N, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, C)), [&](int64_t r0, int64_t r1) {
     for (int64_t n = r0; n < r1; ++n) {
-      const float* xr = xp + n * C;
-      const float rr = 1.f / std::sqrt(sum_squares(xr, C) / (float)C + (float)eps);
-      rp[n] = rr;
-      float* yr = yp + n * C;
-      const vf vr = vset(rr);
-      int64_t i = 0;
-      for (; i + W <= C; i += W) vstore(yr + i, vmul(vmul(vload(xr + i), vr), vload(wp + i)));
-      for (; i < C; ++i) yr[i] = (xr[i] * rr) * wp[i];
+      rp[n] = norm_row(xp + n * C, wp, (float)eps, yp + n * C, C);
     }
   });
   return {y, r};
@@ -762,7 +755,7 @@ _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def build(name: str = "sherman_cpu_decode_v11", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_cpu_decode_v12", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension; `arch_flags` pick the SIMD layer (`core/simd.py`)."""
     from torch.utils.cpp_extension import load_inline
 
@@ -878,9 +871,6 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, u: torc
     one pass per row plus a bisection for the top-p threshold (no sort)."""
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     return tuple(_EXT.sample_top_p(x, float(temperature), float(top_p), u.double().contiguous()))
-
-
-_LAYOUT_CODES = {"mkl": 0, "t": 1, "onednn": 2, "tiled": 3}
 
 
 def _pack_parts(pack) -> tuple[int, torch.Tensor, torch.Tensor, int]:
