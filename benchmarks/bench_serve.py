@@ -77,14 +77,18 @@ def main(argv: list[str]) -> int:
     lat: list[float] = []
     fails: list[str] = []
     ntok: list[int] = []
-    with ServerThread(create_app(model, tok, ServeConfig(model_name="bench", max_batch=64))) as s:
+    app = create_app(model, tok, ServeConfig(model_name="bench", max_batch=64))
+    stats = app.state.engine.batcher.stats
+    with ServerThread(app) as s:
         async def load():
             await asyncio.gather(*[client(s.url, ps, a.max_tokens, lat, fails, ntok) for ps in prompts])
 
         asyncio.run(client(s.url, ["1+1="], a.max_tokens, [], [], []))  # warm-up
+        stats.update(steps=0, rows=0)
         t0 = time.perf_counter()
         asyncio.run(load())
         wall = time.perf_counter() - t0
+        steps, rows = stats["steps"], stats["rows"]
     # peer: one request at a time through core.generate, no HTTP, no batching
     gen = torch.Generator().manual_seed(0)
     generate(model, [tok.encode("1+1=", bos=True)], SamplingParams(max_new_tokens=a.max_tokens), generator=gen)  # warm-up
@@ -107,6 +111,7 @@ def main(argv: list[str]) -> int:
     if lat:
         print(f"{'latency p50 (s)':28}{np.percentile(lat, 50):16.3f}{np.percentile(peer_lat, 50):22.3f}")
         print(f"{'latency p99 (s)':28}{np.percentile(lat, 99):16.3f}{np.percentile(peer_lat, 99):22.3f}")
+    print(f"server: {steps} batched decode steps in {wall:.2f} s, {rows / max(steps, 1):.1f} sequences per step")
     print(f"failed requests: {len(fails)}" + (f" (first: {fails[0]})" if fails else ""))
     return 1 if fails else 0
 

@@ -741,11 +741,14 @@ std::vector<torch::Tensor> rms_norm_train_bwd(torch::Tensor g, torch::Tensor x, 
 int64_t simd_width() { return W; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("tiled_linear", &tiled_linear); m.def("rms_norm", &rms_norm); m.def("qk_norm_rope", &qk_norm_rope);
-  m.def("decode_attention", &decode_attention); m.def("simd_width", &simd_width);
-  m.def("sample_top_p", &sample_top_p); m.def("decode_layers", &decode_layers);
-  m.def("swiglu_fwd", &swiglu_fwd); m.def("swiglu_bwd", &swiglu_bwd);
-  m.def("rms_norm_train_fwd", &rms_norm_train_fwd); m.def("rms_norm_train_bwd", &rms_norm_train_bwd);
+  // every kernel runs without the GIL (tensors and numbers only, no Python objects inside), so other Python
+  // threads (a server's event loop beside its decode worker) run while a decode step computes
+  auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("tiled_linear", &tiled_linear, nogil); m.def("rms_norm", &rms_norm, nogil); m.def("qk_norm_rope", &qk_norm_rope, nogil);
+  m.def("decode_attention", &decode_attention, nogil); m.def("simd_width", &simd_width);
+  m.def("sample_top_p", &sample_top_p, nogil); m.def("decode_layers", &decode_layers, nogil);
+  m.def("swiglu_fwd", &swiglu_fwd, nogil); m.def("swiglu_bwd", &swiglu_bwd, nogil);
+  m.def("rms_norm_train_fwd", &rms_norm_train_fwd, nogil); m.def("rms_norm_train_bwd", &rms_norm_train_bwd, nogil);
 }
 """
 
@@ -755,7 +758,7 @@ _LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def build(name: str = "sherman_cpu_decode_v12", arch_flags: tuple[str, ...] = ("-march=native",)):
+def build(name: str = "sherman_cpu_decode_v13", arch_flags: tuple[str, ...] = ("-march=native",)):
     """Compile (or load from torch's build cache) the extension; `arch_flags` pick the SIMD layer (`core/simd.py`)."""
     from torch.utils.cpp_extension import load_inline
 

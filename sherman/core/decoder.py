@@ -22,7 +22,9 @@ At most `max_parked` sequences are kept (least recently used dropped first).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import AsyncIterator, Sequence
 
 import torch
@@ -31,7 +33,19 @@ import sherman.core.generate as gen
 from sherman.core.attention import AttnContext
 from sherman.core.generate import SamplingParams, sample_next
 from sherman.core.kv_cache import KVCache
+from sherman.core.linear import hold_packs, packed_weights
 from sherman.core.model import Transformer
+
+
+@dataclass
+class _Resident:
+    """The batch cache of the last step, kept for the next step of the same rows (`Decoder._resident_step`)."""
+
+    sids: list[int]  # its row order
+    big: torch.Tensor  # (L, 2, B, H_kv, cap, D): the keys/values `packed` views
+    packed: KVCache
+    since: int  # slots [since, packed.length) are not yet in the rows' own caches
+    lens: dict[int, int]  # each row's own cache length at `since`
 
 
 class Decoder:
@@ -50,10 +64,17 @@ class Decoder:
     membership may change between any two steps at no extra cost. Sampling is `sample_next`, shared with
     `generate`; a step in which every row decodes one token runs `Transformer.decode_step`, the fast decode step
     `generate` uses (same numbers as the forward pass; test: tests/core/test_decoder.py).
+
+    Each step runs inside `packed_weights`, as `generate`'s loop does: the prepacked weights and, for fp32 CPU models,
+    the C++ decode kernels (`core/cpu_decode.py`, whole layer loop in one call) and sampler. The packs are built on the
+    first step and held (`hold_packs`) until `close()` (or garbage collection), rebuilt on the first step after a
+    weight update, so steps do not re-pack (the same tokens as `generate`: tests).
     """
 
-    def __init__(self, model: Transformer, *, generator: torch.Generator | None = None, attn: AttnContext | None = None, init_len: int = 256):
+    def __init__(self, model: Transformer, *, generator: torch.Generator | None = None, attn: AttnContext | None = None, init_len: int = 256,
+                 headroom: int = 64):  # fmt: skip
         self.model = model
+        self.headroom = headroom  # free slots of a packed batch cache, for the in-place steps that follow
         self.generator = generator
         self.attn = attn
         self.init_len = init_len
@@ -61,6 +82,22 @@ class Decoder:
         self.bufs: dict[int, torch.Tensor] = {}
         self.pending: dict[int, list[int]] = {}
         self._next = 0
+        self._res: _Resident | None = None
+        self._flat: dict[bool, torch.Tensor] = {}  # reused batch-cache storage (`_scratch`)
+        self._free: dict[int, list[torch.Tensor]] = {}  # removed sequences' buffers by capacity, reused by `_alloc`
+        self.max_free = 16
+        self._release_packs = None  # set on the first step: releases the held inference packs (idempotent)
+
+    def close(self) -> None:
+        """Release the held inference packs (the model's extra packed copy of its weights); stepping again re-holds."""
+        if self._release_packs is not None:
+            self._release_packs()
+            self._release_packs = None
+
+    def _hold_packs(self) -> None:
+        if self._release_packs is None:
+            self._release_packs = hold_packs(self.model)
+            weakref.finalize(self, self._release_packs)  # a Decoder dropped without close() releases them too
 
     def _fast(self) -> bool:
         """Whether one-token steps may use `Transformer.decode_step` (the rule `generate` applies: `FAST_DECODE`, no MoE
@@ -70,7 +107,11 @@ class Decoder:
 
     def _alloc(self, cap: int) -> tuple[KVCache, torch.Tensor]:
         c = self.model.cfg
-        buf = torch.zeros(c.n_layers, 2, 1, c.n_kv_heads, cap, c.head_dim, dtype=self.model.dtype, device=self.model.device)
+        free = self._free.get(cap)
+        if free:  # a removed sequence's buffer, zeroed again: warm pages (a fresh MB-sized tensor costs its page faults)
+            buf = free.pop().zero_()
+        else:
+            buf = torch.zeros(c.n_layers, 2, 1, c.n_kv_heads, cap, c.head_dim, dtype=self.model.dtype, device=self.model.device)
         valid = torch.zeros(1, cap, dtype=torch.bool, device=self.model.device)
         return KVCache(k=[buf[i, 0] for i in range(c.n_layers)], v=[buf[i, 1] for i in range(c.n_layers)], valid=valid), buf
 
@@ -88,6 +129,7 @@ class Decoder:
 
     def truncate(self, sid: int, n: int) -> None:
         """Keep only the first n tokens of a sequence (cached or pending); later ones are forgotten."""
+        self._flush()
         c = self.caches[sid]
         assert 0 <= n <= self.length(sid), f"cannot truncate a sequence of {self.length(sid)} tokens to {n}"
         if n <= c.length:
@@ -97,9 +139,13 @@ class Decoder:
             self.pending[sid] = self.pending[sid][: n - c.length]
 
     def remove(self, sid: int) -> None:
+        if self._res is not None and sid in self._res.sids:
+            self._flush()
         self.caches.pop(sid, None)
-        self.bufs.pop(sid, None)
+        buf = self.bufs.pop(sid, None)
         self.pending.pop(sid, None)
+        if buf is not None and sum(len(v) for v in self._free.values()) < self.max_free:
+            self._free.setdefault(buf.shape[-2], []).append(buf)
 
     def __contains__(self, sid: int) -> bool:
         return sid in self.caches
@@ -127,16 +173,79 @@ class Decoder:
         sids = list(self.caches) if sids is None else list(sids)
         if not sids:
             return {}
-        model, dev, cfg = self.model, self.model.device, self.model.cfg
+        self._hold_packs()
+        with packed_weights(self.model):  # this (worker) thread's inference context; the held packs are reused
+            return self._step(sids, params)
+
+    def _step(self, sids: list[int], params: dict[int, SamplingParams] | SamplingParams | None) -> dict[int, tuple[int, float]]:
+        model = self.model
+        assert all(len(self.pending[s]) > 0 for s in sids), "every stepped sequence needs a pending token"
         was_training = model.training
         model.eval()
+        try:
+            one = [s for s in sids if len(self.pending[s]) == 1]
+            many = [s for s in sids if len(self.pending[s]) > 1]
+            if one and many:  # prefill rows apart: padding every decoding row to the longest prompt costs ~pmax x the step
+                out = dict(zip(one, self._decode_rows(one)))
+                out.update(zip(many, self._packed_step(many, resident=False)))
+                hidden = torch.stack([out[s] for s in sids])  # (B, C)
+            elif one:
+                hidden = self._decode_rows(one)
+            else:
+                self._flush()
+                hidden = self._packed_step(many)
+            logits = model.lm_logits(hidden)  # (B, V)
+        finally:
+            model.train(was_training)
+        if not isinstance(params, dict):
+            one = params or SamplingParams()
+            params = {s: one for s in sids}
+        groups: dict[tuple[float, float], list[int]] = {}
+        for r, s in enumerate(sids):
+            groups.setdefault((params[s].temperature, params[s].top_p), []).append(r)
+        result: dict[int, tuple[int, float]] = {}
+        for (temp, top_p), rows in groups.items():
+            tok, lp = sample_next(logits[rows], temp, top_p, self.generator)
+            for r, t, v in zip(rows, tok.tolist(), lp.tolist()):
+                result[sids[r]] = (t, v)
+                self.pending[sids[r]] = [t]
+        return result
+
+    def _scratch(self, resident: bool, shape: tuple[int, ...]) -> torch.Tensor:
+        """A view of shape `shape` of one of two reused flat buffers (the resident batch cache's, and the one of prefill
+        rows packed beside it), grown by half again when too small: a fresh multi-MB tensor per step costs its page
+        faults (measured: a 5.7 MB zeros ~5 ms, the whole in-place step ~3 ms)."""
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self._flat.get(resident)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n + n // 2, dtype=self.model.dtype, device=self.model.device)
+            self._flat[resident] = buf
+        return buf[:n].view(shape)
+
+    def _decode_rows(self, sids: list[int]) -> torch.Tensor:
+        """One token for each of `sids` (one pending token each) -> hidden (B, C): in place in the resident batch cache
+        when it holds exactly these rows and has a free slot, else packed afresh (and resident from then on)."""
+        res = self._res
+        if res is not None and set(sids) == set(res.sids) and res.packed.length < res.packed.max_len:
+            return self._resident_step(sids)
+        self._flush()
+        return self._packed_step(sids)
+
+    def _packed_step(self, sids: list[int], resident: bool = True) -> torch.Tensor:
+        """Pack the rows' caches left-padded into one batch cache (with `headroom` free slots), run the model over
+        every row's pending tokens, write each row's new keys/values back -> hidden (B, C). With `resident` the batch
+        cache stays for the following steps of the same rows (rows decoding in place must not be among `sids`
+        otherwise: the caller flushes them first)."""
+        model, dev, cfg = self.model, self.model.device, self.model.cfg
         lens = [self.caches[s].length for s in sids]
         pends = [self.pending[s] for s in sids]
-        assert all(len(p) > 0 for p in pends), "every stepped sequence needs a pending token"
         b, lmax, pmax = len(sids), max(lens), max(len(p) for p in pends)
-        big = torch.zeros(cfg.n_layers, 2, b, cfg.n_kv_heads, lmax + pmax, cfg.head_dim, dtype=model.dtype, device=dev)
+        cap = lmax + pmax + self.headroom
+        big = self._scratch(resident, (cfg.n_layers, 2, b, cfg.n_kv_heads, cap, cfg.head_dim)).zero_()  # (L, 2, B, H_kv, cap, D)
         packed = KVCache(k=[big[i, 0] for i in range(cfg.n_layers)], v=[big[i, 1] for i in range(cfg.n_layers)],
-                         valid=torch.zeros(b, lmax + pmax, dtype=torch.bool, device=dev))
+                         valid=torch.zeros(b, cap, dtype=torch.bool, device=dev))
         ids = torch.zeros(b, pmax, dtype=torch.long)
         new_valid = torch.zeros(b, pmax, dtype=torch.bool)
         pos = torch.zeros(b, pmax, dtype=torch.long)
@@ -153,27 +262,51 @@ class Decoder:
             hidden = model.decode_step(ids[:, 0], pos[:, 0], packed, self.attn)  # (B, C)
         else:  # some row prefills several tokens (a new prompt, inserted text): the general forward pass
             hidden = model(ids, positions=pos, cache=packed, key_valid=new_valid, attn=self.attn, compute_logits=False).hidden[:, -1]
-        logits = model.lm_logits(hidden)  # (B, V)
         for r, (s, n, p) in enumerate(zip(sids, lens, pends)):
             self._grow(s, n + len(p))
             c = self.caches[s]
-            self.bufs[s][:, :, 0, :, n : n + len(p)] = big[:, :, r, :, lmax + pmax - len(p) :]
+            self.bufs[s][:, :, 0, :, n : n + len(p)] = big[:, :, r, :, lmax + pmax - len(p) : lmax + pmax]
             c.valid[0, n : n + len(p)] = True
             c.length = n + len(p)
-        model.train(was_training)
-        if not isinstance(params, dict):
-            one = params or SamplingParams()
-            params = {s: one for s in sids}
-        groups: dict[tuple[float, float], list[int]] = {}
-        for r, s in enumerate(sids):
-            groups.setdefault((params[s].temperature, params[s].top_p), []).append(r)
-        result: dict[int, tuple[int, float]] = {}
-        for (temp, top_p), rows in groups.items():
-            tok, lp = sample_next(logits[rows], temp, top_p, self.generator)
-            for r, t, v in zip(rows, tok.tolist(), lp.tolist()):
-                result[sids[r]] = (t, v)
-                self.pending[sids[r]] = [t]
-        return result
+        if resident:
+            self._res = _Resident(list(sids), big, packed, packed.length, {s: self.caches[s].length for s in sids})
+        return hidden
+
+    def _resident_step(self, sids: list[int]) -> torch.Tensor:
+        """One token for each row of the resident batch cache, in place (no per-row copies): slot `packed.length` of
+        every row; the new keys/values are written back to the rows' own caches when the batch changes (`_flush`)
+        -> hidden (B, C) in the order of `sids`."""
+        res, dev = self._res, self.model.device
+        order = res.sids  # the batch cache's row order
+        ids = torch.tensor([self.pending[s][0] for s in order], dtype=torch.long, device=dev)  # (B,)
+        pos = torch.tensor([self.caches[s].length for s in order], dtype=torch.long, device=dev)  # (B,)
+        if self._fast():
+            hidden = self.model.decode_step(ids, pos, res.packed, self.attn)  # (B, C)
+        else:
+            hidden = self.model(ids[:, None], positions=pos[:, None], cache=res.packed, attn=self.attn, compute_logits=False).hidden[:, -1]
+        for s in order:
+            self.caches[s].length += 1  # the token is in the batch cache; its own cache gets it at `_flush`
+        if order != list(sids):
+            row = {s: r for r, s in enumerate(order)}
+            hidden = hidden[torch.tensor([row[s] for s in sids], device=dev)]
+        return hidden
+
+    def _flush(self) -> None:
+        """Write the tokens decoded in place in the resident batch cache back to each row's own cache; drop it."""
+        res, self._res = self._res, None
+        if res is None or res.packed.length == res.since:
+            return
+        a, z = res.since, res.packed.length
+        for r, s in enumerate(res.sids):
+            if s not in self.caches:
+                continue
+            n0, n = res.lens[s], self.caches[s].length  # n = n0 + z - a: the in-place steps counted the tokens already
+            self.caches[s].length = n0  # what its own buffer holds (`_grow` copies that much)
+            self._grow(s, n)
+            c = self.caches[s]
+            self.bufs[s][:, :, 0, :, n0:n] = res.big[:, :, r, :, a:z]
+            c.valid[0, n0:n] = res.packed.valid[r, a:z]
+            c.length = n
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -306,3 +439,4 @@ class Batcher:
             except (asyncio.CancelledError, Exception):
                 pass
             self.task = None
+        self.decoder.close()

@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -498,21 +499,68 @@ class FusedPack:
 _PACK_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def packed_weights(model: nn.Module):
-    """Prepack, for fast inference, every module of `model` that defines `pack_for_inference` (our `Linear`,
-    fused q/k/v and gate/up projections, the LM head); unpack on exit. Re-entrant and thread-safe: a count of
-    open contexts per model, the first one packs and the last one unpacks. Costs one reorder of the weights
-    (a few ms for a 10M-parameter model); packs made stale by weights changing inside are ignored. Inside, the calling
-    thread is also in `cpu_decode.inference()` (C++ kernels for the small ops of a decode step, where they build)."""
+def _pack_all(model: nn.Module) -> None:
+    """Build every inference pack of `model` (parents first: a fused pack covers its layers) and list them."""
+    covered: set[int] = set()  # layers already inside a fused pack (parents come first in modules())
+    for m in model.modules():
+        if hasattr(m, "pack_for_inference") and id(m) not in covered:
+            covered.update(id(x) for x in m.pack_for_inference() or ())
+    model.__dict__["_packs"] = [v for m in model.modules() for v in vars(m).values() if isinstance(v, FusedPack)]
+
+
+def _unpack_all(model: nn.Module) -> None:
+    for m in model.modules():
+        if hasattr(m, "unpack_for_inference"):
+            m.unpack_for_inference()
+    model.__dict__.pop("_packs", None)
+
+
+def _acquire(model: nn.Module) -> None:
+    """One more open `packed_weights` count on `model`: the first packs; a later one rebuilds the packs when a weight
+    changed since they were built (while a long-lived holder, `hold_packs`, kept them open), else reuses them."""
     with _PACK_LOCK:
         depth = model.__dict__.get("_pack_depth", 0)
         model.__dict__["_pack_depth"] = depth + 1
         if depth == 0:
-            covered: set[int] = set()  # layers already inside a fused pack (parents come first in modules())
-            for m in model.modules():
-                if hasattr(m, "pack_for_inference") and id(m) not in covered:
-                    covered.update(id(x) for x in m.pack_for_inference() or ())
+            _pack_all(model)
+        elif not all(p.fresh() for p in model.__dict__.get("_packs", ())):
+            _unpack_all(model)
+            _pack_all(model)
+
+
+def _release(model: nn.Module) -> None:
+    with _PACK_LOCK:
+        model.__dict__["_pack_depth"] -= 1
+        if model.__dict__["_pack_depth"] == 0:
+            _unpack_all(model)
+
+
+def hold_packs(model: nn.Module) -> Callable[[], None]:
+    """Keep `model`'s inference packs built across many short `packed_weights` contexts (a step-wise decoder enters
+    one per step, in whichever worker thread runs it: the C++ kernels' inference flag is per thread) -> release(),
+    idempotent. Without a holder every step would pack and unpack the weights again (a few ms each); with one, a step
+    reuses them, and the first step after a weight update rebuilds them (`_acquire`). No inference context is
+    entered here."""
+    _acquire(model)
+    done = [False]
+
+    def release() -> None:
+        if not done[0]:
+            done[0] = True
+            _release(model)
+
+    return release
+
+
+@contextlib.contextmanager
+def packed_weights(model: nn.Module):
+    """Prepack, for fast inference, every module of `model` that defines `pack_for_inference` (our `Linear`,
+    fused q/k/v and gate/up projections, the LM head); unpack on exit. Re-entrant and thread-safe: a count of
+    open contexts per model, the first one packs and the last one unpacks; a nested entry after the weights changed
+    rebuilds the packs. Costs one reorder of the weights (a few ms for a 10M-parameter model); packs made stale by
+    weights changing inside are ignored. Inside, the calling thread is also in `cpu_decode.inference()` (C++ kernels
+    for the small ops of a decode step, where they build)."""
+    _acquire(model)
     from sherman.core import cpu_decode
 
     try:
@@ -522,9 +570,4 @@ def packed_weights(model: nn.Module):
         with cpu_decode.inference(enable=w is not None and w.device.type == "cpu" and w.dtype == torch.float32):
             yield model
     finally:
-        with _PACK_LOCK:
-            model.__dict__["_pack_depth"] -= 1
-            if model.__dict__["_pack_depth"] == 0:
-                for m in model.modules():
-                    if hasattr(m, "unpack_for_inference"):
-                        m.unpack_for_inference()
+        _release(model)
