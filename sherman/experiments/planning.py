@@ -17,7 +17,11 @@ Run: `sherman reproduce planning --budget quick`. Cost measured at be975a4 (1 th
 planning quick within 45 min on an idle 2-core machine) the quick budget skips `pg_kl_small` (no takeaway reads it;
 its 6 runs cost 319 s CPU there), leaving ~1830 s CPU; the RL arms are evaluated on the train/test splits only.
 The full budget runs every arm: estimated from the measured step and eval times ~3.6 h of CPU (5 seeds, SFT 1500 steps,
-arms 1000 steps, 200 pairs x 16 samples per eval).
+arms 1000 steps, 200 pairs x 16 samples per eval). It is built from ten stages, one per task x seed (`stage`): each
+finished stage is stored as JSON (`stage_root()`, or $SHERMAN_ARTIFACTS/planning) under a key of its code, budget
+and torch version, so a run cut off by a session's end resumes where it stopped; the repository keeps the finished
+full-budget stages in `stages/` (`SHERMAN_ARTIFACTS=stages sherman reproduce planning --budget full` resumes them on
+a fresh machine; a stage whose code changed is recomputed, never reused).
 
 Verdicts: every sub-claim goes through `sherman.experiments.verdict` on per-seed values, paired by seed (threshold
 named in the code, 2 standard errors); a row is `verdict.overall` of its sub-claims, per task.
@@ -47,12 +51,19 @@ the noise. Rows (3)-(5) are from be975a4 (they read no continual-SFT numbers exc
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
+import json
+import os
+import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from sherman.core.checkpoint import atomic_write_text
 from sherman.core.common import print0
 from sherman.core.progress import progress
 from sherman.experiments import verdict as V
@@ -373,26 +384,121 @@ def plot(results: dict[str, list[dict]], out_dir: Path) -> list[str]:
     return files
 
 
-def run(budget: str, out_dir: Path) -> dict:
+# ----------------------------------------------------------------------------- stages (one task x seed each)
+
+STAGE_FORMAT = 1
+"""Version of a stage file's layout; part of its key."""
+
+
+def stage_root() -> Path:
+    """Where finished task-seed stages are kept: $SHERMAN_ARTIFACTS/planning, else $SHERMAN_CACHE/planning (default
+    ~/.cache/sherman/planning). The full budget (~3.6 h CPU) is ten stages of ~15-30 min CPU: a run that stops (a
+    session's end) resumes with the stages not yet done."""
+    env = os.environ.get("SHERMAN_ARTIFACTS")
+    if env:
+        return Path(env) / "planning"
+    return Path(os.environ.get("SHERMAN_CACHE", Path.home() / ".cache" / "sherman")) / "planning"
+
+
+_STAGE_CODE: str | None = None
+
+
+def stage_code_digest() -> str:
+    """sha256 over the code that computes a stage: `run_seed`, `run_arm`, `make_task` and the modules of the RL arms,
+    the model and the tasks (computed once per process, so an edit during a run does not change the key mid-run)."""
+    global _STAGE_CODE
+    if _STAGE_CODE is None:
+        from sherman.core import attention, linear, model, train
+
+        h = hashlib.sha256()
+        for f in (run_seed, run_arm, make_task):
+            h.update(inspect.getsource(f).encode())
+        mods = {sys.modules[f.__module__] for f in (planning_model, blocksworld_graph, erdos_renyi_dag)} | {attention, linear, model, train}
+        for m in sorted(mods, key=lambda m: m.__name__):
+            h.update(m.__name__.encode() + Path(m.__file__).read_bytes())
+        _STAGE_CODE = h.hexdigest()
+    return _STAGE_CODE
+
+
+def stage_key(task: str, b: PlanBudget, seed: int) -> str:
+    """The key a stage file must carry to be reused: format, task, seed, every budget field, the code digest and the
+    torch version. Anything else (a changed arm, budget or model code) recomputes the stage, never reuses it."""
+    import torch
+
+    body = {"format": STAGE_FORMAT, "task": task, "seed": seed, "budget": asdict(b), "code": stage_code_digest(), "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def stage_path(root: Path, budget: str, task: str, seed: int) -> Path:
+    return Path(root) / budget / f"{task}_seed{seed}.json"
+
+
+def load_stage(path: Path, key: str) -> tuple[dict | None, str]:
+    """(stage record, 'reused') when `path` holds a readable stage with this key, else (None, why not)."""
+    if not path.is_file():
+        return None, "new"
+    try:
+        rec = json.loads(path.read_text())
+        assert isinstance(rec, dict) and isinstance(rec.get("result"), dict), "not a stage record"
+    except (OSError, ValueError, AssertionError) as e:
+        return None, f"unreadable ({type(e).__name__})"
+    if rec.get("key") != key:
+        return None, "stale (code, budget or torch changed)"
+    return rec, "reused"
+
+
+def stage(task: str, b: PlanBudget, seed: int, budget: str, root: Path | None) -> dict:
+    """`run_seed(task, b, seed)`, or its stored result from `root` when the key matches; a computed stage is written
+    atomically (temp file + rename) with its CPU and wall seconds and the machine. Returns the stage record
+    {'result', 'cpu_s', 'wall_s', 'machine', 'status'}."""
+    path = stage_path(root, budget, task, seed) if root is not None else None
+    key = stage_key(task, b, seed) if root is not None else ""
+    if path is not None:
+        rec, why = load_stage(path, key)
+        if rec is not None:
+            print0(f"  [{task} seed {seed}] reusing {path} (computed {rec.get('created')}, {rec.get('cpu_s', 0):.0f}s cpu)")
+            return {**rec, "status": "reused"}
+        if why != "new":
+            print0(f"  [{task} seed {seed}] {path} is {why}; recomputing")
+    t0, c0 = time.time(), time.process_time()
+    result = run_seed(task, b, seed)
+    rec = {"key": key, "task": task, "seed": seed, "budget": budget, "result": result, "cpu_s": time.process_time() - c0,
+           "wall_s": time.time() - t0, "machine": platform.processor() or platform.machine(),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(rec) + "\n")
+    return {**rec, "status": "computed"}
+
+
+def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
+    """Every task x seed stage (reused from `stage_dir`, default `stage_root()`; none for the smoke budget), then the
+    report. The report's CPU seconds count every stage, reused ones at their stored cost."""
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose from {sorted(BUDGETS)}")
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0, c0 = time.time(), time.process_time()  # thread count: `sherman reproduce --threads` (default 1)
-    prog, results = progress(2 * b.seeds, "task-seed runs (SFT + every arm)"), {}
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stage_root())
+    t0 = time.time()  # thread count: `sherman reproduce --threads` (default 1)
+    prog, results, cpu, reused = progress(2 * b.seeds, "task-seed stages (SFT + every arm)"), {}, 0.0, 0
     for task in ("er", "bw"):
         results[task] = []
         for seed in range(b.seeds):
             prog.set(task=task, seed=seed)
-            results[task].append(run_seed(task, b, seed))
+            rec = stage(task, b, seed, budget, root)
+            results[task].append(rec["result"])
+            cpu += rec["cpu_s"]
+            reused += rec["status"] == "reused"
             prog.advance()
     prog.close()
-    return report(results, budget, out_dir, time.time() - t0, time.process_time() - c0)
+    return report(results, budget, out_dir, time.time() - t0, cpu, reused=reused, stage_dir=root)
 
 
-def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: float, cpu: float) -> dict:
-    """Verdicts, plots and results.json from the per-seed results (also usable on a saved results.json)."""
+def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: float, cpu: float, reused: int = 0,
+           stage_dir: Path | None = None) -> dict:  # fmt: skip
+    """Verdicts, plots and results.json from the per-seed results (also usable on a saved results.json). `reused`
+    stages came from `stage_dir`: `wall` is this run's, `cpu` counts them at their stored cost."""
     b = BUDGETS[budget]
     rows = takeaways(results)
     plots = plot(results, out_dir)
@@ -400,7 +506,9 @@ def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: flo
     verdict = V.overall([r["verdict"] for r in paper_rows])
     info = {task: runs[0]["data"] for task, runs in results.items()}
     notes = (
-        f"Budget {budget}, {b.seeds} seed(s), {wall:.0f}s wall, {cpu:.0f}s cpu. ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "
+        f"Budget {budget}, {b.seeds} seed(s), {wall:.0f}s wall, {cpu:.0f}s cpu"
+        + (f" ({reused} of {2 * b.seeds} task-seed stages reused from {stage_dir}, counted at their stored CPU cost)" if reused else "")
+        + f". ER DAG {b.er_nodes} nodes, p={b.er_edge_prob} "
         f"({info['er']['train_pairs']} train / {info['er']['test_pairs']} test pairs, seed 0); Blocksworld {b.blocks} blocks "
         f"({info['bw']['nodes']} states, {info['bw']['train_pairs']} train / {info['bw']['test_pairs']} test pairs). "
         f"Model: core Transformer, 1 layer, 1 head, width {b.dim}; SFT {b.sft_steps} steps on {b.paths_per_pair} paths per train pair "
@@ -418,6 +526,6 @@ def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: flo
         "rows": rows,
         "plots": plots,
         "notes": notes,
-        "metrics": {"budget": asdict(b), "wall_s": wall, "cpu_s": cpu, "data": info, "results": results},
+        "metrics": {"budget": asdict(b), "wall_s": wall, "cpu_s": cpu, "stages_reused": reused, "data": info, "results": results},
     }
     return dump_results(res, out_dir)

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import torch
 
@@ -6,10 +7,13 @@ from sherman.experiments import EXPERIMENTS
 from sherman.experiments.planning import ARMS, BUDGETS, PG_ABLATIONS, run
 
 
-def test_planning_experiment_smoke(tmp_path):
+def test_planning_experiment_smoke(tmp_path, monkeypatch):
     assert EXPERIMENTS["planning"] == "sherman.experiments.planning"
+    monkeypatch.setenv("SHERMAN_ARTIFACTS", str(tmp_path / "artifacts"))
     threads = torch.get_num_threads()
-    res = run("smoke", tmp_path)
+    res = run("smoke", tmp_path / "out")
+    assert not (tmp_path / "artifacts").exists()  # the smoke budget stores no stages outside its output directory
+    tmp_path = tmp_path / "out"
     assert torch.get_num_threads() == threads  # restored
     assert res["name"] == "planning" and res["verdict"] in ("reproduced", "partly", "not reproduced", "not testable here")
     assert [r["claim"][:3] for r in res["rows"]] == ["(1)", "(2)", "(3)", "(4)", "(5)"]
@@ -69,3 +73,29 @@ def test_pg_ablations_change_one_field_each():
     for kw in PG_ABLATIONS.values():
         arm = replace(base, **kw)
         assert [f.name for f in fields(base) if getattr(arm, f.name) != getattr(base, f.name)] == list(kw)
+
+
+def test_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
+    import sherman.experiments.planning as P
+
+    calls = []
+    orig = P.run_seed
+    monkeypatch.setattr(P, "run_seed", lambda task, b, seed: calls.append((task, seed)) or orig(task, b, seed))
+    stages = tmp_path / "stages"
+    first = P.run("smoke", tmp_path / "a", stage_dir=stages)
+    assert calls == [("er", 0), ("bw", 0)] and first["metrics"]["stages_reused"] == 0
+    er = P.stage_path(stages, "smoke", "er", 0)
+    rec = json.loads(er.read_text())
+    assert rec["key"] == P.stage_key("er", BUDGETS["smoke"], 0) and rec["cpu_s"] > 0
+    calls.clear()
+    second = P.run("smoke", tmp_path / "b", stage_dir=stages)  # a resumed run: nothing recomputed, the same report
+    assert calls == [] and second["metrics"]["stages_reused"] == 2
+    assert second["rows"] == first["rows"] and "2 of 2 task-seed stages reused" in second["notes"]
+    assert second["metrics"]["cpu_s"] == first["metrics"]["cpu_s"]  # counted at their stored cost
+    er.write_text(json.dumps({**rec, "key": "0" * 64}))  # stale: another code / budget / torch
+    P.stage_path(stages, "smoke", "bw", 0).write_text("{truncated")  # unreadable
+    P.run("smoke", tmp_path / "c", stage_dir=stages)
+    assert calls == [("er", 0), ("bw", 0)]
+    assert P.stage_key("er", BUDGETS["smoke"], 1) != P.stage_key("er", BUDGETS["smoke"], 0) != P.stage_key("bw", BUDGETS["smoke"], 0)
+    assert P.stage_key("er", replace(BUDGETS["smoke"], sft_steps=31), 0) != P.stage_key("er", BUDGETS["smoke"], 0)
+
