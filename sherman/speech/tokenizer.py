@@ -61,10 +61,28 @@ class TokenizerConfig:
     """Weight of the latent penalty mean(mu^2)."""
     mel_weight: float = 1.0
     """Weight of the log-mel L1 loss next to the multi-resolution STFT loss."""
+    stft_weight: float = 1.0
+    """Weight of the multi-resolution STFT loss (spectral convergence + log-magnitude L1)."""
+    decoder_head: str = "conv"
+    """How the decoder makes the waveform. 'conv': the paper's mirror of the encoder, transposed convs up to 24 kHz
+    and a conv to one channel. 'istft': the mirror stops at `istft_hop` samples per frame and a causal inverse STFT
+    synthesizes the waveform from a predicted log-magnitude and phase per frame (Vocos-style, arXiv 2306.00814); the
+    encoder, the 7.5 Hz latent and the losses are unchanged."""
+    istft_hop: int = 200
+    """Hop (samples) of the 'istft' head: a product of the leading `ratios` (200 = 8 * 5 * 5: 120 spectral frames/s)."""
+    istft_overlap: int = 4
+    """n_fft / hop of the 'istft' head (n_fft = 800 samples = 33 ms at 24 kHz with the default hop)."""
 
     @property
     def hop(self) -> int:
         return math.prod(self.ratios)
+
+    def istft_stages(self) -> int:
+        """Number of leading (high-rate) stages the 'istft' head replaces: their ratios multiply to `istft_hop`."""
+        for k in range(len(self.ratios) + 1):
+            if math.prod(self.ratios[:k]) == self.istft_hop:
+                return k
+        raise AssertionError(f"istft_hop {self.istft_hop} is not a product of the leading ratios {self.ratios}")
 
     def stage_channels(self) -> list[int]:
         return [min(self.channels * 2**i, self.max_channels) for i in range(len(self.ratios) + 1)]
@@ -150,6 +168,38 @@ class Encoder(nn.Module):
         return self.head(F.elu(self.final(h, state)), state)
 
 
+class CausalISTFT(nn.Module):
+    """(B, 2 * (n_fft // 2 + 1), K) log-magnitude and phase per frame -> (B, 1, K * hop) by a causal inverse STFT.
+
+    Frame k is an n_fft-sample windowed irfft overlap-added onto output samples [k * hop, k * hop + n_fft), so output
+    block m (samples [m * hop, (m + 1) * hop)) is the sum of frames m - overlap + 1 .. m only: it is complete (and
+    causal) once frame m is in. Offline the frames before the start are zeros; streaming keeps the last overlap - 1
+    frames in `state`. The sum is divided by the constant
+    overlap-add gain of the squared Hann window (the first blocks fade in)."""
+
+    def __init__(self, hop: int, overlap: int):
+        super().__init__()
+        self.hop, self.overlap, self.n_fft = hop, overlap, hop * overlap
+        win = torch.hann_window(self.n_fft)
+        self.register_buffer("window", win, persistent=False)
+        self.gain = float(win.pow(2).sum() / hop)  # sum_k w^2(n - k hop), constant for the Hann window at this overlap
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:  # x (B, 2F, K)
+        logmag, phase = x.float().chunk(2, dim=1)
+        spec = torch.polar(torch.exp(logmag.clamp(max=7.0)), phase)  # (B, F, K)
+        frames = torch.fft.irfft(spec.transpose(1, 2), n=self.n_fft) * self.window  # (B, K, n_fft)
+        k, o = frames.shape[1], self.overlap - 1
+        prev = state.get(self) if state is not None else None
+        if prev is None:
+            prev = frames.new_zeros(frames.shape[0], o, self.n_fft)
+        full = torch.cat([prev, frames], dim=1)  # (B, o + K, n_fft)
+        if state is not None:
+            state[self] = full[:, full.shape[1] - o :]
+        seg = full.view(full.shape[0], o + k, self.overlap, self.hop)  # segment j of frame f lands in block f - o + j
+        out = sum(seg[:, o - j : o - j + k, j] for j in range(self.overlap))  # (B, K, hop)
+        return (out / self.gain).reshape(out.shape[0], 1, k * self.hop)
+
+
 class Decoder(nn.Module):
     """(B, latent_dim, T) -> (B, 1, T * hop), causal; each latent frame owns exactly `hop` output samples."""
 
@@ -159,12 +209,19 @@ class Decoder(nn.Module):
         self.stem = CausalConv1d(cfg.latent_dim, ch[-1], 3)
         self.first = ConvBlock(ch[-1], 3)
         self.stages = nn.ModuleList()
-        for i in reversed(range(len(cfg.ratios))):
+        low = cfg.istft_stages() if cfg.decoder_head == "istft" else 0
+        assert cfg.decoder_head in ("conv", "istft"), f"unknown decoder_head {cfg.decoder_head!r}"
+        for i in reversed(range(low, len(cfg.ratios))):
             r = cfg.ratios[i]
             up = nn.ConvTranspose1d(ch[i + 1], ch[i], r, stride=r)  # kernel = stride: no overlap, no state needed
             blocks = [ConvBlock(ch[i], cfg.kernel) for _ in range(cfg.blocks_per_stage if i > 0 or cfg.full_rate_blocks else 0)]
             self.stages.append(nn.ModuleList([up, *blocks]))
-        self.out = CausalConv1d(ch[0], 1, cfg.kernel)
+        if cfg.decoder_head == "istft":
+            self.out = CausalConv1d(ch[low], 2 * (cfg.istft_hop * cfg.istft_overlap // 2 + 1), 3)
+            self.istft: CausalISTFT | None = CausalISTFT(cfg.istft_hop, cfg.istft_overlap)
+        else:
+            self.out = CausalConv1d(ch[0], 1, cfg.kernel)
+            self.istft = None
 
     def forward(self, z: torch.Tensor, state: State | None = None) -> torch.Tensor:
         h = self.first(self.stem(z, state), state)
@@ -172,6 +229,8 @@ class Decoder(nn.Module):
             h = stage[0](F.elu(h))
             for m in stage[1:]:
                 h = m(h, state)
+        if self.istft is not None:
+            return self.istft(self.out(F.elu(h), state), state)
         return torch.tanh(self.out(F.elu(h), state))
 
 
@@ -211,7 +270,7 @@ class AcousticTokenizer(nn.Module):
         stft = multi_res_stft_loss(rec, audio)
         mel = mel_l1(rec, audio)
         lat = mu.pow(2).mean()
-        total = stft + self.cfg.mel_weight * mel + self.cfg.latent_weight * lat
+        total = self.cfg.stft_weight * stft + self.cfg.mel_weight * mel + self.cfg.latent_weight * lat
         return total, {"loss/stft": stft.item(), "loss/mel": mel.item(), "loss/latent": lat.item()}
 
 

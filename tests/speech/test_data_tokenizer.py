@@ -3,10 +3,19 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sherman.core.common import ShermanError
 from sherman.speech import data, dsp
-from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig, TokTrainConfig, train_acoustic, train_semantic
+from sherman.speech.tokenizer import (
+    AcousticTokenizer,
+    CausalISTFT,
+    SemanticTokenizer,
+    TokenizerConfig,
+    TokTrainConfig,
+    train_acoustic,
+    train_semantic,
+)
 
 
 def test_parse_script_and_errors():
@@ -151,3 +160,32 @@ def test_load_user_folder(tmp_path):
         data.load_folder(tmp_path)
     with pytest.raises(ShermanError, match="not a folder"):
         data.load_folder(tmp_path / "nope")
+
+
+def test_istft_head_inverts_an_stft_causally():
+    """The 'istft' head's overlap-add: fed the STFT (frame k = samples [k hop, k hop + n_fft)) of a signal, it gives the
+    signal back after the fade-in; block m depends on frames <= m only."""
+    ist = CausalISTFT(200, 4)
+    x = torch.randn(1, 200 * 12)
+    frames = F.pad(x, (0, 600)).unfold(-1, 800, 200) * ist.window  # (1, 12, 800)
+    spec = torch.fft.rfft(frames)
+    y = ist(torch.cat([spec.abs().clamp(min=1e-9).log(), spec.angle()], -1).transpose(1, 2))  # (1, 1, 2400)
+    assert y.shape == (1, 1, 2400)
+    assert torch.allclose(y[0, 0, 600:], x[0, 600:], atol=1e-4)
+
+
+def test_istft_decoder_streams_and_is_causal():
+    torch.manual_seed(0)
+    tok = AcousticTokenizer(TokenizerConfig(decoder_head="istft", **SMALL))
+    assert tok.cfg.istft_stages() == 3 and len(tok.decoder.stages) == 3  # 8 * 5 * 5 = 200 samples per spectral frame
+    z = torch.randn(1, 5, tok.cfg.latent_dim)
+    with torch.no_grad():
+        offline = tok.decode(z)
+        assert offline.shape == (1, 5 * 3200)
+        state: dict = {}
+        streamed = torch.cat([tok.decode(z[:, i : i + 1], state) for i in range(5)], dim=1)
+        assert torch.allclose(offline, streamed, atol=1e-5)
+        z2 = z.clone()
+        z2[:, 3] += 1.0
+        changed = (tok.decode(z2) - offline).abs().amax(0)
+        assert changed[: 3 * 3200].max() < 1e-6 and changed[3 * 3200 :].max() > 1e-5
