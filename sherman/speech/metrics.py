@@ -153,13 +153,14 @@ def train_recognizer(audios: list[np.ndarray], phonemes: list[list[int]], n_phon
                      sources: list[dict[int, np.ndarray]] | None = None) -> tuple[PhonemeRecognizer, list[float]]:
     """CTC training on random batches of `audios`. With `augment`, each drawn utterance goes through a random
     degradation chain (`speech/augment.py`); `sources` are alternative renderings of some utterances (index ->
-    audio, e.g. acoustic-tokenizer round trips at several training stages) that the chain may start from."""
+    audio, e.g. acoustic-tokenizer round trips at several training stages) that the chain may start from.
+    `time_limit_s` counts CPU seconds of the process (the same steps on a loaded machine)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     arng = np.random.default_rng(seed)
     model = PhonemeRecognizer(n_phonemes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    hist, t0 = [], time.time()
+    hist, t0 = [], time.process_time()
     for _ in range(steps):
         idx = [rng.randrange(len(audios)) for _ in range(batch)]
         batch_audio = [audios[i] for i in idx]
@@ -175,7 +176,7 @@ def train_recognizer(audios: list[np.ndarray], phonemes: list[list[int]], n_phon
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         hist.append(loss.item())
-        if time_limit_s and time.time() - t0 > time_limit_s:
+        if time_limit_s and time.process_time() - t0 > time_limit_s:
             break
     return model.eval(), hist
 

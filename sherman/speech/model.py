@@ -379,7 +379,7 @@ class LMTrainConfig:
     seed: int = 0
     """Seed for sampling sequences and noise."""
     time_limit_s: float = 0.0
-    """Stop after this many seconds (0 = no limit)."""
+    """Stop after this many CPU seconds of the process (0 = no limit; CPU, not wall time: the same steps on a loaded machine)."""
 
 
 def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> list[dict]:
@@ -389,7 +389,7 @@ def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> l
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     bounds = np.cumsum([f for f, _ in cfg.curriculum]) * cfg.steps
-    hist, t0 = [], time.time()
+    hist, t0 = [], time.process_time()
     model.train()
     for step in range(cfg.steps):
         lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
@@ -404,7 +404,7 @@ def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> l
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         hist.append({"step": step, "loss": loss.item(), "lr": lr, "max_turns": max_turns, **parts})
-        if cfg.time_limit_s and time.time() - t0 > cfg.time_limit_s:
+        if cfg.time_limit_s and time.process_time() - t0 > cfg.time_limit_s:
             break
     model.eval()
     return hist

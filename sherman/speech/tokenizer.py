@@ -342,11 +342,12 @@ class TokTrainConfig:
     seed: int = 0
     """Seed for crops and noise."""
     time_limit_s: float = 0.0
-    """Stop early after this many seconds (0 = no limit)."""
+    """Stop early after this many CPU seconds of the process (0 = no limit): CPU, not wall time, so a loaded or paused
+    machine trains the same number of steps (on an idle machine with one thread they are the same)."""
     history: list = field(default_factory=list)
     """Filled with {"step", "loss", ...} rows."""
     callback: Callable[[int, float, nn.Module], None] | None = None
-    """Called after each step with (step, training seconds so far, model), e.g. to render round trips at training
+    """Called after each step with (step, training CPU seconds so far, model), e.g. to render round trips at training
     stages; its own time is not counted against `time_limit_s`."""
 
 
@@ -370,7 +371,7 @@ def train_acoustic(tok: AcousticTokenizer, audios: list[np.ndarray], cfg: TokTra
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(tok.parameters(), lr=cfg.lr, weight_decay=0.0)
-    t0 = time.time()
+    t0 = time.process_time()
     tok.train()
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -383,12 +384,12 @@ def train_acoustic(tok: AcousticTokenizer, audios: list[np.ndarray], cfg: TokTra
         opt.step()
         cfg.history.append({"step": step, "loss": loss.item(), **parts})
         if cfg.callback is not None:
-            t_cb = time.time()
+            t_cb = time.process_time()
             tok.eval()
             cfg.callback(step, t_cb - t0, tok)
             tok.train()
-            t0 += time.time() - t_cb  # the callback's time is not training time
-        if cfg.time_limit_s and time.time() - t0 > cfg.time_limit_s:
+            t0 += time.process_time() - t_cb  # the callback's time is not training time
+        if cfg.time_limit_s and time.process_time() - t0 > cfg.time_limit_s:
             break
     tok.eval()
     return cfg.history
@@ -400,7 +401,7 @@ def train_semantic(sem: SemanticTokenizer, audios: list[np.ndarray], phonemes: l
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(sem.parameters(), lr=cfg.lr, weight_decay=0.0)
     hop = sem.cfg.hop
-    t0 = time.time()
+    t0 = time.process_time()
     sem.train()
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -417,7 +418,7 @@ def train_semantic(sem: SemanticTokenizer, audios: list[np.ndarray], phonemes: l
         torch.nn.utils.clip_grad_norm_(sem.parameters(), 1.0)
         opt.step()
         cfg.history.append({"step": step, "loss": loss.item()})
-        if cfg.time_limit_s and time.time() - t0 > cfg.time_limit_s:
+        if cfg.time_limit_s and time.process_time() - t0 > cfg.time_limit_s:
             break
     sem.eval()
     for p in sem.parameters():
