@@ -4,7 +4,9 @@ Acoustic tokenizer: a causal convolutional VAE. The encoder stacks stages of dep
 blocks (the paper's "Transformer blocks with depth-wise causal convolutions instead of attention") and
 strided causal down-sampling convs with ratios (8, 5, 5, 4, 2, 2) = 3200x, so 24 kHz audio becomes 7.5
 latent frames per second; the decoder mirrors it with transposed convs (kernel = stride, so each latent
-frame maps to its own 3200 samples) followed by causal conv blocks. sigma-VAE (LatentLM): the encoder
+frame maps to its own 3200 samples) followed by causal conv blocks. With `decoder_head='istft'` the mirror stops at 200
+samples per frame and a causal inverse STFT makes the waveform from a predicted log-magnitude and phase (Vocos-style;
+at CPU scale it converges faster: round-trip PER 0.68 vs 0.84 at equal CPU). sigma-VAE (LatentLM): the encoder
 predicts only the mean mu; the noise scale is not learned but drawn per sample, z = mu + sigma * eps with
 sigma ~ N(0, C_sigma) -- a fixed-std noise scale that keeps the latent space from collapsing without a
 learned variance. Loss: multi-resolution STFT + log-mel L1 + a small latent penalty ||mu||^2 (the paper
