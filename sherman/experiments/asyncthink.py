@@ -37,7 +37,7 @@ What runs, per seed (3 seeds at quick):
 4. Generalization: 4-expression questions, a shape never trained on.
 5. Ablations: no RL (the format-SFT model), lambda = 0, and fork-all-then-join-all vs interleaved traces (the seed's
    format-SFT model trained `Budget.topo_sft_steps` more steps on one topology each, same data otherwise; no RL;
-   AsyncThink only; until 3ed1b54 these were fresh models of 150 steps, which answered nothing).
+   AsyncThink only; until 254928b these were fresh models of 150 steps, which answered nothing).
    Diagnostics (`field_accuracy`): each agent's part alone, greedy, on true contexts: the worker's returned result and
    its copy of the expression given sub-query k, the organizer's answer given the true joins.
 6. Precondition (`think.train.latency_precondition`): on ground-truth traces of the claim task, replayed through the

@@ -170,7 +170,8 @@ class OpenAIBackend:
 
 class ScriptedBackend:
     """Replays scripted outputs: `script(prompt) -> text`, streamed in chunks of `chunk` characters, or one
-    token of `tokenizer` per piece when one is given (then the clock counts that tokenizer's tokens)."""
+    token of `tokenizer` per piece when one is given (then the clock counts that tokenizer's tokens and each piece
+    carries its token id, as the local backend's do)."""
 
     def __init__(self, script: Callable[[str], str], chunk: int = 1, tokenizer=None):
         self.script = script
@@ -191,7 +192,7 @@ class ScriptedBackend:
                 if n >= max_tokens:
                     return
                 await asyncio.sleep(0)
-                yield Piece(self.tokenizer.decode([i], skip_special=False))
+                yield Piece(self.tokenizer.decode([i], skip_special=False), (i,))
             return
         for n, i in enumerate(range(0, len(text), self.chunk)):
             if n >= max_tokens:

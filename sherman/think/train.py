@@ -217,6 +217,17 @@ def _example(tok: CharTokenizer, prompt: str, segs: list[tuple[str, bool]]) -> S
     return SeqExample(ids, mask)
 
 
+def organizer_example(tok: CharTokenizer, think: ThinkConfig, question: str, segs: list[tuple[str, bool]]) -> SeqExample:
+    """The organizer's SFT example: its prompt as the engine builds it (`think.organizer_template`, <bos> as the local
+    backend encodes it), then `organizer_trace` segments, the joined text masked (the engine inserts it)."""
+    return _example(tok, think.organizer_template.format(question=question), segs)
+
+
+def worker_example(tok: CharTokenizer, think: ThinkConfig, question: str, query: str, trace: str) -> SeqExample:
+    """A worker's SFT example: the prompt the engine gives a forked worker, then its thinking and return."""
+    return _example(tok, think.worker_template.format(question=question, query=query), [(trace, True)])
+
+
 def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity: int = 4, topologies=TOPOLOGIES,
                  think: ThinkConfig | None = None, sequential: bool = False, subquery: str = "expr") -> list[SeqExample]:
     """n questions -> organizer + worker examples (or sequential examples with sequential=True)."""
@@ -231,10 +242,10 @@ def sft_examples(task, tok: CharTokenizer, n: int, rng: random.Random, capacity:
             continue
         topo = rng.choice(list(topologies))
         segs = organizer_trace(p, topo, capacity, rng)
-        out.append(_example(tok, think.organizer_template.format(question=ex.prompt), segs))
+        out.append(organizer_example(tok, think, ex.prompt, segs))
         if topo != "no_fork":
             for q, tr in zip(p.subqueries, p.worker_traces):
-                out.append(_example(tok, think.worker_template.format(question=ex.prompt, query=q), [(tr, True)]))
+                out.append(worker_example(tok, think, ex.prompt, q, tr))
     return out
 
 

@@ -259,3 +259,46 @@ def test_index_subqueries_fork_by_position_and_replay_to_full_accuracy(topology,
         assert not set("abc") & set(ex.prompt)
     with pytest.raises(ValueError, match="subquery"):
         plan(task, task.sample(rng), subquery="bogus")
+
+
+@pytest.mark.parametrize("task", [Arithmetic(n_expressions=3, min_digits=2, max_digits=2, ops="+", style="digits"),
+                                  Countdown(n_solutions=2, max_numbers=4)], ids=lambda t: t.name)
+@pytest.mark.parametrize("topology", ["interleaved", "fork_all"])
+def test_sft_contexts_equal_the_engines_runtime_contexts(task, topology):
+    """What SFT trains on is token-identical to what the engine shows the model at inference for the same trace:
+    every prompt the engine streams from (the organizer's first one and each resume after a join, each worker's) is
+    the SFT example's prefix up to a learned token, and the engine's rollout (ids, mask) equals the SFT (ids, mask)."""
+    from sherman.think.train import organizer_example, worker_example
+
+    tok = make_tokenizer(task)
+    think = ThinkConfig(capacity=4, max_org_tokens=10**4, max_worker_tokens=10**4)
+    rng = random.Random(11)
+    for _ in range(6):
+        ex = task.sample(rng)
+        p = plan(task, ex, "letter" if isinstance(task, Arithmetic) else "expr")
+        segs = organizer_trace(p, topology, 4, rng)
+        org_text = "".join(t for t, learn in segs if learn)
+        workers = dict(zip(p.subqueries, p.worker_traces))
+        prompts: list[str] = []
+
+        def script(prompt, prompts=prompts, org_text=org_text, workers=workers):
+            prompts.append(prompt)
+            if "<ORG>" in prompt:
+                done = re.sub(r"(<JOIN-(\d+)>).*?</JOIN-\2>", r"\1", prompt.split("<ORG>", 1)[1], flags=re.S)
+                return org_text[len(done):]
+            return workers[prompt.split("<WORK>")[1]]
+
+        r = AsyncThinkEngine(ScriptedBackend(script, tokenizer=tok), think).run_sync(ex.prompt)
+        assert not r.errors and r.answer == p.answer and task.reward(ex, "#" + r.answer) == 1.0
+        org = organizer_example(tok, think, ex.prompt, segs)
+        org_prompts = [q for q in prompts if "<ORG>" in q]
+        assert len(org_prompts) == 1 + sum(1 for t, learn in segs if not learn)  # one resume per join
+        for q in org_prompts:
+            ids = tok.encode(q, bos=True)
+            assert org.ids[: len(ids)] == ids and org.mask[len(ids)] == 1, q  # resumes where SFT's model text resumes
+        seqs = rollout_sequences(r, tok)
+        assert (seqs[0][0], seqs[0][1]) == (org.ids, org.mask)
+        for (ids, mask, _), (q, tr) in zip(seqs[1:], zip(p.subqueries, p.worker_traces)):
+            w = worker_example(tok, think, ex.prompt, q, tr)
+            assert (ids, mask) == (w.ids, w.mask)
+        assert len(seqs) == 1 + len(p.subqueries)
