@@ -140,7 +140,7 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(n_sft=6, sft_steps=3, rl_steps=1, lambdas=(0.5, 0.0), n_eval=2, dim=32, n_layers=1, seeds=(0, 1), budgets=(8, 16), rl_max_tokens=12,
                     topo_sft_steps=2, rl_questions=1, group=2),
-    "quick": Budget(n_sft=4000, sft_steps=800, rl_steps=10, lambdas=(0.5, 0.0), n_eval=32, dim=128, n_layers=2, topo_sft_steps=80,
+    "quick": Budget(n_sft=4000, sft_steps=2400, rl_steps=10, lambdas=(0.5, 0.0), n_eval=32, dim=128, n_layers=2, topo_sft_steps=80,
                     log_every=100),
     "full": Budget(n_sft=12000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000),
 }
