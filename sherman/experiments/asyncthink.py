@@ -20,6 +20,21 @@ returned result right 0.25 vs 0.03; the organizer's copy of the joins stayed at 
 steps and with 3 layers). Countdown's ground-truth
 ratio is still measured and shown.
 
+Why 2400 format-SFT steps at quick (800 until 1ee3d3d, where the SFT workers were right on 0.97 / 0.77 / 0.11 of the
+expressions of seeds 0/1/2 but the organizer copied the joins into its answer 0.12 / 0.00 / 0.00, so every method had
+0% accuracy). Not a train/inference mismatch: the organizer's SFT example is token-identical to the context the engine
+builds at inference for the same trace (every resume prompt after a join, the rollout's ids and mask; test
+`test_sft_contexts_equal_the_engines_runtime_contexts`), and its answer tokens are in the loss (6.6% of the loss
+targets; sequential answers 6.6%, worker thinking 43%, sequential thinking 36%, organizer tags 8%). It is training
+length: the copy of the joined results (2- or 3-digit results, so found by content, unlike the worker's copy of its
+expression from the fixed-layout question) forms late and abruptly, after the workers' skill. Probes (33d230c's
+`sherman.think.train` data, seed 0, one 2000-step cosine schedule, 32 test questions, greedy on true contexts, steps
+500/1000/1500/2000): organizer answer-token loss 1.00 / 0.35 / 0.08 / 0.03, organizer copies the joins 0.00 / 0.16 /
+0.91 / 0.97, workers right 0.08 / 0.68 / 0.93 / 1.00; the 800-step schedule ends at answer loss 0.60 (per-token
+0.77: near-copies, 143 -> 134) and copy 0.00. Sequential answers (the baselines' copy of "=138;...") track the
+organizer's loss step for step. Seed 2 learns later (at 2000: copy 0.69, workers 0.34, loss 0.13 vs 0.02): the
+same cause as the old seeds 1/2 workers. Hence 2400 steps, about what the 25-minute quick budget holds.
+
 What runs, per seed (3 seeds at quick):
 1. One char tokenizer with the protocol tags as single tokens, one model family. Format SFT
    (`think.train.sft_examples`) on organizer/worker traces with randomized fork-join topologies (interleaved and
