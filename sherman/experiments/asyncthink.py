@@ -27,7 +27,7 @@ builds at inference for the same trace (every resume prompt after a join, the ro
 `test_sft_contexts_equal_the_engines_runtime_contexts`), and its answer tokens are in the loss (6.6% of the loss
 targets; sequential answers 6.6%, worker thinking 43%, sequential thinking 36%, organizer tags 8%). It is training
 length: the copy of the joined results (2- or 3-digit results, so found by content, unlike the worker's copy of its
-expression from the fixed-layout question) forms late and abruptly, after the workers' skill. Probes (33d230c's
+expression from the fixed-layout question) forms late and abruptly, after the workers' skill. Probes (1ee3d3d's
 `sherman.think.train` data, seed 0, one 2000-step cosine schedule, 32 test questions, greedy on true contexts, steps
 500/1000/1500/2000): organizer answer-token loss 1.00 / 0.35 / 0.08 / 0.03, organizer copies the joins 0.00 / 0.16 /
 0.91 / 0.97, workers right 0.08 / 0.68 / 0.93 / 1.00; the 800-step schedule ends at answer loss 0.60 (per-token
