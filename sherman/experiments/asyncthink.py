@@ -59,13 +59,20 @@ What runs, per seed (3 seeds at quick):
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
 
-Measured (quick at 1eb23df, 3 seeds, 1 torch thread, shared 2-core Intel Xeon with the process at ~23% of one core:
-3702 s wall, about 14 CPU-minutes extrapolated from 5 min 52 s in its first 25 min, so ~15 minutes on an idle core): every method has 0% accuracy on the 3-expression
-task (SFT loss 0.44-0.55 after 600 steps: operands copied from the wrong place), so every accuracy row and the latency
-row are "not testable here", although AsyncThink's critical path is 0.63x parallel's (43.7 vs 69.6 steps, paired
--25.9 +- 1.7) with the ground-truth ratio 0.68x. The concurrency reward raises eta 2.08 vs 1.97 (+0.11 +- 0.08) and
-fork-all traces shorten the critical path vs interleaved ones (46.2 vs 60.9, -14.7 +- 5.6): reproduced, on wrong
-answers. Full budget (dim 192 x 4 layers, 3000 SFT steps per model, 300 RL steps x 3 lambdas, 200 test questions,
+Measured (quick at 1fc0485, 3 seeds, 1 torch thread, nice'd on the shared 2-core AMD EPYC: 953 CPU s, 2674 s wall
+at 35% of a core; per seed SFT 242-279 s, RL 18-23 s, eval 20-23 s, topology 17-21 s). With 2400 SFT steps each skill
+forms, but at seed-dependent steps, so the seeds disagree. Greedy on true contexts (SFT model): workers right 1.00 /
+0.99 / 0.38 (seeds 0/1/2), organizer copies the joins 0.97 / 1.00 / 1.00; the sequential format (the baselines) copies
+the question's operands wrong on seed 0 (0/32 traces right, first error at the 2nd operand, "14+91" for "14+93").
+Claim task, RL lambda 0.5 model, budget 96, T 0.5: AsyncThink / parallel / sequential accuracy 0.88 / 0.00 / 0.00
+(seed 0), 0.94 / 0.97 / 0.97 (seed 1, every skill learned), 0.06 / 0.03 / 0.03 (seed 2); mean 0.62 vs 0.33,
+paired +0.29 +- 0.58: not reproduced. Critical path 44.4 vs 69.6 steps (0.64x, paired -25.2 +- 0.4): reproduced
+(at 0.62 vs 0.33 mean accuracy; on seed 1, where every method works, 44.4 vs 69.6 at 0.94 vs 0.97). Accuracy over
+the budget grid 0.49 vs 0.06 (+0.44 +- 0.40): reproduced (below budget 96 no baseline sample closes its ~70-token
+trace). Held-out 4 expressions: 0.00 everywhere (AsyncThink format ok 0.05): not testable here. No RL vs RL 0.65 vs
+0.62, lambda 0.5 vs 0 eta 2.11 vs 2.07 (+0.045 +- 0.052): not reproduced (10 RL steps); fork-all vs interleaved
+latency 43.9 vs 58.8 (-14.8 +- 4.1): reproduced.
+Full budget (dim 192 x 4 layers, 3000 SFT steps per model, 300 RL steps x 3 lambdas, 200 test questions,
 3 seeds): not run; estimated ~4 CPU-hours per seed (SFT ~2 h for the main and topology models, RL ~2 h), ~12 h in all.
 
 Verdicts go through `experiments/verdict.py` (effect threshold and 2 s.e. of the paired per-seed differences).
