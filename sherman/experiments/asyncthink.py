@@ -72,6 +72,11 @@ the budget grid 0.49 vs 0.06 (+0.44 +- 0.40): reproduced (below budget 96 no bas
 trace). Held-out 4 expressions: 0.00 everywhere (AsyncThink format ok 0.05): not testable here. No RL vs RL 0.65 vs
 0.62, lambda 0.5 vs 0 eta 2.11 vs 2.07 (+0.045 +- 0.052): not reproduced (10 RL steps); fork-all vs interleaved
 latency 43.9 vs 58.8 (-14.8 +- 4.1): reproduced.
+Probe after that run (seed 2, one 3600-step schedule, steps 900/1800/2700/3600): workers right 0.03 / 0.95 / 0.99 /
+1.00, organizer copies 0.00 / 0.94 / 0.97 / 1.00, but greedy sequential traces exact 0.00 at every step (teacher-forced
+sequential-thinking token accuracy 0.95): more steps fix the AsyncThink agents, not the sequential format's lookup of the
+k-th expression (each worker gets it from a one-token letter cue), so the full budget (3000 steps) may leave the
+baselines behind for this reason.
 Full budget (dim 192 x 4 layers, 3000 SFT steps per model, 300 RL steps x 3 lambdas, 200 test questions,
 3 seeds): not run; estimated ~4 CPU-hours per seed (SFT ~2 h for the main and topology models, RL ~2 h), ~12 h in all.
 
