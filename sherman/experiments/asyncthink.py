@@ -59,7 +59,7 @@ What runs, per seed (3 seeds at quick):
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
 
-Measured (quick at 921389c, 3 seeds, 1 torch thread, nice'd on the shared 2-core AMD EPYC: 953 CPU s, 2674 s wall
+Measured (quick at 253eb98, 3 seeds, 1 torch thread, nice'd on the shared 2-core AMD EPYC: 953 CPU s, 2674 s wall
 at 35% of a core; per seed SFT 242-279 s, RL 18-23 s, eval 20-23 s, topology 17-21 s). With 2400 SFT steps each skill
 forms, but at seed-dependent steps, so the seeds disagree. Greedy on true contexts (SFT model): workers right 1.00 /
 0.99 / 0.38 (seeds 0/1/2), organizer copies the joins 0.97 / 1.00 / 1.00; the sequential format (the baselines) copies
