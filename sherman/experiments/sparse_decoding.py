@@ -96,15 +96,18 @@ METHODS = ("seer", "quest", "oracle", "random")
 
 BUDGETS = {
     "smoke": dict(dim=32, layers=2, head_dim=16, rope_theta=1e6, steps=8, batch=4, lr=3e-3, copy_steps=2, train_len=(32, 96), warm_len=64,
-                  warm_steps=3, pairs=(2, 6), pair_spacing=8, n_queries=4, aux_frac=0.3, aux_len=12, blocks=[16, 32], gate_seeds=[0, 1],
+                  warm_steps=3, pairs=(2, 6), pair_spacing=8, n_queries=4, aux_frac=0.3, aux_len=12,
+                  long_steps=2, long_batch=2, long_lens=[128, 256], long_pairs=(4, 8), long_lr=3e-3, blocks=[16, 32], gate_seeds=[0, 1],
                   gate_steps=3, gate_batch=1, gate_len=128, lens=[128, 256], eval_pairs=6, n_eval=4, eval_batch=4, n_recall=2, resa_ctx=128,
                   resa_gen=96, resa_batch=2, resa_block=16, rect=[16, 64], window=32, speed=False),
     "quick": dict(dim=64, layers=2, head_dim=32, rope_theta=1e6, steps=1000, batch=64, lr=1e-2, copy_steps=300, train_len=(16, 160),
-                  warm_len=96, warm_steps=400, pairs=(4, 16), pair_spacing=4, n_queries=16, aux_frac=0.2, aux_len=24, blocks=[16, 32, 64],
+                  warm_len=96, warm_steps=400, pairs=(4, 16), pair_spacing=4, n_queries=16, aux_frac=0.2, aux_len=24,
+                  long_steps=48, long_batch=4, long_lens=[512, 1024, 2048, 4096], long_pairs=(8, 24), long_lr=3e-3, blocks=[16, 32, 64],
                   gate_seeds=[0, 1, 2], gate_steps=60, gate_batch=2, gate_len=512, lens=[512, 1024, 2048, 4096], eval_pairs=16, n_eval=16,
                   eval_batch=4, n_recall=4, resa_ctx=512, resa_gen=1056, resa_batch=4, resa_block=16, rect=[16, 64, 256], window=128, speed=True),
     "full": dict(dim=128, layers=4, head_dim=32, rope_theta=1e6, steps=4000, batch=64, lr=3e-3, copy_steps=600, train_len=(16, 512),
                  warm_len=128, warm_steps=1000, pairs=(4, 20), pair_spacing=4, n_queries=32, aux_frac=0.2, aux_len=32,
+                 long_steps=400, long_batch=8, long_lens=[512, 1024, 2048, 4096], long_pairs=(8, 24), long_lr=1e-3,
                  blocks=[16, 32, 64, 128], gate_seeds=[0, 1, 2], gate_steps=600, gate_batch=4, gate_len=2048, lens=[512, 1024, 2048, 4096],
                  eval_pairs=20, n_eval=128, eval_batch=4, n_recall=32, resa_ctx=1024, resa_gen=2048, resa_batch=8, resa_block=16,
                  rect=[16, 64, 256], window=128, speed=True),
@@ -141,13 +144,14 @@ def haystack(n_pairs: int, length: int, rng: random.Random) -> tuple[str, list[t
     return "".join(parts), pairs
 
 
-def query_sequence(tok: CharTokenizer, n_pairs: int, length: int, n_queries: int, rng: random.Random) -> SeqExample:
-    """bos + context, then n_queries "?k" + "v" (loss on the values and the final eos)."""
+def query_sequence(tok: CharTokenizer, n_pairs: int, length: int, n_queries: int, rng: random.Random, distinct: bool = False) -> SeqExample:
+    """bos + context, then n_queries "?k" + "v" (loss on the values and the final eos). distinct: every pair queried at most
+    once, in random order (min(n_queries, n_pairs) queries; none can be answered from an earlier query's answer)."""
     ctx, pairs = haystack(n_pairs, length, rng)
     ids = tok.encode(ctx, bos=True)
     mask = [0] * len(ids)
-    for _ in range(n_queries):
-        k, v = rng.choice(pairs)
+    queries = rng.sample(pairs, min(n_queries, n_pairs)) if distinct else [rng.choice(pairs) for _ in range(n_queries)]
+    for k, v in queries:
         ids, mask = ids + tok.encode(f"?{k}") + tok.encode(v), mask + [0, 0, 1]
     return SeqExample(ids + [tok.eos_id], mask + [1])
 
@@ -308,18 +312,38 @@ def train_data(b: dict, tok: CharTokenizer, rng: random.Random) -> list[SeqExamp
     return data
 
 
+def long_data(b: dict, tok: CharTokenizer, rng: random.Random) -> list[SeqExample]:
+    """The long-context phase's stream: per step `long_batch` retrieval sequences of one context length drawn from
+    `long_lens` (the evaluation lengths; one length per step, so a batch pads nothing), `long_pairs` pairs each queried
+    once (every target is a retrieval over the whole context)."""
+    data = []
+    for _ in range(b["long_steps"]):
+        length = rng.choice(b["long_lens"])
+        for _ in range(b["long_batch"]):
+            n_pairs = rng.randint(*b["long_pairs"])
+            data.append(query_sequence(tok, n_pairs, length, n_pairs, rng, distinct=True))
+    return data
+
+
 def train_model(b: dict, tok: CharTokenizer, rng: random.Random, seed: int) -> tuple[Transformer, list[float], float]:
-    """Train the retrieval model on `train_data` (one AdamW run, warm-up then cosine)."""
+    """Train the retrieval model on `train_data` (one AdamW run, warm-up then cosine), then the long-context phase on
+    `long_data` (a second, short AdamW run at the evaluation lengths)."""
     t0 = time.time()
     data = train_data(b, tok, rng)
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b["dim"], n_layers=b["layers"], n_heads=4, n_kv_heads=2,
                                     head_dim=b["head_dim"], ffn_dim=2 * b["dim"], max_seq_len=8192, rope_theta=b["rope_theta"]))
-    prog = progress(b["steps"], "LM training steps (then gates and evaluation)")
+    prog = progress(b["steps"] + b["long_steps"], "LM training steps (then gates and evaluation)")
     res = train(model, data, TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20),
                                          seed=seed, shuffle=False), callback=lambda step, row: prog.advance(seed=seed))
+    loss = [r["loss/train"] for r in res.history]
+    if b["long_steps"]:
+        res = train(model, long_data(b, tok, rng), TrainConfig(steps=b["long_steps"], batch_size=b["long_batch"], lr=b["long_lr"],
+                                                               warmup_steps=max(1, b["long_steps"] // 10), seed=seed, shuffle=False),
+                    callback=lambda step, row: prog.advance(seed=seed))
+        loss += [r["loss/train"] for r in res.history]
     prog.close()
     model.eval()
-    return model, [r["loss/train"] for r in res.history], time.time() - t0
+    return model, loss, time.time() - t0
 
 
 def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
