@@ -20,6 +20,7 @@ from sherman.experiments.sparse_decoding import (
     eval_batch,
     forced_logprobs,
     haystack,
+    long_data,
     prefill,
     query_sequence,
     run,
@@ -173,3 +174,22 @@ def test_resa_claim_needs_error_carried_in_the_cache():
     # a floor well below: the carried error is there, and rectification that removes it reproduces
     rows = _synthetic(tight, {16: 0.88, 64: 0.88}, none_last=none, rect_last=(0.011, 0.012, 0.011, 0.012), step_last=(0.01, 0.011, 0.01, 0.011))
     assert rows[2]["verdict"] == "reproduced" and "carried in the cache" in rows[2]["ours"]
+
+
+def test_long_phase_one_length_per_step_every_pair_queried_once():
+    from sherman.experiments.sparse_decoding import BUDGETS
+
+    b = dict(BUDGETS["smoke"], long_steps=6, long_batch=3, long_lens=[64, 128], long_pairs=(4, 8))
+    tok = CharTokenizer(ALPHABET)
+    data = long_data(b, tok, random.Random(0))
+    assert len(data) == 18
+    for step in range(6):
+        batch = [tok.decode(e.ids[1:-1]) for e in data[3 * step : 3 * step + 3]]
+        ctx_len = {t.index("?") for t in batch}
+        assert len(ctx_len) == 1 and ctx_len <= {64, 128}  # one context length per step, from long_lens
+        for text, ex in zip(batch, data[3 * step : 3 * step + 3]):
+            ctx, queries = text[: text.index("?")], text[text.index("?") :].split("?")[1:]
+            keys = [q[0] for q in queries]
+            assert 4 <= len(keys) <= 8 and len(set(keys)) == len(keys) == sum(c in KEYS for c in ctx)  # each pair once
+            assert all(ctx[ctx.index(q[0]) + 1] == q[1] for q in queries)
+            assert sum(ex.mask) == len(keys) + 1  # the values and the eos
