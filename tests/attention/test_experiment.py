@@ -26,6 +26,7 @@ from sherman.experiments.sparse_decoding import (
     run,
     sparse_ctx,
     train_data,
+    window_stats,
 )
 
 
@@ -102,6 +103,8 @@ def test_sparse_decoding_smoke(tmp_path):
     em = res["metrics"]["exact_match"]
     assert set(em) == {"128", "256"} and {"dense", "seer/bs16/seed0", "quest/bs32", "oracle/bs16", "random/bs32/seed1"} <= set(em["128"])
     assert set(res["metrics"]["drift"]) == {"none", "f=16", "f=64", "per-step", "dense"}
+    none = res["metrics"]["drift"]["none"]
+    assert len(none["kl_answer"]) == len(none["kl"]) and len(none["answer_last_rows"]) == len(none["last_rows"]) == 2
     assert set(res["metrics"]["cpu_s"]) == {"lm", "gates", "eval", "resa", "speed"} and all(v >= 0 for v in res["metrics"]["cpu_s"].values())
 
 
@@ -118,10 +121,13 @@ def _synthetic(seer, quest, dense=0.9, none_last=(0.1, 0.2, 0.1, 0.2), rect_last
     for m in ("seer", "quest", "oracle", "random"):
         recall[256][m] = {bs: [0.5] * len(seeds) for bs in blocks}
     rect_last = list(rect_last or none_last)
-    drift = {"none": {"first_rows": [0.01] * 4, "last_rows": list(none_last), "ppl": [1.0]}, "f=16": {"last_rows": rect_last, "ppl": [1.0]},
-             "dense": {"ppl": [1.0]}}
+
+    def rows(last, first=(0.01,) * 4):  # the same values at the answers and over all positions
+        return {"first_rows": list(first), "last_rows": list(last), "answer_first_rows": list(first), "answer_last_rows": list(last), "ppl": [1.0]}
+
+    drift = {"none": rows(none_last), "f=16": rows(rect_last), "dense": {"ppl": [1.0]}}
     if step_last is not None:
-        drift["per-step"] = {"last_rows": list(step_last)}
+        drift["per-step"] = rows(step_last)
     b = {"lens": lens, "blocks": blocks, "gate_seeds": seeds, "rect": [16]}
     return claims(b, em, recall, drift)[0]
 
@@ -193,3 +199,14 @@ def test_long_phase_one_length_per_step_every_pair_queried_once():
             assert 4 <= len(keys) <= 8 and len(set(keys)) == len(keys) == sum(c in KEYS for c in ctx)  # each pair once
             assert all(ctx[ctx.index(q[0]) + 1] == q[1] for q in queries)
             assert sum(ex.mask) == len(keys) + 1  # the values and the eos
+
+
+def test_window_stats_answer_positions_by_hand():
+    kl = torch.tensor([[1.0, 3.0, 5.0, 7.0], [2.0, 2.0, 4.0, 8.0]])
+    mask = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    w = window_stats(kl, torch.zeros_like(kl), mask, 2)
+    assert w["kl"] == [2.0, 6.0] and w["first_rows"] == [2.0, 2.0] and w["last_rows"] == [6.0, 6.0]
+    assert w["answer_first_rows"] == [3.0, 2.0] and w["answer_last_rows"] == [7.0, 0.0]  # a row without answers in a window: 0
+    assert w["kl_answer"] == [2.5, 3.5] and w["ppl"] == [1.0, 1.0]
+    w = window_stats(kl[:, :3], torch.zeros(2, 3), mask[:, :3], 2)  # windows [0, 2), [2, 3); "last" = the last 2 positions
+    assert w["start"] == [0, 2] and w["last_rows"] == [4.0, 3.0] and w["answer_last_rows"] == [3.0, 2.0]
