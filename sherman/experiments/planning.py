@@ -55,7 +55,6 @@ import hashlib
 import inspect
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -65,6 +64,7 @@ import numpy as np
 
 from sherman.core.checkpoint import atomic_write_text
 from sherman.core.common import print0
+from sherman.core.linear import machine_key
 from sherman.core.progress import progress
 from sherman.experiments import verdict as V
 from sherman.experiments.runner import dump_results
@@ -463,7 +463,7 @@ def stage(task: str, b: PlanBudget, seed: int, budget: str, root: Path | None) -
     t0, c0 = time.time(), time.process_time()
     result = run_seed(task, b, seed)
     rec = {"key": key, "task": task, "seed": seed, "budget": budget, "result": result, "cpu_s": time.process_time() - c0,
-           "wall_s": time.time() - t0, "machine": platform.processor() or platform.machine(),
+           "wall_s": time.time() - t0, "machine": machine_key(),
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
