@@ -69,6 +69,11 @@ class RLConfig:
     """KL estimator used in the loss: k1 or k3 (diagnostics always report k3)."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus (0 = none)."""
+    skip_zero_advantage: bool = True
+    """Exact on-policy steps (one update per rollout batch) without KL, entropy bonus or MoE: rows whose advantage is
+    exactly 0 (e.g. a group whose rewards are all equal) add exactly nothing to the gradient, so they are left out of
+    the backward pass (the loss keeps the whole batch's normaliser; a no-grad forward still gives their logged
+    entropy). Same update up to fp32 summation order; False runs every row through the backward pass."""
     router_shift: bool = False
     """RSPO router-shift rescaling of the importance ratio (MoE models only): the `rs` switch."""
     gamma_min: float = 0.0

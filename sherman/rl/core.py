@@ -168,6 +168,17 @@ def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: 
     raise ValueError(f"unknown loss aggregation {mode!r}; choose from {LOSS_AGGS}")
 
 
+def kept_rows_weight(mask: torch.Tensor, keep: torch.Tensor, mode: str) -> float:
+    """Factor that turns `aggregate_loss` over the rows `keep` alone into the aggregate over all rows of `mask`
+    (B, T), when every other row's per-token loss is exactly zero (a zero advantage in an exact on-policy step):
+    token_mean: kept tokens / all tokens; the per-sequence modes: kept rows / all rows."""
+    if mode == "token_mean":
+        return float(mask[keep].sum().clamp(min=1.0) / mask.sum().clamp(min=1.0))
+    if mode in ("seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        return keep.numel() / mask.shape[0]
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose from {LOSS_AGGS}")
+
+
 # ----------------------------------------------------------------------------- KL and entropy
 
 

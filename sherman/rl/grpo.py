@@ -172,6 +172,8 @@ def rl_train(
     final: dict = {}
     opt_steps = 0
     single_update = cfg.updates_per_batch == 1
+    # exact on-policy, policy loss only: rows with a zero advantage can be left out of the backward pass (RLConfig docs)
+    skip_dead = cfg.skip_zero_advantage and single_update and not moe and ref is None and not cfg.entropy_coef and not is_dist()
     while step < cfg.steps:
         # ---- rollouts (deterministic per seed, rank and iteration, so resume replays the same prompts)
         t0 = time.time()
@@ -210,13 +212,39 @@ def rl_train(
                 msp = sp if cfg.mini_batches == 1 else sp.rows(chunk)  # this mini-batch's rows and prompts, trimmed
                 mb_mask, mb_adv = msp.comp_mask, adv[chunk]  # (b, T), (b,)
                 t_mb = mb_mask.shape[1]
+                weight, dead_ent = 1.0, None
                 if replay_src is not None:
                     with torch.no_grad(), routing_hook(replay_src, RoutingRecord()) as rec:
                         shared_prompt_logprobs(replay_src, msp, cfg.temperature, False, cfg.pack_completions)
                     with routing_hook(base, RoutingReplay(rec.ids)):
                         logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)
+                elif skip_dead:
+                    # rows with a zero advantage carry no gradient: no-grad forward (logged entropy) + backward over the rest
+                    live = (mb_adv != 0).nonzero().squeeze(1)  # (b_live,)
+                    if live.numel() < mb_adv.numel():
+                        dead = (mb_adv == 0).nonzero().squeeze(1)  # (b_dead,)
+                        with torch.no_grad():
+                            _, dead_logits, _ = shared_prompt_logprobs(train_model, msp.rows(dead), cfg.temperature, False, cfg.pack_completions)
+                        dead_mask = mb_mask[dead, : dead_logits.shape[1]]  # (b_dead, T')
+                        dead_ent = (C.entropy_from_logits(dead_logits) * dead_mask).sum(), dead_mask.sum()
+                        weight = C.kept_rows_weight(mb_mask, live, cfg.loss_agg)
+                        msp, mb_adv = msp.rows(live) if live.numel() else None, mb_adv[live]
+                        mb_mask = msp.comp_mask if msp is not None else mb_mask[live]
+                    if msp is not None:
+                        logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)
                 else:
                     logp, logits, router = shared_prompt_logprobs(train_model, msp, cfg.temperature, moe, cfg.pack_completions)  # (b, T), (b, T, V)
+                if msp is None:  # every row of this batch has a zero advantage: a zero gradient (AdamW still steps)
+                    for prm in base.parameters():
+                        if prm.requires_grad:
+                            prm.grad = torch.zeros_like(prm)
+                    opt.step()
+                    sched.step()
+                    opt_steps += 1
+                    for k, v in (("loss/policy", 0.0), ("loss/total", 0.0), ("opt/grad_norm", 0.0), ("clip/frac", 0.0),
+                                 ("ratio/mean", 1.0), ("ratio/var", 0.0), ("policy/entropy", float(dead_ent[0] / dead_ent[1].clamp(min=1.0)))):  # fmt: skip
+                        agg.setdefault(k, []).append(v)
+                    continue
                 if single_update:
                     mb_old, mb_old_router = logp.detach(), [r.detach() for r in router] if moe else None
                 else:
@@ -235,7 +263,11 @@ def rl_train(
                     logp, mb_old, mb_adv, mb_mask, ratio_type=cfg.ratio_type, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                     loss_agg=cfg.loss_agg, norm_len=cfg.max_new_tokens, gamma=gamma, gamma_mode=cfg.gamma_mode,
                 )  # fmt: skip
+                loss = loss * weight  # the whole batch's aggregate when zero-advantage rows were left out (weight 1 otherwise)
                 ent = C.entropy_from_logits(logits if cfg.entropy_coef else logits.detach())  # (b, T); graph only when it is a loss term
+                ent_log = C.masked_mean(ent.detach(), mb_mask)
+                if dead_ent is not None:  # the logged entropy is over every row, trained or not
+                    ent_log = ((ent.detach() * mb_mask).sum() + dead_ent[0]) / (mb_mask.sum() + dead_ent[1]).clamp(min=1.0)
                 total = loss
                 if cfg.entropy_coef:
                     total = total - cfg.entropy_coef * C.aggregate_loss(ent, mb_mask, cfg.loss_agg, cfg.max_new_tokens)
@@ -254,7 +286,7 @@ def rl_train(
                 opt_steps += 1
                 for k, v in (("loss/policy", loss), ("loss/total", total), ("opt/grad_norm", gnorm), ("clip/frac", st["clip_frac"]),
                              ("ratio/mean", st["ratio_mean"]), ("ratio/var", st["ratio_var"]),
-                             ("policy/entropy", C.masked_mean(ent.detach(), mb_mask))):  # fmt: skip
+                             ("policy/entropy", ent_log)):  # fmt: skip
                     agg.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
         t_upd = time.time() - t1
         step += 1

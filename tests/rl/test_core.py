@@ -204,3 +204,19 @@ def test_policy_loss_sequence_and_geometric():
     g = torch.full((2, 2), 0.5)
     lgr, _ = C.policy_loss(logp, old, adv, mask, ratio_type="geometric", clip_low=0.4, clip_high=0.4, gamma=g)
     assert lgr.item() == pytest.approx((-1.0 + math.exp(-0.4)) / 2, rel=1e-5)
+
+
+def test_kept_rows_weight_by_hand():
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])  # 3 + 1 + 2 = 6 tokens
+    keep = torch.tensor([0, 2])
+    assert C.kept_rows_weight(mask, keep, "token_mean") == pytest.approx(5 / 6)
+    assert C.kept_rows_weight(mask, keep, "seq_mean_token_mean") == pytest.approx(2 / 3)
+    assert C.kept_rows_weight(mask, keep, "seq_mean_token_sum_norm") == pytest.approx(2 / 3)
+    # the kept rows' aggregate times the weight = the aggregate over all rows when the other rows' loss is 0
+    loss = torch.tensor([[0.5, -1.0, 2.0, 9.0], [0.0, 9.0, 9.0, 9.0], [3.0, 1.0, 9.0, 9.0]])
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        full = C.aggregate_loss(loss, mask, mode, 4)
+        kept = C.aggregate_loss(loss[keep], mask[keep], mode, 4) * C.kept_rows_weight(mask, keep, mode)
+        assert float(kept) == pytest.approx(float(full))
+    with pytest.raises(ValueError):
+        C.kept_rows_weight(mask, keep, "nope")

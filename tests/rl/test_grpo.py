@@ -242,3 +242,39 @@ def test_shared_prompt_logprobs_equal_one_padded_forward(n_experts, pack, max_ma
     g2 = torch.autograd.grad((lp2[son] * w).sum(), params, allow_unused=True)
     for a, c in zip(g1, g2):
         assert (a is None and c is None) or torch.allclose(a, c, atol=1e-5)
+
+
+class HalfConstantTask(OnesTask):
+    """Prompts 0-4 always earn 1.0 (a group with a zero advantage); 5-9 earn the dense fraction of '1's."""
+
+    def reward(self, ex: Example, completion: str) -> float:
+        return 1.0 if int(ex.prompt) < 5 else super().reward(ex, completion)
+
+
+class ConstantTask(OnesTask):
+    def reward(self, ex: Example, completion: str) -> float:
+        return 1.0
+
+
+@pytest.mark.parametrize("task,preset,extra", [
+    (HalfConstantTask(), "opo", {}),
+    (HalfConstantTask(), "grpo", dict(mini_batches=1, kl_coef=0.0)),  # seq_mean_token_mean aggregation
+    (HalfConstantTask(), "dr_grpo", dict(mini_batches=1)),  # seq_mean_token_sum_norm
+    (ConstantTask(), "opo", {}),  # every advantage 0: a zero gradient, AdamW still steps (weight decay, momentum)
+])  # fmt: skip
+def test_skipping_zero_advantage_rows_gives_the_same_update(task, preset, extra, monkeypatch):
+    calls = []
+    orig = grpo.C.kept_rows_weight
+    monkeypatch.setattr(grpo.C, "kept_rows_weight", lambda *a: calls.append(1) or orig(*a))
+    runs = []
+    for skip in (True, False):
+        m = tiny()
+        cfg = small_cfg(preset, steps=4, prompts_per_step=4, track_kl_to_init=False, weight_decay=0.1, skip_zero_advantage=skip, **extra)
+        res = grpo.rl_train(m, task, TOK, cfg)
+        runs.append((_flat(m), res.history))
+    assert calls, "no batch had a zero-advantage row: the test does not exercise the skip"
+    (p_skip, h_skip), (p_full, h_full) = runs
+    assert torch.allclose(p_skip, p_full, atol=1e-6, rtol=1e-5)
+    for a, b in zip(h_skip, h_full):
+        for k in ("loss/policy", "policy/entropy", "opt/grad_norm", "ratio/mean", "clip/frac", "rollout/reward_mean"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
