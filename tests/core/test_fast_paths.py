@@ -364,3 +364,17 @@ def test_training_projections_are_not_fused_under_module_hooks():
     handle.remove()
     with torch.no_grad():
         assert not L.fuse_for_training(lins, x)  # inference uses FusedPack instead
+
+
+def test_candidates_are_timed_in_cpu_time_at_one_thread(monkeypatch):
+    """Time the OS gives another process is not counted: a candidate that waits (here: sleeps) without computing
+    measures ~0 at one torch thread, and its wall time with more threads."""
+    import time
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert L._clock() is time.thread_time
+    t = L._best_of({"waits": lambda: time.sleep(0.01)}, rounds=2, reps=1)
+    assert t["waits"] < 0.002
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert L._clock() is time.perf_counter
+    assert L._best_of({"waits": lambda: time.sleep(0.01)}, rounds=2, reps=1)["waits"] >= 0.009
