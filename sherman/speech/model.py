@@ -379,7 +379,29 @@ class LMTrainConfig:
     seed: int = 0
     """Seed for sampling sequences and noise."""
     time_limit_s: float = 0.0
-    """Stop after this many CPU seconds of the process (0 = no limit; CPU, not wall time: the same steps on a loaded machine)."""
+    """Stop after this many CPU seconds of the process (0 = no limit; CPU, not wall time: the same steps on a loaded machine).
+    The LR schedule and the curriculum follow `progress` (the larger of the step and CPU-time fractions), so a run cut by
+    the time limit still warms up, decays to 10% and reaches its last curriculum stage."""
+
+
+def progress(step: int, steps: int, elapsed_s: float = 0.0, time_limit_s: float = 0.0) -> float:
+    """Fraction of the training budget spent before `step`: max(step / steps, elapsed / time limit), capped at 1."""
+    frac = step / max(1, steps)
+    if time_limit_s:
+        frac = max(frac, elapsed_s / time_limit_s)
+    return min(1.0, frac)
+
+
+def lm_lr(cfg: LMTrainConfig, step: int, frac: float) -> float:
+    """Linear warm-up over `cfg.warmup` steps, then cosine from `cfg.lr` to 10% of it over the budget fraction `frac`."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def curriculum_turns(cfg: LMTrainConfig, frac: float) -> int:
+    """Max turns per sequence at budget fraction `frac` (`cfg.curriculum` stages by fraction)."""
+    bounds = np.cumsum([f for f, _ in cfg.curriculum])
+    stage = int(np.searchsorted(bounds, frac, side="right"))
+    return cfg.curriculum[min(stage, len(cfg.curriculum) - 1)][1]
 
 
 def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> list[dict]:
@@ -388,15 +410,14 @@ def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> l
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    bounds = np.cumsum([f for f, _ in cfg.curriculum]) * cfg.steps
     hist, t0 = [], time.process_time()
     model.train()
     for step in range(cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        frac = progress(step, cfg.steps, time.process_time() - t0, cfg.time_limit_s)
+        lr = lm_lr(cfg, step, frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        stage = int(np.searchsorted(bounds, step, side="right"))
-        max_turns = cfg.curriculum[min(stage, len(cfg.curriculum) - 1)][1]
+        max_turns = curriculum_turns(cfg, frac)
         seqs = [sample_sequence(model, enc, rng, max_turns, negative=rng.random() < model.cfg.uncond_prob) for _ in range(cfg.batch_size)]
         loss, parts = model.loss(seqs, gen)
         opt.zero_grad(set_to_none=True)

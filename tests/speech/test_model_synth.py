@@ -1,3 +1,4 @@
+import math
 import random
 
 import numpy as np
@@ -196,3 +197,18 @@ def test_phoneme_text_input(tmp_path):
     assert len(spans) == 2 and len(audio) > 0  # IPA input: spelling such as "é" is no longer an error
     loaded = load_bundle(save_bundle(tmp_path / "m.pt", b))
     assert loaded.lm.cfg.text_input == "phonemes" and loaded.lm.tok.vocab == lm.tok.vocab
+
+
+def test_lm_schedule_follows_the_budget_fraction_by_hand():
+    """Warm-up, cosine to 10% and the curriculum follow max(step / steps, CPU s / limit): a time-cut run still decays."""
+    from sherman.speech.model import curriculum_turns, lm_lr, progress
+
+    assert progress(30, 100) == 0.3
+    assert progress(30, 100, elapsed_s=50.0, time_limit_s=100.0) == 0.5  # time is the larger fraction
+    assert progress(30, 100, elapsed_s=500.0, time_limit_s=100.0) == 1.0  # capped
+    assert progress(30, 100, elapsed_s=500.0) == 0.3  # no limit: steps only
+    cfg = LMTrainConfig(steps=100, lr=1e-3, warmup=10, curriculum=((0.3, 1), (0.7, 3)))
+    assert lm_lr(cfg, 4, 0.04) == pytest.approx(1e-3 * 0.5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.04))))
+    assert lm_lr(cfg, 50, 0.5) == pytest.approx(1e-3 * 0.55)  # halfway: 0.1 + 0.9 * 0.5
+    assert lm_lr(cfg, 99, 1.0) == pytest.approx(1e-4)  # the end of the budget: 10% of the peak
+    assert [curriculum_turns(cfg, f) for f in (0.0, 0.29, 0.3, 0.99, 1.0)] == [1, 1, 3, 3, 3]
