@@ -35,6 +35,7 @@ from sherman.core.common import print0, seed_everything
 from sherman.core.progress import current_experiment
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, compare, overall, reaches
+from sherman.speech import augment as speech_augment
 from sherman.speech import diffusion as speech_diffusion
 from sherman.speech import dsp as speech_dsp
 from sherman.speech import metrics
@@ -349,10 +350,44 @@ def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Art
     return lm.eval(), art.extra["history"], art
 
 
+def evaluator_stage(b: Budget, data: Data, acoustic: Artifact, renderers: list[AcousticTokenizer], cache_dir: Path
+                    ) -> tuple[metrics.PhonemeRecognizer, list[float], metrics.SpeakerEncoder, Artifact]:
+    """The phoneme recognizer and the speaker encoder, trained on real training audio into (or reused from)
+    `cache_dir`: (recognizer, its CTC history, speaker encoder, artifact). With `b.rec_augment` the recognizer's
+    augmentation sources are the round trips of `b.roundtrip_utts` training utterances through each of `renderers`
+    (the acoustic tokenizer's stage snapshots and its final weights), rendered only when it is trained: they are
+    fixed by the acoustic artifact's hash, which is part of this stage's key."""
+    speakers = [u.speaker for u in data.corpus.train]
+    rt_idx = sorted(random.Random(2).sample(range(len(data.train_audio)), min(b.roundtrip_utts, len(data.train_audio))))
+    aug = AugmentConfig() if b.rec_augment else None
+
+    def train() -> tuple[dict, dict]:
+        sources = [tokenizer_roundtrips(tok, data.train_audio, rt_idx) for tok in renderers] if b.rec_augment else None
+        rec, hist = metrics.train_recognizer(data.train_audio, data.train_ph, len(data.inventory), b.rec_steps, time_limit_s=b.rec_s,
+                                             augment=aug, sources=sources)
+        spk = metrics.train_speaker_encoder(data.train_audio, speakers, data.corpus.n_speakers, b.spk_steps)
+        state = {**{f"rec.{k}": v for k, v in rec.state_dict().items()}, **{f"spk.{k}": v for k, v in spk.state_dict().items()}}
+        return state, {"history": hist}
+
+    def split(state: dict) -> tuple[metrics.PhonemeRecognizer, metrics.SpeakerEncoder]:
+        rec, spk = metrics.PhonemeRecognizer(len(data.inventory)), metrics.SpeakerEncoder(data.corpus.n_speakers)
+        rec.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("rec.")})
+        spk.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("spk.")})
+        return rec.eval(), spk.eval()
+
+    config = {"rec_steps": b.rec_steps, "rec_s": b.rec_s, "spk_steps": b.spk_steps, "augment": aug, "roundtrip_idx": rt_idx,
+              "acoustic": acoustic.manifest["hash"], "renderers": len(renderers),
+              "code": code_digest(metrics, speech_augment, speech_dsp)}
+    labels = {"inventory": data.inventory, "phonemes": data.train_ph, "speakers": speakers}
+    art = cached(cache_dir, "evaluators", config, data_digest(data.train_audio, labels), train, check=split)
+    rec, spk = split(art.state)
+    return rec, art.extra["history"], spk, art
+
+
 def stage_dirs(budget: str, root: Path | None = None) -> dict[str, Path]:
     """Cached-artifact directories of a budget's trained stages under `root` (default: `artifact_root()`)."""
     root = Path(root) if root is not None else artifact_root()
-    return {k: root / f"vibevoice-{budget}" / k for k in ("acoustic", "semantic", "lm_diffusion", "lm_regression")}
+    return {k: root / f"vibevoice-{budget}" / k for k in ("acoustic", "semantic", "lm_diffusion", "lm_regression", "evaluators")}
 
 
 def train_stages(budget: str, root: Path | None = None, lms: bool = False) -> dict[str, str]:
@@ -375,7 +410,7 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     times: dict[str, float] = {}
     t = t_start = time.time()
     data = load_data(b)
-    corpus, inventory, train_audio, train_ph, test_audio, test_ph = data.corpus, data.inventory, data.train_audio, data.train_ph, data.test_audio, data.test_ph
+    corpus, inventory, train_audio, test_audio, test_ph = data.corpus, data.inventory, data.train_audio, data.test_audio, data.test_ph
     pid = {p: i for i, p in enumerate(inventory)}
     times["data_s"] = time.time() - t
     dirs = stage_dirs(budget)
@@ -388,16 +423,15 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     acoustic, vae_hist, snapshots, arts["acoustic"] = acoustic_stage(b, data, dirs["acoustic"])
     times["vae_s"] = time.time() - t
     t = time.time()
-    rt_idx = sorted(random.Random(2).sample(range(len(train_audio)), min(b.roundtrip_utts, len(train_audio))))
-    stages: list[tuple[str, dict[int, np.ndarray], list[np.ndarray]]] = []  # (name, train renderings, held-out renderings)
+    renderers: list[tuple[str, AcousticTokenizer]] = []  # the tokenizer at each stage snapshot, then its final weights
     for name, state in [*snapshots.items(), ("roundtrip_final", None)]:
         tok = acoustic
         if state is not None:
             tok = AcousticTokenizer(acoustic.cfg)
             tok.load_state_dict(state)
             tok.eval()
-        stages.append((name, tokenizer_roundtrips(tok, train_audio, rt_idx) if b.rec_augment else {},
-                       list(tokenizer_roundtrips(tok, test_audio, list(range(len(test_audio)))).values())))
+        renderers.append((name, tok))
+    held_out_rt = {name: list(tokenizer_roundtrips(tok, test_audio, list(range(len(test_audio)))).values()) for name, tok in renderers}
     times["roundtrips_s"] = time.time() - t
     m: dict = {**metrics.compression(acoustic.cfg.hop, acoustic.cfg.latent_dim), **metrics.reconstruction(acoustic, test_audio)}
     m["train/vae_steps"] = len(vae_hist)
@@ -425,14 +459,11 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     # 4. evaluators trained on real espeak-ng audio
     _progress("LMs done; training the phoneme recognizer and speaker encoder", t_start)
     t = time.time()
-    rec, rec_hist = metrics.train_recognizer(train_audio, train_ph, len(inventory), b.rec_steps, time_limit_s=b.rec_s,
-                                             augment=AugmentConfig() if b.rec_augment else None,
-                                             sources=[tr for _, tr, _ in stages] if b.rec_augment else None)
-    spk = metrics.train_speaker_encoder(train_audio, [u.speaker for u in corpus.train], corpus.n_speakers, b.spk_steps)
+    rec, rec_hist, spk, arts["evaluators"] = evaluator_stage(b, data, arts["acoustic"], [tok for _, tok in renderers], dirs["evaluators"])
     ref = metrics.speaker_centroids(spk, train_audio, [u.speaker for u in corpus.train], corpus.n_speakers)
     times["evaluators_s"] = time.time() - t
     t = time.time()
-    calib = calibration_table(rec, test_audio, test_ph, extra={name: te for name, _, te in stages})
+    calib = calibration_table(rec, test_audio, test_ph, extra=held_out_rt)
     m.update({f"calib/{k}/per": v for k, v in calib.items()})
     noise = [calib["ground_truth"]] + [calib[f"noise_{s}dB"] for s in (30, 20, 10, 5)]
     lowp = [calib["ground_truth"]] + [calib[f"lowpass_{k}kHz"] for k in (8, 5, 3)]

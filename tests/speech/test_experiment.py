@@ -46,6 +46,12 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path, monkeypatch, cap
     for name in ("gt", "vibevoice", "regression"):
         assert m[f"eval/single/{name}/per"] >= 0.0
     assert "single-speaker" in res["rows"][3]["ours"]
+    assert m["cache/evaluators_reused"] == 0.0 and (stage_dirs("smoke", root)["evaluators"] / "manifest.json").is_file()
+    # a second run reuses every stage, the evaluators included, and measures the same numbers
+    again = run("smoke", tmp_path / "again")["metrics"]
+    assert all(again[f"cache/{k}_reused"] == 1.0 for k in ("acoustic", "semantic", "lm_diffusion", "lm_regression", "evaluators"))
+    for k in ("calib/ground_truth/per", "calib/roundtrip_final/per", "eval/gt/per", "eval/gt/spk_sim", "eval/vibevoice/per"):
+        assert again[k] == m[k], k
 
 
 def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):
