@@ -51,10 +51,6 @@ the noise. Rows (3)-(5) are from be975a4 (they read no continual-SFT numbers exc
 from __future__ import annotations
 
 import copy
-import hashlib
-import inspect
-import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -62,10 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sherman.core.checkpoint import atomic_write_text
 from sherman.core.common import print0
-from sherman.core.linear import machine_key
 from sherman.core.progress import progress
+from sherman.experiments import stages
 from sherman.experiments import verdict as V
 from sherman.experiments.runner import dump_results
 from sherman.rl.planning import (
@@ -394,10 +389,7 @@ def stage_root() -> Path:
     """Where finished task-seed stages are kept: $SHERMAN_ARTIFACTS/planning, else $SHERMAN_CACHE/planning (default
     ~/.cache/sherman/planning). The full budget (~3.6 h CPU) is ten stages of ~15-30 min CPU: a run that stops (a
     session's end) resumes with the stages not yet done."""
-    env = os.environ.get("SHERMAN_ARTIFACTS")
-    if env:
-        return Path(env) / "planning"
-    return Path(os.environ.get("SHERMAN_CACHE", Path.home() / ".cache" / "sherman")) / "planning"
+    return stages.stage_root("planning")
 
 
 _STAGE_CODE: str | None = None
@@ -410,13 +402,8 @@ def stage_code_digest() -> str:
     if _STAGE_CODE is None:
         from sherman.core import attention, linear, model, train
 
-        h = hashlib.sha256()
-        for f in (run_seed, run_arm, make_task):
-            h.update(inspect.getsource(f).encode())
         mods = {sys.modules[f.__module__] for f in (planning_model, blocksworld_graph, erdos_renyi_dag)} | {attention, linear, model, train}
-        for m in sorted(mods, key=lambda m: m.__name__):
-            h.update(m.__name__.encode() + Path(m.__file__).read_bytes())
-        _STAGE_CODE = h.hexdigest()
+        _STAGE_CODE = stages.source_digest((run_seed, run_arm, make_task), mods)
     return _STAGE_CODE
 
 
@@ -425,50 +412,21 @@ def stage_key(task: str, b: PlanBudget, seed: int) -> str:
     torch version. Anything else (a changed arm, budget or model code) recomputes the stage, never reuses it."""
     import torch
 
-    body = {"format": STAGE_FORMAT, "task": task, "seed": seed, "budget": asdict(b), "code": stage_code_digest(), "torch": torch.__version__}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return stages.stage_key({"format": STAGE_FORMAT, "task": task, "seed": seed, "budget": asdict(b), "code": stage_code_digest(),
+                             "torch": torch.__version__})
 
 
 def stage_path(root: Path, budget: str, task: str, seed: int) -> Path:
     return Path(root) / budget / f"{task}_seed{seed}.json"
 
 
-def load_stage(path: Path, key: str) -> tuple[dict | None, str]:
-    """(stage record, 'reused') when `path` holds a readable stage with this key, else (None, why not)."""
-    if not path.is_file():
-        return None, "new"
-    try:
-        rec = json.loads(path.read_text())
-        assert isinstance(rec, dict) and isinstance(rec.get("result"), dict), "not a stage record"
-    except (OSError, ValueError, AssertionError) as e:
-        return None, f"unreadable ({type(e).__name__})"
-    if rec.get("key") != key:
-        return None, "stale (code, budget or torch changed)"
-    return rec, "reused"
-
-
 def stage(task: str, b: PlanBudget, seed: int, budget: str, root: Path | None) -> dict:
     """`run_seed(task, b, seed)`, or its stored result from `root` when the key matches; a computed stage is written
-    atomically (temp file + rename) with its CPU and wall seconds and the machine. Returns the stage record
-    {'result', 'cpu_s', 'wall_s', 'machine', 'status'}."""
+    atomically (temp file + rename) with its CPU and wall seconds and the machine (`experiments/stages.py`). Returns
+    the stage record {'result', 'cpu_s', 'wall_s', 'machine', 'status'}."""
     path = stage_path(root, budget, task, seed) if root is not None else None
     key = stage_key(task, b, seed) if root is not None else ""
-    if path is not None:
-        rec, why = load_stage(path, key)
-        if rec is not None:
-            print0(f"  [{task} seed {seed}] reusing {path} (computed {rec.get('created')}, {rec.get('cpu_s', 0):.0f}s cpu)")
-            return {**rec, "status": "reused"}
-        if why != "new":
-            print0(f"  [{task} seed {seed}] {path} is {why}; recomputing")
-    t0, c0 = time.time(), time.process_time()
-    result = run_seed(task, b, seed)
-    rec = {"key": key, "task": task, "seed": seed, "budget": budget, "result": result, "cpu_s": time.process_time() - c0,
-           "wall_s": time.time() - t0, "machine": machine_key(),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(rec) + "\n")
-    return {**rec, "status": "computed"}
+    return stages.json_stage(path, key, lambda: run_seed(task, b, seed), f"{task} seed {seed}", {"task": task, "seed": seed, "budget": budget})
 
 
 def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:

@@ -71,6 +71,7 @@ from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
+from sherman.experiments import stages
 from sherman.experiments import verdict as V
 from sherman.experiments.rl_common import fmt_ci, held_out_metrics, held_out_prompts, paired, plot_curves, tail_mean, warm_start
 from sherman.rl import grpo
@@ -191,21 +192,76 @@ def run_arm(model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held:
     }
 
 
-def run(budget: str, out_dir: Path) -> dict:
+# ----------------------------------------------------------------------------- stages (`experiments/stages.py`)
+
+STAGE_FORMAT = 1
+"""Version of the stage records' layout; part of every key."""
+_STAGE_CODE: str | None = None
+
+
+def stage_code_digest() -> str:
+    """sha256 over the code that computes a stage: the warm start, `run_arm`, and the modules of the RL loop, the model,
+    the task and the held-out metrics (computed once per process, so an edit during a run does not change keys mid-run)."""
+    global _STAGE_CODE
+    if _STAGE_CODE is None:
+        import sys
+
+        from sherman.core import attention, decoder, generate, kv_cache, linear, model, moe, train
+        from sherman.experiments import rl_common
+        from sherman.rl import config, core, evaluation, logprobs, rollout
+
+        task_mod = sys.modules[type(get_task(TASK_NAME, **TASK_CFG)).__module__]
+        mods = {attention, decoder, generate, kv_cache, linear, model, moe, train, rl_common, config, core, evaluation, logprobs, rollout, grpo, task_mod}
+        _STAGE_CODE = stages.source_digest((warm_start_to_target, run_arm), mods)
+    return _STAGE_CODE
+
+
+def _key(**body) -> str:
+    return stages.stage_key({"format": STAGE_FORMAT, "code": stage_code_digest(), "torch": torch.__version__, "task": [TASK_NAME, TASK_CFG],
+                             "warm_target": WARM_TARGET, **body})
+
+
+def warm_stage(kind: str, task, tok, b: dict, select: list, root: Path | None, budget: str, **model_kw) -> tuple[Transformer, int]:
+    """`warm_start_to_target` for the 'moe' or 'dense' model, or its stored weights (`root/budget/warm_<kind>.safetensors`)
+    when the key (budget, model widths, code, torch) matches. Returns (model, SFT steps)."""
+    def compute() -> tuple[dict, dict]:
+        m, steps = warm_start_to_target(task, tok, b, select, **model_kw)
+        return m.state_dict(), {"sft_steps": steps}
+
+    path = Path(root) / budget / f"warm_{kind}.safetensors" if root is not None else None
+    state, extra, _ = stages.tensor_stage(path, _key(kind=kind, budget=b, model=model_kw), compute, f"rspo warm start {kind}")
+    model = warm_start(task, tok, b["dim"], 0, b["n_layers"], **model_kw)  # the architecture; the stored weights go in
+    model.load_state_dict(state)
+    return model, int(extra["sft_steps"])
+
+
+def arm_stage(name: str, model0: Transformer, task, tok, cfg: grpo.RLConfig, seed: int, held: list, b: dict, root: Path | None, budget: str) -> dict:
+    """`run_arm`, or its stored record (`root/budget/<arm>_seed<s>.json`) when the key matches: the arm's config, the seed,
+    the budget, a digest of the starting weights, the code and torch. Returns the arm's result."""
+    path = Path(root) / budget / f"{name}_seed{seed}.json" if root is not None else None
+    key = _key(arm=name, seed=seed, cfg=dataclasses.asdict(cfg), budget=b, init=stages.weights_digest(model0.state_dict())) if root is not None else ""
+    return stages.json_stage(path, key, lambda: run_arm(model0, task, tok, cfg, seed, held, b), f"rspo {name} seed {seed}",
+                             {"arm": name, "seed": seed, "budget": budget})["result"]
+
+
+def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
+    """Every warm start and arm x seed run (each a stage, reused from `stage_dir`, default `stages.stage_root('rspo')`;
+    none for the smoke budget), then the report."""
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
-    return _run(budget, Path(out_dir))  # thread count: `sherman reproduce --threads` (default 1)
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stages.stage_root("rspo"))
+    return _run(budget, Path(out_dir), root)  # thread count: `sherman reproduce --threads` (default 1)
 
 
-def _run(budget: str, out_dir: Path) -> dict:
+def _run(budget: str, out_dir: Path, root: Path | None = None) -> dict:
     b = BUDGETS[budget]
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     task = get_task(TASK_NAME, **TASK_CFG)
     tok = CharTokenizer(task.alphabet())
     select = held_out_prompts(task, b["select_prompts"], seed=31337)  # warm-start stopping set, disjoint stream from `held`
-    moe0, moe_sft = warm_start_to_target(task, tok, b, select, n_experts=b["n_experts"], top_k=b["top_k"], moe_ffn_dim=b["expert_dim"])
-    dense0, dense_sft = warm_start_to_target(task, tok, b, select, ffn_dim=b["top_k"] * b["expert_dim"])  # same active params
+    moe0, moe_sft = warm_stage("moe", task, tok, b, select, root, budget, n_experts=b["n_experts"], top_k=b["top_k"], moe_ffn_dim=b["expert_dim"])
+    dense0, dense_sft = warm_stage("dense", task, tok, b, select, root, budget, ffn_dim=b["top_k"] * b["expert_dim"])  # same active params
     n_active = {"moe": _active_params(moe0), "dense": _active_params(dense0)}
     held = held_out_prompts(task, b["eval_prompts"])
     k = b["eval_samples"]
@@ -221,7 +277,7 @@ def _run(budget: str, out_dir: Path) -> dict:
             results[a] = []
             for s in b["seeds"]:
                 prog.set(arm=a, seed=s)
-                results[a].append(run_arm(dense0 if a.startswith("dense") else moe0, task, tok, cfgs[a], s, held, b))
+                results[a].append(arm_stage(a, dense0 if a.startswith("dense") else moe0, task, tok, cfgs[a], s, held, b, root, budget))
                 prog.advance()
 
     def col(arm: str, key: str) -> list[float]:

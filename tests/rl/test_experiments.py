@@ -148,3 +148,26 @@ def test_rspo_quick_budget_trim_keeps_what_makes_the_claim_testable():
     assert q["group"] == 8 and q["prompts"] >= 3 and rspo.OFF_POLICY["epochs"] * rspo.OFF_POLICY["mini_batches"] == 4
     assert set(rspo.REFERENCE_ARMS) == {"dense_grpo", "moe_grpo_frozen"}
     assert rspo.MIN_COLLAPSE_GAIN == 0.4 and rspo.MIN_TAIL_GAIN > 0
+
+
+def test_rspo_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
+    """The full budget is built from stages (warm starts + one per arm x seed): a resumed run recomputes nothing and
+    reports the same; a damaged or stale stage is recomputed, never used."""
+    st = tmp_path / "stages"
+    first = rspo.run("smoke", tmp_path / "a", stage_dir=st)
+    plain = rspo.run("smoke", tmp_path / "plain")  # no stages: the same numbers as the staged run
+    assert plain["rows"] == first["rows"]
+    files = sorted(p.name for p in (st / "smoke").iterdir())
+    assert "warm_moe.safetensors" in files and "warm_dense.safetensors" in files and "moe_rspo_seed0.json" in files
+    assert len(files) == 2 + len(rspo.arms(rspo.BUDGETS["smoke"])) * len(rspo.BUDGETS["smoke"]["seeds"])
+    calls = []
+    real_arm, real_warm = rspo.run_arm, rspo.warm_start_to_target
+    monkeypatch.setattr(rspo, "run_arm", lambda *a, **k: calls.append("arm") or real_arm(*a, **k))
+    monkeypatch.setattr(rspo, "warm_start_to_target", lambda *a, **k: calls.append("warm") or real_warm(*a, **k))
+    second = rspo.run("smoke", tmp_path / "b", stage_dir=st)
+    assert calls == [] and second["rows"] == first["rows"]
+    (st / "smoke" / "moe_gmpo_seed0.json").write_text("{truncated")  # unreadable: recomputed
+    rec = json.loads((st / "smoke" / "dense_grpo_seed0.json").read_text())
+    (st / "smoke" / "dense_grpo_seed0.json").write_text(json.dumps({**rec, "key": "0" * 64}))  # stale key: recomputed
+    third = rspo.run("smoke", tmp_path / "c", stage_dir=st)
+    assert calls == ["arm", "arm"] and third["rows"] == first["rows"]
