@@ -53,7 +53,14 @@ between rollout and update and the router-shift weight stays at gamma 0.99 (p5 0
 is no less stable than its dense twin and every method claim is "not testable here" (the dense reference also lost
 0.055 of reward on average, just past the 0.05 stability margin).
 
-Run: `sherman reproduce rspo --budget quick`.
+Stages (`experiments/stages.py`): the full budget (~3.7 h of CPU: 9 arms x 5 seeds x 150 iterations) is built from
+the two warm starts (safetensors) and one JSON record per arm x seed, each keyed by the budget, the arm's config, the
+seed, a digest of the starting weights, the code and the torch version and stored under `stages.stage_root('rspo')`
+($SHERMAN_ARTIFACTS/rspo): a run cut off by a session's end resumes with the stages not yet done, and a stage whose
+key changed is recomputed, never reused. The smoke budget stores none unless given `stage_dir`.
+
+Run: `sherman reproduce rspo --budget quick`; the full budget in sessions: `SHERMAN_ARTIFACTS=stages sherman
+reproduce rspo --budget full` (repeat until every stage is done).
 """
 
 from __future__ import annotations
