@@ -79,6 +79,12 @@ k-th expression (each worker gets it from a one-token letter cue), so the full b
 baselines behind for this reason.
 Full budget (dim 192 x 4 layers, 3000 SFT steps per model, 300 RL steps x 3 lambdas, 200 test questions,
 3 seeds): not run; estimated ~4 CPU-hours per seed (SFT ~2 h for the main and topology models, RL ~2 h), ~12 h in all.
+It is built from stages (`experiments/stages.py`, under `stages.stage_root('asyncthink')` = $SHERMAN_ARTIFACTS/asyncthink):
+each trained model (format SFT, RL per lambda, each topology arm) is a safetensors file keyed by the budget, seed,
+lambda or topology, a digest of the weights it starts from, the code and torch; each model's evaluation is a JSON
+record keyed by that model's weights digest. An RL stage cut off mid-run resumes from its newest checkpoint (every
+`save_every` steps, one optimizer state; `<root>/<budget>/rl/`, not kept in the repository). So
+`SHERMAN_ARTIFACTS=stages sherman reproduce asyncthink --budget full`, repeated across sessions, finishes it.
 
 Verdicts go through `experiments/verdict.py` (effect threshold and 2 s.e. of the paired per-seed differences).
 Compute matching: every method of one model sees the same questions at the same per-sample token cap and the same
@@ -92,7 +98,7 @@ import copy
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +110,7 @@ from sherman.core.generate import SamplingParams
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
 from sherman.core.train import TrainConfig, train
+from sherman.experiments import stages
 from sherman.experiments.verdict import NOT_TESTABLE, PARTLY, REPRODUCED, compare, overall
 from sherman.tasks.arithmetic import Arithmetic
 from sherman.tasks.countdown import Countdown
@@ -347,11 +354,68 @@ def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies, init: T
     return model, [h["loss/train"] for h in res.history if "loss/train" in h]
 
 
-def run(budget: str, out_dir: Path) -> dict:
-    """Runs with one intra-op thread (`sherman reproduce --threads 1`, the default)."""
+# ----------------------------------------------------------------------------- stages (`experiments/stages.py`)
+
+STAGE_FORMAT = 1
+"""Version of the stage records' layout; part of every key."""
+_STAGE_CODE: str | None = None
+
+
+def stage_code_digest() -> str:
+    """sha256 over the code that trains and evaluates a stage's model: this module's training and evaluation functions and
+    the modules of the protocol, the RL loop, the model and the tasks (once per process: an edit mid-run changes no key)."""
+    global _STAGE_CODE
+    if _STAGE_CODE is None:
+        import sys
+
+        from sherman.core import attention, decoder, generate, kv_cache, linear, model
+        from sherman.core import train as core_train
+        from sherman.rl import core as rl_core
+        from sherman.think import backends, baselines, engine
+        from sherman.think import train as think_train
+
+        mods = {attention, decoder, generate, kv_cache, linear, model, core_train, rl_core, backends, baselines, engine, think_train,
+                sys.modules[Arithmetic.__module__], sys.modules[Countdown.__module__]}
+        fns = (_new_model, _sft, make_tasks, _run_method, _metrics, _baseline_curve, evaluate, field_accuracy, score_fields, truncated_sequential,
+               truncated_parallel)
+        _STAGE_CODE = stages.source_digest(fns, mods)
+    return _STAGE_CODE
+
+
+def _key(b: Budget, **body) -> str:
+    return stages.stage_key({"format": STAGE_FORMAT, "budget": asdict(b), "code": stage_code_digest(), "torch": torch.__version__, **body})
+
+
+def model_stage(root: Path | None, budget: str, name: str, b: Budget, tok, key: dict, compute) -> tuple[Transformer, dict, float]:
+    """A trained model (`compute() -> (model, JSON extras)`), or its stored weights `root/budget/<name>.safetensors` when
+    the key matches. Returns (model in eval mode, extras, CPU seconds it cost when computed)."""
+    def run() -> tuple[dict, dict]:
+        m, extra = compute()
+        return m.state_dict(), extra
+
+    path = Path(root) / budget / f"{name}.safetensors" if root is not None else None
+    state, extra, _ = stages.tensor_stage(path, _key(b, name=name, **key), run, f"asyncthink {name}")
+    model = _new_model(tok, b)
+    model.load_state_dict(state)
+    return model.eval(), extra, float(extra["cpu_s"])
+
+
+def eval_stage(root: Path | None, budget: str, name: str, b: Budget, model: Transformer, compute) -> tuple[dict, float]:
+    """`compute()` (a JSON dict of evaluations of `model`), or its stored record `root/budget/eval_<name>.json` when the key
+    (the model's weights digest, the budget, the code) matches. Returns (result, CPU seconds it cost)."""
+    path = Path(root) / budget / f"eval_{name}.json" if root is not None else None
+    key = _key(b, name=name, weights=stages.weights_digest(model.state_dict())) if root is not None else ""
+    rec = stages.json_stage(path, key, compute, f"asyncthink eval {name}")
+    return rec["result"], float(rec["cpu_s"])
+
+
+def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
+    """Runs with one intra-op thread (`sherman reproduce --threads 1`, the default). Every trained model and every
+    evaluation is a stage (reused from `stage_dir`, default `stages.stage_root('asyncthink')`; none for the smoke budget)."""
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stages.stage_root("asyncthink"))
     train_tasks, claim_task, heldout, countdown = make_tasks()
     tok = make_tokenizer(*train_tasks, countdown)
     top = max(b.budgets)
@@ -364,22 +428,37 @@ def run(budget: str, out_dir: Path) -> dict:
     per_seed, rl_curves = [], {}
     n_models = 1 + len(b.lambdas) + (2 if b.topo_sft_steps else 0)
     prog = progress(len(b.seeds) * n_models, "models trained and evaluated (SFT, RL per lambda, topology ablation)")
-    for seed in b.seeds:
+
+    def one_seed(seed: int) -> dict:
+        """SFT, RL per lambda, evaluations and the topology ablation of one seed, each a stage."""
         prog.set(seed=seed)
-        cpu = {}  # CPU seconds of this process per stage (time.process_time: unaffected by other jobs' share of the cores)
-        c0 = time.process_time()
-        sft_model, sft_loss = _sft(tok, train_tasks, b, seed, b.sft_steps, TRAIN_TOPOLOGIES)
-        cpu["sft"], c0 = time.process_time() - c0, time.process_time()
+        cpu = {"sft": 0.0, "rl": 0.0, "eval": 0.0, "topology": 0.0}  # CPU seconds per stage (stored cost when reused)
+
+        def sft_fit(steps: int, topologies, init: Transformer | None = None, lr: float | None = None):
+            m, loss = _sft(tok, train_tasks, b, seed, steps, topologies, init=init, lr=lr)
+            return m, {"loss": loss}
+
+        sft_model, extra, c = model_stage(root, budget, f"seed{seed}_sft", b, tok, {"seed": seed},
+                                          lambda: sft_fit(b.sft_steps, TRAIN_TOPOLOGIES))
+        sft_loss = extra["loss"]
+        cpu["sft"] += c
         models = {"sft": sft_model}
+        sft_digest = stages.weights_digest(sft_model.state_dict())
         for lam in b.lambdas:  # RL on the training shapes, one run (one optimizer, resumable) per lambda
-            m = copy.deepcopy(sft_model)
-            hist = rl_train(m, tok, train_tasks, think_rl, RLConfig(steps=b.rl_steps, questions=b.rl_questions, group=b.group, lr=b.rl_lr,
-                                                                    lam=lam, tau=TAU, seed=seed, save_every=b.save_every,
-                                                                    temperature=b.rl_temperature),
-                            run_dir=out_dir / "rl" / f"seed{seed}_lam{lam:g}")  # fmt: skip
+
+            def rl_fit(lam=lam):
+                m = copy.deepcopy(sft_model)
+                run_dir = (Path(root) / budget / "rl" if root is not None else out_dir / "rl") / f"seed{seed}_lam{lam:g}"
+                hist = rl_train(m, tok, train_tasks, think_rl, RLConfig(steps=b.rl_steps, questions=b.rl_questions, group=b.group, lr=b.rl_lr,
+                                                                        lam=lam, tau=TAU, seed=seed, save_every=b.save_every,
+                                                                        temperature=b.rl_temperature),
+                                run_dir=run_dir)  # fmt: skip
+                return m, {"history": hist}
+
+            m, extra, c = model_stage(root, budget, f"seed{seed}_rl_lam{lam:g}", b, tok, {"seed": seed, "lam": lam, "init": sft_digest}, rl_fit)
             models[f"rl_lam{lam:g}"] = m
-            rl_curves[f"seed{seed}_lam{lam:g}"] = hist
-        cpu["rl"], c0 = time.process_time() - c0, time.process_time()
+            rl_curves[f"seed{seed}_lam{lam:g}"] = extra["history"]
+            cpu["rl"] += c
         if seed == b.seeds[0]:  # the trained organizer: `sherman think "123+456;789+12=" --backend local --ckpt OUT/organizer`
             save_checkpoint(out_dir / "organizer", models[f"rl_lam{b.lambdas[0]:g}" if b.lambdas else "sft"], extra={"seed": seed})
             tok.save(out_dir / "organizer" / "tokenizer.json")
@@ -388,23 +467,37 @@ def run(budget: str, out_dir: Path) -> dict:
         held_exs = [heldout.sample(eval_rng) for _ in range(b.n_eval)]
         res, fields = {}, {}
         for mname, m in models.items():  # curves for the format-SFT model and the compared RL model, the top budget for the rest
-            grid = b.budgets if mname in ("sft", main_model) else (top,)
-            res[f"{mname}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, grid)
-            res[f"{mname}/heldout"] = evaluate(m, tok, heldout, held_exs, seed, b.eval_temperature, (top,))
-            if mname in ("sft", main_model):
-                fields[mname] = field_accuracy(m, tok, claim_task, claim_exs)
+
+            def ev(m=m, mname=mname):
+                grid = b.budgets if mname in ("sft", main_model) else (top,)
+                out = {"claim": evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, grid),
+                       "heldout": evaluate(m, tok, heldout, held_exs, seed, b.eval_temperature, (top,))}
+                if mname in ("sft", main_model):
+                    out["fields"] = field_accuracy(m, tok, claim_task, claim_exs)
+                return out
+
+            out, c = eval_stage(root, budget, f"seed{seed}_{mname}", b, m, ev)
+            res[f"{mname}/claim"], res[f"{mname}/heldout"] = out["claim"], out["heldout"]
+            if "fields" in out:
+                fields[mname] = out["fields"]
+            cpu["eval"] += c
             prog.advance()
-        cpu["eval"], c0 = time.process_time() - c0, time.process_time()
         topo_loss = {}
         if b.topo_sft_steps:  # ablation: fork-all-then-join-all vs interleaved traces (the same SFT model, same steps, no RL)
             for topo in ("fork_all", "interleaved"):
-                m, loss = _sft(tok, train_tasks, b, seed, b.topo_sft_steps, (topo,), init=sft_model, lr=b.topo_lr)
-                res[f"topo_{topo}/claim"] = evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, (top,), methods=("asyncthink",))
-                topo_loss[topo] = loss[-1]
+                m, extra, c = model_stage(root, budget, f"seed{seed}_topo_{topo}", b, tok, {"seed": seed, "topo": topo, "init": sft_digest},
+                                          lambda topo=topo: sft_fit(b.topo_sft_steps, (topo,), init=sft_model, lr=b.topo_lr))
+                out, c2 = eval_stage(root, budget, f"seed{seed}_topo_{topo}", b, m,
+                                     lambda m=m: evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, (top,), methods=("asyncthink",)))
+                res[f"topo_{topo}/claim"] = out
+                topo_loss[topo] = extra["loss"][-1]
+                cpu["topology"] += c + c2
                 prog.advance()
-        cpu["topology"] = time.process_time() - c0
-        per_seed.append({"seed": seed, "cpu_s": cpu, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
-                         "fields": fields, "eval": res})  # fmt: skip
+        return {"seed": seed, "cpu_s": cpu, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
+                "fields": fields, "eval": res}  # fmt: skip
+
+    for seed in b.seeds:
+        per_seed.append(one_seed(seed))
     prog.close()
     rows = _rows(per_seed, b, pre)
     agg = _aggregate(per_seed)

@@ -119,3 +119,30 @@ def test_truncation_equals_a_capped_run():
     full, short = once(30), once(12)
     assert [t.ids for t in short.tokens] == [t.ids for t in full.tokens][:12]
     assert truncated_sequential(full.org_tokens, full.answer, 12) == (short.answer, short.latency)
+
+
+def test_asyncthink_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
+    """The full budget (~12 CPU-hours) is built from stages: each trained model (safetensors) and each model's evaluation
+    (JSON). A resumed run trains and evaluates nothing and reports the same; a stale stage is recomputed."""
+    import sherman.experiments.asyncthink as A
+
+    st = tmp_path / "stages"
+    first = run("smoke", tmp_path / "a", stage_dir=st)
+    plain = run("smoke", tmp_path / "plain")  # no stages: the same models and numbers
+    assert plain["rows"] == first["rows"]
+    names = sorted(p.name for p in (st / "smoke").iterdir() if p.is_file())
+    per_seed = 1 + len(BUDGETS["smoke"].lambdas) + 2  # sft, RL per lambda, two topology arms
+    assert len(names) == 2 * per_seed * len(BUDGETS["smoke"].seeds)
+    assert "seed0_sft.safetensors" in names and "eval_seed1_rl_lam0.5.json" in names
+    calls = []
+    real_sft, real_eval = A._sft, A.evaluate
+    monkeypatch.setattr(A, "_sft", lambda *a, **k: calls.append("sft") or real_sft(*a, **k))
+    monkeypatch.setattr(A, "evaluate", lambda *a, **k: calls.append("eval") or real_eval(*a, **k))
+    second = run("smoke", tmp_path / "b", stage_dir=st)
+    assert calls == [] and second["rows"] == first["rows"]
+    (st / "smoke" / "seed1_topo_fork_all.safetensors").write_bytes(b"truncated")  # unreadable: retrained
+    rec = json.loads((st / "smoke" / "eval_seed0_sft.json").read_text())
+    (st / "smoke" / "eval_seed0_sft.json").write_text(json.dumps({**rec, "key": "0" * 64}))  # stale: re-evaluated
+    third = run("smoke", tmp_path / "c", stage_dir=st)
+    # the retrained topology model has the same weights (same seed, same machine), so its evaluation's key still holds
+    assert sorted(calls) == ["eval", "eval", "sft"] and third["rows"] == first["rows"]
