@@ -25,8 +25,10 @@ effect threshold `EFFECT` (3 points) and a spread of 2 standard errors of the pa
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from sherman.agents.planner import PlannerBackend, PlannerTrainConfig, train_pla
 from sherman.agents.scripted import expert_backend
 from sherman.agents.tools import CommEnv, Scenario, sample_scenario
 from sherman.core.progress import progress
+from sherman.experiments import stages
 from sherman.experiments import verdict as V
 from sherman.experiments.runner import dump_results
 
@@ -122,18 +125,61 @@ def _claim_row(claim: str, paper: str, a: str, b: str, succ: dict, mean: dict, t
     return {"claim": claim, "paper": paper, "ours": ours, "verdict": v.verdict if testable else V.NOT_TESTABLE}
 
 
-def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
+STAGE_FORMAT = 1
+"""Version of the stage records' layout; part of every key."""
+
+
+def stage_key(budget: str, seed: int) -> str:
+    """Key of one seed's stage: format, budget sizes, planner config, seed, the source of this module and of the agents
+    package (tools, agents, planner, knowledge, memory, scripted policy), the core model and RL loop, and torch."""
+    import sys
+
+    import torch
+
+    from sherman import agents
+    from sherman.agents import agents as agents_mod
+    from sherman.agents import comm, knowledge, memory, planner, scripted, tools
+    from sherman.core import generate, model
+    from sherman.rl import core
+
+    code = stages.source_digest((), {sys.modules[__name__], agents_mod, comm, knowledge, memory, planner, scripted, tools, generate, model, core})
+    kb = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in sorted((Path(agents.__file__).parent / "kb").rglob("*")) if f.is_file()))
+    return stages.stage_key({"format": STAGE_FORMAT, "budget": budget, "sizes": SIZES[budget], "planner": PLANNER[budget], "seed": seed,
+                             "agent": asdict(AgentConfig()), "code": code, "kb": kb.hexdigest(), "torch": torch.__version__})
+
+
+def seed_stage(budget: str, seed: int, out_dir: Path, root: Path | None, prog=None) -> dict:
+    """One seed: train its planner, then every arm on its scenario set; or the stored record (`root/budget/seed<s>.json`)
+    when its key matches. Returns {'result', 'rl_curve', 'train_s'}."""
+    n, _ = SIZES[budget]
+
+    def compute() -> dict:
+        t0 = time.perf_counter()
+        model, tok, phist = train_planner(PlannerTrainConfig(seed=seed, **PLANNER[budget]), Path(out_dir) / f"planner-seed{seed}")
+        train_s = time.perf_counter() - t0
+        res = run_seed(n, seed, AgentConfig(), planner=PlannerBackend(model, tok), prog=prog)
+        return {"result": res, "rl_curve": [h.get("rollout/reward_mean", 0.0) for h in phist["rl"]], "train_s": train_s}
+
+    path = Path(root) / budget / f"seed{seed}.json" if root is not None else None
+    rec = stages.json_stage(path, stage_key(budget, seed) if root is not None else "", compute, f"agentic6g seed {seed}", {"seed": seed})
+    if rec["status"] == "reused" and prog is not None:
+        prog.advance(n, seed=seed)
+    return rec["result"]
+
+
+def run(budget: str, out_dir: Path, seed: int = 0, stage_dir: Path | None = None) -> dict:
+    """Every seed is a stage (reused from `stage_dir`, default `stages.stage_root('agentic6g')`; none for the smoke
+    budget): the full budget (5 x 1000 scenarios, ~1.4 h of CPU) resumes where a session stopped it."""
     n, n_seeds = SIZES[budget]
-    cfg = AgentConfig()
     arms = ARMS + PLANNER_ARMS
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stages.stage_root("agentic6g"))
     prog = progress(n_seeds * n, "scenarios")
     seeds, rl_curves, train_s = [], [], []
     for s in range(n_seeds):  # per seed: train its planner, then every arm on its scenario set
-        t0 = time.perf_counter()
-        model, tok, phist = train_planner(PlannerTrainConfig(seed=seed + s, **PLANNER[budget]), Path(out_dir) / f"planner-seed{seed + s}")
-        train_s.append(time.perf_counter() - t0)
-        rl_curves.append([h.get("rollout/reward_mean", 0.0) for h in phist["rl"]])
-        seeds.append(run_seed(n, seed + s, cfg, planner=PlannerBackend(model, tok), prog=prog))
+        rec = seed_stage(budget, seed + s, Path(out_dir), root, prog)
+        seeds.append(rec["result"])
+        rl_curves.append(rec["rl_curve"])
+        train_s.append(rec["train_s"])
     prog.close()
     succ = {arm: [s["arms"][arm]["success"] for s in seeds] for arm in arms}
     mean = {arm: float(np.mean(v)) for arm, v in succ.items()}

@@ -248,3 +248,23 @@ def test_guardrail_ignores_citation_ids():
     calls = [ToolResult("evaluate", {}, True, {"sum_rate": 22.3573})]
     assert ag.guard_numbers("sum rate 22.3573 [downlink#pathloss-3gpp, downlink#precoder-zf]", calls, "") == []
     assert ag.guard_numbers("sum rate 22.3573 and 3 gpp", calls, "") == [3.0]
+
+
+def test_agentic6g_seed_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
+    import json
+
+    from sherman.experiments import agentic6g
+
+    st = tmp_path / "stages"
+    first = agentic6g.run("smoke", tmp_path / "a", stage_dir=st)
+    files = sorted(p.name for p in (st / "smoke").iterdir())
+    assert files == ["seed0.json", "seed1.json"]
+    calls = []
+    real = agentic6g.run_seed
+    monkeypatch.setattr(agentic6g, "run_seed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = agentic6g.run("smoke", tmp_path / "b", stage_dir=st)
+    assert calls == [] and second["rows"] == first["rows"]
+    rec = json.loads((st / "smoke" / "seed1.json").read_text())
+    (st / "smoke" / "seed1.json").write_text(json.dumps({**rec, "key": "0" * 64}))  # stale: recomputed
+    third = agentic6g.run("smoke", tmp_path / "c", stage_dir=st)
+    assert calls == [1] and third["rows"] == first["rows"]
