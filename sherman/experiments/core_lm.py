@@ -9,6 +9,7 @@ stated as a claim so it sits in the same table as the reproductions.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 from sherman.core.common import seed_everything
@@ -17,6 +18,7 @@ from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import TrainConfig, build_sft_data, train
+from sherman.experiments import stages
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import NOT_REPRODUCED, PARTLY, Verdict, reaches
 from sherman.tasks import get_task
@@ -73,10 +75,32 @@ def train_one(b: dict, seed: int, prog) -> dict:
             "n_data": len(data), "n_eval": len(evals), "params": sum(p.numel() for p in model.parameters())}
 
 
-def run(budget: str, out_dir: Path) -> dict:
+def seed_stage(b: dict, seed: int, prog, root: Path | None, budget: str) -> dict:
+    """`train_one`, or its stored record (`root/budget/seed<s>.json`, `experiments/stages.py`) when the key (budget,
+    seed, the source of this module, the core model / train / generate code and torch) matches."""
+    import torch
+
+    from sherman.core import attention, decoder, kv_cache, linear, model
+    from sherman.core import generate as gen_mod
+    from sherman.core import train as train_mod
+
+    path = Path(root) / budget / f"seed{seed}.json" if root is not None else None
+    key = ""
+    if root is not None:
+        code = stages.source_digest((), {sys.modules[__name__], attention, decoder, gen_mod, kv_cache, linear, model, train_mod})
+        key = stages.stage_key({"format": 1, "budget": b, "seed": seed, "code": code, "torch": torch.__version__})
+    rec = stages.json_stage(path, key, lambda: train_one(b, seed, prog), f"core_lm seed {seed}", {"seed": seed})
+    if rec["status"] == "reused":
+        prog.advance(b["steps"], seed=seed)
+    return rec["result"]
+
+
+def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
+    """One stage per training seed (reused from `stage_dir`, default `stages.stage_root('core_lm')`; none for smoke)."""
     b = BUDGETS[budget]
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stages.stage_root("core_lm"))
     prog = progress(b["steps"] * len(b["seeds"]), "training steps")
-    runs = [train_one(b, seed, prog) for seed in b["seeds"]]
+    runs = [seed_stage(b, seed, prog, root, budget) for seed in b["seeds"]]
     prog.close()
     finals = [r["final"] for r in runs]
 

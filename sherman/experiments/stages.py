@@ -82,7 +82,8 @@ def load_record(path: Path, key: str) -> tuple[dict | None, str]:
 def json_stage(path: Path | None, key: str, compute: Callable[[], dict], label: str, fields: dict | None = None) -> dict:
     """`compute()` (a JSON-able dict), or its stored record at `path` when the key matches; a computed record is
     written atomically with its CPU and wall seconds, the machine and `fields`. `path` None: compute, store nothing.
-    Returns the record with 'status' ('reused' or 'computed')."""
+    Returns the record with 'status' ('reused' or 'computed'); its result is in the stored JSON form either way, so a
+    report reads the same types from a computed stage as from a reused one."""
     from sherman.core.linear import machine_key
 
     if path is not None:
@@ -93,7 +94,7 @@ def json_stage(path: Path | None, key: str, compute: Callable[[], dict], label: 
         if why != "new":
             print0(f"  [{label}] {path} is {why}; recomputing")
     t0, c0 = time.time(), time.process_time()
-    result = compute()
+    result = json.loads(json.dumps(compute()))  # the stored form (lists, string keys) whether computed now or reused later
     rec = {"key": key, **(fields or {}), "result": result, "cpu_s": time.process_time() - c0, "wall_s": time.time() - t0,
            "machine": machine_key(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if path is not None:
