@@ -64,6 +64,7 @@ from sherman.data.corpus import ALPHABET, HOPS, ClozeItem, GradedConfig, GradedC
 from sherman.data.ordering import make_order
 from sherman.data.scoring import LearnedScorerConfig, LQSConfig, fit_learned_scorer, pad_batch, score_lqs, spearman
 from sherman.data.selection import select_top
+from sherman.experiments import stages
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import REPRODUCED, compare
 from sherman.experiments.verdict import overall as combine
@@ -317,10 +318,51 @@ def late_mix(used: np.ndarray, meta: dict[str, np.ndarray], frac: float = 0.1) -
 # ----------------------------------------------------------------------------------------------- run
 
 
-def run(budget: str, out_dir: Path) -> dict:
-    """Score, extend, train every arm x seed, judge the claims (threads are set by `sherman reproduce --threads`)."""
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def stage_code() -> str:
+    """sha256 over the code of a stage: this module and the data, model and training modules it runs."""
+    import sys
+
+    from sherman.core import attention, linear, model
+    from sherman.core import train as train_mod
+    from sherman.data import corpus, ordering, scoring, selection
+
+    return stages.source_digest((), {sys.modules[__name__], attention, linear, model, train_mod, corpus, ordering, scoring, selection})
+
+
+def scoring_stage(b: Budget, budget: str, root: Path | None, compute) -> tuple[dict[str, np.ndarray], dict]:
+    """The corpus scores (`compute() -> (scores, JSON extras)`), or the stored ones (`root/budget/scores.safetensors`) when
+    the key (budget, code, torch) matches."""
+    def run_() -> tuple[dict, dict]:
+        sc, extra = compute()
+        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in sc.items()}, extra
+
+    path = Path(root) / budget / "scores.safetensors" if root is not None else None
+    key = stages.stage_key({"format": 1, "kind": "scores", "budget": repr(b), "code": stage_code(), "torch": torch.__version__})
+    state, extra, _ = stages.tensor_stage(path, key, run_, "delt scores")
+    return {k: v.numpy() for k, v in state.items()}, extra
+
+
+def arm_stage(arm: Arm, seed: int, scores: dict[str, np.ndarray], b: Budget, budget: str, root: Path | None, compute) -> dict:
+    """`compute()` (one arm x seed), or its stored record (`root/budget/<arm>_seed<s>.json`) when the key (arm, seed,
+    budget, a digest of the scores, code, torch) matches."""
+    path = Path(root) / budget / f"{arm.name.replace('/', '_').replace(' ', '_')}_seed{seed}.json" if root is not None else None
+    key = ""
+    if root is not None:
+        digest = stages.weights_digest({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in scores.items()})
+        key = stages.stage_key({"format": 1, "arm": repr(arm), "seed": seed, "budget": repr(b), "scores": digest, "code": stage_code(),
+                                "torch": torch.__version__})
+    return stages.json_stage(path, key, compute, f"delt {arm.name} seed {seed}", {"arm": arm.name, "seed": seed})["result"]
+
+
+def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
+    """Score, extend, train every arm x seed, judge the claims (threads are set by `sherman reproduce --threads`). The
+    scores and each arm x seed are stages (reused from `stage_dir`, default `stages.stage_root('delt')`; none for smoke)."""
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stages.stage_root("delt"))
     t0 = time.time()
     corpus = make_graded_corpus(b.corpus, seed=0)
     valid_txt, cloze = eval_split(corpus)
@@ -334,22 +376,30 @@ def run(budget: str, out_dir: Path) -> dict:
             "hops": np.array([d.hops for d in corpus.train])}
 
     # ---- LQS on a uniform proxy sample, extended to the corpus by a learned scorer per score type
-    rng = np.random.default_rng(0)
-    proxy_idx = np.sort(rng.choice(len(seqs), size=min(b.proxy_docs, len(seqs)), replace=False))
-    torch.manual_seed(12345)
-    proxy = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2, ffn_dim=3 * b.dim, max_seq_len=256))
-    sample = [seqs[i] for i in proxy_idx]
-    sr = score_lqs(proxy, sample, target, tok.pad_id, b.lqs)
-    t_score = time.time() - t0
-    scores, rho_hold, rho_truth = {}, {}, {}
-    for name, y in (("lqs", sr.lqs), ("pds", sr.pds), ("loss", sr.loss)):
-        scorer, rho_hold[name] = fit_learned_scorer(sample, y, tok.vocab_size, tok.pad_id, b.learned)
-        scores[name] = scorer.predict(seqs, tok.pad_id)
-        scores[name][proxy_idx] = y  # proxy documents keep their computed scores
-        rho_truth[name] = {"corruption": spearman(scores[name], -meta["corrupt"]), "hops": spearman(scores[name], -meta["hops"]),
-                           "proxy_corruption": spearman(y, -meta["corrupt"][proxy_idx])}
-    print0(f"delt: LQS on {len(sample)} proxy docs in {t_score:.0f}s; extended to {len(seqs)} (Spearman held-out "
-           + ", ".join(f"{k} {v:.2f}" for k, v in rho_hold.items()) + f") at {time.time() - t0:.0f}s")
+    def score_corpus() -> tuple[dict[str, np.ndarray], dict]:
+        rng = np.random.default_rng(0)
+        proxy_idx = np.sort(rng.choice(len(seqs), size=min(b.proxy_docs, len(seqs)), replace=False))
+        torch.manual_seed(12345)
+        proxy = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b.dim, n_layers=b.n_layers, n_heads=4, n_kv_heads=2, ffn_dim=3 * b.dim,
+                                        max_seq_len=256))
+        sample = [seqs[i] for i in proxy_idx]
+        sr = score_lqs(proxy, sample, target, tok.pad_id, b.lqs)
+        t_score = time.time() - t0
+        scores, rho_hold, rho_truth = {}, {}, {}
+        for name, y in (("lqs", sr.lqs), ("pds", sr.pds), ("loss", sr.loss)):
+            scorer, rho_hold[name] = fit_learned_scorer(sample, y, tok.vocab_size, tok.pad_id, b.learned)
+            scores[name] = scorer.predict(seqs, tok.pad_id)
+            scores[name][proxy_idx] = y  # proxy documents keep their computed scores
+            rho_truth[name] = {"corruption": spearman(scores[name], -meta["corrupt"]), "hops": spearman(scores[name], -meta["hops"]),
+                               "proxy_corruption": spearman(y, -meta["corrupt"][proxy_idx])}
+        print0(f"delt: LQS on {len(sample)} proxy docs in {t_score:.0f}s; extended to {len(seqs)} (Spearman held-out "
+               + ", ".join(f"{k} {v:.2f}" for k, v in rho_hold.items()) + f") at {time.time() - t0:.0f}s")
+        extra = {"rho_hold": rho_hold, "rho_truth": rho_truth, "t_score": t_score, "n_sample": len(sample),
+                 "proxy": {"target_loss": sr.run.target_loss, "train_loss": sr.run.train_loss}}
+        return scores, extra
+
+    scores, sx = scoring_stage(b, budget, root, score_corpus)
+    rho_hold, rho_truth, t_score = sx["rho_hold"], sx["rho_truth"], sx["t_score"]
 
     # ---- arms x seeds
     results: dict[str, list[dict]] = {}
@@ -359,7 +409,8 @@ def run(budget: str, out_dir: Path) -> dict:
         t_arm = time.time()
         for s in b.seeds:
             prog.set(arm=arm.name, seed=s)
-            results[arm.name].append(run_arm(arm, s, scores, seqs, b, tok, valid, cloze, meta))
+            results[arm.name].append(arm_stage(arm, s, scores, b, budget, root,
+                                               lambda arm=arm, s=s: run_arm(arm, s, scores, seqs, b, tok, valid, cloze, meta)))
             prog.advance()
         r = results[arm.name]
         print0(f"delt [{i + 1}/{len(b.arms)}] {arm.name:<30} val {np.mean([x['val_loss'] for x in r]):.4f}  "
@@ -377,7 +428,7 @@ def run(budget: str, out_dir: Path) -> dict:
         f"hops 1-4; J {len(target)} docs (scoring only), validation {len(valid)} docs, {len(cloze)} cloze items (chance 1/8). "
         f"Model: core Transformer dim {b.dim}, {b.n_layers} layers, char tokenizer; batch {b.batch} ({len(seqs) // b.batch} steps per pass), "
         f"AdamW lr {b.lr}, warm-up {b.warmup_frac:.0%}, cosine to 10%. Seeds {list(b.seeds)}. "
-        f"LQS on {len(sample)} proxy docs ({b.lqs.warmup_steps} AdamW warm-up steps, T={b.lqs.proxy_steps} SGD steps eta={b.lqs.lr}, "
+        f"LQS on {sx['n_sample']} proxy docs ({b.lqs.warmup_steps} AdamW warm-up steps, T={b.lqs.proxy_steps} SGD steps eta={b.lqs.lr}, "
         f"Delta={b.lqs.delta}), extended by the learned scorer (held-out Spearman " + ", ".join(f"{k} {v:.2f}" for k, v in rho_hold.items())
         + "). Spearman of the corpus scores with -corruption: " + ", ".join(f"{k} {v['corruption']:.2f}" for k, v in rho_truth.items())
         + "; with -hops: " + ", ".join(f"{k} {v['hops']:.2f}" for k, v in rho_truth.items())
@@ -390,7 +441,7 @@ def run(budget: str, out_dir: Path) -> dict:
         "per_seed": {a: [{k: v for k, v in x.items() if k != "curve"} for x in rs] for a, rs in results.items()},
         "learned_scorer_spearman_heldout": rho_hold,
         "score_vs_truth_spearman": rho_truth,
-        "proxy": {"target_loss": sr.run.target_loss, "train_loss": sr.run.train_loss},
+        "proxy": sx["proxy"],
         "seconds": {"scoring": round(t_score, 1), "total": round(time.time() - t0, 1)},
     }
     res = {"name": "delt", "claim": CLAIM, "verdict": overall, "rows": rows, "plots": plots, "notes": notes, "metrics": metrics}
