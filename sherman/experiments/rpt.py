@@ -78,6 +78,7 @@ import torch
 from sherman.core.common import print0
 from sherman.core.model import Transformer
 from sherman.core.progress import progress
+from sherman.experiments import stages
 from sherman.experiments.verdict import compare, overall
 from sherman.rl import rpt
 from sherman.rl.evaluation import evaluate, sft_warm_start, tiny_model_config
@@ -539,6 +540,27 @@ def setup(b: Budget, entropy_cache: Path | None) -> dict:
             "cfg": cfg, "edges": edges, "proxy": proxy}  # fmt: skip
 
 
+def seed_stage(seed: int, s_seed: int, b: Budget, shared: dict, s: dict, root: Path | None, budget: str) -> dict:
+    """`run_seed`, or its stored record (`root/<budget>/arms_seed<k>.json`, `experiments/stages.py`) when the key matches:
+    the budget, the seed, S's key and a digest of S's weights, the source of this module and of the RL loop, the model and
+    the tasks, and torch. S itself is the `s_stage` artifact beside it."""
+    path = Path(root) / budget / f"arms_seed{seed}.json" if root is not None else None
+    key = ""
+    if root is not None:
+        import sys
+
+        from sherman.core import attention, generate, linear, model, train
+        from sherman.rl import core, evaluation, logprobs, rollout
+        from sherman.rl import grpo as grpo_mod
+        from sherman.tasks import arithmetic
+
+        code = stages.source_digest((), {sys.modules[__name__], rpt, attention, generate, linear, model, train, core, evaluation, logprobs, rollout,
+                                         grpo_mod, arithmetic})
+        key = stages.stage_key({"format": 1, "budget": dataclasses.asdict(b), "seed": seed, "s_key": s_key(b, shared, s_seed),
+                                "s_weights": stages.weights_digest(s["state"]), "code": code, "torch": torch.__version__})
+    return stages.json_stage(path, key, lambda: run_seed(seed, b, shared, s), f"rpt arms seed {seed}", {"seed": seed})["result"]
+
+
 def run(budget: str, out_dir: Path) -> dict:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
@@ -578,7 +600,7 @@ def run(budget: str, out_dir: Path) -> dict:
                     starts[sd]["status"] = f"{bg_info[sd]['status']} in a background worker"
                 prog.advance()
             prog.set(stage="arms", seed=seed)
-            results.append(run_seed(seed, b, shared, starts[sd]))
+            results.append(seed_stage(seed, sd, b, shared, starts[sd], cache_root, budget))
             prog.advance()
     prog.close()
     times["S"] = {str(k): {"status": v["status"], "train_cpu_s": round(v["train_cpu_s"], 1), "train_wall_s": round(v["train_s"], 1),

@@ -140,3 +140,26 @@ def test_experiment_with_background_s_worker_then_warm(tmp_path, monkeypatch):
     assert not exp.s_cached(dataclasses.replace(b, spans=b.spans + 1), shared, 0, root)
     st = exp.s_stage(b, shared, 1, root)
     assert st["status"] == "reused" and st["eval"] == out["metrics"]["s"]["1"]["eval"]
+
+
+def test_arm_stages_resume_and_follow_s(tmp_path, monkeypatch):
+    """Each seed's arms are a JSON stage keyed by S's weights (among others): a resumed run reruns no arm and reports the
+    same; a stage whose key went stale is rerun."""
+    import dataclasses
+    import json
+
+    monkeypatch.setenv("SHERMAN_ARTIFACTS", str(tmp_path / "art"))
+    b = dataclasses.replace(exp.BUDGETS["smoke"], s_workers=0, base_steps=6, rpt_steps=2, held_positions=12)
+    monkeypatch.setitem(exp.BUDGETS, "tiny", b)
+    first = exp.run("tiny", tmp_path / "a")
+    arms = sorted(p.name for p in (tmp_path / "art" / "rpt" / "tiny").iterdir())
+    assert arms == [f"arms_seed{s}.json" for s in b.seeds]
+    calls = []
+    real = exp.run_seed
+    monkeypatch.setattr(exp, "run_seed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = exp.run("tiny", tmp_path / "b")
+    assert calls == [] and second["rows"] == first["rows"]
+    path = tmp_path / "art" / "rpt" / "tiny" / "arms_seed1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "key": "0" * 64}))
+    third = exp.run("tiny", tmp_path / "c")
+    assert calls == [1] and third["rows"] == first["rows"]
