@@ -87,7 +87,10 @@ class Budget:
     """Held-out sentences also synthesized single-speaker (one line, that speaker's voice prompt): the issue's
     single-speaker PER target, next to the 2-speaker dialogues."""
     text_input: str = "chars"
-    """Script text input of the LMs: 'chars' or 'phonemes' (IPA from espeak-ng; `VibeVoiceConfig.text_input`)."""
+    """Script text input of the LMs: 'chars' or 'phonemes' (IPA from espeak-ng; `VibeVoiceConfig.text_input`). The full
+    budget reads phonemes: at the quick budget the two gave the same unintelligible synthesis (dialogue PER 0.862 both,
+    single-speaker 0.909 chars vs 0.918 phonemes, 707-725 LM steps, 5fdee74 on the Intel Xeon), so nothing measured
+    favours either; phonemes spare a small LM the spelling-to-sound mapping (the issue's suggestion)."""
     vae_crop_frames: int = 8
     """Training crop of the sigma-VAE in latent frames (8 = 1.07 s). Its convs see several frames of left context, so
     with 2-frame crops (0.27 s) they never trained on a full context and whole-utterance round trips were worse than
@@ -104,7 +107,8 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(2, 3, 1, 4, 16, 3, 0, 3, 0, 32, 1, 4, 0, 3, 0, 3, 1, 3, False, roundtrip_utts=2, n_single=1),
     "quick": Budget(4, 40, 5, 8, 64, 3000, 420, 400, 120, 128, 4, 1200, 240, 600, 100, 150, 6, 30, True, n_single=4),
-    "full": Budget(6, 150, 10, 16, 96, 20000, 3600, 3000, 1200, 192, 6, 10000, 3600, 3000, 900, 600, 20, 40, True, roundtrip_utts=64, n_single=20),
+    "full": Budget(6, 150, 10, 16, 96, 20000, 3600, 3000, 1200, 192, 6, 10000, 3600, 3000, 900, 600, 20, 40, True, roundtrip_utts=64, n_single=20,
+                   text_input="phonemes"),
 }
 
 
