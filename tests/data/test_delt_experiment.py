@@ -119,12 +119,11 @@ def test_late_mix_reads_the_last_tenth_of_the_order():
     assert late_mix(np.array([3]), {"corrupt": meta["corrupt"]}) == {"late_corruption": meta["corrupt"][3]}  # at least 1
 
 
-def test_scores_and_arm_seed_stages_resume(tmp_path, monkeypatch):
+def test_scores_and_arm_seed_stages_resume(tmp_path, count_calls):
     """The full budget's stages: the corpus scores (safetensors) and one JSON per arm x seed; a resumed run scores and
     trains nothing and reports the same; an arm x seed whose key went stale is retrained."""
-    import json
-
     from sherman.experiments import delt
+    from tests.conftest import make_stale
 
     st = tmp_path / "stages"
     first = delt.run("smoke", tmp_path / "a", stage_dir=st)
@@ -132,13 +131,9 @@ def test_scores_and_arm_seed_stages_resume(tmp_path, monkeypatch):
     assert plain["rows"] == first["rows"]
     names = sorted(p.name for p in (st / "smoke").iterdir())
     assert "scores.safetensors" in names and len(names) == 1 + len(delt.BUDGETS["smoke"].arms) * len(delt.BUDGETS["smoke"].seeds)
-    calls = []
-    real_arm, real_lqs = delt.run_arm, delt.score_lqs
-    monkeypatch.setattr(delt, "run_arm", lambda *a, **k: calls.append("arm") or real_arm(*a, **k))
-    monkeypatch.setattr(delt, "score_lqs", lambda *a, **k: calls.append("lqs") or real_lqs(*a, **k))
+    calls = count_calls(delt, {"run_arm": "arm", "score_lqs": "lqs"})
     second = delt.run("smoke", tmp_path / "b", stage_dir=st)
     assert calls == [] and second["rows"] == first["rows"]
-    path = st / "smoke" / "shuffle_seed1.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "key": "0" * 64}))
+    make_stale(st / "smoke" / "shuffle_seed1.json")
     third = delt.run("smoke", tmp_path / "c", stage_dir=st)
     assert calls == ["arm"] and third["rows"] == first["rows"]

@@ -150,7 +150,7 @@ def test_rspo_quick_budget_trim_keeps_what_makes_the_claim_testable():
     assert rspo.MIN_COLLAPSE_GAIN == 0.4 and rspo.MIN_TAIL_GAIN > 0
 
 
-def test_rspo_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
+def test_rspo_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, count_calls):
     """The full budget is built from stages (warm starts + one per arm x seed): a resumed run recomputes nothing and
     reports the same; a damaged or stale stage is recomputed, never used."""
     st = tmp_path / "stages"
@@ -160,10 +160,7 @@ def test_rspo_stages_are_stored_reused_and_recomputed_when_stale(tmp_path, monke
     files = sorted(p.name for p in (st / "smoke").iterdir())
     assert "warm_moe.safetensors" in files and "warm_dense.safetensors" in files and "moe_rspo_seed0.json" in files
     assert len(files) == 2 + len(rspo.arms(rspo.BUDGETS["smoke"])) * len(rspo.BUDGETS["smoke"]["seeds"])
-    calls = []
-    real_arm, real_warm = rspo.run_arm, rspo.warm_start_to_target
-    monkeypatch.setattr(rspo, "run_arm", lambda *a, **k: calls.append("arm") or real_arm(*a, **k))
-    monkeypatch.setattr(rspo, "warm_start_to_target", lambda *a, **k: calls.append("warm") or real_warm(*a, **k))
+    calls = count_calls(rspo, {"run_arm": "arm", "warm_start_to_target": "warm"})
     second = rspo.run("smoke", tmp_path / "b", stage_dir=st)
     assert calls == [] and second["rows"] == first["rows"]
     (st / "smoke" / "moe_gmpo_seed0.json").write_text("{truncated")  # unreadable: recomputed
