@@ -41,8 +41,9 @@ def run_one(name: str, budget: str, out_root: Path) -> dict:
         bad = [r.get("verdict") for r in res["rows"] if r.get("verdict") not in VERDICTS]
         if bad:
             raise ValueError(f"experiment {name}: row verdicts {bad} not in {VERDICTS}")
-        if res["rows"]:  # the experiment's verdict is the rule's combination of its rows (sherman.experiments.verdict)
-            res["verdict"] = overall([r["verdict"] for r in res["rows"]])
+        counted = [r["verdict"] for r in res["rows"] if r.get("counts", True)]  # `counts: False`: a precondition or an ablation of ours
+        if counted:  # the experiment's verdict is the rule's combination of its claim rows (sherman.experiments.verdict)
+            res["verdict"] = overall(counted)
     except Exception as e:  # noqa: BLE001 - a crash of one experiment must not stop the others
         tb = traceback.format_exc()
         (out_dir / "error.txt").write_text(tb)

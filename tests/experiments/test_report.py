@@ -71,3 +71,23 @@ def test_experiment_figures_fit_the_report_width():
                     assert kw.value.elts[0].value <= 13, f"{path.name}:{node.lineno}: figure {kw.value.elts[0].value} in wide"
                     checked += 1
     assert checked >= 5
+
+
+def test_runner_leaves_rows_marked_counts_false_out_of_the_verdict(tmp_path, monkeypatch):
+    """A precondition row (or an ablation of ours) is shown but not combined: one reproduced claim beside a failed
+    precondition row reads 'reproduced', as the experiment's own verdict does (rspo, planning, agentic6g)."""
+    import sys
+    import types
+
+    from sherman.experiments import EXPERIMENTS, runner
+
+    mod = types.ModuleType("fake_exp2")
+    mod.CLAIM = "claim"
+    rows = [{"claim": "precondition", "paper": "", "ours": "", "verdict": "not reproduced", "counts": False},
+            {"claim": "1", "paper": "", "ours": "", "verdict": "reproduced"}]
+    mod.run = lambda budget, out_dir: {"name": "fake2", "claim": "claim", "verdict": "reproduced", "rows": rows}
+    monkeypatch.setitem(sys.modules, "fake_exp2", mod)
+    monkeypatch.setitem(EXPERIMENTS, "fake2", "fake_exp2")
+    assert runner.reproduce(["fake2"], "smoke", tmp_path)[0]["verdict"] == "reproduced"
+    rows[0]["counts"] = True
+    assert runner.reproduce(["fake2"], "smoke", tmp_path)[0]["verdict"] == "partly"
