@@ -43,6 +43,11 @@ def test_planning_experiment_smoke(tmp_path, monkeypatch):
     assert all(r["verdict"] == "not testable here" and "not run here" in r["ours"] for r in rows[2:])
     steps = [h["step"] for h in runs["bw"][0]["arms"]["q_process"]]
     assert steps == [0, 2, 4] == list(range(0, BUDGETS["smoke"].arm_steps + 1, BUDGETS["smoke"].eval_every))
+    assert [r.get("counts", True) for r in res["rows"]] == [True] * 4 + [False]  # (5) is ours: not in the verdict
+    # the same stages computed in a pool of 2 spawned processes: the same results, in the same order
+    pooled = run("smoke", tmp_path.parent / "pooled", workers=1)
+    assert json.loads((tmp_path.parent / "pooled" / "results.json").read_text())["metrics"]["results"] == runs
+    assert pooled["rows"] == res["rows"] and torch.get_num_threads() == threads
 
 
 def test_plan_cli_smoke_and_bad_input(tmp_path, capsys):
