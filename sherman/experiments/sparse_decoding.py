@@ -64,7 +64,11 @@ extrapolation, not capacity: 20 steps x 4 sequences at 512-4K (26 CPU-s) lifted 
 One model seed (training it dominates the cost); the spread is over 3 gate seeds for Seer (Quest, oracle and dense
 are deterministic given the model; random takes the gate seed) and over sequences for ReSA.
 
-Run: `sherman reproduce sparse_decoding --budget quick`.
+Run: `sherman reproduce sparse_decoding --budget quick`. Stages (`run`): the LM, each gate, each evaluation length and
+the ReSA drift are stored under $SHERMAN_ARTIFACTS/sparse_decoding (default ~/.cache/sherman/sparse_decoding) with
+the prompt stream's state, so a run cut off by a session's end resumes with exactly the numbers of an unbroken run
+(the smoke budget's staged, resumed and unstaged runs are equal, and equal the code before staging, tested); the
+full budget in sessions: `SHERMAN_ARTIFACTS=stages sherman reproduce sparse_decoding --budget full`, repeated.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
 from sherman.core.tokenizer import CharTokenizer
 from sherman.core.train import SeqExample, TrainConfig, train
+from sherman.experiments import stages
 from sherman.experiments.delt import paired_ci, t975
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED, compare, reaches
@@ -341,13 +346,18 @@ def long_data(b: dict, tok: CharTokenizer, rng: random.Random) -> list[SeqExampl
     return data
 
 
+def build_model(b: dict, tok: CharTokenizer) -> Transformer:
+    """The retrieval model of budget `b`, freshly initialised from the global torch RNG."""
+    return Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b["dim"], n_layers=b["layers"], n_heads=4, n_kv_heads=2,
+                                   head_dim=b["head_dim"], ffn_dim=2 * b["dim"], max_seq_len=8192, rope_theta=b["rope_theta"]))
+
+
 def train_model(b: dict, tok: CharTokenizer, rng: random.Random, seed: int) -> tuple[Transformer, list[float], float]:
     """Train the retrieval model on `train_data` (one AdamW run, warm-up then cosine), then the long-context phase on
     `long_data` (a second, short AdamW run at the evaluation lengths)."""
     t0 = time.time()
     data = train_data(b, tok, rng)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=b["dim"], n_layers=b["layers"], n_heads=4, n_kv_heads=2,
-                                    head_dim=b["head_dim"], ffn_dim=2 * b["dim"], max_seq_len=8192, rope_theta=b["rope_theta"]))
+    model = build_model(b, tok)
     prog = progress(b["steps"] + b["long_steps"], "LM training steps (then gates and evaluation)")
     res = train(model, data, TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20),
                                          seed=seed, shuffle=False), callback=lambda step, row: prog.advance(seed=seed))
@@ -388,77 +398,167 @@ def resa_drift(model: Transformer, tok: CharTokenizer, b: dict, rng: random.Rand
     return drift, n_prefix, ids.shape[1] - n_prefix, rb
 
 
-def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
+def gate_one(model: Transformer, tok: CharTokenizer, b: dict, bs: int, gs: int) -> tuple[SeerGates, list[float]]:
+    """Seer gates for block size `bs`, gate seed `gs`, distilled on multi-query long sequences: (gates, KL per step)."""
+    torch.manual_seed(100 + gs)
+    g = SeerGates(SeerConfig.for_model(model, block_size=bs))
+    grng = random.Random(1000 * bs + gs)
+
+    def batches():
+        while True:
+            seqs = [query_sequence(tok, b["eval_pairs"], b["gate_len"], b["gate_len"] // 16, grng) for _ in range(b["gate_batch"])]
+            t = min(len(s.ids) for s in seqs)
+            yield torch.tensor([s.ids[:t] for s in seqs], dtype=torch.long)  # (B, T)
+
+    return g, train_gates(model, g, batches(), SeerTrainConfig(steps=b["gate_steps"], lr=3e-3, warmup=5))
+
+
+def eval_length(model: Transformer, gates: dict[int, list[SeerGates]], tok: CharTokenizer, b: dict, length: int, rng: random.Random,
+                gen: torch.Generator) -> tuple[dict, dict]:
+    """Attention recall and exact match at one context length for every method (dense prefill once per batch); draws
+    its prompts from `rng` and random selection's recall scores from `gen`. Returns (recall {method: {bs: ...}}, em)."""
+    ids, _ = eval_batch(tok, b["eval_pairs"], length, b["n_recall"], rng)
+    parts = [recall_at_query(model, gates, ids[i : i + 2, :-1], b["blocks"], gen) for i in range(0, len(ids), 2)]
+    recall = {m: {bs: np.mean([p[m][bs] for p in parts], axis=0).tolist() for bs in b["blocks"]} for m in METHODS}
+    methods: list[tuple[str, AttnContext | None]] = [("dense", None)]
+    for bs in b["blocks"]:
+        for i, gs in enumerate(b["gate_seeds"]):
+            methods.append((f"seer/bs{bs}/seed{gs}", sparse_ctx("seer", bs, gates=gates[bs][i])))
+            methods.append((f"random/bs{bs}/seed{gs}", sparse_ctx("random", bs, gen=torch.Generator().manual_seed(gs))))
+        methods += [(f"quest/bs{bs}", sparse_ctx("quest", bs)), (f"oracle/bs{bs}", sparse_ctx("oracle", bs))]
+    hits: dict[str, list[float]] = {name: [] for name, _ in methods}
+    for _ in range(0, b["n_eval"], b["eval_batch"]):
+        ids, _answers = eval_batch(tok, b["eval_pairs"], length, b["eval_batch"], rng)
+        n_prefix = ids.shape[1] - 3  # "?", the key and the value are decoded through the backend
+        cache, first = prefill(model, ids, n_prefix)
+        for name, attn in methods:
+            pred = decode_forced(model, cache, first, ids, n_prefix, attn)[:, -1].argmax(-1)  # (B,) predicted value
+            hits[name].extend((pred == ids[:, -1]).float().tolist())
+    return recall, {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+STAGE_FORMAT = 1
+_STAGE_CODE: str | None = None
+
+
+def stage_code_digest() -> str:
+    """sha256 over the functions that compute a stage and the attention / model / train modules they run (computed once
+    per process; this module's docstring and report code are not part of it, so a README-style edit keeps stages)."""
+    global _STAGE_CODE
+    if _STAGE_CODE is None:
+        import sys
+
+        from sherman.attention import resa, seer, sparse
+        from sherman.core import attention, decoder, generate, kv_cache, linear, model, train
+
+        fns = (haystack, query_sequence, copy_sequence, eval_batch, sparse_ctx, prefill, decode_forced, decode_forced_per_step, kl_rows,
+               recall_at_query, train_data, long_data, build_model, train_model, gate_one, eval_length, resa_drift, window_stats)
+        mods = {resa, seer, sparse, attention, decoder, generate, kv_cache, linear, model, train, sys.modules[CharTokenizer.__module__]}
+        _STAGE_CODE = stages.source_digest(fns, mods)
+    return _STAGE_CODE
+
+
+def _rng_state(state) -> tuple:
+    """A `random.Random` state from its JSON form (lists) or as given."""
+    return (state[0], tuple(state[1]), state[2])
+
+
+def run(budget: str, out_dir: Path, seed: int = 0, stage_dir: Path | None = None) -> dict:
+    """The LM, each Seer gate, each evaluation length and the ReSA drift are stages (`experiments/stages.py`), stored
+    under `stage_dir` (default `stage_root('sparse_decoding')`; none for the smoke budget) and reused when their key
+    matches. The prompts of every stage come from one `random.Random(seed)` stream (and random selection's recall
+    scores from one generator): each stage stores both states after it, and a reused stage restores them, so a staged,
+    resumed run draws exactly what an unstaged one does (tested). A stage's key chains the key of the stage before it."""
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    root = stage_dir if stage_dir is not None else (None if budget == "smoke" else stages.stage_root("sparse_decoding"))
+    base = Path(root) / budget / f"seed{seed}" if root is not None else None
     seed_everything(seed)
     rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
     tok = CharTokenizer(ALPHABET)
     t0 = time.time()
-    cpu = {"start": time.process_time()}  # CPU seconds of this process at the end of each stage (the idle-machine cost)
-    model, train_loss, train_s = train_model(b, tok, rng, seed)
-    cpu["lm"] = time.process_time()
-    print0(f"sparse_decoding: model trained in {train_s:.0f}s (final loss {train_loss[-1]:.3f})")
+    cpu_s: dict[str, float] = {}  # CPU seconds per stage (reused stages at their stored cost: the idle-machine cost)
 
-    # 1. Seer gates per block size and gate seed, distilled on multi-query long sequences
+    def key(prev: str, **body) -> str:
+        if base is None:
+            return ""
+        return stages.stage_key({"format": STAGE_FORMAT, "code": stage_code_digest(), "torch": torch.__version__, "budget": b,
+                                 "seed": seed, "prev": prev, **body})
+
+    def where(name: str, ext: str) -> Path | None:
+        return base / f"{name}.{ext}" if base is not None else None
+
+    # 0. the retrieval model (stage "lm")
+    def lm_compute() -> tuple[dict, dict]:
+        model, loss, secs = train_model(b, tok, rng, seed)
+        return model.state_dict(), {"train_loss": loss, "train_s": secs, "rng": rng.getstate()}
+
+    k_lm = key("", stage="lm")
+    state, extra, _ = stages.tensor_stage(where("lm", "safetensors"), k_lm, lm_compute, f"sparse_decoding LM seed {seed}")
+    model = build_model(b, tok)
+    model.load_state_dict(state)
+    model.eval()
+    rng.setstate(_rng_state(extra["rng"]))
+    train_loss, train_s, cpu_s["lm"] = [float(x) for x in extra["train_loss"]], float(extra["train_s"]), float(extra["cpu_s"])
+    print0(f"sparse_decoding: model ready ({train_s:.0f}s of training, final loss {train_loss[-1]:.3f})")
+
+    # 1. Seer gates per block size and gate seed (one stage each; they draw from their own streams)
     gates: dict[int, list[SeerGates]] = {}
     gate_kl: dict[str, list[float]] = {}
+    gate_keys = []
+    cpu_s["gates"] = 0.0
     for bs in b["blocks"]:
         gates[bs] = []
         for gs in b["gate_seeds"]:
-            torch.manual_seed(100 + gs)
+            def gate_compute(bs=bs, gs=gs) -> tuple[dict, dict]:
+                g, kl = gate_one(model, tok, b, bs, gs)
+                return g.state_dict(), {"kl": kl}
+
+            k_g = key(k_lm, stage="gate", block=bs, gate_seed=gs)
+            st, ex, _ = stages.tensor_stage(where(f"gate_bs{bs}_seed{gs}", "safetensors"), k_g, gate_compute, f"sparse_decoding gate bs {bs} seed {gs}")
             g = SeerGates(SeerConfig.for_model(model, block_size=bs))
-            grng = random.Random(1000 * bs + gs)
-
-            def batches(grng=grng):
-                while True:
-                    seqs = [query_sequence(tok, b["eval_pairs"], b["gate_len"], b["gate_len"] // 16, grng) for _ in range(b["gate_batch"])]
-                    t = min(len(s.ids) for s in seqs)
-                    yield torch.tensor([s.ids[:t] for s in seqs], dtype=torch.long)  # (B, T)
-
-            gate_kl[f"bs{bs}/seed{gs}"] = train_gates(model, g, batches(), SeerTrainConfig(steps=b["gate_steps"], lr=3e-3, warmup=5))
+            g.load_state_dict(st)
             gates[bs].append(g)
-    gate_s = time.time() - t0 - train_s
-    cpu["gates"] = time.process_time()
-    print0(f"sparse_decoding: {len(gate_kl)} Seer gates distilled in {gate_s:.0f}s")
+            gate_kl[f"bs{bs}/seed{gs}"] = [float(x) for x in ex["kl"]]
+            gate_keys.append(k_g)
+            cpu_s["gates"] += float(ex["cpu_s"])
+    print0(f"sparse_decoding: {len(gate_kl)} Seer gates ready ({cpu_s['gates']:.0f}s CPU)")
 
-    # 2-3. recall and exact match per context length, block size, method (dense prefill once per batch)
-    gen = torch.Generator().manual_seed(seed)
+    # 2-3. recall and exact match per context length (one stage each, chained: they share the prompt stream)
     recall: dict[int, dict] = {}
     em: dict[int, dict] = {}
+    prev = stages.stage_key({"gates": gate_keys}) if base is not None else ""
+    cpu_s["eval"] = 0.0
     for length in b["lens"]:
-        ids, _ = eval_batch(tok, b["eval_pairs"], length, b["n_recall"], rng)
-        parts = [recall_at_query(model, gates, ids[i : i + 2, :-1], b["blocks"], gen) for i in range(0, len(ids), 2)]
-        recall[length] = {m: {bs: np.mean([p[m][bs] for p in parts], axis=0).tolist() for bs in b["blocks"]} for m in METHODS}
-        methods: list[tuple[str, AttnContext | None]] = [("dense", None)]
-        for bs in b["blocks"]:
-            for i, gs in enumerate(b["gate_seeds"]):
-                methods.append((f"seer/bs{bs}/seed{gs}", sparse_ctx("seer", bs, gates=gates[bs][i])))
-                methods.append((f"random/bs{bs}/seed{gs}", sparse_ctx("random", bs, gen=torch.Generator().manual_seed(gs))))
-            methods += [(f"quest/bs{bs}", sparse_ctx("quest", bs)), (f"oracle/bs{bs}", sparse_ctx("oracle", bs))]
-        hits: dict[str, list[float]] = {name: [] for name, _ in methods}
-        for _ in range(0, b["n_eval"], b["eval_batch"]):
-            ids, _answers = eval_batch(tok, b["eval_pairs"], length, b["eval_batch"], rng)
-            n_prefix = ids.shape[1] - 3  # "?", the key and the value are decoded through the backend
-            cache, first = prefill(model, ids, n_prefix)
-            for name, attn in methods:
-                pred = decode_forced(model, cache, first, ids, n_prefix, attn)[:, -1].argmax(-1)  # (B,) predicted value
-                hits[name].extend((pred == ids[:, -1]).float().tolist())
-        em[length] = {k: float(np.mean(v)) for k, v in hits.items()}
+        def eval_compute(length=length) -> dict:
+            rec, hits = eval_length(model, gates, tok, b, length, rng, gen)
+            return {"recall": rec, "em": hits, "rng": rng.getstate(), "gen": gen.get_state().tolist()}
+
+        prev = key(prev, stage="eval", length=length)
+        r = stages.json_stage(where(f"eval_len{length}", "json"), prev, eval_compute, f"sparse_decoding eval length {length}")
+        res = r["result"]
+        recall[length] = {m: {int(bs): v for bs, v in d.items()} for m, d in res["recall"].items()}
+        em[length] = res["em"]
+        rng.setstate(_rng_state(res["rng"]))
+        gen.set_state(torch.tensor(res["gen"], dtype=torch.uint8))
+        cpu_s["eval"] += float(r["cpu_s"])
         print0(f"sparse_decoding: length {length}: dense EM {em[length]['dense']:.0%}, "
                + ", ".join(f"{m} {np.mean([v for k, v in em[length].items() if k.startswith(m)]):.0%}" for m in METHODS) + f" ({time.time() - t0:.0f}s)")
-    eval_s = time.time() - t0 - train_s - gate_s
-    cpu["eval"] = time.process_time()
 
-    # 4. ReSA drift over >= 1K decoded tokens
-    drift, n_prefix, n_gen, rb = resa_drift(model, tok, b, rng)
-    resa_s = time.time() - t0 - train_s - gate_s - eval_s
-    cpu["resa"] = time.process_time()
-    speed = speed_ratio() if b["speed"] else None
-    cpu["speed"] = time.process_time()
-    stages = list(cpu)
-    cpu_s = {name: cpu[name] - cpu[prev] for prev, name in zip(stages, stages[1:])}  # per stage
+    # 4. ReSA drift over >= 1K decoded tokens (a stage)
+    def resa_compute() -> dict:
+        drift, n_prefix, n_gen, rb = resa_drift(model, tok, b, rng)
+        return {"drift": drift, "n_prefix": n_prefix, "n_gen": n_gen, "block": rb}
+
+    r = stages.json_stage(where("resa", "json"), key(prev, stage="resa"), resa_compute, "sparse_decoding ReSA drift")
+    drift, n_prefix, n_gen, rb = r["result"]["drift"], r["result"]["n_prefix"], r["result"]["n_gen"], r["result"]["block"]
+    cpu_s["resa"] = float(r["cpu_s"])
+    c0 = time.process_time()
+    speed = speed_ratio() if b["speed"] else None  # a timing: measured in every run, never stored
+    cpu_s["speed"] = time.process_time() - c0
+    gate_s, eval_s, resa_s = cpu_s["gates"], cpu_s["eval"], cpu_s["resa"]
 
     rows, pre = claims(b, em, recall, drift)
     plots = make_plots(out_dir, b, em, recall, drift)
@@ -487,11 +587,11 @@ def run(budget: str, out_dir: Path, seed: int = 0) -> dict:
             f"{b['n_queries']} queries per sequence, {b['aux_frac']:.0%} copy sequences; RoPE base {b['rope_theta']:g}, head width {b['head_dim']}), "
             f"then {b['long_steps']} long-context steps x {b['long_batch']} sequences at {b['long_lens']} tokens ({b['long_pairs'][0]}-"
             f"{b['long_pairs'][1]} pairs, each queried once, lr {b['long_lr']:g}) in {train_s:.0f}s, final train loss {train_loss[-1]:.3f}. Seer gates: block sizes {b['blocks']}, gate seeds "
-            f"{b['gate_seeds']}, {b['gate_steps']} distillation steps x {b['gate_batch']} sequences of {b['gate_len']} tokens ({gate_s:.0f}s). "
+            f"{b['gate_seeds']}, {b['gate_steps']} distillation steps x {b['gate_batch']} sequences of {b['gate_len']} tokens ({gate_s:.0f}s CPU). "
             f"Evaluation: {b['eval_pairs']} pairs in contexts of {b['lens']} tokens, {b['n_eval']} prompts per length for exact match, "
-            f"{b['n_recall']} for recall; all sparse methods at {FRAC:.0%} of the complete blocks (at least 1) + the local block ({eval_s:.0f}s). "
+            f"{b['n_recall']} for recall; all sparse methods at {FRAC:.0%} of the complete blocks (at least 1) + the local block ({eval_s:.0f}s CPU). "
             f"ReSA: {b['resa_batch']} sequences, {n_prefix}-token prompt then {n_gen} decoded tokens, block {rb}, "
-            f"windows of {b['window']} ({resa_s:.0f}s). Preconditions: {pre}. Model seed {seed}, budget {budget}, total {time.time() - t0:.0f}s wall, "
+            f"windows of {b['window']} ({resa_s:.0f}s CPU). Preconditions: {pre}. Model seed {seed}, budget {budget}, total {time.time() - t0:.0f}s wall, "
             f"{sum(cpu_s.values()):.0f}s CPU ({', '.join(f'{k} {v:.0f}s' for k, v in cpu_s.items())})."
         ),
         "metrics": {"exact_match": {str(k): v for k, v in em.items()}, "recall": {str(k): {m: {str(bs): x for bs, x in d.items()} for m, d in v.items()}

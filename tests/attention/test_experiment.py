@@ -210,3 +210,26 @@ def test_window_stats_answer_positions_by_hand():
     assert w["kl_answer"] == [2.5, 3.5] and w["ppl"] == [1.0, 1.0]
     w = window_stats(kl[:, :3], torch.zeros(2, 3), mask[:, :3], 2)  # windows [0, 2), [2, 3); "last" = the last 2 positions
     assert w["start"] == [0, 2] and w["last_rows"] == [4.0, 3.0] and w["answer_last_rows"] == [3.0, 2.0]
+
+
+def test_sparse_decoding_stages_resume_to_the_unstaged_numbers(tmp_path, count_calls):
+    """Staged (LM, each gate, each length, ReSA) and resumed runs give exactly the unstaged run's numbers: each stage
+    stores the prompt stream's state after it and a reused one restores it. A resumed run trains and evaluates nothing;
+    a stale evaluation stage is recomputed from the restored stream, never reused, and gives the same numbers."""
+    import json
+
+    from sherman.experiments import sparse_decoding as sd
+    from tests.conftest import make_stale
+
+    def numbers(res):
+        m = dict(res["metrics"])
+        m.pop("cpu_s"), m.pop("speed")
+        return json.loads(json.dumps(m, sort_keys=True))
+
+    plain = numbers(sd.run("smoke", tmp_path / "plain"))
+    assert numbers(sd.run("smoke", tmp_path / "a", stage_dir=tmp_path / "st")) == plain
+    calls = count_calls(sd, {"train_model": "lm", "gate_one": "gate", "eval_length": "eval", "resa_drift": "resa"})
+    assert numbers(sd.run("smoke", tmp_path / "b", stage_dir=tmp_path / "st")) == plain and calls == []
+    make_stale(tmp_path / "st" / "smoke" / "seed0" / f"eval_len{sd.BUDGETS['smoke']['lens'][0]}.json")
+    assert numbers(sd.run("smoke", tmp_path / "c", stage_dir=tmp_path / "st")) == plain
+    assert calls == ["eval"]
