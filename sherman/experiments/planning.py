@@ -16,6 +16,8 @@ Run: `sherman reproduce planning --budget quick`. Cost measured at be975a4 (1 th
 ~0.11-0.16, so training (not evaluation: 0.4-0.8 s per RL-arm eval) dominates. To fit issue 16's bound (opo + rspo +
 planning quick within 45 min on an idle 2-core machine) the quick budget skips `pg_kl_small` (no takeaway reads it;
 its 6 runs cost 319 s CPU there), leaving ~1830 s CPU; the RL arms are evaluated on the train/test splits only.
+Measured at b6f4d43 on the near-idle Intel Xeon (C++ decode kernels, zero-advantage skip, stages in 2 processes): 505 s
+CPU, 280 s wall; `reproduce opo rspo planning --budget quick` 8m01s wall in all.
 The full budget runs every arm: estimated from the measured step and eval times ~3.6 h of CPU (5 seeds, SFT 1500 steps,
 arms 1000 steps, 200 pairs x 16 samples per eval). It is built from ten stages, one per task x seed (`stage`): each
 finished stage is stored as JSON (`stage_root()`, or $SHERMAN_ARTIFACTS/planning) under a key of its code, budget

@@ -40,7 +40,8 @@ Quick-budget trim (issue 16: `reproduce opo rspo planning --budget quick` within
 measured single-thread CPU per RL iteration of the 32-expert MoE is 0.65 s at 4 prompts x G=8 (2/3 of it in the four
 update passes), i.e. ~31 min for all 45 runs. The quick budget now samples 3 prompts x G=8 (24 rollouts per
 iteration, ~0.5 s) and skips the method arms when the precondition fails: estimated ~9 min of CPU when the
-precondition fails and ~23 min when it holds (opo ~7 min, planning ~13 min). Unchanged: 5 seeds, 60 iterations,
+precondition fails and ~23 min when it holds (estimates). Measured at b6f4d43 (near-idle Intel Xeon): rspo quick 128 s
+wall with the precondition failing, and `reproduce opo rspo planning --budget quick` 8m01s wall in all. Unchanged: 5 seeds, 60 iterations,
 32 experts top-4 over 3 layers, 4 optimizer steps per rollout batch, the dense twin and the collapse band.
 
 Verdicts go through `sherman.experiments.verdict`: "a is stabler than c" compares, paired by seed, the tail reward

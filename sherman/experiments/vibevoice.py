@@ -47,7 +47,7 @@ from sherman.speech.data import Corpus, CorpusConfig, build_corpus, make_dialogu
 from sherman.speech.diffusion import DiffusionConfig
 from sherman.speech.dsp import SAMPLE_RATE, log_mel, write_wav
 from sherman.speech.model import LMTrainConfig, VibeVoiceConfig, VibeVoiceLM, encode_utterances, prepare, train_lm
-from sherman.speech.synthesize import Bundle, SynthConfig, save_bundle, synthesize
+from sherman.speech.synthesize import Bundle, SynthConfig, save_bundle, synthesize, teacher_forced
 from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig, TokTrainConfig, train_acoustic, train_semantic
 
 CLAIM = (
@@ -213,7 +213,10 @@ def _verdicts(m: dict) -> list[dict]:
                  "paper": "WER 1.29-2.0% (podcast test sets)",
                  "ours": f"PER {m['eval/vibevoice/per']:.3f} vs real espeak audio {m['eval/gt/per']:.3f}"
                  + (f"; single-speaker held-out sentences {m['eval/single/vibevoice/per']:.3f} (real {m['eval/single/gt/per']:.3f}; issue targets "
-                    f"<= 0.35 single-speaker, <= 0.5 dialogues)" if "eval/single/vibevoice/per" in m else ""),
+                    f"<= 0.35 single-speaker, <= 0.5 dialogues)" if "eval/single/vibevoice/per" in m else "")
+                 + (f"; diagnostic, teacher-forced (each latent drawn given the real prefix) vs free-running PER: held-out sentences "
+                    f"{m['eval/single/teacher_forced/per']:.3f} vs {m['eval/single/vibevoice/per']:.3f}, training sentences "
+                    f"{m['eval/seen/teacher_forced/per']:.3f} vs {m['eval/seen/vibevoice/per']:.3f}" if "eval/seen/teacher_forced/per" in m else ""),
                  "verdict": by_per(d)})
     rows.append({"claim": "speaks in the prompted voice, one segment per line (turn accuracy >= 0.8 and speaker sim within 0.1 of real)",
                  "paper": "SIM 0.69 (WavLM)",
@@ -509,6 +512,15 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         outs = [synthesize(bund, [(0, u.text)], [pr], sc)[0] for u, pr in zip(single, single_prompts)]
         m[f"eval/single/{name}/per"] = metrics.per(single_refs, rec.recognize(outs)) if all(len(o) for o in outs) else 1.0
     m["eval/single/gt/per"] = metrics.per(single_refs, rec.recognize([u.audio for u in single]))
+    # diagnostic: the same held-out sentences and as many training sentences, teacher-forced (each latent drawn given
+    # the real prefix) beside free-running; a low teacher-forced PER under a high free-running one is exposure bias
+    seen = corpus.train[: b.n_single]
+    seen_prompts = [rng.choice([x for x in corpus.train if x.speaker == u.speaker and x is not u]).audio for u in seen]
+    seen_refs = [[pid[p] for p in u.phonemes] for u in seen]
+    for split, utts, prs, refs_ in (("single", single, single_prompts, single_refs), ("seen", seen, seen_prompts, seen_refs)):
+        tf = [teacher_forced(bundle, u.text, pr, u.audio, sc) for u, pr in zip(utts, prs)]
+        m[f"eval/{split}/teacher_forced/per"] = metrics.per(refs_, rec.recognize(tf))
+    m["eval/seen/vibevoice/per"] = metrics.per(seen_refs, rec.recognize([synthesize(bundle, [(0, u.text)], [pr], sc)[0] for u, pr in zip(seen, seen_prompts)]))
     times["eval_s"] = time.time() - t
     if b.sweep:
         t = time.time()

@@ -29,7 +29,7 @@ import torch
 from sherman.core.common import ShermanError
 from sherman.speech.data import parse_script
 from sherman.speech.dsp import SAMPLE_RATE, loudness_normalize, read_wav, resample, trim_silence
-from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, turn_header
+from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, build_sequence, turn_header
 from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig
 
 
@@ -225,3 +225,24 @@ def synthesize(b: Bundle, script: str | list[tuple[int, str]], voices: list[np.n
         spans[ti][1] = n
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return audio.astype(np.float32), [(s, e) for s, e in spans]
+
+
+@torch.no_grad()
+def teacher_forced(b: Bundle, text: str, voice: np.ndarray, audio: np.ndarray, cfg: SynthConfig | None = None) -> np.ndarray:
+    """Diagnostic: one line spoken by `voice`, each speech latent drawn from the head given the TRUE prefix (the real
+    utterance `audio`'s latents and semantic features before it, one full forward), decoded offline to `len(audio)`
+    samples. Its PER beside free-running `synthesize` separates what the LM models per frame from what goes wrong
+    when it feeds on its own output (exposure bias). Guidance is off (the negative branch is not built): cfg_scale 1."""
+    cfg = cfg or SynthConfig()
+    lm, hop = b.lm, b.acoustic.cfg.hop
+    n = math.ceil(len(audio) / hop)
+    x = torch.zeros(1, n * hop)
+    x[0, : len(audio)] = torch.from_numpy(audio)
+    lat, sem = lm.norm_lat(b.acoustic.encode(x)[0]), lm.norm_sem(b.semantic.encode(x)[0])  # (n, latent_dim), (n, semantic_dim)
+    seq = build_sequence(lm.tok, [voice_prompt(b, voice)], [(0, lm.script_text(text))], [(lat, sem)])
+    emb, ids = lm.embed([seq])
+    hidden = lm.lm(None, embeds=emb).hidden  # (1, L, C)
+    target = torch.tensor(seq.diff, dtype=torch.bool)[None]  # (1, L)
+    cond = hidden[:, :-1][target[:, 1:]]  # (n, C): the state before each target latent
+    z = lm.head.sample(cond, None, cfg_scale=1.0, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))  # (n, latent_dim)
+    return b.acoustic.decode(lm.denorm_lat(z)[None])[0].numpy()[: len(audio)]

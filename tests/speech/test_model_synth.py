@@ -212,3 +212,20 @@ def test_lm_schedule_follows_the_budget_fraction_by_hand():
     assert lm_lr(cfg, 50, 0.5) == pytest.approx(1e-3 * 0.55)  # halfway: 0.1 + 0.9 * 0.5
     assert lm_lr(cfg, 99, 1.0) == pytest.approx(1e-4)  # the end of the budget: 10% of the peak
     assert [curriculum_turns(cfg, f) for f in (0.0, 0.29, 0.3, 0.99, 1.0)] == [1, 1, 3, 3, 3]
+
+
+def test_teacher_forced_draws_each_latent_from_the_true_prefix():
+    """`teacher_forced`: output as long as the real utterance, seeded; the first latent's state is the turn header
+    alone (no speech before it), so two utterances of equal length share their first decoded frame, and later frames
+    follow each utterance's own latents."""
+    from sherman.speech.synthesize import teacher_forced
+
+    b, _ = _tiny_bundle()
+    utts = _fake_utts()
+    voice, a1, a2 = utts[0].audio, utts[1].audio, utts[-1].audio
+    assert len(a1) == len(a2)
+    hop = b.acoustic.cfg.hop
+    out1 = teacher_forced(b, "word 1", voice, a1, SynthConfig(steps=2))
+    out2 = teacher_forced(b, "word 1", voice, a2, SynthConfig(steps=2))
+    assert out1.shape == a1.shape and np.array_equal(out1, teacher_forced(b, "word 1", voice, a1, SynthConfig(steps=2)))
+    assert np.allclose(out1[:hop], out2[:hop], atol=1e-6) and not np.allclose(out1[hop:], out2[hop:], atol=1e-4)
