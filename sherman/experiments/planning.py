@@ -487,7 +487,7 @@ def report(results: dict[str, list[dict]], budget: str, out_dir: Path, wall: flo
     b = BUDGETS[budget]
     rows = takeaways(results)
     plots = plot(results, out_dir)
-    verdict = V.overall([r["verdict"] for r in rows if r.get("counts", True)])  # not row (5), our ablation (`OURS_ONLY`)
+    verdict = V.overall(V.counted(rows))  # not row (5), our ablation (`OURS_ONLY`)
     info = {task: runs[0]["data"] for task, runs in results.items()}
     notes = (
         f"Budget {budget}, {b.seeds} seed(s), {wall:.0f}s wall, {cpu:.0f}s cpu"

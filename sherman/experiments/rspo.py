@@ -396,7 +396,7 @@ def _run(budget: str, out_dir: Path, root: Path | None = None) -> dict:
             "verdict": V.overall([v for v, _ in controls]),
         },
     ]
-    overall = V.overall([r["verdict"] for r in rows if r.get("counts", True)])  # the precondition row is not a claim of its own
+    overall = V.overall(V.counted(rows))  # the precondition row is not a claim of its own
     plot_curves({a: [r["reward_curve"] for r in runs] for a, runs in results.items()}, None, out_dir / "rspo_reward.png",
                 f"off-policy RL, MoE {b['n_experts']}e top-{b['top_k']} x {b['n_layers']} layers vs dense twin; band min..max", "rollout reward",
                 "RL iteration")  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from sherman.core.config import Alias, Positional, parse
 from sherman.core.errors import ShermanError
 from sherman.experiments import EXPERIMENTS
-from sherman.experiments.verdict import VERDICTS, overall
+from sherman.experiments.verdict import VERDICTS, counted, overall
 
 REQUIRED_KEYS = ("name", "claim", "verdict", "rows")
 
@@ -41,9 +41,9 @@ def run_one(name: str, budget: str, out_root: Path) -> dict:
         bad = [r.get("verdict") for r in res["rows"] if r.get("verdict") not in VERDICTS]
         if bad:
             raise ValueError(f"experiment {name}: row verdicts {bad} not in {VERDICTS}")
-        counted = [r["verdict"] for r in res["rows"] if r.get("counts", True)]  # `counts: False`: a precondition or an ablation of ours
-        if counted:  # the experiment's verdict is the rule's combination of its claim rows (sherman.experiments.verdict)
-            res["verdict"] = overall(counted)
+        claims = counted(res["rows"])
+        if claims:  # the experiment's verdict is the rule's combination of its claim rows (sherman.experiments.verdict)
+            res["verdict"] = overall(claims)
     except Exception as e:  # noqa: BLE001 - a crash of one experiment must not stop the others
         tb = traceback.format_exc()
         (out_dir / "error.txt").write_text(tb)

@@ -134,3 +134,9 @@ def overall(verdicts: Sequence[str | Verdict]) -> str:
     if not any(v in (REPRODUCED, PARTLY) for v in vs):
         return NOT_REPRODUCED
     return PARTLY
+
+
+def counted(rows: Sequence[dict]) -> list[str]:
+    """The verdicts of an experiment's claim rows: every row but those marked `counts: False` (a precondition, or an
+    ablation of ours that is not a claim of the paper), which a report shows but no verdict combines."""
+    return [r["verdict"] for r in rows if r.get("counts", True)]
