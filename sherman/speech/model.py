@@ -103,6 +103,13 @@ class VibeVoiceConfig:
     'phonemes' (IPA from espeak-ng en-us, `data.text_to_ipa`: no spelling to learn, so fewer steps to intelligibility)."""
     phoneme_symbols: str = IPA_SYMBOLS
     """With text_input='phonemes': the IPA symbols added to the text tokenizer (an unknown one is a clear error)."""
+    align_weight: float = 0.0
+    """Weight of the alignment auxiliary (ours, not the paper's; `speech/align.py`): from the hidden state that conditions
+    the latent of frame f, a linear head predicts the multi-hot of the phonemes spoken in frame f (binary cross-entropy,
+    targets from CTC forced alignment of the reference phonemes). 0 = off (the paper). Training only: synthesis never
+    reads the head."""
+    align_classes: int = 0
+    """Phoneme inventory size of the alignment targets (required when align_weight > 0)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
@@ -111,6 +118,8 @@ class VibeVoiceConfig:
             raise ShermanError(f"head must be 'diffusion' or 'regression', got {self.head!r}")
         if self.text_input not in ("chars", "phonemes"):
             raise ShermanError(f"text_input must be 'chars' or 'phonemes', got {self.text_input!r}")
+        if self.align_weight < 0 or (self.align_weight > 0 and self.align_classes < 1):
+            raise ShermanError(f"align_weight must be >= 0 and needs align_classes >= 1, got {self.align_weight} / {self.align_classes}")
         self.diffusion.latent_dim, self.diffusion.cond_dim = self.latent_dim, self.dim
 
     def to_dict(self) -> dict:
@@ -136,6 +145,8 @@ class Seq:
     """1 where the position's latent is a diffusion target (predicted from the previous hidden state)."""
     ce: list[int] = field(default_factory=list)
     """1 where the token is a control-token CE target (predicted from the previous hidden state)."""
+    align: list[torch.Tensor | None] = field(default_factory=list)
+    """Per speech position: multi-hot (align_classes,) of the phonemes spoken in that frame, or None (no target)."""
 
     def add_text(self, tok: CharTokenizer, text: str, ce: bool = False) -> None:
         ids = tok.encode(text)
@@ -143,14 +154,15 @@ class Seq:
         self.diff += [0] * len(ids)
         self.ce += [int(ce)] * len(ids)
 
-    def add_speech(self, tok: CharTokenizer, lat: torch.Tensor, sem: torch.Tensor, target: bool) -> None:
-        """lat (n, latent_dim), sem (n, semantic_dim): n placeholder positions."""
+    def add_speech(self, tok: CharTokenizer, lat: torch.Tensor, sem: torch.Tensor, target: bool, align: torch.Tensor | None = None) -> None:
+        """lat (n, latent_dim), sem (n, semantic_dim), align (n, align_classes) or None: n placeholder positions."""
         p = tok.token_id("<speech_diffusion>")
         for i in range(lat.shape[0]):
             self.speech.append(len(self.ids))
             self.ids.append(p)
             self.latents.append(lat[i])
             self.semantic.append(sem[i])
+            self.align.append(None if align is None else align[i])
             self.diff.append(int(target))
             self.ce.append(int(target))
 
@@ -178,14 +190,15 @@ def turn_header(k: int, negative: bool = False) -> str:
     return "<speech_start>" if negative else f"Speaker {k}:<speech_start>"
 
 
-def build_sequence(tok: CharTokenizer, voices, turns: list[tuple[int, str]], outputs: list[tuple[torch.Tensor, torch.Tensor]],
+def build_sequence(tok: CharTokenizer, voices, turns: list[tuple[int, str]], outputs: list[tuple[torch.Tensor, ...]],
                    negative: bool = False) -> Seq:
-    """A full training sequence: prefix, then each turn's speech (diffusion + CE targets), then <eos>."""
+    """A full training sequence: prefix, then each turn's speech (diffusion + CE targets), then <eos>. An output is
+    (latents, semantic) or (latents, semantic, alignment multi-hot); the negative branch (no script) keeps no alignment."""
     assert len(outputs) == len(turns), "one output segment per script line"
     seq = build_prefix(tok, voices, turns, negative)
-    for (k, _), (lat, sem) in zip(turns, outputs):
+    for (k, _), (lat, sem, *al) in zip(turns, outputs):
         seq.add_text(tok, turn_header(k, negative))
-        seq.add_speech(tok, lat, sem, target=True)
+        seq.add_speech(tok, lat, sem, target=True, align=al[0] if al and not negative else None)
         seq.add_text(tok, "<speech_end>", ce=True)
     seq.add_text(tok, "<eos>", ce=True)
     return seq
@@ -222,6 +235,8 @@ class VibeVoiceLM(nn.Module):
         self.acoustic_connector = Connector(cfg.latent_dim, cfg.dim)
         self.semantic_connector = Connector(cfg.semantic_dim, cfg.dim)
         self.head = DiffusionHead(cfg.diffusion) if cfg.head == "diffusion" else RegressionHead(cfg.diffusion)
+        if cfg.align_weight > 0:
+            self.align_head = nn.Linear(cfg.dim, cfg.align_classes)
         # latent normalisation (VibeVoice scales latents to unit variance): set by `set_stats`
         self.register_buffer("lat_mean", torch.zeros(cfg.latent_dim))
         self.register_buffer("lat_std", torch.ones(cfg.latent_dim))
@@ -295,7 +310,16 @@ class VibeVoiceLM(nn.Module):
         x0 = torch.stack(tgt)  # (N_diff, latent_dim)
         dl = self.head.loss(x0, cond, generator)
         total = ce + self.cfg.diff_weight * dl
-        return total, {"loss/ce": ce.item(), "loss/latent": dl.item()}
+        parts = {"loss/ce": ce.item(), "loss/latent": dl.item()}
+        if self.cfg.align_weight > 0:
+            al = [a for s in seqs for i, a in zip(s.speech, s.align) if s.diff[i]]  # same order as x0
+            keep = torch.tensor([a is not None for a in al])  # (N_diff,)
+            if keep.any():
+                target = torch.stack([a for a in al if a is not None])  # (N_align, align_classes)
+                bce = F.binary_cross_entropy_with_logits(self.align_head(cond[keep]).float(), target)
+                total = total + self.cfg.align_weight * bce
+                parts["loss/align"] = bce.item()
+        return total, parts
 
 
 # ---------------------------------------------------------------- data for the LM
@@ -311,6 +335,8 @@ class EncodedUtt:
     """Frames covering the speech itself (ceil(len / hop))."""
     speaker: int
     text: str
+    align: torch.Tensor | None = None
+    """(n + max_gap, align_classes) multi-hot of the phonemes in each frame (gap frames empty), or None."""
 
 
 @torch.no_grad()
@@ -329,13 +355,22 @@ def encode_utterances(utts: list[Utterance], acoustic, semantic, max_gap_frames:
     return out
 
 
-def prepare(model: VibeVoiceLM, utts: list[Utterance], raw: list[tuple[torch.Tensor, torch.Tensor, int]], fit_stats: bool) -> list[EncodedUtt]:
-    """Normalize encoded utterances (fitting the model's latent statistics on them when `fit_stats`)."""
+def prepare(model: VibeVoiceLM, utts: list[Utterance], raw: list[tuple[torch.Tensor, torch.Tensor, int]], fit_stats: bool,
+            aligns: list[np.ndarray] | None = None) -> list[EncodedUtt]:
+    """Normalize encoded utterances (fitting the model's latent statistics on them when `fit_stats`). `aligns`: per
+    utterance the (n, align_classes) frame multi-hot of `align.align_corpus`, padded here with empty gap frames."""
     if fit_stats:
         model.set_stats(torch.cat([r[0] for r in raw]), torch.cat([r[1] for r in raw]))
+    out = []
     with torch.no_grad():
-        texts = [model.script_text(u.text) if model.cfg.text_input == "phonemes" else u.text for u in utts]
-        return [EncodedUtt(model.norm_lat(a), model.norm_sem(s), n, u.speaker, t) for u, t, (a, s, n) in zip(utts, texts, raw)]
+        for j, (u, (a, s, n)) in enumerate(zip(utts, raw)):
+            t = model.script_text(u.text) if model.cfg.text_input == "phonemes" else u.text
+            al = None
+            if aligns is not None:
+                al = torch.zeros(a.shape[0], aligns[j].shape[1])
+                al[:n] = torch.from_numpy(aligns[j][:n])
+            out.append(EncodedUtt(model.norm_lat(a), model.norm_sem(s), n, u.speaker, t, al))
+    return out
 
 
 def sample_sequence(model: VibeVoiceLM, enc: list[EncodedUtt], rng: random.Random, max_turns: int, negative: bool = False) -> Seq:
@@ -360,7 +395,7 @@ def sample_sequence(model: VibeVoiceLM, enc: list[EncodedUtt], rng: random.Rando
         e = enc[i]
         g = rng.randint(1, cfg.max_gap_frames)
         turns.append((t % n_spk, e.text))
-        outputs.append((e.lat[: e.n + g], e.sem[: e.n + g]))
+        outputs.append((e.lat[: e.n + g], e.sem[: e.n + g]) + (() if e.align is None else (e.align[: e.n + g],)))
     return build_sequence(model.tok, voices, turns, outputs, negative=negative)
 
 
