@@ -42,19 +42,21 @@ from sherman.core.common import print0, seed_everything
 from sherman.core.progress import current_experiment
 from sherman.experiments.runner import dump_results
 from sherman.experiments.verdict import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, compare, overall, reaches
+from sherman.speech import align as speech_align
 from sherman.speech import augment as speech_augment
 from sherman.speech import diffusion as speech_diffusion
 from sherman.speech import dsp as speech_dsp
 from sherman.speech import metrics
 from sherman.speech import model as speech_model
 from sherman.speech import tokenizer as speech_tokenizer
+from sherman.speech.align import align_corpus
 from sherman.speech.artifacts import Artifact, artifact_root, cached, code_digest, data_digest
 from sherman.speech.augment import AugmentConfig, calibration_table, format_calibration, tokenizer_roundtrips
 from sherman.speech.data import Corpus, CorpusConfig, build_corpus, make_dialogues
 from sherman.speech.diffusion import DiffusionConfig
 from sherman.speech.dsp import SAMPLE_RATE, log_mel, write_wav
 from sherman.speech.model import LMTrainConfig, VibeVoiceConfig, VibeVoiceLM, encode_utterances, prepare, train_lm
-from sherman.speech.synthesize import Bundle, SynthConfig, save_bundle, synthesize, teacher_forced
+from sherman.speech.synthesize import Bundle, SynthConfig, save_bundle, script_reliance, synthesize, teacher_forced
 from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig, TokTrainConfig, train_acoustic, train_semantic
 
 CLAIM = (
@@ -109,6 +111,11 @@ class Budget:
     'conv' mirror at the same 150 CPU s, 2-frame crops) or 'conv'."""
     tok_latent_dim: int = 16
     """Latent channels per 7.5 Hz frame of the acoustic tokenizer (the paper: 64)."""
+    align_weight: float = 0.0
+    """`VibeVoiceConfig.align_weight` of both LMs: the alignment auxiliary (ours; `speech/align.py`), 0 = off (the paper)."""
+    aligner_steps: int = 1200
+    """CTC steps of the forced aligner that makes the alignment targets (a recognizer of its own, seed 7, no
+    augmentation, on the training audio; never the evaluation recognizer)."""
 
 
 BUDGETS = {
@@ -223,7 +230,10 @@ def _verdicts(m: dict) -> list[dict]:
                     f"<= 0.35 single-speaker, <= 0.5 dialogues)" if "eval/single/vibevoice/per" in m else "")
                  + (f"; diagnostic, teacher-forced (each latent drawn given the real prefix) vs free-running PER: held-out sentences "
                     f"{m['eval/single/teacher_forced/per']:.3f} vs {m['eval/single/vibevoice/per']:.3f}, training sentences "
-                    f"{m['eval/seen/teacher_forced/per']:.3f} vs {m['eval/seen/vibevoice/per']:.3f}" if "eval/seen/teacher_forced/per" in m else ""),
+                    f"{m['eval/seen/teacher_forced/per']:.3f} vs {m['eval/seen/vibevoice/per']:.3f}" if "eval/seen/teacher_forced/per" in m else "")
+                 + (f"; does the LM read the script? teacher-forced latent MSE with the right vs a swapped line: held-out "
+                    f"{m['eval/single/tf_mse/right']:.3f} vs {m['eval/single/tf_mse/swapped']:.3f}, training sentences "
+                    f"{m['eval/seen/tf_mse/right']:.3f} vs {m['eval/seen/tf_mse/swapped']:.3f}" if "eval/seen/tf_mse/right" in m else ""),
                  "verdict": by_per(d)})
     rows.append({"claim": "speaks in the prompted voice, one segment per line (turn accuracy >= 0.8 and speaker sim within 0.1 of real)",
                  "paper": "SIM 0.69 (WavLM)",
@@ -344,20 +354,29 @@ def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Art
     ac, sc = tokenizers
     vcfg = VibeVoiceConfig(dim=b.lm_dim, n_layers=b.lm_layers, n_heads=4, n_kv_heads=2, ffn_dim=int(2.7 * b.lm_dim), head=head,
                            latent_dim=ac.cfg.latent_dim, semantic_dim=sc.cfg.latent_dim, diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4),
-                           text_input=b.text_input)
+                           text_input=b.text_input, align_weight=b.align_weight, align_classes=len(data.inventory) if b.align_weight > 0 else 0)
     train_cfg = LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s)
 
     def train() -> tuple[dict, dict]:
         if not raw:
             raw.append(encode_utterances(data.corpus.train, ac, sc, 3))
+        extra = {}
+        if b.align_weight > 0:
+            if len(raw) < 2:  # the forced alignments, shared by both LMs
+                t0 = time.process_time()
+                aligner, hist = metrics.train_recognizer(data.train_audio, data.train_ph, len(data.inventory), b.aligner_steps, seed=7)
+                raw.append(align_corpus(aligner, data.train_audio, data.train_ph, [r[2] for r in raw[0]], ac.cfg.hop))
+                raw.append({"aligner_ctc_last": float(np.mean(hist[-20:])), "aligner_cpu_s": time.process_time() - t0})
+            extra = raw[2]
         lm = VibeVoiceLM(vcfg)
-        enc = prepare(lm, data.corpus.train, raw[0], fit_stats=True)
+        enc = prepare(lm, data.corpus.train, raw[0], fit_stats=True, aligns=raw[1] if b.align_weight > 0 else None)
         torch.manual_seed(0)
-        return lm.state_dict(), {"history": train_lm(lm, enc, train_cfg)}
+        return lm.state_dict(), {"history": train_lm(lm, enc, train_cfg), **extra}
 
     labels = {"texts": [u.text for u in data.corpus.train], "speakers": [u.speaker for u in data.corpus.train]}
     config = {"lm": vcfg.to_dict(), "train": train_cfg, "acoustic": acoustic.manifest["hash"], "semantic": semantic.manifest["hash"], "gap_frames": 3,
-              "code": code_digest(speech_model, speech_diffusion, core_model)}
+              "code": code_digest(speech_model, speech_diffusion, core_model),
+              **({"aligner_steps": b.aligner_steps, "aligner_code": code_digest(speech_align, metrics)} if b.align_weight > 0 else {})}
     art = cached(cache_dir, f"lm_{head}", config, data_digest(data.train_audio, labels), train, check=lambda st: VibeVoiceLM(vcfg).load_state_dict(st))
     lm = VibeVoiceLM(vcfg)
     lm.load_state_dict(art.state)
@@ -527,6 +546,11 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     for split, utts, prs, refs_ in (("single", single, single_prompts, single_refs), ("seen", seen, seen_prompts, seen_refs)):
         tf = [teacher_forced(bundle, u.text, pr, u.audio, sc) for u, pr in zip(utts, prs)]
         m[f"eval/{split}/teacher_forced/per"] = metrics.per(refs_, rec.recognize(tf))
+        # does the LM read the script? teacher-forced latent error with the right line vs a line of the other split
+        # (never the same sentence: the held-out split is by sentence hash)
+        others = seen if split == "single" else single
+        rel = np.array([script_reliance(bundle, u.text, others[i % len(others)].text, pr, u.audio, sc) for i, (u, pr) in enumerate(zip(utts, prs))])
+        m[f"eval/{split}/tf_mse/right"], m[f"eval/{split}/tf_mse/swapped"] = float(rel[:, 0].mean()), float(rel[:, 1].mean())
     m["eval/seen/vibevoice/per"] = metrics.per(seen_refs, rec.recognize([synthesize(bundle, [(0, u.text)], [pr], sc)[0] for u, pr in zip(seen, seen_prompts)]))
     times["eval_s"] = time.time() - t
     if b.sweep:

@@ -228,12 +228,8 @@ def synthesize(b: Bundle, script: str | list[tuple[int, str]], voices: list[np.n
 
 
 @torch.no_grad()
-def teacher_forced(b: Bundle, text: str, voice: np.ndarray, audio: np.ndarray, cfg: SynthConfig | None = None) -> np.ndarray:
-    """Diagnostic: one line spoken by `voice`, each speech latent drawn from the head given the TRUE prefix (the real
-    utterance `audio`'s latents and semantic features before it, one full forward), decoded offline to `len(audio)`
-    samples. Its PER beside free-running `synthesize` separates what the LM models per frame from what goes wrong
-    when it feeds on its own output (exposure bias). Guidance is off (the negative branch is not built): cfg_scale 1."""
-    cfg = cfg or SynthConfig()
+def _teacher_forced_latents(b: Bundle, text: str, voice: np.ndarray, audio: np.ndarray, cfg: SynthConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents drawn given the real prefix (one full forward, guidance off) and the real latents: both (n, latent_dim), normalized."""
     lm, hop = b.lm, b.acoustic.cfg.hop
     n = math.ceil(len(audio) / hop)
     x = torch.zeros(1, n * hop)
@@ -245,4 +241,25 @@ def teacher_forced(b: Bundle, text: str, voice: np.ndarray, audio: np.ndarray, c
     target = torch.tensor(seq.diff, dtype=torch.bool)[None]  # (1, L)
     cond = hidden[:, :-1][target[:, 1:]]  # (n, C): the state before each target latent
     z = lm.head.sample(cond, None, cfg_scale=1.0, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))  # (n, latent_dim)
-    return b.acoustic.decode(lm.denorm_lat(z)[None])[0].numpy()[: len(audio)]
+    return z, lat
+
+
+@torch.no_grad()
+def teacher_forced(b: Bundle, text: str, voice: np.ndarray, audio: np.ndarray, cfg: SynthConfig | None = None) -> np.ndarray:
+    """Diagnostic: one line spoken by `voice`, each speech latent drawn from the head given the TRUE prefix (the real
+    utterance `audio`'s latents and semantic features before it, one full forward), decoded offline to `len(audio)`
+    samples. Its PER beside free-running `synthesize` separates what the LM models per frame from what goes wrong
+    when it feeds on its own output (exposure bias). Guidance is off (the negative branch is not built): cfg_scale 1."""
+    z, _ = _teacher_forced_latents(b, text, voice, audio, cfg or SynthConfig())
+    return b.acoustic.decode(b.lm.denorm_lat(z)[None])[0].numpy()[: len(audio)]
+
+
+@torch.no_grad()
+def script_reliance(b: Bundle, text: str, other_text: str, voice: np.ndarray, audio: np.ndarray, cfg: SynthConfig | None = None) -> tuple[float, float]:
+    """Diagnostic: mean squared error (normalized latent units) of teacher-forced latents against the real ones, given
+    the right script line `text` and given another line `other_text` (same audio prefix, same noise). Equal errors
+    mean the LM predicts speech from the speech before it and does not read the script."""
+    cfg = cfg or SynthConfig()
+    right, lat = _teacher_forced_latents(b, text, voice, audio, cfg)
+    wrong, _ = _teacher_forced_latents(b, other_text, voice, audio, cfg)
+    return float(((right - lat) ** 2).mean()), float(((wrong - lat) ** 2).mean())

@@ -46,12 +46,39 @@ def test_vibevoice_smoke_trains_and_writes_24khz_wavs(tmp_path, monkeypatch, cap
     for name in ("gt", "vibevoice", "regression"):
         assert m[f"eval/single/{name}/per"] >= 0.0
     assert "single-speaker" in res["rows"][3]["ours"]
+    for split in ("single", "seen"):  # the script-reliance diagnostic
+        assert m[f"eval/{split}/tf_mse/right"] >= 0.0 and m[f"eval/{split}/tf_mse/swapped"] >= 0.0
+    assert "swapped line" in res["rows"][3]["ours"]
     assert m["cache/evaluators_reused"] == 0.0 and (stage_dirs("smoke", root)["evaluators"] / "manifest.json").is_file()
     # a second run reuses every stage, the evaluators included, and measures the same numbers
     again = run("smoke", tmp_path / "again")["metrics"]
     assert all(again[f"cache/{k}_reused"] == 1.0 for k in ("acoustic", "semantic", "lm_diffusion", "lm_regression", "evaluators"))
     for k in ("calib/ground_truth/per", "calib/roundtrip_final/per", "eval/gt/per", "eval/gt/spk_sim", "eval/vibevoice/per"):
         assert again[k] == m[k], k
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
+def test_vibevoice_lm_stage_trains_the_alignment_auxiliary(tmp_path):
+    """With `align_weight` the LM stage trains a forced aligner once for both LMs, its LMs carry the alignment head,
+    the aligner's settings are part of the stage key, and the loss history records the auxiliary."""
+    from dataclasses import replace
+
+    from sherman.experiments import vibevoice as V
+
+    b = replace(V.BUDGETS["smoke"], align_weight=1.0, aligner_steps=3)
+    data = V.load_data(b)
+    dirs = V.stage_dirs("smoke", tmp_path)
+    ac, _, _, ac_art = V.acoustic_stage(b, data, dirs["acoustic"])
+    sc, _, sc_art = V.semantic_stage(b, data, dirs["semantic"])
+    raw: list = []
+    lm, hist, art = V.lm_stage(b, data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], raw)
+    assert hasattr(lm, "align_head") and lm.align_head.out_features == len(data.inventory)
+    assert all("loss/align" in h for h in hist) and art.extra["aligner_cpu_s"] > 0
+    assert len(raw[1]) == len(data.train_audio) and all(a.shape[1] == len(data.inventory) for a in raw[1])
+    _, _, reg = V.lm_stage(b, data, "regression", ac_art, sc_art, (ac, sc), dirs["lm_regression"], raw)
+    assert reg.extra["aligner_cpu_s"] == art.extra["aligner_cpu_s"]  # one aligner for both LMs
+    off = V.lm_stage(replace(b, align_weight=0.0), data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], raw)
+    assert off[2].status != "reused" and not hasattr(off[0], "align_head")  # a different key: retrained
 
 
 def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):

@@ -229,3 +229,20 @@ def test_teacher_forced_draws_each_latent_from_the_true_prefix():
     out2 = teacher_forced(b, "word 1", voice, a2, SynthConfig(steps=2))
     assert out1.shape == a1.shape and np.array_equal(out1, teacher_forced(b, "word 1", voice, a1, SynthConfig(steps=2)))
     assert np.allclose(out1[:hop], out2[:hop], atol=1e-6) and not np.allclose(out1[hop:], out2[hop:], atol=1e-4)
+
+
+def test_script_reliance_compares_the_right_and_a_swapped_line():
+    """`script_reliance`: the same line twice gives equal errors (same noise); a different line changes the error
+    only through the script (the audio prefix is the same), and each error is the hand-computed MSE."""
+    from sherman.speech.synthesize import _teacher_forced_latents, script_reliance
+
+    b, _ = _tiny_bundle()
+    utts = _fake_utts()
+    voice, audio = utts[0].audio, utts[1].audio
+    cfg = SynthConfig(steps=2)
+    same = script_reliance(b, "word 1", "word 1", voice, audio, cfg)
+    assert same[0] == same[1]
+    right, wrong = script_reliance(b, "word 1", "a quite different line", voice, audio, cfg)
+    z, lat = _teacher_forced_latents(b, "word 1", voice, audio, cfg)
+    assert right == pytest.approx(float(((z - lat) ** 2).mean())) and right == same[0]
+    assert wrong != right
