@@ -147,6 +147,9 @@ class Seq:
     """1 where the token is a control-token CE target (predicted from the previous hidden state)."""
     align: list[torch.Tensor | None] = field(default_factory=list)
     """Per speech position: multi-hot (align_classes,) of the phonemes spoken in that frame, or None (no target)."""
+    blind: bool = False
+    """Training only: feed every output speech position (diff = 1) the zero latent and zero semantic feature instead of
+    its own (the targets stay the real latents), so the LM must predict the speech from the script alone."""
 
     def add_text(self, tok: CharTokenizer, text: str, ce: bool = False) -> None:
         ids = tok.encode(text)
@@ -289,6 +292,9 @@ class VibeVoiceLM(nn.Module):
         if rows:
             lat = torch.stack([z for s in seqs for z in s.latents])  # (N, latent_dim)
             sem = torch.stack([z for s in seqs for z in s.semantic])  # (N, semantic_dim)
+            if any(s.blind for s in seqs):
+                keep = torch.tensor([not (s.blind and s.diff[i]) for s in seqs for i in s.speech], dtype=lat.dtype)[:, None]  # (N, 1)
+                lat, sem = lat * keep, sem * keep
             x = x.index_put((torch.tensor(rows), torch.tensor(cols)), self.speech_embed(lat, sem))
         return x, ids
 
@@ -413,6 +419,10 @@ class LMTrainConfig:
     """(fraction of steps, max turns per sequence): single utterances first, then dialogues."""
     seed: int = 0
     """Seed for sampling sequences and noise."""
+    history_dropout: float = 0.0
+    """Fraction of training sequences (never the negative branch) fed blind (`Seq.blind`): the output speech inputs are
+    replaced by zeros, so those sequences can only be predicted from the script and the frame position. Ours, not the
+    paper's (0 = off): at CPU scale the LM otherwise learns to continue the speech before it and never reads the script."""
     time_limit_s: float = 0.0
     """Stop after this many CPU seconds of the process (0 = no limit; CPU, not wall time: the same steps on a loaded machine).
     The LR schedule and the curriculum follow `progress` (the larger of the step and CPU-time fractions), so a run cut by
@@ -439,6 +449,11 @@ def curriculum_turns(cfg: LMTrainConfig, frac: float) -> int:
     return cfg.curriculum[min(stage, len(cfg.curriculum) - 1)][1]
 
 
+def _is_negative(model: VibeVoiceLM, seq: Seq) -> bool:
+    """The negative branch (prompt-free speech stream) starts <bos><speech_start>; a scripted sequence <bos>Voice input."""
+    return seq.ids[1] == model.tok.token_id("<speech_start>")
+
+
 def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> list[dict]:
     """Train LM + head (the tokenizers are frozen: `enc` holds their outputs). Returns the loss history."""
     rng = random.Random(cfg.seed)
@@ -454,6 +469,9 @@ def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> l
             g["lr"] = lr
         max_turns = curriculum_turns(cfg, frac)
         seqs = [sample_sequence(model, enc, rng, max_turns, negative=rng.random() < model.cfg.uncond_prob) for _ in range(cfg.batch_size)]
+        if cfg.history_dropout:
+            for s in seqs:
+                s.blind = rng.random() < cfg.history_dropout and not _is_negative(model, s)
         loss, parts = model.loss(seqs, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -98,3 +98,47 @@ def test_align_config_is_checked():
     with pytest.raises(ShermanError, match="align_classes"):
         VibeVoiceConfig(align_weight=1.0)
     assert not hasattr(VibeVoiceLM(VibeVoiceConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, diffusion=DiffusionConfig(hidden=32, layers=1))), "align_head")
+
+
+def test_blind_sequences_hide_only_the_output_speech_inputs():
+    b, enc = _tiny_bundle()
+    lm = b.lm
+    seq = sample_sequence(lm, enc, random.Random(0), 1)
+    x, _ = lm.embed([seq])
+    seq.blind = True
+    xb, _ = lm.embed([seq])
+    out = [i for i in seq.speech if seq.diff[i]]
+    prompt = [i for i in seq.speech if not seq.diff[i]]
+    assert out and prompt
+    zero = lm.speech_embed(torch.zeros(1, lm.cfg.latent_dim), torch.zeros(1, lm.cfg.semantic_dim))[0]
+    torch.testing.assert_close(xb[0, out], zero.expand(len(out), -1))  # output speech: the zero latent's embedding
+    torch.testing.assert_close(xb[0, prompt], x[0, prompt])  # voice prompt: unchanged
+    rest = [i for i in range(len(seq.ids)) if i not in seq.speech]
+    torch.testing.assert_close(xb[0, rest], x[0, rest])  # text and control tokens: unchanged
+    # the targets stay the real latents: the loss of a blind sequence differs from the same loss on zeroed targets
+    zeroed = sample_sequence(lm, enc, random.Random(0), 1)
+    zeroed.latents = [z * 0 if zeroed.diff[i] else z for i, z in zip(zeroed.speech, zeroed.latents)]
+    zeroed.semantic = [z * 0 if zeroed.diff[i] else z for i, z in zip(zeroed.speech, zeroed.semantic)]
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert lm.loss([seq], g())[1]["loss/latent"] != lm.loss([zeroed], g())[1]["loss/latent"]
+
+
+def test_history_dropout_blinds_scripted_sequences_never_the_negative_branch(monkeypatch):
+    b, enc = _tiny_bundle()
+    lm = b.lm
+    seen = []
+    real = type(lm).loss
+
+    def spy(self, seqs, generator=None):
+        seen.extend(seqs)
+        return real(self, seqs, generator)
+
+    monkeypatch.setattr(type(lm), "loss", spy)
+    lm.cfg.uncond_prob = 0.5
+    train_lm(lm, enc, LMTrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=1, history_dropout=1.0))
+    is_neg = [s.ids[1] == lm.tok.token_id("<speech_start>") for s in seen]
+    assert any(is_neg) and not all(is_neg)
+    assert all(s.blind != n for s, n in zip(seen, is_neg))  # every scripted sequence blind, no negative one
+    seen.clear()
+    train_lm(lm, enc, LMTrainConfig(steps=2, batch_size=4, lr=1e-3, warmup=1))
+    assert not any(s.blind for s in seen)
