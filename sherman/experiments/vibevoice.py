@@ -113,6 +113,8 @@ class Budget:
     """Latent channels per 7.5 Hz frame of the acoustic tokenizer (the paper: 64)."""
     align_weight: float = 0.0
     """`VibeVoiceConfig.align_weight` of both LMs: the alignment auxiliary (ours; `speech/align.py`), 0 = off (the paper)."""
+    history_dropout: float = 0.0
+    """`LMTrainConfig.history_dropout` of both LMs: fraction of training sequences fed blind (ours; 0 = off, the paper)."""
     aligner_steps: int = 1200
     """CTC steps of the forced aligner that makes the alignment targets (a recognizer of its own, seed 7, no
     augmentation, on the training audio; never the evaluation recognizer)."""
@@ -355,7 +357,8 @@ def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Art
     vcfg = VibeVoiceConfig(dim=b.lm_dim, n_layers=b.lm_layers, n_heads=4, n_kv_heads=2, ffn_dim=int(2.7 * b.lm_dim), head=head,
                            latent_dim=ac.cfg.latent_dim, semantic_dim=sc.cfg.latent_dim, diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4),
                            text_input=b.text_input, align_weight=b.align_weight, align_classes=len(data.inventory) if b.align_weight > 0 else 0)
-    train_cfg = LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s)
+    train_cfg = LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s,
+                              history_dropout=b.history_dropout)
 
     def train() -> tuple[dict, dict]:
         if not raw:
