@@ -19,8 +19,15 @@ EQ, speed, tokenizer round trips at 1/3, 2/3 and the end of the tokenizer's trai
 The report also gives a diagnostic: single-speaker PER teacher-forced (`synthesize.teacher_forced`: each latent drawn
 given the real prefix) beside free-running, on held-out and on training sentences. At the full budget (stages in
 `stages/vibevoice-full`, 1b32945 / 6354ba4, Intel Xeon) it read 0.556 held-out and 0.166 on training sentences
-teacher-forced against 0.880 free-running on both: the LM fails when it feeds on its own output (exposure bias), and
-more LM steps (1794 -> 7123) moved dialogue PER only 0.868 -> 0.862.
+teacher-forced against 0.880 free-running on both, and more LM steps (1794 -> 7123) moved dialogue PER only 0.868 ->
+0.862. A second diagnostic (`synthesize.script_reliance`) finds the cause: teacher-forced latent error with the right
+script line vs another sentence's line. On those stages it read 0.132 vs 0.133 on training sentences: the LM does not
+read the script at all; it continues the speech before it (the training sentences are memorised), so free-running it
+says a generic opening ("the green ...") for any line, and a 6-frame real head start brings training-sentence PER
+from 0.875 to 0.374. Two of our own remedies are options, off in every budget because neither made the LM read the
+script in 1200-CPU-s probes (one seed, 10 + 10 sentences): the alignment auxiliary (`Budget.align_weight`,
+`speech/align.py`; right vs swapped 0.179 vs 0.176, also with 4x the training utterances: 0.361 vs 0.375) and
+history dropout (`Budget.history_dropout` 0.5 with the auxiliary: 0.349 vs 0.357).
 
     sherman reproduce vibevoice --budget quick
     SHERMAN_ARTIFACTS=stages sherman reproduce vibevoice --budget full   # every full stage cached: ~3 min
