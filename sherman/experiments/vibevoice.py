@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +56,10 @@ from sherman.speech import dsp as speech_dsp
 from sherman.speech import metrics
 from sherman.speech import model as speech_model
 from sherman.speech import tokenizer as speech_tokenizer
-from sherman.speech.align import align_corpus
+from sherman.speech.align import align_corpus, align_spans, word_onsets
 from sherman.speech.artifacts import Artifact, artifact_root, cached, code_digest, data_digest
 from sherman.speech.augment import AugmentConfig, calibration_table, format_calibration, tokenizer_roundtrips
-from sherman.speech.data import Corpus, CorpusConfig, build_corpus, make_dialogues
+from sherman.speech.data import VOICES, Corpus, CorpusConfig, build_corpus, make_dialogues, text_to_ipa
 from sherman.speech.diffusion import DiffusionConfig
 from sherman.speech.dsp import SAMPLE_RATE, log_mel, write_wav
 from sherman.speech.model import LMTrainConfig, VibeVoiceConfig, VibeVoiceLM, encode_utterances, prepare, train_lm
@@ -123,8 +123,11 @@ class Budget:
     history_dropout: float = 0.0
     """`LMTrainConfig.history_dropout` of both LMs: fraction of training sequences fed blind (ours; 0 = off, the paper)."""
     aligner_steps: int = 1200
-    """CTC steps of the forced aligner that makes the alignment targets (a recognizer of its own, seed 7, no
-    augmentation, on the training audio; never the evaluation recognizer)."""
+    """CTC steps of the forced aligner that makes the alignment targets and the word onsets (a recognizer of its own,
+    seed 7, no augmentation, on the training audio; never the evaluation recognizer)."""
+    interleave: str = "none"
+    """`VibeVoiceConfig.interleave` of both LMs: 'none' (the paper's long-form layout) or 'words' (ours, after
+    VibeVoice-Realtime: each word's IPA is fed before its first frame, timed by the forced aligner; needs phonemes)."""
 
 
 BUDGETS = {
@@ -356,37 +359,66 @@ def semantic_stage(b: Budget, data: Data, cache_dir: Path) -> tuple[SemanticToke
     return sem.eval().requires_grad_(False), art.extra["history"], art
 
 
+def _word_onsets(u, spans, n_frames: int, latent_hop: int) -> list[int]:
+    """First latent frame of each word of the en-us IPA the LM reads. The spans align the phonemes the speaker's voice
+    spoke (en-gb or en-us), whose words are the same words: their per-word phoneme counts come from that voice's IPA
+    (proportional timing, `word_onsets` without spans, where the counts do not add up)."""
+    spoken = [len(w) for w in text_to_ipa(u.text, VOICES[u.speaker].voice).split(" ")]
+    read = text_to_ipa(u.text).split(" ")
+    if spans is None or sum(spoken) != len(spans) or len(spoken) != len(read):
+        return word_onsets(None, [len(w) for w in read], n_frames, speech_align.CTC_HOP, latent_hop)
+    return word_onsets(spans, spoken, n_frames, speech_align.CTC_HOP, latent_hop)
+
+
+@dataclass
+class LMInputs:
+    """What both LMs of a run train on, computed on first need and shared (`lm_stage`)."""
+
+    encoded: list | None = None
+    """Per training utterance: raw acoustic latents, semantic features, speech frames (`encode_utterances`)."""
+    spans: list | None = None
+    """Per training utterance: the forced aligner's phoneme spans (`align.align_spans`), or None where it failed."""
+    aligner: dict = field(default_factory=dict)
+    """The aligner's last CTC loss and CPU seconds (into the LM artifacts' extra)."""
+
+
 def lm_stage(b: Budget, data: Data, head: str, acoustic: Artifact, semantic: Artifact, tokenizers: tuple[AcousticTokenizer, SemanticTokenizer],
-             cache_dir: Path, raw: list) -> tuple[VibeVoiceLM, list[dict], Artifact]:
+             cache_dir: Path, inputs: LMInputs) -> tuple[VibeVoiceLM, list[dict], Artifact]:
     """LM + `head` ('diffusion' or 'regression') over the frozen tokenizers, trained into (or reused from) `cache_dir`.
-    `raw` is a one-item cache list for the encoded training utterances (filled on first need)."""
+    `inputs` caches the encoded training utterances and the forced alignment across both LMs (filled on first need)."""
     ac, sc = tokenizers
     vcfg = VibeVoiceConfig(dim=b.lm_dim, n_layers=b.lm_layers, n_heads=4, n_kv_heads=2, ffn_dim=int(2.7 * b.lm_dim), head=head,
                            latent_dim=ac.cfg.latent_dim, semantic_dim=sc.cfg.latent_dim, diffusion=DiffusionConfig(hidden=b.lm_dim, layers=4),
-                           text_input=b.text_input, align_weight=b.align_weight, align_classes=len(data.inventory) if b.align_weight > 0 else 0)
+                           text_input=b.text_input, align_weight=b.align_weight, align_classes=len(data.inventory) if b.align_weight > 0 else 0,
+                           interleave=b.interleave)
     train_cfg = LMTrainConfig(steps=b.lm_steps, batch_size=8, lr=1e-3, warmup=min(50, b.lm_steps // 10 + 1), time_limit_s=b.lm_s,
                               history_dropout=b.history_dropout)
+    aligned = b.align_weight > 0 or b.interleave != "none"
 
     def train() -> tuple[dict, dict]:
-        if not raw:
-            raw.append(encode_utterances(data.corpus.train, ac, sc, 3))
-        extra = {}
+        if inputs.encoded is None:
+            inputs.encoded = encode_utterances(data.corpus.train, ac, sc, 3)
+        if aligned and inputs.spans is None:  # the forced alignment, shared by both LMs
+            t0 = time.process_time()
+            aligner, hist = metrics.train_recognizer(data.train_audio, data.train_ph, len(data.inventory), b.aligner_steps, seed=7)
+            inputs.spans = align_spans(aligner, data.train_audio, data.train_ph)
+            inputs.aligner = {"aligner_ctc_last": float(np.mean(hist[-20:])), "aligner_cpu_s": time.process_time() - t0,
+                              "aligner_failed": sum(sp is None for sp in inputs.spans)}
+        frames = [r[2] for r in inputs.encoded]
+        aligns = onsets = None
         if b.align_weight > 0:
-            if len(raw) < 2:  # the forced alignments, shared by both LMs
-                t0 = time.process_time()
-                aligner, hist = metrics.train_recognizer(data.train_audio, data.train_ph, len(data.inventory), b.aligner_steps, seed=7)
-                raw.append(align_corpus(aligner, data.train_audio, data.train_ph, [r[2] for r in raw[0]], ac.cfg.hop))
-                raw.append({"aligner_ctc_last": float(np.mean(hist[-20:])), "aligner_cpu_s": time.process_time() - t0})
-            extra = raw[2]
+            aligns = align_corpus(None, data.train_audio, data.train_ph, frames, ac.cfg.hop, spans=inputs.spans, n_classes=len(data.inventory))
+        if b.interleave != "none":
+            onsets = [_word_onsets(u, sp, n, ac.cfg.hop) for sp, u, n in zip(inputs.spans, data.corpus.train, frames)]
         lm = VibeVoiceLM(vcfg)
-        enc = prepare(lm, data.corpus.train, raw[0], fit_stats=True, aligns=raw[1] if b.align_weight > 0 else None)
+        enc = prepare(lm, data.corpus.train, inputs.encoded, fit_stats=True, aligns=aligns, onsets=onsets)
         torch.manual_seed(0)
-        return lm.state_dict(), {"history": train_lm(lm, enc, train_cfg), **extra}
+        return lm.state_dict(), {"history": train_lm(lm, enc, train_cfg), **(inputs.aligner if aligned else {})}
 
     labels = {"texts": [u.text for u in data.corpus.train], "speakers": [u.speaker for u in data.corpus.train]}
     config = {"lm": vcfg.to_dict(), "train": train_cfg, "acoustic": acoustic.manifest["hash"], "semantic": semantic.manifest["hash"], "gap_frames": 3,
               "code": code_digest(speech_model, speech_diffusion, core_model),
-              **({"aligner_steps": b.aligner_steps, "aligner_code": code_digest(speech_align, metrics)} if b.align_weight > 0 else {})}
+              **({"aligner_steps": b.aligner_steps, "aligner_code": code_digest(speech_align, metrics)} if aligned else {})}
     art = cached(cache_dir, f"lm_{head}", config, data_digest(data.train_audio, labels), train, check=lambda st: VibeVoiceLM(vcfg).load_state_dict(st))
     lm = VibeVoiceLM(vcfg)
     lm.load_state_dict(art.state)
@@ -442,9 +474,9 @@ def train_stages(budget: str, root: Path | None = None, lms: bool = False) -> di
     sc, _, sc_art = semantic_stage(b, data, dirs["semantic"])
     out = {"acoustic": ac_art.status, "semantic": sc_art.status}
     if lms:
-        raw: list = []
+        inputs = LMInputs()
         for head in ("diffusion", "regression"):
-            out[f"lm_{head}"] = lm_stage(b, data, head, ac_art, sc_art, (ac, sc), dirs[f"lm_{head}"], raw)[2].status
+            out[f"lm_{head}"] = lm_stage(b, data, head, ac_art, sc_art, (ac, sc), dirs[f"lm_{head}"], inputs)[2].status
     return out
 
 
@@ -490,10 +522,10 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
 
     # 3. LM + diffusion head, and the regression baseline on the same data (cached)
     _progress(f"semantic tokenizer ready ({arts['semantic'].status}); LMs", t_start)
-    lms, lm_hist, raw = {}, {}, []
+    lms, lm_hist, inputs = {}, {}, LMInputs()
     for head in ("diffusion", "regression"):
         t = time.time()
-        lms[head], lm_hist[head], arts[f"lm_{head}"] = lm_stage(b, data, head, arts["acoustic"], arts["semantic"], (acoustic, semantic), dirs[f"lm_{head}"], raw)
+        lms[head], lm_hist[head], arts[f"lm_{head}"] = lm_stage(b, data, head, arts["acoustic"], arts["semantic"], (acoustic, semantic), dirs[f"lm_{head}"], inputs)
         times[f"lm_{head}_s"] = time.time() - t
         m[f"train/lm_{head}_steps"] = len(lm_hist[head])
     bundle = Bundle(acoustic, semantic, lms["diffusion"], inventory)

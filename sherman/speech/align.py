@@ -81,22 +81,55 @@ CTC_HOP = 2 * metrics.MEL_HOP
 
 
 @torch.no_grad()
-def align_corpus(rec: metrics.PhonemeRecognizer, audios: list[np.ndarray], phonemes: list[list[int]], n_frames: list[int],
-                 latent_hop: int, batch: int = 16) -> list[np.ndarray]:
-    """Per utterance: the (n_frames[i], n_phonemes) multi-hot of `frame_targets` from `rec`'s forced alignment of its
-    reference phonemes (0-based ids). An utterance too short to align gets an all-zero target (counted by the caller)."""
-    n_classes = rec.out.out_features - 1
-    out = []
+def align_spans(rec: metrics.PhonemeRecognizer, audios: list[np.ndarray], phonemes: list[list[int]], batch: int = 16
+                ) -> list[list[tuple[int, int]] | None]:
+    """Per utterance the [first, last] recognizer frame of each reference phoneme (0-based ids) by `rec`'s forced
+    alignment (`ctc_align`), or None for an utterance too short to align."""
+    out: list[list[tuple[int, int]] | None] = []
     for lo in range(0, len(audios), batch):
-        part = audios[lo : lo + batch]
-        mel, frames = metrics._mels(part)
+        mel, frames = metrics._mels(audios[lo : lo + batch])
         lp = rec(mel, frames).numpy()  # (B, T', P + 1)
         for j, f in enumerate(frames):
-            i = lo + j
-            labels = [p + 1 for p in phonemes[i]]
             try:
-                spans = ctc_align(lp[j, : metrics._ctc_frames(f)], labels)
-                out.append(frame_targets(spans, labels, n_frames[i], n_classes, CTC_HOP, latent_hop))
+                out.append(ctc_align(lp[j, : metrics._ctc_frames(f)], [p + 1 for p in phonemes[lo + j]]))
             except ValueError:
-                out.append(np.zeros((n_frames[i], n_classes), dtype=np.float32))
+                out.append(None)
+    return out
+
+
+@torch.no_grad()
+def align_corpus(rec: metrics.PhonemeRecognizer, audios: list[np.ndarray], phonemes: list[list[int]], n_frames: list[int],
+                 latent_hop: int, batch: int = 16, spans: list | None = None, n_classes: int | None = None) -> list[np.ndarray]:
+    """Per utterance: the (n_frames[i], n_phonemes) multi-hot of `frame_targets` from `rec`'s forced alignment of its
+    reference phonemes (0-based ids; `spans`: that alignment already made by `align_spans`, then `rec` may be None and
+    `n_classes` is the inventory size). An utterance too short to align gets an all-zero target (counted by the caller)."""
+    n_classes = n_classes if n_classes is not None else rec.out.out_features - 1
+    spans = spans if spans is not None else align_spans(rec, audios, phonemes, batch)
+    out = []
+    for i, sp in enumerate(spans):
+        if sp is None:
+            out.append(np.zeros((n_frames[i], n_classes), dtype=np.float32))
+        else:
+            out.append(frame_targets(sp, [p + 1 for p in phonemes[i]], n_frames[i], n_classes, CTC_HOP, latent_hop))
+    return out
+
+
+def word_onsets(spans: list[tuple[int, int]] | None, word_lens: list[int], n_frames: int, ctc_hop: int, latent_hop: int) -> list[int]:
+    """First latent frame of each word: the frame holding the first sample of its first phoneme's CTC span, in
+    [0, n_frames - 1], non-decreasing, the first word at frame 0 (the interleaved layout reads it before any speech).
+    `word_lens` are the words' phoneme counts (summing to the number of spans). Without an alignment (None) the
+    words are spread over the frames in proportion to their phoneme counts."""
+    total = sum(word_lens)
+    if spans is not None and len(spans) != total:
+        raise ValueError(f"{len(spans)} aligned phonemes for words of {total} phonemes")
+    out, k = [], 0
+    for n in word_lens:
+        if spans is None:
+            f = k * n_frames // max(1, total)
+        else:
+            f = spans[min(k, total - 1)][0] * ctc_hop // latent_hop
+        out.append(min(max(f, out[-1] if out else 0), n_frames - 1))
+        k += n
+    if out:
+        out[0] = 0
     return out

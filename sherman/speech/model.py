@@ -28,6 +28,20 @@ same LM over the prompt-free speech stream (`<bos>` + `<speech_start>P..P<speech
 fraction `uncond_prob` of training sequences is that stream so the negative branch is in distribution.
 Context curriculum: `curriculum` lists (fraction of steps, max turns) stages, from single utterances to
 multi-turn dialogues.
+
+Word interleaving (`interleave='words'`, ours, off by default): the long-form VibeVoice reads the script only from the
+prefix, and at CPU scale that LM never learns to attend to it (it continues the speech before it: teacher-forced
+predictions are the same under the right and a swapped script, `synthesize.script_reliance`). VibeVoice-Realtime
+(the 0.5B streaming model card, microsoft/VibeVoice) instead uses an "interleaved, windowed design" that feeds text
+chunks between the speech latents. Our version interleaves by words, timed by forced alignment (`speech/align.py`):
+each output turn reads
+
+    Speaker 0:<speech_start><next_text>w1 P P <next_text>w2 P P P <next_text>w3 P ... P<speech_end>
+
+where word j (its IPA, so `text_input='phonemes'`) enters just before the first frame whose samples it overlaps. The
+control head learns WHEN to read on (the `<next_text>` token is a CE target, the word's characters are given); at
+synthesis the script supplies WHAT (`synthesize.stream`), so the speech most recently conditioned on is always the
+word being spoken. The prefix still holds the whole script (the paper's layout), so the model also sees what comes.
 """
 
 from __future__ import annotations
@@ -49,14 +63,18 @@ from sherman.speech.data import Utterance, text_to_ipa
 from sherman.speech.diffusion import DiffusionConfig, DiffusionHead, RegressionHead
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<speech_start>", "<speech_end>", "<speech_diffusion>", "<text_end>")
+NEXT_TEXT = "<next_text>"
+"""Control token of the word-interleaved layout (`VibeVoiceConfig.interleave`): the next script word follows."""
 ALPHABET = "abcdefghijklmnopqrstuvwxyzSVT0123456789 .,:;'?!-\n"
 IPA_SYMBOLS = "ɐɑɒæəɘɚɛɜɝɞɪɨʉɵɔʊʌᵻɤɯøœɶɹɻɾɽɫɬɮʎʟŋɲɳɴθðʃʒʂʐɕʑçʝxɣχʁħʕʔɡɢɖʈɟʍɥʋɰβɸʲʷˠˤ̩̃ːˑ"
 """IPA symbols (beyond the ASCII letters of ALPHABET) the phoneme text input knows: espeak-ng's English set and more."""
 
 
-def make_text_tokenizer(extra: str = "") -> CharTokenizer:
-    """Character tokenizer over lower-case text (plus `extra` symbols, e.g. IPA) and the layout headers' capitals and control tokens."""
-    return CharTokenizer(ALPHABET + extra, SPECIALS)
+def make_text_tokenizer(extra: str = "", interleave: bool = False) -> CharTokenizer:
+    """Character tokenizer over lower-case text (plus `extra` symbols, e.g. IPA) and the layout headers' capitals and
+    control tokens (and `NEXT_TEXT` when `interleave`; appended last among the specials only then, so models without it
+    keep their ids)."""
+    return CharTokenizer(ALPHABET + extra, SPECIALS + ((NEXT_TEXT,) if interleave else ()))
 
 
 def normalize_text(text: str) -> str:
@@ -110,6 +128,12 @@ class VibeVoiceConfig:
     reads the head."""
     align_classes: int = 0
     """Phoneme inventory size of the alignment targets (required when align_weight > 0)."""
+    interleave: str = "none"
+    """'none' (the paper's long-form layout: the script only in the prefix) or 'words' (ours, after VibeVoice-Realtime's
+    interleaved text chunks; see the module docstring): each output word's IPA is fed just before its first frame, timed
+    by forced alignment in training and by the LM's `<next_text>` decisions at synthesis. Needs text_input='phonemes'."""
+    interleave_lead: int = 0
+    """With interleave='words': a word enters this many frames before the first frame it overlaps (0 = at that frame)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
@@ -120,6 +144,12 @@ class VibeVoiceConfig:
             raise ShermanError(f"text_input must be 'chars' or 'phonemes', got {self.text_input!r}")
         if self.align_weight < 0 or (self.align_weight > 0 and self.align_classes < 1):
             raise ShermanError(f"align_weight must be >= 0 and needs align_classes >= 1, got {self.align_weight} / {self.align_classes}")
+        if self.interleave not in ("none", "words"):
+            raise ShermanError(f"interleave must be 'none' or 'words', got {self.interleave!r}")
+        if self.interleave == "words" and self.text_input != "phonemes":
+            raise ShermanError("interleave='words' needs text_input='phonemes' (its word timing comes from the phoneme alignment)")
+        if self.interleave_lead < 0:
+            raise ShermanError(f"interleave_lead must be >= 0, got {self.interleave_lead}")
         self.diffusion.latent_dim, self.diffusion.cond_dim = self.latent_dim, self.dim
 
     def to_dict(self) -> dict:
@@ -193,15 +223,48 @@ def turn_header(k: int, negative: bool = False) -> str:
     return "<speech_start>" if negative else f"Speaker {k}:<speech_start>"
 
 
-def build_sequence(tok: CharTokenizer, voices, turns: list[tuple[int, str]], outputs: list[tuple[torch.Tensor, ...]],
-                   negative: bool = False) -> Seq:
-    """A full training sequence: prefix, then each turn's speech (diffusion + CE targets), then <eos>. An output is
-    (latents, semantic) or (latents, semantic, alignment multi-hot); the negative branch (no script) keeps no alignment."""
+@dataclass
+class Segment:
+    """One output turn's speech for `build_sequence`."""
+
+    lat: torch.Tensor
+    """(n, latent_dim) normalized acoustic latents."""
+    sem: torch.Tensor
+    """(n, semantic_dim) normalized semantic features."""
+    align: torch.Tensor | None = None
+    """(n, align_classes) alignment multi-hot of each frame, or None (no alignment target)."""
+    words: list[tuple[int, str]] | None = None
+    """Word-interleaved layout: (first frame, text) of each script word, frames non-decreasing; None = the paper's layout."""
+
+
+def add_interleaved(seq: Seq, tok: CharTokenizer, seg: Segment, align: torch.Tensor | None) -> None:
+    """The frames of `seg` with each word's `<next_text>` + text placed before its first frame (words whose frame is
+    past the end come after the last frame). `<next_text>` is a CE target (when to read on); the word is given."""
+    words, j = seg.words or [], 0
+    for f in range(seg.lat.shape[0]):
+        while j < len(words) and words[j][0] <= f:
+            seq.add_text(tok, NEXT_TEXT, ce=True)
+            seq.add_text(tok, words[j][1])
+            j += 1
+        seq.add_speech(tok, seg.lat[f : f + 1], seg.sem[f : f + 1], target=True, align=None if align is None else align[f : f + 1])
+    for _, w in words[j:]:
+        seq.add_text(tok, NEXT_TEXT, ce=True)
+        seq.add_text(tok, w)
+
+
+def build_sequence(tok: CharTokenizer, voices, turns: list[tuple[int, str]], outputs: list, negative: bool = False) -> Seq:
+    """A full training sequence: prefix, then each turn's speech (diffusion + CE targets), then <eos>. An output is a
+    `Segment` or a tuple (latents, semantic[, alignment multi-hot]); the negative branch (no script) keeps neither the
+    alignment nor the interleaved words."""
     assert len(outputs) == len(turns), "one output segment per script line"
     seq = build_prefix(tok, voices, turns, negative)
-    for (k, _), (lat, sem, *al) in zip(turns, outputs):
+    for (k, _), out in zip(turns, outputs):
+        seg = out if isinstance(out, Segment) else Segment(*out)
         seq.add_text(tok, turn_header(k, negative))
-        seq.add_speech(tok, lat, sem, target=True, align=al[0] if al and not negative else None)
+        if negative or seg.words is None:
+            seq.add_speech(tok, seg.lat, seg.sem, target=True, align=None if negative else seg.align)
+        else:
+            add_interleaved(seq, tok, seg, seg.align)
         seq.add_text(tok, "<speech_end>", ce=True)
     seq.add_text(tok, "<eos>", ce=True)
     return seq
@@ -231,7 +294,7 @@ class VibeVoiceLM(nn.Module):
     def __init__(self, cfg: VibeVoiceConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok = make_text_tokenizer(cfg.phoneme_symbols if cfg.text_input == "phonemes" else "")
+        self.tok = make_text_tokenizer(cfg.phoneme_symbols if cfg.text_input == "phonemes" else "", cfg.interleave == "words")
         mc = ModelConfig(vocab_size=self.tok.vocab_size, dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                          n_kv_heads=cfg.n_kv_heads, ffn_dim=cfg.ffn_dim, max_seq_len=cfg.max_seq_len)
         self.lm = Transformer(mc)
@@ -343,6 +406,8 @@ class EncodedUtt:
     text: str
     align: torch.Tensor | None = None
     """(n + max_gap, align_classes) multi-hot of the phonemes in each frame (gap frames empty), or None."""
+    onsets: list[int] | None = None
+    """First latent frame of each word of `text` (split on spaces), from forced alignment; the interleaved layout's timing."""
 
 
 @torch.no_grad()
@@ -362,9 +427,12 @@ def encode_utterances(utts: list[Utterance], acoustic, semantic, max_gap_frames:
 
 
 def prepare(model: VibeVoiceLM, utts: list[Utterance], raw: list[tuple[torch.Tensor, torch.Tensor, int]], fit_stats: bool,
-            aligns: list[np.ndarray] | None = None) -> list[EncodedUtt]:
+            aligns: list[np.ndarray] | None = None, onsets: list[list[int]] | None = None) -> list[EncodedUtt]:
     """Normalize encoded utterances (fitting the model's latent statistics on them when `fit_stats`). `aligns`: per
-    utterance the (n, align_classes) frame multi-hot of `align.align_corpus`, padded here with empty gap frames."""
+    utterance the (n, align_classes) frame multi-hot of `align.align_corpus`, padded here with empty gap frames.
+    `onsets`: per utterance the first frame of each word of its IPA (`align.word_onsets`), required by interleave='words'."""
+    if model.cfg.interleave == "words" and onsets is None:
+        raise ShermanError("interleave='words' needs the word onsets of every training utterance (align.word_onsets)")
     if fit_stats:
         model.set_stats(torch.cat([r[0] for r in raw]), torch.cat([r[1] for r in raw]))
     out = []
@@ -375,7 +443,12 @@ def prepare(model: VibeVoiceLM, utts: list[Utterance], raw: list[tuple[torch.Ten
             if aligns is not None:
                 al = torch.zeros(a.shape[0], aligns[j].shape[1])
                 al[:n] = torch.from_numpy(aligns[j][:n])
-            out.append(EncodedUtt(model.norm_lat(a), model.norm_sem(s), n, u.speaker, t, al))
+            on = None
+            if onsets is not None and model.cfg.interleave == "words":
+                on = list(onsets[j])
+                if len(on) != len(t.split(" ")):
+                    raise ShermanError(f"utterance {j}: {len(on)} word onsets for the {len(t.split(' '))} words of {t!r}")
+            out.append(EncodedUtt(model.norm_lat(a), model.norm_sem(s), n, u.speaker, t, al, on))
     return out
 
 
@@ -401,7 +474,10 @@ def sample_sequence(model: VibeVoiceLM, enc: list[EncodedUtt], rng: random.Rando
         e = enc[i]
         g = rng.randint(1, cfg.max_gap_frames)
         turns.append((t % n_spk, e.text))
-        outputs.append((e.lat[: e.n + g], e.sem[: e.n + g]) + (() if e.align is None else (e.align[: e.n + g],)))
+        words = None
+        if e.onsets is not None:
+            words = [(max(0, f - cfg.interleave_lead), w) for f, w in zip(e.onsets, e.text.split(" "))]
+        outputs.append(Segment(e.lat[: e.n + g], e.sem[: e.n + g], None if e.align is None else e.align[: e.n + g], words))
     return build_sequence(model.tok, voices, turns, outputs, negative=negative)
 
 

@@ -29,7 +29,7 @@ import torch
 from sherman.core.common import ShermanError
 from sherman.speech.data import parse_script
 from sherman.speech.dsp import SAMPLE_RATE, loudness_normalize, read_wav, resample, trim_silence
-from sherman.speech.model import VibeVoiceConfig, VibeVoiceLM, build_prefix, build_sequence, turn_header
+from sherman.speech.model import NEXT_TEXT, VibeVoiceConfig, VibeVoiceLM, build_prefix, build_sequence, turn_header
 from sherman.speech.tokenizer import AcousticTokenizer, SemanticTokenizer, TokenizerConfig
 
 
@@ -43,6 +43,9 @@ class SynthConfig:
     """Hard cap on latent frames per script line (40 frames = 5.3 s)."""
     min_turn_frames: int = 2
     """A turn may not end before this many frames."""
+    max_word_frames: int = 12
+    """Word-interleaved models (`VibeVoiceConfig.interleave`): the next word is fed after this many frames of one word
+    even if the LM has not asked for it (12 frames = 1.6 s)."""
     seed: int = 0
     """Noise seed."""
 
@@ -129,7 +132,8 @@ def _check_speakers(turns: list[tuple[int, str]], voices: list) -> None:
 def positions_needed(b: Bundle, prompts: list[tuple[torch.Tensor, torch.Tensor]], turns: list[tuple[int, str]], cfg: SynthConfig) -> int:
     """Worst-case sequence length of one pass: prefix (voice prompts + script) + per line a header, the frame cap, <speech_end>."""
     tok = b.lm.tok
-    return len(build_prefix(tok, prompts, turns).ids) + len(turns) * (len(tok.encode(turn_header(9))) + cfg.max_turn_frames + 1)
+    words = sum(len(tok.encode(w)) + 1 for _, t in turns for w in t.split(" ")) if b.lm.cfg.interleave == "words" else 0
+    return len(build_prefix(tok, prompts, turns).ids) + len(turns) * (len(tok.encode(turn_header(9))) + cfg.max_turn_frames + 1) + words
 
 
 @torch.no_grad()
@@ -159,13 +163,18 @@ def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cf
     h_pos, _ = feed(pos_cache, x)
     if guided:
         feed(neg_cache, lm.token_embed(torch.tensor([tok.encode("<bos>")])))
-    for ti, (k, _) in enumerate(turns):
+    interleaved = lm.cfg.interleave == "words"
+    for ti, (k, text) in enumerate(turns):
         h_pos, logits = feed(pos_cache, lm.token_embed(torch.tensor([tok.encode(turn_header(k))])))
         h_neg = feed(neg_cache, lm.token_embed(torch.tensor([tok.encode(turn_header(k, True))])))[0] if guided else None
+        words = text.split(" ") if interleaved else []
+        reader = WordReader(lm, words, cfg.max_word_frames)
         dec_state: dict = {}
         sem_state: dict = {}
         for f in range(cfg.max_turn_frames):
-            if f >= cfg.min_turn_frames and logits[end_id] > logits[p_id]:
+            if interleaved:
+                h_pos, logits = reader.advance(lambda e: feed(pos_cache, e), h_pos, logits)
+            if f >= cfg.min_turn_frames and reader.done and logits[end_id] > logits[p_id]:
                 break
             z = lm.head.sample(h_pos, h_neg, cfg_scale=cfg.cfg_scale, steps=cfg.steps, generator=gen)  # (1, latent_dim)
             chunk = b.acoustic.decode(lm.denorm_lat(z)[:, None], dec_state)  # (1, hop)
@@ -173,12 +182,41 @@ def stream(b: Bundle, turns: list[tuple[int, str]], voices: list[np.ndarray], cf
             yield ti, chunk[0].numpy()
             e = lm.speech_embed(z, s)[:, None]  # (1, 1, C)
             h_pos, logits = feed(pos_cache, e)
+            reader.frame()
             if guided:
                 h_neg = feed(neg_cache, e)[0]
         end = lm.token_embed(torch.tensor([[end_id]]))
         feed(pos_cache, end)
         if guided:
             feed(neg_cache, end)
+
+
+class WordReader:
+    """The script side of the word-interleaved layout at synthesis: before each frame, while words remain and the LM's
+    control head prefers `<next_text>` to another `<speech_diffusion>` (or `max_word_frames` frames of the current
+    word have passed), feed `<next_text>` + the next word. The first word is read before the first frame. A turn may
+    only end (`done`) once every word is read. With no words (the paper's layout) it does nothing and is always done."""
+
+    def __init__(self, lm: VibeVoiceLM, words: list[str], max_word_frames: int):
+        self.lm, self.words, self.max_word_frames = lm, words, max_word_frames
+        self.read, self.since = 0, 0
+        if words:
+            self.next_id, self.p_id = lm.tok.token_id(NEXT_TEXT), lm.tok.token_id("<speech_diffusion>")
+
+    @property
+    def done(self) -> bool:
+        return self.read == len(self.words)
+
+    def advance(self, feed, h: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed words as the LM asks (`feed`: embeds (1, T, C) -> (last hidden, last logits)); returns the new state."""
+        while not self.done and (self.read == 0 or self.since >= self.max_word_frames or logits[self.next_id] > logits[self.p_id]):
+            ids = self.lm.tok.encode(NEXT_TEXT + self.words[self.read])
+            h, logits = feed(self.lm.token_embed(torch.tensor([ids])))
+            self.read, self.since = self.read + 1, 0
+        return h, logits
+
+    def frame(self) -> None:
+        self.since += 1
 
 
 def windows(b: Bundle, prompts: list[tuple[torch.Tensor, torch.Tensor]], turns: list[tuple[int, str]], cfg: SynthConfig) -> list[tuple[int, int]]:
@@ -229,18 +267,39 @@ def synthesize(b: Bundle, script: str | list[tuple[int, str]], voices: list[np.n
 
 @torch.no_grad()
 def _teacher_forced_latents(b: Bundle, text: str, voice: np.ndarray, audio: np.ndarray, cfg: SynthConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents drawn given the real prefix (one full forward, guidance off) and the real latents: both (n, latent_dim), normalized."""
+    """Latents drawn given the real prefix (guidance off) and the real latents: both (n, latent_dim), normalized. The
+    paper's layout is one full forward; a word-interleaved model runs frame by frame over the real frames and reads the
+    words when its control head asks (`WordReader`), as at synthesis."""
     lm, hop = b.lm, b.acoustic.cfg.hop
     n = math.ceil(len(audio) / hop)
     x = torch.zeros(1, n * hop)
     x[0, : len(audio)] = torch.from_numpy(audio)
     lat, sem = lm.norm_lat(b.acoustic.encode(x)[0]), lm.norm_sem(b.semantic.encode(x)[0])  # (n, latent_dim), (n, semantic_dim)
-    seq = build_sequence(lm.tok, [voice_prompt(b, voice)], [(0, lm.script_text(text))], [(lat, sem)])
-    emb, ids = lm.embed([seq])
-    hidden = lm.lm(None, embeds=emb).hidden  # (1, L, C)
-    target = torch.tensor(seq.diff, dtype=torch.bool)[None]  # (1, L)
-    cond = hidden[:, :-1][target[:, 1:]]  # (n, C): the state before each target latent
-    z = lm.head.sample(cond, None, cfg_scale=1.0, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed))  # (n, latent_dim)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    turns = [(0, lm.script_text(text))]
+    if lm.cfg.interleave == "words":
+        cache = lm.lm.make_cache(1, lm.cfg.max_seq_len)
+
+        def feed(e):  # (1, T, C) -> last hidden (1, C), last logits (V,)
+            out = lm.lm(None, embeds=e, cache=cache)
+            return out.hidden[:, -1], out.logits[0, -1]
+
+        feed(lm.embed([build_prefix(lm.tok, [voice_prompt(b, voice)], turns)])[0])
+        h, logits = feed(lm.token_embed(torch.tensor([lm.tok.encode(turn_header(0))])))
+        reader, cond = WordReader(lm, turns[0][1].split(" "), cfg.max_word_frames), []
+        for f in range(n):
+            h, logits = reader.advance(feed, h, logits)
+            cond.append(h)
+            h, logits = feed(lm.speech_embed(lat[f : f + 1], sem[f : f + 1])[:, None])
+            reader.frame()
+        cond = torch.cat(cond)  # (n, C)
+    else:
+        seq = build_sequence(lm.tok, [voice_prompt(b, voice)], turns, [(lat, sem)])
+        emb, ids = lm.embed([seq])
+        hidden = lm.lm(None, embeds=emb).hidden  # (1, L, C)
+        target = torch.tensor(seq.diff, dtype=torch.bool)[None]  # (1, L)
+        cond = hidden[:, :-1][target[:, 1:]]  # (n, C): the state before each target latent
+    z = lm.head.sample(cond, None, cfg_scale=1.0, steps=cfg.steps, generator=gen)  # (n, latent_dim)
     return z, lat
 
 

@@ -70,15 +70,40 @@ def test_vibevoice_lm_stage_trains_the_alignment_auxiliary(tmp_path):
     dirs = V.stage_dirs("smoke", tmp_path)
     ac, _, _, ac_art = V.acoustic_stage(b, data, dirs["acoustic"])
     sc, _, sc_art = V.semantic_stage(b, data, dirs["semantic"])
-    raw: list = []
-    lm, hist, art = V.lm_stage(b, data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], raw)
+    inputs = V.LMInputs()
+    lm, hist, art = V.lm_stage(b, data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], inputs)
     assert hasattr(lm, "align_head") and lm.align_head.out_features == len(data.inventory)
     assert all("loss/align" in h for h in hist) and art.extra["aligner_cpu_s"] > 0
-    assert len(raw[1]) == len(data.train_audio) and all(a.shape[1] == len(data.inventory) for a in raw[1])
-    _, _, reg = V.lm_stage(b, data, "regression", ac_art, sc_art, (ac, sc), dirs["lm_regression"], raw)
+    assert len(inputs.spans) == len(data.train_audio)
+    _, _, reg = V.lm_stage(b, data, "regression", ac_art, sc_art, (ac, sc), dirs["lm_regression"], inputs)
     assert reg.extra["aligner_cpu_s"] == art.extra["aligner_cpu_s"]  # one aligner for both LMs
-    off = V.lm_stage(replace(b, align_weight=0.0), data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], raw)
+    off = V.lm_stage(replace(b, align_weight=0.0), data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], inputs)
     assert off[2].status != "reused" and not hasattr(off[0], "align_head")  # a different key: retrained
+
+
+def test_vibevoice_lm_stage_trains_the_word_interleaved_layout(tmp_path):
+    """With interleave='words' the LM stage times every training word by the forced aligner (onsets that start at 0,
+    never decrease and stay inside the utterance), its LM knows `<next_text>`, and the stage key changes."""
+    from dataclasses import replace
+
+    from sherman.experiments import vibevoice as V
+    from sherman.speech.data import text_to_ipa
+    from sherman.speech.model import NEXT_TEXT
+
+    b = replace(V.BUDGETS["smoke"], interleave="words", text_input="phonemes", aligner_steps=3)
+    data = V.load_data(b)
+    dirs = V.stage_dirs("smoke", tmp_path)
+    ac, _, _, ac_art = V.acoustic_stage(b, data, dirs["acoustic"])
+    sc, _, sc_art = V.semantic_stage(b, data, dirs["semantic"])
+    inputs = V.LMInputs()
+    lm, hist, art = V.lm_stage(b, data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], inputs)
+    assert lm.cfg.interleave == "words" and NEXT_TEXT in lm.tok.specials and art.extra["aligner_cpu_s"] > 0 and hist
+    for u, sp, (_, _, n) in zip(data.corpus.train, inputs.spans, inputs.encoded):
+        on = V._word_onsets(u, sp, n, ac.cfg.hop)
+        assert len(on) == len(text_to_ipa(u.text).split(" ")) and on[0] == 0
+        assert all(a <= b2 for a, b2 in zip(on, on[1:])) and on[-1] < n
+    off = V.lm_stage(replace(b, interleave="none"), data, "diffusion", ac_art, sc_art, (ac, sc), dirs["lm_diffusion"], inputs)
+    assert off[2].status != "reused" and NEXT_TEXT not in off[0].tok.specials
 
 
 def _metrics(gt_per, vv_per, reg_per, vv_sim=0.5, reg_sim=0.5, turn=1.0):
