@@ -131,10 +131,12 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(2, 3, 1, 4, 16, 3, 0, 3, 0, 32, 1, 4, 0, 3, 0, 3, 1, 3, False, roundtrip_utts=2, n_single=1),
-    "quick": Budget(4, 40, 5, 8, 64, 3000, 420, 400, 120, 128, 4, 1200, 240, 600, 100, 150, 6, 30, True, n_single=4),
+    "smoke": Budget(2, 3, 1, 4, 16, 3, 0, 3, 0, 32, 1, 4, 0, 3, 0, 3, 1, 3, False, roundtrip_utts=2, n_single=1, text_input="phonemes",
+                    align_weight=1.0, aligner_steps=3, interleave="words"),
+    "quick": Budget(4, 40, 5, 8, 64, 3000, 420, 400, 120, 128, 4, 1200, 240, 600, 100, 150, 6, 30, True, n_single=4, text_input="phonemes",
+                    align_weight=1.0, aligner_steps=600, interleave="words"),
     "full": Budget(6, 150, 10, 16, 96, 20000, 3600, 3000, 1200, 192, 6, 10000, 3600, 3000, 900, 600, 20, 40, True, roundtrip_utts=64, n_single=20,
-                   text_input="phonemes"),
+                   text_input="phonemes", align_weight=1.0, interleave="words"),
 }
 
 

@@ -177,6 +177,8 @@ class Seq:
     """1 where the token is a control-token CE target (predicted from the previous hidden state)."""
     align: list[torch.Tensor | None] = field(default_factory=list)
     """Per speech position: multi-hot (align_classes,) of the phonemes spoken in that frame, or None (no target)."""
+    negative: bool = False
+    """The classifier-free-guidance negative branch (the prompt-free speech stream), as `build_sequence` was asked."""
     blind: bool = False
     """Training only: feed every output speech position (diff = 1) the zero latent and zero semantic feature instead of
     its own (the targets stay the real latents), so the LM must predict the speech from the script alone."""
@@ -258,6 +260,7 @@ def build_sequence(tok: CharTokenizer, voices, turns: list[tuple[int, str]], out
     alignment nor the interleaved words."""
     assert len(outputs) == len(turns), "one output segment per script line"
     seq = build_prefix(tok, voices, turns, negative)
+    seq.negative = negative
     for (k, _), out in zip(turns, outputs):
         seg = out if isinstance(out, Segment) else Segment(*out)
         seq.add_text(tok, turn_header(k, negative))
@@ -525,11 +528,6 @@ def curriculum_turns(cfg: LMTrainConfig, frac: float) -> int:
     return cfg.curriculum[min(stage, len(cfg.curriculum) - 1)][1]
 
 
-def _is_negative(model: VibeVoiceLM, seq: Seq) -> bool:
-    """The negative branch (prompt-free speech stream) starts <bos><speech_start>; a scripted sequence <bos>Voice input."""
-    return seq.ids[1] == model.tok.token_id("<speech_start>")
-
-
 def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> list[dict]:
     """Train LM + head (the tokenizers are frozen: `enc` holds their outputs). Returns the loss history."""
     rng = random.Random(cfg.seed)
@@ -547,7 +545,7 @@ def train_lm(model: VibeVoiceLM, enc: list[EncodedUtt], cfg: LMTrainConfig) -> l
         seqs = [sample_sequence(model, enc, rng, max_turns, negative=rng.random() < model.cfg.uncond_prob) for _ in range(cfg.batch_size)]
         if cfg.history_dropout:
             for s in seqs:
-                s.blind = rng.random() < cfg.history_dropout and not _is_negative(model, s)
+                s.blind = rng.random() < cfg.history_dropout and not s.negative
         loss, parts = model.loss(seqs, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
