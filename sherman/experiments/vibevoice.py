@@ -16,18 +16,21 @@ fills the same directories ahead of time. The phoneme recognizer is trained with
 EQ, speed, tokenizer round trips at 1/3, 2/3 and the end of the tokenizer's training) and its calibration table
 (PER on ground truth, each degradation and each round trip) is in the metrics, notes and report.
 
-The report also gives a diagnostic: single-speaker PER teacher-forced (`synthesize.teacher_forced`: each latent drawn
-given the real prefix) beside free-running, on held-out and on training sentences. At the full budget (stages in
-`stages/vibevoice-full`, 1b32945 / 6354ba4, Intel Xeon) it read 0.556 held-out and 0.166 on training sentences
-teacher-forced against 0.880 free-running on both, and more LM steps (1794 -> 7123) moved dialogue PER only 0.868 ->
-0.862. A second diagnostic (`synthesize.script_reliance`) finds the cause: teacher-forced latent error with the right
-script line vs another sentence's line. On those stages it read 0.132 vs 0.133 on training sentences: the LM does not
-read the script at all; it continues the speech before it (the training sentences are memorised), so free-running it
-says a generic opening ("the green ...") for any line, and a 6-frame real head start brings training-sentence PER
-from 0.875 to 0.374. Two of our own remedies are options, off in every budget because neither made the LM read the
-script in 1200-CPU-s probes (one seed, 10 + 10 sentences): the alignment auxiliary (`Budget.align_weight`,
-`speech/align.py`; right vs swapped 0.179 vs 0.176, also with 4x the training utterances: 0.361 vs 0.375) and
-history dropout (`Budget.history_dropout` 0.5 with the auxiliary: 0.349 vs 0.357).
+The report also gives two diagnostics: single-speaker PER teacher-forced (`synthesize.teacher_forced`: each latent
+drawn given the real prefix) beside free-running, and whether the LM reads the script (`synthesize.script_reliance`:
+teacher-forced latent error with the right script line vs another sentence's line).
+
+Layout: every budget uses the word-interleaved layout (`Budget.interleave='words'`, ours, after VibeVoice-Realtime;
+`speech/model.py`) with the alignment auxiliary (`Budget.align_weight`), both timed by a forced aligner of our own
+(`speech/align.py`). Why, measured: with the paper's long-form layout (the script only in the prefix) the full-budget
+LM (stages at 85038df, 7104 steps, Intel Xeon) did not read the script: right vs swapped latent MSE 0.148 vs 0.154 on
+training sentences and 0.379 vs 0.379 held-out; it continued the speech before it (memorised training sentences), so
+free-running it said a generic opening for any line (held-out PER 0.869, target <= 0.35). The alignment auxiliary
+alone, 4x the data and history dropout did not change that in 1200-CPU-s probes (right vs swapped 0.18 vs 0.18, 0.36
+vs 0.38, 0.35 vs 0.36; free-running PER 0.85-0.88). The interleaved layout did, at the same 1200 CPU s (one seed, 10
+training + 10 held-out sentences, full-budget tokenizers): right vs swapped 0.24 vs 1.08 held-out, free-running PER
+0.278 held-out / 0.300 training; with the auxiliary 0.23 vs 1.10 and 0.242 / 0.259. `interleave='none'` and
+`align_weight=0` give the paper's layout back.
 
     sherman reproduce vibevoice --budget quick
     SHERMAN_ARTIFACTS=stages sherman reproduce vibevoice --budget full   # every full stage cached: ~3 min
@@ -104,9 +107,9 @@ class Budget:
     single-speaker PER target, next to the 2-speaker dialogues."""
     text_input: str = "chars"
     """Script text input of the LMs: 'chars' or 'phonemes' (IPA from espeak-ng; `VibeVoiceConfig.text_input`). The full
-    budget reads phonemes: at the quick budget the two gave the same unintelligible synthesis (dialogue PER 0.862 both,
-    single-speaker 0.909 chars vs 0.918 phonemes, 707-725 LM steps, 5fdee74 on the Intel Xeon), so nothing measured
-    favours either; phonemes spare a small LM the spelling-to-sound mapping (the issue's suggestion)."""
+    budgets read phonemes: the interleaved layout needs them (its word timing comes from the phoneme alignment), and
+    with the paper's layout the two gave the same unintelligible synthesis at the quick budget (dialogue PER 0.862 both,
+    5fdee74); phonemes spare a small LM the spelling-to-sound mapping (the issue's suggestion)."""
     vae_crop_frames: int = 8
     """Training crop of the sigma-VAE in latent frames (8 = 1.07 s). Its convs see several frames of left context, so
     with 2-frame crops (0.27 s) they never trained on a full context and whole-utterance round trips were worse than
@@ -119,7 +122,8 @@ class Budget:
     tok_latent_dim: int = 16
     """Latent channels per 7.5 Hz frame of the acoustic tokenizer (the paper: 64)."""
     align_weight: float = 0.0
-    """`VibeVoiceConfig.align_weight` of both LMs: the alignment auxiliary (ours; `speech/align.py`), 0 = off (the paper)."""
+    """`VibeVoiceConfig.align_weight` of both LMs: the alignment auxiliary (ours; `speech/align.py`), 0 = off (the paper).
+    On (1.0) in every budget, with the interleaved layout (see the module docstring for the probe)."""
     history_dropout: float = 0.0
     """`LMTrainConfig.history_dropout` of both LMs: fraction of training sequences fed blind (ours; 0 = off, the paper)."""
     aligner_steps: int = 1200
@@ -127,7 +131,8 @@ class Budget:
     seed 7, no augmentation, on the training audio; never the evaluation recognizer)."""
     interleave: str = "none"
     """`VibeVoiceConfig.interleave` of both LMs: 'none' (the paper's long-form layout) or 'words' (ours, after
-    VibeVoice-Realtime: each word's IPA is fed before its first frame, timed by the forced aligner; needs phonemes)."""
+    VibeVoice-Realtime: each word's IPA is fed before its first frame, timed by the forced aligner; needs phonemes).
+    'words' in every budget: with the paper's layout the CPU-scale LM never read the script (module docstring)."""
 
 
 BUDGETS = {
@@ -636,7 +641,13 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         f"Budget {budget}, seed 0, 1 CPU thread. Corpus: {corpus.n_speakers} espeak-ng voices, {len(corpus.train)} train / {len(corpus.test)} held-out "
         f"utterances (held-out sentences never seen in training); {len(dialogs)} held-out 2-speaker dialogues of 2-3 turns; voice prompts are other "
         f"utterances of each speaker. Trained steps: sigma-VAE {len(vae_hist)}, semantic {len(sem_hist)}, LM diffusion {m['train/lm_diffusion_steps']}, "
-        f"LM regression {m['train/lm_regression_steps']}. PER comes from our CTC phoneme recognizer trained on real train audio (its PER on real "
+        f"LM regression {m['train/lm_regression_steps']}. "
+        + ("LM layout: word-interleaved (ours, after VibeVoice-Realtime: each word's IPA is fed just before its first frame, timed by a "
+           "forced aligner in training and by the LM's <next_text> decisions at synthesis; the paper's long-form layout reads the script only "
+           "from the prefix, and at this scale its LM did not read it: see the module docstring)" if b.interleave == "words" else
+           "LM layout: the paper's (script in the prefix only)")
+        + (f", with the alignment auxiliary (weight {b.align_weight})" if b.align_weight > 0 else "") + ". "
+        f"PER comes from our CTC phoneme recognizer trained on real train audio (its PER on real "
         f"held-out audio is the 'real' figure), speaker similarity from our speaker classifier's embeddings (cosine to the speaker's centroid). "
         f"Paper figures are from 7B/1.5B models trained on large corpora and measured with Whisper / WavLM; ours are a structural reproduction at "
         f"a scale that trains on 2 CPU cores, so quality numbers are not comparable in absolute terms. Times (s): {json.dumps({k: round(v) for k, v in times.items()})}. "
