@@ -73,8 +73,10 @@ full budget in sessions: `SHERMAN_ARTIFACTS=stages sherman reproduce sparse_deco
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -125,13 +127,13 @@ BUDGETS = {
                   warm_len=96, warm_steps=400, pairs=(4, 16), pair_spacing=4, n_queries=16, aux_frac=0.2, aux_len=24,
                   long_steps=48, long_batch=4, long_lens=[512, 1024, 2048, 4096], long_pairs=(8, 24), long_lr=3e-3, blocks=[16, 32, 64],
                   gate_seeds=[0, 1, 2], gate_steps=120, gate_batch=2, gate_len=512, lens=[512, 1024, 2048, 4096], eval_pairs=16, n_eval=32,
-                  eval_batch=4, n_recall=4, resa_ctx=512, resa_gen=1056, resa_batch=16, resa_block=16, rect=[16, 64, 256], window=128, speed=True),
+                  eval_batch=4, n_recall=4, resa_ctx=512, resa_gen=1056, resa_batch=16, resa_block=16, rect=[16, 64, 256], window=128, speed=True, ckpt_every=250),
     "full": dict(dim=128, layers=4, head_dim=32, rope_theta=1e6, steps=4000, batch=64, lr=3e-3, copy_steps=600, train_len=(16, 512),
                  warm_len=128, warm_steps=1000, pairs=(4, 20), pair_spacing=4, n_queries=32, aux_frac=0.2, aux_len=32,
                  long_steps=400, long_batch=8, long_lens=[512, 1024, 2048, 4096], long_pairs=(8, 24), long_lr=1e-3,
                  blocks=[16, 32, 64, 128], gate_seeds=[0, 1, 2], gate_steps=600, gate_batch=4, gate_len=2048, lens=[512, 1024, 2048, 4096],
                  eval_pairs=20, n_eval=128, eval_batch=4, n_recall=32, resa_ctx=1024, resa_gen=2048, resa_batch=8, resa_block=16,
-                 rect=[16, 64, 256], window=128, speed=True),
+                 rect=[16, 64, 256], window=128, speed=True, ckpt_every=100),
 }
 LOSSLESS_TOL = 0.02
 """Seer counts as near-lossless when its exact match is within this of dense."""
@@ -352,24 +354,50 @@ def build_model(b: dict, tok: CharTokenizer) -> Transformer:
                                    head_dim=b["head_dim"], ffn_dim=2 * b["dim"], max_seq_len=8192, rope_theta=b["rope_theta"]))
 
 
-def train_model(b: dict, tok: CharTokenizer, rng: random.Random, seed: int) -> tuple[Transformer, list[float], float]:
+def train_model(b: dict, tok: CharTokenizer, rng: random.Random, seed: int, ckpt_dir: Path | None = None
+                ) -> tuple[Transformer, list[float], float]:
     """Train the retrieval model on `train_data` (one AdamW run, warm-up then cosine), then the long-context phase on
-    `long_data` (a second, short AdamW run at the evaluation lengths)."""
+    `long_data` (a second, short AdamW run at the evaluation lengths). With `ckpt_dir` each phase checkpoints every
+    `b['ckpt_every']` steps into `ckpt_dir/{main,long}` (model, optimizer, scheduler, RNG: `core.train`'s resume) and
+    a rerun resumes from the last checkpoint with the numbers of an unbroken run (tested), so a training longer than a
+    session is built from sessions."""
     t0 = time.time()
     data = train_data(b, tok, rng)
     model = build_model(b, tok)
     prog = progress(b["steps"] + b["long_steps"], "LM training steps (then gates and evaluation)")
-    res = train(model, data, TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20),
-                                         seed=seed, shuffle=False), callback=lambda step, row: prog.advance(seed=seed))
-    loss = [r["loss/train"] for r in res.history]
+    cfg = TrainConfig(steps=b["steps"], batch_size=b["batch"], lr=b["lr"], warmup_steps=max(1, b["steps"] // 20), seed=seed, shuffle=False)
+    loss = _train_phase(model, data, cfg, ckpt_dir / "main" if ckpt_dir else None, b.get("ckpt_every", 0), prog, seed)
     if b["long_steps"]:
-        res = train(model, long_data(b, tok, rng), TrainConfig(steps=b["long_steps"], batch_size=b["long_batch"], lr=b["long_lr"],
-                                                               warmup_steps=max(1, b["long_steps"] // 10), seed=seed, shuffle=False),
-                    callback=lambda step, row: prog.advance(seed=seed))
-        loss += [r["loss/train"] for r in res.history]
+        cfg = TrainConfig(steps=b["long_steps"], batch_size=b["long_batch"], lr=b["long_lr"], warmup_steps=max(1, b["long_steps"] // 10),
+                          seed=seed, shuffle=False)
+        loss += _train_phase(model, long_data(b, tok, rng), cfg, ckpt_dir / "long" if ckpt_dir else None, b.get("ckpt_every", 0), prog, seed)
     prog.close()
     model.eval()
     return model, loss, time.time() - t0
+
+
+def _train_phase(model: Transformer, data: list[SeqExample], cfg: TrainConfig, run_dir: Path | None, every: int, prog, seed: int) -> list[float]:
+    """One `core.train` run; with `run_dir` checkpointed every `every` steps (and at the end) and resumed from there.
+    Returns the training loss of every step (read back from the run's metrics.jsonl when checkpointed)."""
+    if run_dir is None:
+        res = train(model, data, cfg, callback=lambda step, row: prog.advance(seed=seed))
+        return [r["loss/train"] for r in res.history]
+    from dataclasses import replace as _replace
+
+    from sherman.core import checkpoint
+
+    if checkpoint.latest_checkpoint(run_dir) is None:
+        seed_everything(cfg.seed)  # what a fresh train() does first (its resume path restores the checkpoint's RNG instead)
+    train(model, data, _replace(cfg, out_dir=str(run_dir), resume=True, ckpt_every=every, keep_ckpts=1),
+          callback=lambda step, row: prog.advance(seed=seed))
+    rows: dict[int, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: its step ran again after the resume
+            continue
+        rows[int(r["step"])] = float(r["loss/train"])  # steps re-run after a resume: the later row (the same value)
+    return [rows[s] for s in sorted(rows)]
 
 
 def resa_drift(model: Transformer, tok: CharTokenizer, b: dict, rng: random.Random) -> tuple[dict, int, int, int]:
@@ -452,7 +480,7 @@ def stage_code_digest() -> str:
         from sherman.core import attention, decoder, generate, kv_cache, linear, model, train
 
         fns = (haystack, query_sequence, copy_sequence, eval_batch, sparse_ctx, prefill, decode_forced, decode_forced_per_step, kl_rows,
-               recall_at_query, train_data, long_data, build_model, train_model, gate_one, eval_length, resa_drift, window_stats)
+               recall_at_query, train_data, long_data, build_model, train_model, _train_phase, gate_one, eval_length, resa_drift, window_stats)
         mods = {resa, seer, sparse, attention, decoder, generate, kv_cache, linear, model, train, sys.modules[CharTokenizer.__module__]}
         _STAGE_CODE = stages.source_digest(fns, mods)
     return _STAGE_CODE
@@ -491,12 +519,20 @@ def run(budget: str, out_dir: Path, seed: int = 0, stage_dir: Path | None = None
         return base / f"{name}.{ext}" if base is not None else None
 
     # 0. the retrieval model (stage "lm")
+    k_lm = key("", stage="lm")
+    ckpt_dir = base / f"lm_ckpt_{k_lm[:16]}" if base is not None and b.get("ckpt_every") else None  # keyed: a stale one is never resumed
+
     def lm_compute() -> tuple[dict, dict]:
-        model, loss, secs = train_model(b, tok, rng, seed)
+        if ckpt_dir is not None:
+            for old in base.glob("lm_ckpt_*"):
+                if old != ckpt_dir:
+                    shutil.rmtree(old)
+        model, loss, secs = train_model(b, tok, rng, seed, ckpt_dir)
         return model.state_dict(), {"train_loss": loss, "train_s": secs, "rng": rng.getstate()}
 
-    k_lm = key("", stage="lm")
     state, extra, _ = stages.tensor_stage(where("lm", "safetensors"), k_lm, lm_compute, f"sparse_decoding LM seed {seed}")
+    if ckpt_dir is not None and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # the stage file holds the trained weights
     model = build_model(b, tok)
     model.load_state_dict(state)
     model.eval()

@@ -233,3 +233,74 @@ def test_sparse_decoding_stages_resume_to_the_unstaged_numbers(tmp_path, count_c
     make_stale(tmp_path / "st" / "smoke" / "seed0" / f"eval_len{sd.BUDGETS['smoke']['lens'][0]}.json")
     assert numbers(sd.run("smoke", tmp_path / "c", stage_dir=tmp_path / "st")) == plain
     assert calls == ["eval"]
+
+
+def test_sparse_decoding_lm_training_resumes_from_its_checkpoints(tmp_path, monkeypatch):
+    """A checkpointed LM training killed in its first phase and rerun resumes from the last checkpoint and ends with
+    the unbroken run's weights and loss curve; with a stage dir the run keeps its checkpoints under a keyed directory
+    while it trains and removes them once the LM stage is stored, and its numbers equal the unstaged run's."""
+    import json
+    import random as _random
+
+    import pytest
+
+    from sherman.core.tokenizer import CharTokenizer
+    from sherman.experiments import sparse_decoding as sd
+
+    b = {**sd.BUDGETS["smoke"], "ckpt_every": 2}
+    tok = CharTokenizer(sd.ALPHABET)
+
+    def trained(ckpt_dir=None):
+        torch.manual_seed(0)
+        return sd.train_model(b, tok, _random.Random(0), 0, ckpt_dir)
+
+    ref, ref_loss, _ = trained()
+
+    class Killed(Exception):
+        pass
+
+    real = sd.progress
+
+    def dying(total, label):
+        bar, calls = real(total, label), [0]
+
+        def advance(**kw):
+            calls[0] += 1
+            if calls[0] == 5:  # after step 5 of 8: the last checkpoint is step 4
+                raise Killed
+            return bar_advance(**kw)
+
+        bar_advance = bar.advance
+        bar.advance = advance
+        return bar
+
+    monkeypatch.setattr(sd, "progress", dying)
+    with pytest.raises(Killed):
+        trained(tmp_path / "ck")
+    assert (tmp_path / "ck" / "main").is_dir() and not (tmp_path / "ck" / "long").exists()
+    steps_run = []
+
+    def counting(total, label):
+        bar = real(total, label)
+        bar_advance = bar.advance
+        bar.advance = lambda **kw: (steps_run.append(1), bar_advance(**kw))[1]
+        return bar
+
+    monkeypatch.setattr(sd, "progress", counting)
+    got, loss, _ = trained(tmp_path / "ck")
+    assert len(steps_run) == (b["steps"] - 4) + b["long_steps"]  # resumed at the step-4 checkpoint, not from scratch
+    monkeypatch.setattr(sd, "progress", real)
+    assert loss == ref_loss and len(loss) == b["steps"] + b["long_steps"]
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, got.state_dict()[k]), k
+
+    def numbers(res):
+        m = dict(res["metrics"])
+        m.pop("cpu_s"), m.pop("speed")
+        return json.loads(json.dumps(m, sort_keys=True))
+
+    monkeypatch.setitem(sd.BUDGETS, "smoke", b)
+    plain = numbers(sd.run("smoke", tmp_path / "plain"))
+    (tmp_path / "st" / "smoke" / "seed0" / "lm_ckpt_stale").mkdir(parents=True)
+    assert numbers(sd.run("smoke", tmp_path / "staged", stage_dir=tmp_path / "st")) == plain
+    assert not list((tmp_path / "st" / "smoke" / "seed0").glob("lm_ckpt_*"))  # stale and own checkpoints removed
