@@ -133,5 +133,45 @@ def test_verdict_criteria_are_not_vacuous():
     # every measured level or win comes from one trained model (one seed): no spread, so 'partly' at best (verdict.py)
     assert good[3:] == ["partly", "partly", "partly", "partly"]
     assert good[:2] == ["reproduced", "reproduced"]  # 3200x and 80x are exact properties of the architecture
+    # with a mel distance the head comparison uses PER and mel distance (the criteria), not speaker sim
+    mel = {**_metrics(0.05, 0.1, 0.5, vv_sim=0.3, reg_sim=0.85), "eval/vibevoice/mel_dtw": 1.0, "eval/regression/mel_dtw": 1.5}
+    assert _verdicts(mel)[5]["verdict"] == "partly" and "mel distance" in _verdicts(mel)[5]["ours"]
+    assert _verdicts({**mel, "eval/vibevoice/mel_dtw": 1.6})[5]["verdict"] == "partly"  # PER wins, mel loses: mixed
+    tie = {**_metrics(0.05, 0.3, 0.3, vv_sim=0.85, reg_sim=0.3), "eval/vibevoice/mel_dtw": 1.6, "eval/regression/mel_dtw": 1.5}
+    assert _verdicts(tie)[5]["verdict"] == "not reproduced"  # a better speaker sim does not count once mel distance is measured
     broken_evaluator = [r["verdict"] for r in _verdicts(_metrics(0.9, 0.9, 0.9))]
     assert broken_evaluator[2] == broken_evaluator[3] == "not testable here"
+
+
+def test_dtw_distance_by_hand_and_against_brute_force():
+    import itertools
+
+    import numpy as np
+
+    from sherman.experiments.vibevoice import dtw_distance, mel_dtw
+
+    assert dtw_distance(np.array([[0.0], [1.0]]), np.array([[0.0], [0.0], [1.0]])) == 0.0  # a time-stretched copy
+    assert dtw_distance(np.array([[0.0]]), np.array([[1.0]])) == 1.0  # one diagonal step of weight 2, / (1 + 1)
+    assert dtw_distance(np.array([[0.0], [0.0]]), np.array([[1.0]])) == 1.0  # diag (2) + vertical (1), / 3
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    cost = np.abs(a[:, None] - b[None]).mean(-1)
+
+    def best(i, j):  # min weighted cost of a monotone path from (0, 0) to (i, j), by exhaustive recursion
+        if i == 0 and j == 0:
+            return 2 * cost[0, 0]
+        opts = []
+        if i > 0:
+            opts.append(best(i - 1, j) + cost[i, j])
+        if j > 0:
+            opts.append(best(i, j - 1) + cost[i, j])
+        if i > 0 and j > 0:
+            opts.append(best(i - 1, j - 1) + 2 * cost[i, j])
+        return min(opts)
+
+    assert abs(dtw_distance(a, b) - best(3, 4) / 9) < 1e-12
+    assert all(dtw_distance(x, x) == 0 for x in itertools.islice((rng.standard_normal((n, 2)) for n in range(1, 6)), 5))
+    t = np.arange(24000) / 24000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    other = (0.3 * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)
+    assert mel_dtw(tone, tone) == 0.0 and mel_dtw(other, tone) > 0.5 and mel_dtw(np.repeat(tone, 2)[::2], tone) < 1e-6
