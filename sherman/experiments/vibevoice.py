@@ -129,6 +129,11 @@ class Budget:
     aligner_steps: int = 1200
     """CTC steps of the forced aligner that makes the alignment targets and the word onsets (a recognizer of its own,
     seed 7, no augmentation, on the training audio; never the evaluation recognizer)."""
+    synth_seeds: tuple[int, ...] = (0,)
+    """Noise seeds of the synthesis (`SynthConfig.seed`) at which every held-out dialogue and single-speaker sentence is
+    synthesized by both heads; the PER, mel distance and similarity figures are means over them, with each seed's value
+    and a 95% bootstrap interval over dialogues / sentences beside. One LM training seed either way (training dominates
+    the cost), so these spreads are synthesis noise and the choice of sentences, not training variance."""
     interleave: str = "none"
     """`VibeVoiceConfig.interleave` of both LMs: 'none' (the paper's long-form layout) or 'words' (ours, after
     VibeVoice-Realtime: each word's IPA is fed before its first frame, timed by the forced aligner; needs phonemes).
@@ -139,9 +144,9 @@ BUDGETS = {
     "smoke": Budget(2, 3, 1, 4, 16, 3, 0, 3, 0, 32, 1, 4, 0, 3, 0, 3, 1, 3, False, roundtrip_utts=2, n_single=1, text_input="phonemes",
                     align_weight=1.0, aligner_steps=3, interleave="words"),
     "quick": Budget(4, 40, 5, 8, 64, 3000, 420, 400, 120, 128, 4, 1200, 240, 600, 100, 150, 6, 30, True, n_single=4, text_input="phonemes",
-                    align_weight=1.0, aligner_steps=600, interleave="words"),
+                    align_weight=1.0, aligner_steps=600, interleave="words", synth_seeds=(0, 1, 2)),
     "full": Budget(6, 150, 10, 16, 96, 20000, 3600, 3000, 1200, 192, 6, 10000, 3600, 3000, 900, 600, 20, 40, True, roundtrip_utts=64, n_single=20,
-                   text_input="phonemes", align_weight=1.0, interleave="words"),
+                   text_input="phonemes", align_weight=1.0, interleave="words", synth_seeds=(0, 1, 2)),
 }
 
 
@@ -151,6 +156,17 @@ def _progress(msg: str, t0: float) -> None:
 
 def _segments(audio: np.ndarray, spans: list[tuple[int, int]]) -> list[np.ndarray]:
     return [audio[s:e] for s, e in spans]
+
+
+def bootstrap_per(edits: np.ndarray, lens: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of a corpus-level PER (sum of edits / sum of reference lengths) when the items
+    (dialogues or sentences) are resampled with replacement. edits (n_items, n_seeds): edit distances of each item at
+    each synthesis seed (averaged over seeds per item); lens (n_items,): reference lengths."""
+    e = np.asarray(edits, dtype=float).reshape(len(lens), -1).mean(1)  # (n_items,)
+    n = np.asarray(lens, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(n), size=(n_boot, len(n)))  # (n_boot, n_items)
+    pers = e[idx].sum(1) / np.maximum(1.0, n[idx].sum(1))  # (n_boot,)
+    return float(np.percentile(pers, 2.5)), float(np.percentile(pers, 97.5))
 
 
 def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,8 +199,14 @@ def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: li
     ph = [p for d in refs for p in d]
     who = [k for d in spks for k in d]
     ok = [i for i, s in enumerate(segs) if len(s) > 0]
+    hyps = dict(zip(ok, rec.recognize([segs[i] for i in ok]))) if ok else {}
+    owner = [j for j, d in enumerate(dialogs_segs) for _ in d]  # dialogue of each flattened turn
+    edits = np.zeros(len(dialogs_segs))  # (n_dialogues,): an empty turn counts as all deletions
+    for i in range(len(segs)):
+        edits[owner[i]] += metrics.edit_distance(ph[i], hyps[i]) if i in hyps else len(ph[i])
     return {
-        "per": metrics.per([ph[i] for i in ok], rec.recognize([segs[i] for i in ok])) if ok else 1.0,
+        "per": float(edits.sum() / max(1, sum(len(p) for p in ph))),
+        "_edits": edits, "_lens": np.array([sum(len(p) for p in r) for r in refs], dtype=float),
         "spk_sim": metrics.speaker_similarity(spk, ref, [segs[i] for i in ok], [who[i] for i in ok]) if ok else 0.0,
         "turn_acc": metrics.turn_accuracy(spk, dialogs_segs, spks),
         "sec_per_turn": float(np.mean([len(s) for s in segs]) / SAMPLE_RATE),
@@ -246,6 +268,12 @@ def _verdicts(m: dict) -> list[dict]:
             return PARTLY
         return v
 
+    def spread(key: str) -> str:
+        """' [lo, hi] (95% bootstrap); seeds a/b/c' for a PER key, as far as the run measured them."""
+        out = f" [{m[key + '_lo']:.3f}, {m[key + '_hi']:.3f}]" if key + "_lo" in m else ""
+        seeds = sorted(k for k in m if k.startswith(key + "/seed"))
+        return out + (f" (synthesis seeds {'/'.join(f'{m[k]:.3f}' for k in seeds)})" if seeds else "")
+
     def by_per(d: float) -> str:
         return NOT_TESTABLE if not usable else level(d, 0.15, partly_at=0.4)
     rows = [
@@ -266,8 +294,8 @@ def _verdicts(m: dict) -> list[dict]:
     d = m["eval/vibevoice/per"] - m["eval/gt/per"]
     rows.append({"claim": "intelligible synthesized dialogues (PER <= real + 0.15 reproduced, <= real + 0.4 partly)",
                  "paper": "WER 1.29-2.0% (podcast test sets)",
-                 "ours": f"PER {m['eval/vibevoice/per']:.3f} vs real espeak audio {m['eval/gt/per']:.3f}"
-                 + (f"; single-speaker held-out sentences {m['eval/single/vibevoice/per']:.3f} (real {m['eval/single/gt/per']:.3f}; issue targets "
+                 "ours": f"PER {m['eval/vibevoice/per']:.3f}{spread('eval/vibevoice/per')} vs real espeak audio {m['eval/gt/per']:.3f}"
+                 + (f"; single-speaker held-out sentences {m['eval/single/vibevoice/per']:.3f}{spread('eval/single/vibevoice/per')} (real {m['eval/single/gt/per']:.3f}; issue targets "
                     f"<= 0.35 single-speaker, <= 0.5 dialogues)" if "eval/single/vibevoice/per" in m else "")
                  + (f"; diagnostic, teacher-forced (each latent drawn given the real prefix) vs free-running PER: held-out sentences "
                     f"{m['eval/single/teacher_forced/per']:.3f} vs {m['eval/single/vibevoice/per']:.3f}, training sentences "
@@ -294,8 +322,10 @@ def _verdicts(m: dict) -> list[dict]:
     head_v = NOT_TESTABLE if per_v.verdict == NOT_TESTABLE or not usable else overall([per_v, second])
     rows.append({"claim": "next-token diffusion head beats a plain regression head on the same LM (PER and mel distance)",
                  "paper": "diffusion head (LatentLM / VibeVoice design)",
-                 "ours": f"PER {m['eval/vibevoice/per']:.3f} vs {m['eval/regression/per']:.3f}"
-                 + (f"; mel distance (DTW, nats/bin) {m['eval/vibevoice/mel_dtw']:.3f} vs {m['eval/regression/mel_dtw']:.3f}"
+                 "ours": f"PER {m['eval/vibevoice/per']:.3f}{spread('eval/vibevoice/per')} vs {m['eval/regression/per']:.3f}{spread('eval/regression/per')}"
+                 + (f"; single-speaker {m['eval/single/vibevoice/per']:.3f} vs {m['eval/single/regression/per']:.3f}" if "eval/single/regression/per" in m else "")
+                 + (f"; mel distance (DTW, nats/bin) {m['eval/vibevoice/mel_dtw']:.3f}{spread('eval/vibevoice/mel_dtw')} vs "
+                    f"{m['eval/regression/mel_dtw']:.3f}{spread('eval/regression/mel_dtw')}"
                     f" (tokenizer round trip {m.get('eval/recon/mel_dtw', float('nan')):.3f})" if mel else "")
                  + f"; sim {m['eval/vibevoice/spk_sim']:.3f} vs {m['eval/regression/spk_sim']:.3f}",
                  "verdict": head_v})
@@ -600,23 +630,39 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         return [o[0] for o in outs], [_segments(a, s) for a, s in outs]
 
     sc = SynthConfig(cfg_scale=1.3, steps=10 if budget != "smoke" else 2, max_turn_frames=b.max_turn_frames)
-    vv_audio, vv_segs = synth_all(bundle, sc)
-    rg_audio, rg_segs = synth_all(Bundle(acoustic, semantic, lms["regression"], inventory), sc)
-    for name, segs in (("gt", gt_segs), ("recon", rt_segs), ("vibevoice", vv_segs), ("regression", rg_segs)):
-        n = len(segs)
-        local = [[d.speakers().index(u.speaker) for u in d.turns] for d in dialogs[:n]]
-        for k, v in _eval_segments(rec, spk, ref, segs, refs[:n], spks[:n], prompts[:n], local).items():
-            m[f"eval/{name}/{k}"] = v
+    heads = {"vibevoice": bundle, "regression": Bundle(acoustic, semantic, lms["regression"], inventory)}
+    synth = {name: [synth_all(bund, replace(sc, seed=s)) for s in b.synth_seeds] for name, bund in heads.items()}  # [seed] -> (audio, segs)
+    vv_audio, rg_audio = synth["vibevoice"][0][0], synth["regression"][0][0]
+    local = [[d.speakers().index(u.speaker) for u in d.turns] for d in dialogs]
+    runs = {"gt": [gt_segs], "recon": [rt_segs], **{name: [segs for _, segs in per_seed] for name, per_seed in synth.items()}}
+    for name, seg_runs in runs.items():  # gt and recon: one run; each head: one run per synthesis seed
+        evs = [_eval_segments(rec, spk, ref, segs, refs, spks, prompts, local) for segs in seg_runs]
         if name != "gt":  # log-mel distance of each turn to the real turn along their DTW alignment
-            m[f"eval/{name}/mel_dtw"] = float(np.mean([mel_dtw(x, g) for xs, gs in zip(segs, gt_segs) for x, g in zip(xs, gs) if len(x) > 1024]
-                                                      or [np.nan]))
+            for ev, segs in zip(evs, seg_runs):
+                ev["mel_dtw"] = float(np.mean([mel_dtw(x, g) for xs, gs in zip(segs, gt_segs) for x, g in zip(xs, gs) if len(x) > 1024]
+                                              or [np.nan]))
+        for k in evs[0]:
+            if not k.startswith("_"):
+                m[f"eval/{name}/{k}"] = float(np.mean([ev[k] for ev in evs]))
+                if len(evs) > 1:
+                    m.update({f"eval/{name}/{k}/seed{s}": ev[k] for s, ev in zip(b.synth_seeds, evs)})
+        m[f"eval/{name}/per_lo"], m[f"eval/{name}/per_hi"] = bootstrap_per(np.stack([ev["_edits"] for ev in evs], 1), evs[0]["_lens"])
     # held-out sentences single-speaker: each as a one-line script with another utterance of its speaker as prompt
     single = corpus.test[: b.n_single]
     single_prompts = [rng.choice([x for x in corpus.train if x.speaker == u.speaker]).audio for u in single]
     single_refs = [[pid[p] for p in u.phonemes] for u in single]
-    for name, bund in (("vibevoice", bundle), ("regression", Bundle(acoustic, semantic, lms["regression"], inventory))):
-        outs = [synthesize(bund, [(0, u.text)], [pr], sc)[0] for u, pr in zip(single, single_prompts)]
-        m[f"eval/single/{name}/per"] = metrics.per(single_refs, rec.recognize(outs)) if all(len(o) for o in outs) else 1.0
+    single_lens = np.array([len(r) for r in single_refs], dtype=float)
+    for name, bund in heads.items():
+        edits = []  # per seed: (n_single,) edit distances
+        for s in b.synth_seeds:
+            outs = [synthesize(bund, [(0, u.text)], [pr], replace(sc, seed=s))[0] for u, pr in zip(single, single_prompts)]
+            hyps = rec.recognize([o for o in outs if len(o)])
+            hyps = [hyps.pop(0) if len(o) else [] for o in outs]  # an empty output counts as all deletions
+            edits.append(np.array([metrics.edit_distance(r, h) for r, h in zip(single_refs, hyps)], dtype=float))
+            if len(b.synth_seeds) > 1:
+                m[f"eval/single/{name}/per/seed{s}"] = float(edits[-1].sum() / single_lens.sum())
+        m[f"eval/single/{name}/per"] = float(np.mean([e.sum() for e in edits]) / single_lens.sum())
+        m[f"eval/single/{name}/per_lo"], m[f"eval/single/{name}/per_hi"] = bootstrap_per(np.stack(edits, 1), single_lens)
     m["eval/single/gt/per"] = metrics.per(single_refs, rec.recognize([u.audio for u in single]))
     # diagnostic: the same held-out sentences and as many training sentences, teacher-forced (each latent drawn given
     # the real prefix) beside free-running; a low teacher-forced PER under a high free-running one is exposure bias

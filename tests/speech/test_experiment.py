@@ -175,3 +175,27 @@ def test_dtw_distance_by_hand_and_against_brute_force():
     tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     other = (0.3 * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)
     assert mel_dtw(tone, tone) == 0.0 and mel_dtw(other, tone) > 0.5 and mel_dtw(np.repeat(tone, 2)[::2], tone) < 1e-6
+
+
+def test_bootstrap_per_by_hand():
+    import numpy as np
+
+    from sherman.experiments.vibevoice import bootstrap_per
+
+    # every item at the same rate: every resample gives that rate
+    assert bootstrap_per(np.array([[1.0], [2.0], [3.0]]), np.array([4.0, 8.0, 12.0])) == (0.25, 0.25)
+    # two items of length 2 with 0 and 2 edits: resamples give 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4,
+    # so the 2.5% / 97.5% percentiles are 0 and 1
+    assert bootstrap_per(np.array([[0.0], [2.0]]), np.array([2.0, 2.0])) == (0.0, 1.0)
+    # seeds are averaged per item first: (0 + 2) / 2 = 1 edit on each of two items of length 4 -> exactly 0.25
+    assert bootstrap_per(np.array([[0.0, 2.0], [2.0, 0.0]]), np.array([4.0, 4.0])) == (0.25, 0.25)
+
+
+def test_verdict_text_shows_synthesis_seeds_and_intervals():
+    from sherman.experiments.vibevoice import _verdicts
+
+    m = {**_metrics(0.05, 0.3, 0.5), "eval/vibevoice/per_lo": 0.21, "eval/vibevoice/per_hi": 0.39,
+         "eval/vibevoice/per/seed0": 0.28, "eval/vibevoice/per/seed1": 0.32}
+    row = _verdicts(m)[3]["ours"]
+    assert "PER 0.300 [0.210, 0.390] (synthesis seeds 0.280/0.320)" in row
+    assert "[" not in _verdicts(_metrics(0.05, 0.3, 0.5))[3]["ours"].split(";")[0]  # nothing measured, nothing shown
