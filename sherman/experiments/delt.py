@@ -27,6 +27,11 @@ result was read (2-core Intel Xeon). Seed 0: at 3e-3 the schedules differ by 41%
 constant: far from converged), at 1e-2 by 3.9% (0.282 vs 0.271), at 2e-2 by 3.1% (0.257 vs 0.265). Over seeds 0-2,
 2e-2 failed (quick run at 3430df5: 0.246 cosine vs 0.265 constant, 7.5%; seed 2 alone 16%: a constant LR that high
 leaves a noisy last iterate), while 1e-2 gave 0.2705 vs 0.2621 (3.1%; per seed 3.9%, 5.6%, 0.6%).
+The full budget's peak LR (3e-3) was chosen the same way, on probe seeds 100 and 101 that no arm uses (shuffled
+baseline at the full budget, 512 steps per pass, 2-core Intel Xeon, before any full DELT arm was read at that LR):
+cosine vs constant validation loss at 1e-2 0.2047 vs 0.2284 (11.5%: fails; the stored 5-seed full run at 1e-2 gave
+0.207 vs 0.227, 9.3%), 5e-3 0.2080 vs 0.2231 (7.2%: fails), 3e-3 0.2135 vs 0.2176 (1.9%) and, seed 101, 0.2178 vs
+0.2151 (1.2%), 2e-3 0.2260 vs 0.2197 (2.8%, the constant LR now ahead: the cosine decay starts to under-train).
 
 Sorted orders and recency: each Folding sweep ends on the documents its scorer ranks highest, and the trained model
 remembers the last ones. The proxy-loss scorer ranks 4-hop documents highest (their repeated "the friend of" phrases
@@ -172,7 +177,7 @@ BUDGETS: dict[str, Budget] = {
     ),
     "full": Budget(
         GradedConfig(n_entities=32, n_train=16384, sentences=3, n_target=128, n_valid=512, n_cloze_per_hop=96),
-        dim=64, n_layers=2, batch=32, lr=1e-2, seeds=(0, 1, 2, 3, 4), proxy_docs=2048,  # untested: wider model, lower LR
+        dim=64, n_layers=2, batch=32, lr=3e-3, seeds=(0, 1, 2, 3, 4), proxy_docs=2048,  # LR by the schedule probe (docstring)
         lqs=LQSConfig(proxy_steps=40, delta=5, warmup_steps=200, batch_size=32, lr=0.05, chunk=64),
         learned=LearnedScorerConfig(dim=64, steps=800, batch_size=32), arms=ARMS_FULL,
     ),

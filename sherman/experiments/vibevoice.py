@@ -169,6 +169,18 @@ def bootstrap_per(edits: np.ndarray, lens: np.ndarray, n_boot: int = 2000, seed:
     return float(np.percentile(pers, 2.5)), float(np.percentile(pers, 97.5))
 
 
+def paired_bootstrap_diff(edits_a: np.ndarray, edits_b: np.ndarray, lens: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(difference, lo, hi): corpus-level PER of a minus that of b on the same items, with the 95% percentile interval
+    when the items are resampled with replacement (the same items for both, so the interval is of the paired
+    difference). edits_* (n_items, n_seeds_*): each system's edit distances per item (averaged over its seeds)."""
+    n = np.asarray(lens, dtype=float)
+    ea = np.asarray(edits_a, dtype=float).reshape(len(n), -1).mean(1)  # (n_items,)
+    eb = np.asarray(edits_b, dtype=float).reshape(len(n), -1).mean(1)
+    idx = np.random.default_rng(seed).integers(0, len(n), size=(n_boot, len(n)))  # (n_boot, n_items)
+    d = (ea[idx].sum(1) - eb[idx].sum(1)) / np.maximum(1.0, n[idx].sum(1))  # (n_boot,)
+    return float((ea.sum() - eb.sum()) / max(1.0, n.sum())), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
 def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Symmetric DTW between feature sequences a (N, D) and b (M, D): frame cost = mean |a_i - b_j| over D, steps
     (1,0) and (0,1) weigh 1 and (1,1) weighs 2, so every path weighs N + M and the result (cost / (N + M)) is a mean
@@ -323,7 +335,11 @@ def _verdicts(m: dict) -> list[dict]:
     rows.append({"claim": "next-token diffusion head beats a plain regression head on the same LM (PER and mel distance)",
                  "paper": "diffusion head (LatentLM / VibeVoice design)",
                  "ours": f"PER {m['eval/vibevoice/per']:.3f}{spread('eval/vibevoice/per')} vs {m['eval/regression/per']:.3f}{spread('eval/regression/per')}"
+                 + (f" (paired difference {m['eval/head_diff/per']:+.3f} [{m['eval/head_diff/per_lo']:+.3f}, {m['eval/head_diff/per_hi']:+.3f}])"
+                    if "eval/head_diff/per" in m else "")
                  + (f"; single-speaker {m['eval/single/vibevoice/per']:.3f} vs {m['eval/single/regression/per']:.3f}" if "eval/single/regression/per" in m else "")
+                 + (f" (paired {m['eval/single/head_diff/per']:+.3f} [{m['eval/single/head_diff/per_lo']:+.3f}, {m['eval/single/head_diff/per_hi']:+.3f}])"
+                    if "eval/single/head_diff/per" in m else "")
                  + (f"; mel distance (DTW, nats/bin) {m['eval/vibevoice/mel_dtw']:.3f}{spread('eval/vibevoice/mel_dtw')} vs "
                     f"{m['eval/regression/mel_dtw']:.3f}{spread('eval/regression/mel_dtw')}"
                     f" (tokenizer round trip {m.get('eval/recon/mel_dtw', float('nan')):.3f})" if mel else "")
@@ -631,7 +647,11 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
 
     sc = SynthConfig(cfg_scale=1.3, steps=10 if budget != "smoke" else 2, max_turn_frames=b.max_turn_frames)
     heads = {"vibevoice": bundle, "regression": Bundle(acoustic, semantic, lms["regression"], inventory)}
-    synth = {name: [synth_all(bund, replace(sc, seed=s)) for s in b.synth_seeds] for name, bund in heads.items()}  # [seed] -> (audio, segs)
+    def seeds_of(name: str) -> tuple[int, ...]:  # the regression head draws no noise: one synthesis is all of its outputs
+        return b.synth_seeds if heads[name].lm.cfg.head == "diffusion" else b.synth_seeds[:1]
+
+    synth = {name: [synth_all(bund, replace(sc, seed=s)) for s in seeds_of(name)] for name, bund in heads.items()}  # [seed] -> (audio, segs)
+    head_edits = {}  # name -> (edits (n_dialogues, n_seeds), lens) for the paired head difference
     vv_audio, rg_audio = synth["vibevoice"][0][0], synth["regression"][0][0]
     local = [[d.speakers().index(u.speaker) for u in d.turns] for d in dialogs]
     runs = {"gt": [gt_segs], "recon": [rt_segs], **{name: [segs for _, segs in per_seed] for name, per_seed in synth.items()}}
@@ -646,7 +666,10 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
                 m[f"eval/{name}/{k}"] = float(np.mean([ev[k] for ev in evs]))
                 if len(evs) > 1:
                     m.update({f"eval/{name}/{k}/seed{s}": ev[k] for s, ev in zip(b.synth_seeds, evs)})
-        m[f"eval/{name}/per_lo"], m[f"eval/{name}/per_hi"] = bootstrap_per(np.stack([ev["_edits"] for ev in evs], 1), evs[0]["_lens"])
+        head_edits[name] = (np.stack([ev["_edits"] for ev in evs], 1), evs[0]["_lens"])
+        m[f"eval/{name}/per_lo"], m[f"eval/{name}/per_hi"] = bootstrap_per(*head_edits[name])
+    m["eval/head_diff/per"], m["eval/head_diff/per_lo"], m["eval/head_diff/per_hi"] = paired_bootstrap_diff(
+        head_edits["vibevoice"][0], head_edits["regression"][0], head_edits["vibevoice"][1])
     # held-out sentences single-speaker: each as a one-line script with another utterance of its speaker as prompt
     single = corpus.test[: b.n_single]
     single_prompts = [rng.choice([x for x in corpus.train if x.speaker == u.speaker]).audio for u in single]
@@ -654,15 +677,18 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
     single_lens = np.array([len(r) for r in single_refs], dtype=float)
     for name, bund in heads.items():
         edits = []  # per seed: (n_single,) edit distances
-        for s in b.synth_seeds:
+        for s in seeds_of(name):
             outs = [synthesize(bund, [(0, u.text)], [pr], replace(sc, seed=s))[0] for u, pr in zip(single, single_prompts)]
             hyps = rec.recognize([o for o in outs if len(o)])
             hyps = [hyps.pop(0) if len(o) else [] for o in outs]  # an empty output counts as all deletions
             edits.append(np.array([metrics.edit_distance(r, h) for r, h in zip(single_refs, hyps)], dtype=float))
-            if len(b.synth_seeds) > 1:
+            if len(seeds_of(name)) > 1:
                 m[f"eval/single/{name}/per/seed{s}"] = float(edits[-1].sum() / single_lens.sum())
         m[f"eval/single/{name}/per"] = float(np.mean([e.sum() for e in edits]) / single_lens.sum())
         m[f"eval/single/{name}/per_lo"], m[f"eval/single/{name}/per_hi"] = bootstrap_per(np.stack(edits, 1), single_lens)
+        head_edits[f"single/{name}"] = np.stack(edits, 1)
+    m["eval/single/head_diff/per"], m["eval/single/head_diff/per_lo"], m["eval/single/head_diff/per_hi"] = paired_bootstrap_diff(
+        head_edits["single/vibevoice"], head_edits["single/regression"], single_lens)
     m["eval/single/gt/per"] = metrics.per(single_refs, rec.recognize([u.audio for u in single]))
     # diagnostic: the same held-out sentences and as many training sentences, teacher-forced (each latent drawn given
     # the real prefix) beside free-running; a low teacher-forced PER under a high free-running one is exposure bias

@@ -191,6 +191,19 @@ def test_bootstrap_per_by_hand():
     assert bootstrap_per(np.array([[0.0, 2.0], [2.0, 0.0]]), np.array([4.0, 4.0])) == (0.25, 0.25)
 
 
+def test_paired_bootstrap_diff_by_hand():
+    import numpy as np
+
+    from sherman.experiments.vibevoice import paired_bootstrap_diff
+
+    # a is 1 edit better on every item of length 4: every resample differs by exactly -0.25
+    assert paired_bootstrap_diff(np.array([[1.0], [2.0]]), np.array([[2.0], [3.0]]), np.array([4.0, 4.0])) == (-0.25, -0.25, -0.25)
+    # item 0: a 2 edits better, item 1: a 2 edits worse (length 2 each): the total differs by 0, resamples by -1, 0 or +1
+    # with probabilities 1/4, 1/2, 1/4 -> interval [-1, 1]; a's two seeds (0 and 2 edits on item 0) average to 1 first
+    assert paired_bootstrap_diff(np.array([[0.0], [2.0]]), np.array([[2.0], [0.0]]), np.array([2.0, 2.0])) == (0.0, -1.0, 1.0)
+    assert paired_bootstrap_diff(np.array([[0.0, 2.0], [1.0, 1.0]]), np.array([[1.0], [1.0]]), np.array([2.0, 2.0])) == (0.0, 0.0, 0.0)
+
+
 def test_verdict_text_shows_synthesis_seeds_and_intervals():
     from sherman.experiments.vibevoice import _verdicts
 
@@ -198,4 +211,6 @@ def test_verdict_text_shows_synthesis_seeds_and_intervals():
          "eval/vibevoice/per/seed0": 0.28, "eval/vibevoice/per/seed1": 0.32}
     row = _verdicts(m)[3]["ours"]
     assert "PER 0.300 [0.210, 0.390] (synthesis seeds 0.280/0.320)" in row
+    head = _verdicts({**m, "eval/head_diff/per": -0.036, "eval/head_diff/per_lo": -0.06, "eval/head_diff/per_hi": -0.01})[5]["ours"]
+    assert "(paired difference -0.036 [-0.060, -0.010])" in head
     assert "[" not in _verdicts(_metrics(0.05, 0.3, 0.5))[3]["ours"].split(";")[0]  # nothing measured, nothing shown
