@@ -203,6 +203,31 @@ def mel_dtw(x: np.ndarray, ref: np.ndarray) -> float:
     return dtw_distance(f(x), f(ref))
 
 
+def gv_ratio(a: np.ndarray, ref: np.ndarray) -> float:
+    """Global variance ratio of feature sequences a (N, D) and ref (M, D): mean over the D bins of var_t(a) / var_t(ref).
+    Below 1 the features are flatter over time than the reference's (over-smoothing, the known failure of a mean
+    regression: it lowers a frame distance while it flattens the spectrogram); a bin of the reference that never varies
+    is skipped."""
+    va, vr = a.var(0), ref.var(0)  # (D,)
+    keep = vr > 1e-8
+    return float(np.mean(va[keep] / vr[keep])) if keep.any() else float("nan")
+
+
+def speech_frames(f: np.ndarray, floor: float = 6.0) -> np.ndarray:
+    """Frames of a log-mel (frames, mels) whose mean level is within `floor` nats of its 95th percentile: drops the
+    pauses and near-silence, whose depth (digital zeros in espeak audio, a noise floor in synthesis) would otherwise
+    dominate a variance."""
+    e = f.mean(1)  # (frames,)
+    keep = e >= np.percentile(e, 95) - floor
+    return f[keep] if keep.sum() > 1 else f
+
+
+def mel_gv(x: np.ndarray, ref: np.ndarray) -> float:
+    """`gv_ratio` of the log-mels (as in `mel_dtw`) of waveform `x` and `ref`, over their speech frames only."""
+    f = lambda a: log_mel(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None], hop=512)[0].T.numpy()  # noqa: E731  (frames, mels)
+    return gv_ratio(speech_frames(f(x)), speech_frames(f(ref)))
+
+
 def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: list[list[list[int]]], spks: list[list[int]],
                    prompts: list[list[np.ndarray]] | None = None, local: list[list[int]] | None = None) -> dict:
     """PER, speaker similarity, turn accuracy; with `prompts` (per dialogue, in script-speaker order) and `local` (script
@@ -343,6 +368,9 @@ def _verdicts(m: dict) -> list[dict]:
                  + (f"; mel distance (DTW, nats/bin) {m['eval/vibevoice/mel_dtw']:.3f}{spread('eval/vibevoice/mel_dtw')} vs "
                     f"{m['eval/regression/mel_dtw']:.3f}{spread('eval/regression/mel_dtw')}"
                     f" (tokenizer round trip {m.get('eval/recon/mel_dtw', float('nan')):.3f})" if mel else "")
+                 + (f"; diagnostic, log-mel global variance over speech frames vs the real turns (1 = as varied as real speech, < 1 over-smoothed) "
+                    f"{m['eval/vibevoice/mel_gv']:.2f} vs {m['eval/regression/mel_gv']:.2f} (round trip {m.get('eval/recon/mel_gv', float('nan')):.2f})"
+                    if "eval/regression/mel_gv" in m else "")
                  + f"; sim {m['eval/vibevoice/spk_sim']:.3f} vs {m['eval/regression/spk_sim']:.3f}",
                  "verdict": head_v})
     if "sweep/steps10/per" in m:
@@ -661,6 +689,8 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
             for ev, segs in zip(evs, seg_runs):
                 ev["mel_dtw"] = float(np.mean([mel_dtw(x, g) for xs, gs in zip(segs, gt_segs) for x, g in zip(xs, gs) if len(x) > 1024]
                                               or [np.nan]))
+                ev["mel_gv"] = float(np.mean([mel_gv(x, g) for xs, gs in zip(segs, gt_segs) for x, g in zip(xs, gs) if len(x) > 1024]
+                                             or [np.nan]))  # diagnostic: over-smoothing
         for k in evs[0]:
             if not k.startswith("_"):
                 m[f"eval/{name}/{k}"] = float(np.mean([ev[k] for ev in evs]))

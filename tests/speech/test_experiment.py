@@ -191,6 +191,27 @@ def test_bootstrap_per_by_hand():
     assert bootstrap_per(np.array([[0.0, 2.0], [2.0, 0.0]]), np.array([4.0, 4.0])) == (0.25, 0.25)
 
 
+def test_gv_ratio_by_hand():
+    import numpy as np
+
+    from sherman.experiments.vibevoice import gv_ratio
+
+    ref = np.array([[0.0, 1.0, 5.0], [2.0, 3.0, 5.0]])  # bin variances 1, 1, 0 (the last is skipped)
+    assert gv_ratio(ref, ref) == 1.0
+    assert gv_ratio(2 * ref + 7, ref) == 4.0  # doubling the spread quadruples the variance; an offset does not count
+    assert gv_ratio(np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 2.0, 0.0]]), ref) == (0 + 2 / 3) / 2  # flat bin 0, var 2/3 in bin 1
+
+
+def test_speech_frames_drops_pauses():
+    import numpy as np
+
+    from sherman.experiments.vibevoice import speech_frames
+
+    f = np.array([[0.0, 0.0]] * 18 + [[-20.0, -20.0]] * 2)  # 18 speech frames at level 0, 2 silent ones 20 nats down
+    assert speech_frames(f).shape == (18, 2)
+    assert speech_frames(f, floor=30.0).shape == (20, 2)  # a floor below the silence keeps every frame
+
+
 def test_paired_bootstrap_diff_by_hand():
     import numpy as np
 
