@@ -29,7 +29,10 @@ Setup (each seed's arms start from that seed's own checkpoint S; `Budget.s_per_s
 - S is cached per seed (`s_stage`: `s_cache_root()/<budget digest>/S_seed<k>`, manifest JSON + safetensors through
   `speech/artifacts.py`), keyed by a hash of S's budget fields, seed, learning rate, template, the tokenizer, every
   document and the held-out positions, and the source of the code that builds and trains it; a stale or damaged one is
-  retrained, never reused. At quick, `s_workers = 1` background process trains seeds 1-2's S into the cache while the
+  retrained, never reused. With `ckpt_every` (the full budget: 250) S's training checkpoints under a directory keyed
+  by that hash beside the cache entry and a run cut off mid-S resumes there with the unbroken run's weights (tested),
+  so the full budget's S (4000 steps at width 128, longer than an hour per seed on one core) can be finished across
+  sessions: `SHERMAN_ARTIFACTS=stages sherman reproduce rpt --budget full`, repeated. At quick, `s_workers = 1` background process trains seeds 1-2's S into the cache while the
   main process trains seed 0's and runs the arms (two cores). `metrics.times` holds wall and CPU seconds per stage; a
   cold run's idle wall time is estimated by replaying the run's order with those CPU seconds, one core per process
   (`idle_wall_estimate`), and its CPU total counts each S at the CPU seconds its training took (stored in its cache).
@@ -67,6 +70,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import time
 from collections import Counter
@@ -145,6 +149,10 @@ class Budget:
     seed; S is cached either way (`s_stage`)."""
     s_seed: int = 0
     """Seed of the shared S when `s_per_seed` is False."""
+    ckpt_every: int = 0
+    """S's training checkpoints every this many steps (0: none) under a directory keyed by S's hash beside its cache
+    entry, removed once S is stored: a run cut off while S trains resumes there with the unbroken run's weights (S is
+    the long stage of the full budget)."""
     s_workers: int = 0
     """Background processes (1 torch thread each) that pre-train the later seeds' S into the cache while the main process
     trains the first S and runs the arms (needs the cache; 0 = every S in the main process)."""
@@ -159,7 +167,7 @@ BUDGETS = {
                     rl_steps=12, rl_eval=48, batch=16, s_workers=1),
     "full": Budget(seeds=(0, 1, 2, 3, 4), docs=2000, vocab=600, dim=128, layers=4, proxy_dim=64, proxy_steps=800, format_mode="spans",
                    base_steps=4000, spans=12, span_weight=1.0, fmt_steps=1500, rpt_steps=300, prompts=16, group=8, eval_every=30, held_positions=600,
-                   rl_sft_steps=200, rl_steps=60, rl_eval=128, batch=32, s_workers=1),
+                   rl_sft_steps=200, rl_steps=60, rl_eval=128, batch=32, s_workers=1, ckpt_every=250),
 }  # fmt: skip
 
 LR = 3e-3
@@ -249,18 +257,21 @@ def span_rounds(task: rpt.RPTTask, docs: list, b: Budget, rng: random.Random) ->
     return out
 
 
-def make_s(b: Budget, shared: dict, seed: int) -> tuple[dict, dict]:
-    """Pre-train one start model S -> (state dict, {'base': argmax eval before the format training (sft mode) or of S itself})."""
+def make_s(b: Budget, shared: dict, seed: int, run_dir: Path | None = None, on_step=None) -> tuple[dict, dict]:
+    """Pre-train one start model S -> (state dict, {'base': argmax eval before the format training (sft mode) or of S itself}).
+    With `run_dir` each training phase checkpoints every `b.ckpt_every` steps under it and resumes from there;
+    `on_step(step, row)` after every training step."""
+    ck = (lambda phase: dict(run_dir=run_dir / phase, ckpt_every=b.ckpt_every, callback=on_step)) if run_dir is not None else (lambda phase: {})
     tok, train_docs, held_task, train_pos, cfg = shared["tok"], shared["train_docs"], shared["held_task"], shared["train_pos"], shared["cfg"]
     held = [held_task.positions[i] for i in shared["held_idx"]]
     m = _model(tok.vocab_size, b.dim, seed, b.layers)
     task = rpt.RPTTask(tok, train_docs, train_pos, cfg)
     rng = random.Random(seed)
     if b.format_mode == "spans":
-        rpt.ntp_train(m, span_rounds(task, train_docs, b, rng), b.base_steps, b.batch, LR, seed, tok.pad_id)
+        rpt.ntp_train(m, span_rounds(task, train_docs, b, rng), b.base_steps, b.batch, LR, seed, tok.pad_id, **ck("base"))
         base = rpt.ntp_accuracy(m, tok, held_task.docs, held, cfg)
     elif b.format_mode == "sft":
-        rpt.ntp_train(m, rpt.lm_data(train_docs, tok.bos_id), b.base_steps, b.batch, LR, seed, tok.pad_id)
+        rpt.ntp_train(m, rpt.lm_data(train_docs, tok.bos_id), b.base_steps, b.batch, LR, seed, tok.pad_id, **ck("base"))
         base = rpt.ntp_accuracy(m, tok, held_task.docs, held, cfg)  # before the format SFT
         # format SFT mixed 1:1 with NTP replay (alone it collapses the tiny policy to one constant prediction)
         fmt_idx = rng.sample(range(len(train_pos)), min(len(train_pos), max(1, b.fmt_steps * b.batch // 2)))
@@ -269,7 +280,7 @@ def make_s(b: Budget, shared: dict, seed: int) -> tuple[dict, dict]:
         rng.shuffle(replay)
         data += [replay[i % len(replay)] for i in range(len(data))]
         rng.shuffle(data)
-        rpt.ntp_train(m, data, b.fmt_steps, b.batch, LR, seed, tok.pad_id, warmup=0)
+        rpt.ntp_train(m, data, b.fmt_steps, b.batch, LR, seed, tok.pad_id, warmup=0, **ck("fmt"))
     else:
         raise ValueError(f"format_mode must be 'spans' or 'sft', got {b.format_mode!r}")
     return {k: v.clone() for k, v in m.state_dict().items()}, base
@@ -330,12 +341,34 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
     The CPU seconds of the training are stored with it, so a warm run still reports what a cold one costs."""
     from sherman.speech.artifacts import cached
 
+    from sherman.speech.artifacts import artifact_hash
+
     config, data = s_key(b, shared, seed)
+    ckpt = None
+    if cache_root is not None and b.ckpt_every:  # keyed by S's hash: a stale one is never resumed
+        ckpt = _s_dir(b, seed, cache_root).parent / f"S_seed{seed}_ckpt_{artifact_hash('rpt_S', config, data)[:16]}"
 
     def train_s() -> tuple[dict, dict]:
         c0 = time.process_time()
-        state, base = make_s(b, shared, seed)
-        return state, {"base": base, "train_cpu_s": time.process_time() - c0}
+        if ckpt is not None:
+            for old in ckpt.parent.glob(f"S_seed{seed}_ckpt_*"):
+                if old != ckpt:
+                    shutil.rmtree(old)
+        if ckpt is None:
+            state, base = make_s(b, shared, seed)
+            return state, {"base": base, "train_cpu_s": time.process_time() - c0}
+        tally = ckpt / "cpu_s.json"  # CPU seconds of the calls before a cut, saved at each checkpoint
+        prev = float(json.loads(tally.read_text())["cpu_s"]) if tally.is_file() else 0.0
+
+        def on_step(step: int, row: dict) -> None:
+            if step % b.ckpt_every == 0:
+                tmp = tally.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"cpu_s": prev + time.process_time() - c0}))
+                tmp.replace(tally)
+
+        ckpt.mkdir(parents=True, exist_ok=True)
+        state, base = make_s(b, shared, seed, ckpt, on_step)
+        return state, {"base": base, "train_cpu_s": prev + time.process_time() - c0}
 
     t0, c0 = time.time(), time.process_time()
     if cache_root is None:
@@ -345,6 +378,8 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
         art = cached(_s_dir(b, seed, cache_root), "rpt_S", config, data, train_s, log=lambda m: print0(f"[rpt] {m}"),
                      check=lambda st: _model(shared["tok"].vocab_size, b.dim, seed, b.layers).load_state_dict(st))  # fmt: skip
         state, extra, status, train_wall = art.state, art.extra, art.status, float(art.manifest.get("train_s", 0.0))
+        if ckpt is not None and ckpt.exists():
+            shutil.rmtree(ckpt)  # the cache entry holds the trained weights
     m = _model(shared["tok"].vocab_size, b.dim, seed, b.layers)
     m.load_state_dict(state)
     ev = _eval(m, shared["held_task"], shared["held_idx"], shared["cfg"])

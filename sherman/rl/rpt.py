@@ -580,14 +580,26 @@ def lm_data(docs: Sequence[Sequence[int]], bos_id: int, positions: Sequence[tupl
     return [SeqExample(ids=[bos_id] + list(docs[d]), mask=[0] + [int(t in ts) for t in range(len(docs[d]))]) for d, ts in sorted(by_doc.items())]
 
 
-def ntp_train(model, data: list, steps: int, batch_size: int, lr: float, seed: int, pad_id: int, warmup: int = 10) -> list[dict]:
-    """The core LM/SFT loop (`sherman.core.train.train`) on SeqExamples; constant learning rate after warmup."""
+def ntp_train(model, data: list, steps: int, batch_size: int, lr: float, seed: int, pad_id: int, warmup: int = 10,
+              run_dir: str | Path | None = None, ckpt_every: int = 0, callback=None) -> list[dict]:
+    """The core LM/SFT loop (`sherman.core.train.train`) on SeqExamples; constant learning rate after warmup. With
+    `run_dir`: checkpointed every `ckpt_every` steps (and at the end, one kept) and resumed from the newest checkpoint
+    there, ending with the unbroken run's weights; the returned history then holds only the steps this call ran.
+    `callback(step, row)` after every step."""
+    from dataclasses import replace
+
+    from sherman.core import checkpoint
+    from sherman.core.common import seed_everything
     from sherman.core.train import TrainConfig, train
 
     if steps <= 0:
         return []
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup, steps), schedule="constant", seed=seed)
-    return train(model, data, tc, pad_id=pad_id).history
+    if run_dir is not None:
+        if checkpoint.latest_checkpoint(run_dir) is None:
+            seed_everything(seed)  # what a fresh train() does first (a resumed one restores the checkpoint's state)
+        tc = replace(tc, out_dir=str(run_dir), resume=True, ckpt_every=ckpt_every, keep_ckpts=1)
+    return train(model, data, tc, pad_id=pad_id, callback=callback).history
 
 
 def n_params(model) -> int:

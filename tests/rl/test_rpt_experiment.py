@@ -163,3 +163,57 @@ def test_arm_stages_resume_and_follow_s(tmp_path, monkeypatch):
     path.write_text(json.dumps({**json.loads(path.read_text()), "key": "0" * 64}))
     third = exp.run("tiny", tmp_path / "c")
     assert calls == [1] and third["rows"] == first["rows"]
+
+
+def test_s_training_cut_off_resumes_to_the_unbroken_weights(tmp_path, monkeypatch):
+    """With `ckpt_every`, S's training killed after its step-4 checkpoint and rerun resumes there (it runs only the
+    remaining steps) and stores the unbroken run's weights; the checkpoint directory is removed once S is stored, and
+    the stored CPU seconds cover both calls."""
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from sherman.rl import rpt as rpt_mod
+
+    b = dataclasses.replace(exp.BUDGETS["smoke"], base_steps=6, ckpt_every=2)
+    shared = exp.setup(b, None)
+    plain = exp.s_stage(b, shared, 0, None)  # no cache, no checkpoints
+
+    class Killed(Exception):
+        pass
+
+    real = rpt_mod.ntp_train
+    steps_run = []
+
+    def dying(*a, callback=None, **kw):
+        def cb(step, row):
+            steps_run.append(step)
+            if callback is not None:
+                callback(step, row)
+            if step == 5:
+                raise Killed
+        return real(*a, callback=cb, **kw)
+
+    root = tmp_path / "art"
+    monkeypatch.setattr(rpt_mod, "ntp_train", dying)
+    with pytest.raises(Killed):
+        exp.s_stage(b, shared, 0, root)
+    ck = list(root.glob("*/S_seed0_ckpt_*"))
+    assert len(ck) == 1 and (ck[0] / "cpu_s.json").is_file()
+    monkeypatch.setattr(rpt_mod, "ntp_train", real)
+
+    def counting(*a, callback=None, **kw):
+        def cb(step, row):
+            steps_run.append(step)
+            if callback is not None:
+                callback(step, row)
+        return real(*a, callback=cb, **kw)
+
+    steps_run.clear()
+    monkeypatch.setattr(rpt_mod, "ntp_train", counting)
+    got = exp.s_stage(b, shared, 0, root)
+    assert steps_run == [5, 6]  # resumed at the step-4 checkpoint
+    assert got["status"] == "trained (new)" and got["train_cpu_s"] > 0
+    assert all(torch.equal(plain["state"][k], got["state"][k]) for k in plain["state"]) and got["base"] == plain["base"]
+    assert not list(root.glob("*/S_seed0_ckpt_*"))  # removed once S is stored
