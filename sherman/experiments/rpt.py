@@ -339,9 +339,7 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
     """S for `seed`, trained or reused from `cache_root/<budget digest>/S_seed<seed>` (manifest + safetensors, written
     atomically; a stale or unreadable artifact is retrained): {'state', 'base', 'eval', 'status', 'train_cpu_s', 'train_s'}.
     The CPU seconds of the training are stored with it, so a warm run still reports what a cold one costs."""
-    from sherman.speech.artifacts import cached
-
-    from sherman.speech.artifacts import artifact_hash
+    from sherman.speech.artifacts import artifact_hash, cached
 
     config, data = s_key(b, shared, seed)
     ckpt = None
