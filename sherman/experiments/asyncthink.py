@@ -83,7 +83,9 @@ It is built from stages (`experiments/stages.py`, under `stages.stage_root('asyn
 each trained model (format SFT, RL per lambda, each topology arm) is a safetensors file keyed by the budget, seed,
 lambda or topology, a digest of the weights it starts from, the code and torch; each model's evaluation is a JSON
 record keyed by that model's weights digest. An RL stage cut off mid-run resumes from its newest checkpoint (every
-`save_every` steps, one optimizer state; `<root>/<budget>/rl/`, not kept in the repository). So
+`save_every` steps, one optimizer state; `<root>/<budget>/rl/`, not kept in the repository), and so does an SFT stage
+(the main model and each topology arm, ~2 h each at full: every `sft_ckpt_every` = 100 steps under
+`<root>/<budget>/sft_ckpt/`, keyed by the stage's key, removed once the stage is stored; tested). So
 `SHERMAN_ARTIFACTS=stages sherman reproduce asyncthink --budget full`, repeated across sessions, finishes it.
 
 Verdicts go through `experiments/verdict.py` (effect threshold and 2 s.e. of the paired per-seed differences).
@@ -97,6 +99,7 @@ import asyncio
 import copy
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,6 +112,7 @@ from sherman.core.common import seed_everything
 from sherman.core.generate import SamplingParams
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
+from sherman.core.resumable import CpuTally, train_losses, train_resumable
 from sherman.core.train import TrainConfig, train
 from sherman.experiments import stages
 from sherman.experiments.verdict import NOT_TESTABLE, PARTLY, REPRODUCED, compare, overall
@@ -152,6 +156,10 @@ class Budget:
     """Questions per RL update."""
     group: int = 8
     """RL group size G."""
+    sft_ckpt_every: int = 0
+    """Every SFT stage (the main model and each topology arm) checkpoints every this many steps (0: none) under
+    `<root>/<budget>/sft_ckpt/<name>_<stage key>` while it trains and resumes there when cut off, so an SFT longer
+    than a session finishes across sessions; the directory is removed once the stage is stored."""
     save_every: int = 25
     """RL checkpoint interval (steps)."""
     eval_temperature: float = 0.5
@@ -176,7 +184,8 @@ BUDGETS = {
                     topo_sft_steps=2, rl_questions=1, group=2),
     "quick": Budget(n_sft=4000, sft_steps=2400, rl_steps=10, lambdas=(0.5, 0.0), n_eval=32, dim=128, n_layers=2, topo_sft_steps=80,
                     log_every=100),
-    "full": Budget(n_sft=12000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000),
+    "full": Budget(n_sft=12000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000,
+                   sft_ckpt_every=100),
 }
 
 MIN_ACC_GAIN = 0.02
@@ -338,9 +347,10 @@ def _new_model(tok, b: Budget) -> Transformer:
 
 
 def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies, init: Transformer | None = None,
-         lr: float | None = None) -> tuple[Transformer, list[float]]:
+         lr: float | None = None, run_dir: Path | None = None, on_step=None) -> tuple[Transformer, list[float]]:
     """Format SFT on organizer/worker traces of `topologies` plus sequential traces (seeded data): a fresh model, or a
-    copy of `init` trained further (the topology ablation)."""
+    copy of `init` trained further (the topology ablation). With `run_dir`: checkpointed every `b.sft_ckpt_every`
+    steps there and resumed from the newest checkpoint (`core.resumable`), with the unbroken run's weights and loss."""
     seed_everything(seed)
     rng = random.Random(seed)
     data = []
@@ -348,8 +358,12 @@ def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies, init: T
         data += sft_examples(t, tok, b.n_sft, rng, capacity=CAPACITY, topologies=topologies, subquery=SUBQUERY)
         data += sft_examples(t, tok, b.n_sft, rng, sequential=True)
     model = _new_model(tok, b) if init is None else copy.deepcopy(init)
-    res = train(model, data, TrainConfig(steps=steps, batch_size=b.sft_batch, lr=lr or b.sft_lr, warmup_steps=min(20, steps // 5),
-                                         seed=seed, log_every=b.log_every))  # fmt: skip
+    tc = TrainConfig(steps=steps, batch_size=b.sft_batch, lr=lr or b.sft_lr, warmup_steps=min(20, steps // 5), seed=seed, log_every=b.log_every)
+    if run_dir is not None:
+        train_resumable(model, data, tc, run_dir, b.sft_ckpt_every, callback=on_step)
+        model.eval()
+        return model, train_losses(run_dir)
+    res = train(model, data, tc)
     model.eval()
     return model, [h["loss/train"] for h in res.history if "loss/train" in h]
 
@@ -368,13 +382,13 @@ def stage_code_digest() -> str:
     if _STAGE_CODE is None:
         import sys
 
-        from sherman.core import attention, decoder, generate, kv_cache, linear, model
+        from sherman.core import attention, decoder, generate, kv_cache, linear, model, resumable
         from sherman.core import train as core_train
         from sherman.rl import core as rl_core
         from sherman.think import backends, baselines, engine
         from sherman.think import train as think_train
 
-        mods = {attention, decoder, generate, kv_cache, linear, model, core_train, rl_core, backends, baselines, engine, think_train,
+        mods = {attention, decoder, generate, kv_cache, linear, model, resumable, core_train, rl_core, backends, baselines, engine, think_train,
                 sys.modules[Arithmetic.__module__], sys.modules[Countdown.__module__]}
         fns = (_new_model, _sft, make_tasks, _run_method, _metrics, _baseline_curve, evaluate, field_accuracy, score_fields, truncated_sequential,
                truncated_parallel)
@@ -386,18 +400,33 @@ def _key(b: Budget, **body) -> str:
     return stages.stage_key({"format": STAGE_FORMAT, "budget": asdict(b), "code": stage_code_digest(), "torch": torch.__version__, **body})
 
 
-def model_stage(root: Path | None, budget: str, name: str, b: Budget, tok, key: dict, compute) -> tuple[Transformer, dict, float]:
+def model_stage(root: Path | None, budget: str, name: str, b: Budget, tok, key: dict, compute, ckpt_every: int = 0) -> tuple[Transformer, dict, float]:
     """A trained model (`compute() -> (model, JSON extras)`), or its stored weights `root/budget/<name>.safetensors` when
-    the key matches. Returns (model in eval mode, extras, CPU seconds it cost when computed)."""
+    the key matches. Returns (model in eval mode, extras, CPU seconds it cost when computed). With a root and
+    `ckpt_every`, `compute(run_dir, on_step)` trains resumably in `root/budget/sft_ckpt/<name>_<key>` (keyed: a stale
+    one is never resumed; removed once the stage is stored) and `on_step(step, row)` keeps its CPU tally at every
+    checkpoint, so the stored CPU seconds cover every call that trained it."""
+    k = _key(b, name=name, **key)
+    run_dir = Path(root) / budget / "sft_ckpt" / f"{name}_{k[:16]}" if root is not None and ckpt_every else None
+
     def run() -> tuple[dict, dict]:
-        m, extra = compute()
-        return m.state_dict(), extra
+        if run_dir is None:
+            m, extra = compute()
+            return m.state_dict(), extra
+        for old in run_dir.parent.glob(f"{name}_*"):
+            if old != run_dir:
+                shutil.rmtree(old)
+        tally = CpuTally(run_dir)
+        m, extra = compute(run_dir, lambda step, row: tally.save() if step % ckpt_every == 0 else None)
+        return m.state_dict(), {**extra, "cpu_s_earlier": tally.earlier}
 
     path = Path(root) / budget / f"{name}.safetensors" if root is not None else None
-    state, extra, _ = stages.tensor_stage(path, _key(b, name=name, **key), run, f"asyncthink {name}")
+    state, extra, _ = stages.tensor_stage(path, k, run, f"asyncthink {name}")
+    if run_dir is not None and run_dir.exists():
+        shutil.rmtree(run_dir)  # the stage file holds the trained weights
     model = _new_model(tok, b)
     model.load_state_dict(state)
-    return model.eval(), extra, float(extra["cpu_s"])
+    return model.eval(), extra, float(extra["cpu_s"]) + float(extra.get("cpu_s_earlier", 0.0))
 
 
 def eval_stage(root: Path | None, budget: str, name: str, b: Budget, model: Transformer, compute) -> tuple[dict, float]:
@@ -434,12 +463,12 @@ def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
         prog.set(seed=seed)
         cpu = {"sft": 0.0, "rl": 0.0, "eval": 0.0, "topology": 0.0}  # CPU seconds per stage (stored cost when reused)
 
-        def sft_fit(steps: int, topologies, init: Transformer | None = None, lr: float | None = None):
-            m, loss = _sft(tok, train_tasks, b, seed, steps, topologies, init=init, lr=lr)
+        def sft_fit(steps: int, topologies, init: Transformer | None = None, lr: float | None = None, run_dir=None, on_step=None):
+            m, loss = _sft(tok, train_tasks, b, seed, steps, topologies, init=init, lr=lr, run_dir=run_dir, on_step=on_step)
             return m, {"loss": loss}
 
         sft_model, extra, c = model_stage(root, budget, f"seed{seed}_sft", b, tok, {"seed": seed},
-                                          lambda: sft_fit(b.sft_steps, TRAIN_TOPOLOGIES))
+                                          lambda *ck: sft_fit(b.sft_steps, TRAIN_TOPOLOGIES, None, None, *ck), ckpt_every=b.sft_ckpt_every)
         sft_loss = extra["loss"]
         cpu["sft"] += c
         models = {"sft": sft_model}
@@ -486,7 +515,8 @@ def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
         if b.topo_sft_steps:  # ablation: fork-all-then-join-all vs interleaved traces (the same SFT model, same steps, no RL)
             for topo in ("fork_all", "interleaved"):
                 m, extra, c = model_stage(root, budget, f"seed{seed}_topo_{topo}", b, tok, {"seed": seed, "topo": topo, "init": sft_digest},
-                                          lambda topo=topo: sft_fit(b.topo_sft_steps, (topo,), init=sft_model, lr=b.topo_lr))
+                                          lambda *ck, topo=topo: sft_fit(b.topo_sft_steps, (topo,), sft_model, b.topo_lr, *ck),
+                                          ckpt_every=b.sft_ckpt_every)
                 out, c2 = eval_stage(root, budget, f"seed{seed}_topo_{topo}", b, m,
                                      lambda m=m: evaluate(m, tok, claim_task, claim_exs, seed, b.eval_temperature, (top,), methods=("asyncthink",)))
                 res[f"topo_{topo}/claim"] = out

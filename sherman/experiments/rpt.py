@@ -307,12 +307,12 @@ def s_key(b: Budget, shared: dict, seed: int) -> tuple[dict, str]:
     """(config, data digest) naming S: the S-relevant budget fields, the seed, LR, the template, the model window and a
     digest of the code that builds and trains it; the data digest covers the tokenizer, every document and the held-out
     positions its base evaluation uses. Any change makes a cached S stale (retrained, never reused)."""
-    from sherman.core import attention, linear, model, train
+    from sherman.core import attention, linear, model, resumable, train
     from sherman.speech.artifacts import code_digest
 
     global _S_CODE
     if _S_CODE is None:  # once per process: a file edited during a run must not change the key mid-run
-        _S_CODE = code_digest(rpt, train, model, attention, linear)
+        _S_CODE = code_digest(rpt, train, resumable, model, attention, linear)
     config = {"budget": {k: getattr(b, k) for k in S_FIELDS}, "seed": seed, "lr": LR, "max_seq": MAX_SEQ, "rpt": dataclasses.asdict(shared["cfg"]),
               "code": _S_CODE, "src": _S_SRC}  # fmt: skip
     h = hashlib.sha256(shared["tok"].tok.to_str().encode())
@@ -339,6 +339,7 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
     """S for `seed`, trained or reused from `cache_root/<budget digest>/S_seed<seed>` (manifest + safetensors, written
     atomically; a stale or unreadable artifact is retrained): {'state', 'base', 'eval', 'status', 'train_cpu_s', 'train_s'}.
     The CPU seconds of the training are stored with it, so a warm run still reports what a cold one costs."""
+    from sherman.core.resumable import CpuTally
     from sherman.speech.artifacts import artifact_hash, cached
 
     config, data = s_key(b, shared, seed)
@@ -348,25 +349,15 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
 
     def train_s() -> tuple[dict, dict]:
         c0 = time.process_time()
-        if ckpt is not None:
-            for old in ckpt.parent.glob(f"S_seed{seed}_ckpt_*"):
-                if old != ckpt:
-                    shutil.rmtree(old)
         if ckpt is None:
             state, base = make_s(b, shared, seed)
             return state, {"base": base, "train_cpu_s": time.process_time() - c0}
-        tally = ckpt / "cpu_s.json"  # CPU seconds of the calls before a cut, saved at each checkpoint
-        prev = float(json.loads(tally.read_text())["cpu_s"]) if tally.is_file() else 0.0
-
-        def on_step(step: int, row: dict) -> None:
-            if step % b.ckpt_every == 0:
-                tmp = tally.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"cpu_s": prev + time.process_time() - c0}))
-                tmp.replace(tally)
-
-        ckpt.mkdir(parents=True, exist_ok=True)
-        state, base = make_s(b, shared, seed, ckpt, on_step)
-        return state, {"base": base, "train_cpu_s": prev + time.process_time() - c0}
+        for old in ckpt.parent.glob(f"S_seed{seed}_ckpt_*"):
+            if old != ckpt:
+                shutil.rmtree(old)
+        tally = CpuTally(ckpt)  # CPU seconds of the calls before a cut, saved at each checkpoint
+        state, base = make_s(b, shared, seed, ckpt, lambda step, row: tally.save() if step % b.ckpt_every == 0 else None)
+        return state, {"base": base, "train_cpu_s": tally.total()}
 
     t0, c0 = time.time(), time.process_time()
     if cache_root is None:

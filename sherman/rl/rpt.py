@@ -586,19 +586,14 @@ def ntp_train(model, data: list, steps: int, batch_size: int, lr: float, seed: i
     `run_dir`: checkpointed every `ckpt_every` steps (and at the end, one kept) and resumed from the newest checkpoint
     there, ending with the unbroken run's weights; the returned history then holds only the steps this call ran.
     `callback(step, row)` after every step."""
-    from dataclasses import replace
-
-    from sherman.core import checkpoint
-    from sherman.core.common import seed_everything
+    from sherman.core.resumable import train_resumable
     from sherman.core.train import TrainConfig, train
 
     if steps <= 0:
         return []
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup, steps), schedule="constant", seed=seed)
     if run_dir is not None:
-        if checkpoint.latest_checkpoint(run_dir) is None:
-            seed_everything(seed)  # what a fresh train() does first (a resumed one restores the checkpoint's state)
-        tc = replace(tc, out_dir=str(run_dir), resume=True, ckpt_every=ckpt_every, keep_ckpts=1)
+        return train_resumable(model, data, tc, run_dir, ckpt_every, callback=callback, pad_id=pad_id).history
     return train(model, data, tc, pad_id=pad_id, callback=callback).history
 
 

@@ -146,3 +146,43 @@ def test_asyncthink_stages_are_stored_reused_and_recomputed_when_stale(tmp_path,
     third = run("smoke", tmp_path / "c", stage_dir=st)
     # the retrained topology model has the same weights (same seed, same machine), so its evaluation's key still holds
     assert sorted(calls) == ["eval", "eval", "sft"] and third["rows"] == first["rows"]
+
+
+def test_sft_stage_cut_off_resumes_to_the_unbroken_weights(tmp_path):
+    """An SFT stage with `sft_ckpt_every`, killed after its step-4 checkpoint and rerun, resumes there (it runs only
+    steps 5-6) and stores the unbroken run's weights and loss curve; its keyed checkpoint directory is removed once the
+    stage is stored, and the CPU seconds of the cut-off call are counted."""
+    import dataclasses
+
+    import sherman.experiments.asyncthink as A
+
+    b = dataclasses.replace(BUDGETS["smoke"], sft_steps=6, sft_ckpt_every=2)
+    train_tasks, _, _, countdown = A.make_tasks()
+    tok = A.make_tokenizer(*train_tasks, countdown)
+    plain, plain_loss = A._sft(tok, train_tasks, b, 0, 6, A.TRAIN_TOPOLOGIES)
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def compute(run_dir, on_step, die_at=None):
+        def cb(step, row):
+            on_step(step, row)
+            seen.append(step)
+            if step == die_at:
+                raise Killed
+
+        m, loss = A._sft(tok, train_tasks, b, 0, 6, A.TRAIN_TOPOLOGIES, run_dir=run_dir, on_step=cb)
+        return m, {"loss": loss}
+
+    with pytest.raises(Killed):
+        A.model_stage(tmp_path, "smoke", "seed0_sft", b, tok, {"seed": 0}, lambda rd, cb: compute(rd, cb, die_at=5), ckpt_every=2)
+    assert len(list((tmp_path / "smoke" / "sft_ckpt").glob("seed0_sft_*"))) == 1
+    seen.clear()
+    m, extra, cpu = A.model_stage(tmp_path, "smoke", "seed0_sft", b, tok, {"seed": 0}, compute, ckpt_every=2)
+    assert seen == [5, 6]  # resumed at the step-4 checkpoint
+    assert extra["loss"] == plain_loss and len(plain_loss) == 6
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in plain.state_dict().items())
+    assert not list((tmp_path / "smoke" / "sft_ckpt").glob("seed0_sft_*"))
+    assert extra["cpu_s_earlier"] > 0 and cpu == extra["cpu_s"] + extra["cpu_s_earlier"]
