@@ -112,7 +112,7 @@ from sherman.core.common import seed_everything
 from sherman.core.generate import SamplingParams
 from sherman.core.model import ModelConfig, Transformer
 from sherman.core.progress import progress
-from sherman.core.resumable import CpuTally, train_losses, train_resumable
+from sherman.core.resumable import train_losses, train_resumable
 from sherman.core.train import TrainConfig, train
 from sherman.experiments import stages
 from sherman.experiments.verdict import NOT_TESTABLE, PARTLY, REPRODUCED, compare, overall
@@ -407,18 +407,14 @@ def model_stage(root: Path | None, budget: str, name: str, b: Budget, tok, key: 
     one is never resumed; removed once the stage is stored) and `on_step(step, row)` keeps its CPU tally at every
     checkpoint, so the stored CPU seconds cover every call that trained it."""
     k = _key(b, name=name, **key)
-    run_dir = Path(root) / budget / "sft_ckpt" / f"{name}_{k[:16]}" if root is not None and ckpt_every else None
+    run_dir = stages.checkpoint_dir(Path(root) / budget / "sft_ckpt", name, k) if root is not None and ckpt_every else None
 
     def run() -> tuple[dict, dict]:
         if run_dir is None:
             m, extra = compute()
             return m.state_dict(), extra
-        for old in run_dir.parent.glob(f"{name}_*"):
-            if old != run_dir:
-                shutil.rmtree(old)
-        tally = CpuTally(run_dir)
-        m, extra = compute(run_dir, lambda step, row: tally.save() if step % ckpt_every == 0 else None)
-        return m.state_dict(), {**extra, "cpu_s_earlier": tally.earlier}
+        (m, extra), earlier = stages.run_checkpointed(run_dir, ckpt_every, lambda on_step: compute(run_dir, on_step))
+        return m.state_dict(), {**extra, "cpu_s_earlier": earlier}
 
     path = Path(root) / budget / f"{name}.safetensors" if root is not None else None
     state, extra, _ = stages.tensor_stage(path, k, run, f"asyncthink {name}")

@@ -339,25 +339,20 @@ def s_stage(b: Budget, shared: dict, seed: int, cache_root: Path | None) -> dict
     """S for `seed`, trained or reused from `cache_root/<budget digest>/S_seed<seed>` (manifest + safetensors, written
     atomically; a stale or unreadable artifact is retrained): {'state', 'base', 'eval', 'status', 'train_cpu_s', 'train_s'}.
     The CPU seconds of the training are stored with it, so a warm run still reports what a cold one costs."""
-    from sherman.core.resumable import CpuTally
     from sherman.speech.artifacts import artifact_hash, cached
 
     config, data = s_key(b, shared, seed)
     ckpt = None
     if cache_root is not None and b.ckpt_every:  # keyed by S's hash: a stale one is never resumed
-        ckpt = _s_dir(b, seed, cache_root).parent / f"S_seed{seed}_ckpt_{artifact_hash('rpt_S', config, data)[:16]}"
+        ckpt = stages.checkpoint_dir(_s_dir(b, seed, cache_root).parent, f"S_seed{seed}_ckpt", artifact_hash("rpt_S", config, data))
 
     def train_s() -> tuple[dict, dict]:
         c0 = time.process_time()
         if ckpt is None:
             state, base = make_s(b, shared, seed)
             return state, {"base": base, "train_cpu_s": time.process_time() - c0}
-        for old in ckpt.parent.glob(f"S_seed{seed}_ckpt_*"):
-            if old != ckpt:
-                shutil.rmtree(old)
-        tally = CpuTally(ckpt)  # CPU seconds of the calls before a cut, saved at each checkpoint
-        state, base = make_s(b, shared, seed, ckpt, lambda step, row: tally.save() if step % b.ckpt_every == 0 else None)
-        return state, {"base": base, "train_cpu_s": tally.total()}
+        (state, base), earlier = stages.run_checkpointed(ckpt, b.ckpt_every, lambda on_step: make_s(b, shared, seed, ckpt, on_step))
+        return state, {"base": base, "train_cpu_s": earlier + time.process_time() - c0}
 
     t0, c0 = time.time(), time.process_time()
     if cache_root is None:

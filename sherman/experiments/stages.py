@@ -127,3 +127,25 @@ def tensor_stage(path: Path | None, key: str, compute: Callable[[], tuple[dict[s
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tree_file(path, {"key": key, "state": state, "extra": extra})
     return state, extra, "computed"
+
+
+def checkpoint_dir(parent: Path, name: str, key: str) -> Path:
+    """`parent/<name>_<key[:16]>`: where a stage keyed by `key` that trains longer than a session keeps its training
+    checkpoints (`core.resumable`); a directory of another key (a stale stage) is never resumed."""
+    return Path(parent) / f"{name}_{key[:16]}"
+
+
+def run_checkpointed(run_dir: Path, every: int, compute: Callable[[Callable[[int, dict], None]], Any]) -> tuple[Any, float]:
+    """`compute(on_step)` for a stage that trains resumably in `run_dir` (a `checkpoint_dir`): removes the directories
+    of the same stage under other keys first, and counts CPU over the calls a cut-off run takes (`CpuTally`, saved
+    by `on_step(step, row)` at every `every`-th step). Returns (compute's result, CPU seconds of the earlier calls).
+    The caller removes `run_dir` once its stage is stored."""
+    import shutil
+
+    from sherman.core.resumable import CpuTally
+
+    for old in run_dir.parent.glob(f"{run_dir.name[:-17]}_*"):
+        if old != run_dir and old.is_dir():
+            shutil.rmtree(old)
+    tally = CpuTally(run_dir)
+    return compute(lambda step, row: tally.save() if step % every == 0 else None), tally.earlier

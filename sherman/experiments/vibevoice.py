@@ -162,11 +162,8 @@ def bootstrap_per(edits: np.ndarray, lens: np.ndarray, n_boot: int = 2000, seed:
     """95% percentile interval of a corpus-level PER (sum of edits / sum of reference lengths) when the items
     (dialogues or sentences) are resampled with replacement. edits (n_items, n_seeds): edit distances of each item at
     each synthesis seed (averaged over seeds per item); lens (n_items,): reference lengths."""
-    e = np.asarray(edits, dtype=float).reshape(len(lens), -1).mean(1)  # (n_items,)
-    n = np.asarray(lens, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(n), size=(n_boot, len(n)))  # (n_boot, n_items)
-    pers = e[idx].sum(1) / np.maximum(1.0, n[idx].sum(1))  # (n_boot,)
-    return float(np.percentile(pers, 2.5)), float(np.percentile(pers, 97.5))
+    _, lo, hi = paired_bootstrap_diff(edits, np.zeros((len(lens), 1)), lens, n_boot, seed)  # the difference to no edits
+    return lo, hi
 
 
 def paired_bootstrap_diff(edits_a: np.ndarray, edits_b: np.ndarray, lens: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -196,11 +193,15 @@ def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(d[-1, -1] / (len(a) + len(b)))
 
 
+def _mel_frames(a: np.ndarray) -> np.ndarray:
+    """Log-mel (frames, mels) of a 24 kHz waveform: 1024-point frames every 512 samples (21 ms)."""
+    return log_mel(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None], hop=512)[0].T.numpy()
+
+
 def mel_dtw(x: np.ndarray, ref: np.ndarray) -> float:
-    """Log-mel distance (nats per mel bin, 1024-point frames every 512 samples = 21 ms) of waveform `x` to `ref` along
-    their DTW alignment: the mel distance of free-running synthesis, whose timing differs from the reference."""
-    f = lambda a: log_mel(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None], hop=512)[0].T.numpy()  # noqa: E731  (frames, mels)
-    return dtw_distance(f(x), f(ref))
+    """Log-mel distance (nats per mel bin, `_mel_frames`) of waveform `x` to `ref` along their DTW alignment: the mel
+    distance of free-running synthesis, whose timing differs from the reference."""
+    return dtw_distance(_mel_frames(x), _mel_frames(ref))
 
 
 def gv_ratio(a: np.ndarray, ref: np.ndarray) -> float:
@@ -222,10 +223,17 @@ def speech_frames(f: np.ndarray, floor: float = 6.0) -> np.ndarray:
     return f[keep] if keep.sum() > 1 else f
 
 
-def mel_gv(x: np.ndarray, ref: np.ndarray) -> float:
-    """`gv_ratio` of the log-mels (as in `mel_dtw`) of waveform `x` and `ref`, over their speech frames only."""
-    f = lambda a: log_mel(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None], hop=512)[0].T.numpy()  # noqa: E731  (frames, mels)
-    return gv_ratio(speech_frames(f(x)), speech_frames(f(ref)))
+def mel_scores(segs: list[list[np.ndarray]], gt_segs: list[list[np.ndarray]]) -> tuple[float, float]:
+    """(DTW log-mel distance, speech-frame global variance ratio) of synthesized turns to the real ones, each a mean over
+    the turns longer than one frame; each turn's log-mel is computed once for both."""
+    dtw, gv = [], []
+    for xs, gs in zip(segs, gt_segs):
+        for x, g in zip(xs, gs):
+            if len(x) > 1024:
+                fx, fg = _mel_frames(x), _mel_frames(g)
+                dtw.append(dtw_distance(fx, fg))
+                gv.append(gv_ratio(speech_frames(fx), speech_frames(fg)))
+    return float(np.mean(dtw or [np.nan])), float(np.mean(gv or [np.nan]))
 
 
 def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: list[list[list[int]]], spks: list[list[int]],
@@ -243,7 +251,7 @@ def _eval_segments(rec, spk, ref, dialogs_segs: list[list[np.ndarray]], refs: li
         edits[owner[i]] += metrics.edit_distance(ph[i], hyps[i]) if i in hyps else len(ph[i])
     return {
         "per": float(edits.sum() / max(1, sum(len(p) for p in ph))),
-        "_edits": edits, "_lens": np.array([sum(len(p) for p in r) for r in refs], dtype=float),
+        "_edits": edits,
         "spk_sim": metrics.speaker_similarity(spk, ref, [segs[i] for i in ok], [who[i] for i in ok]) if ok else 0.0,
         "turn_acc": metrics.turn_accuracy(spk, dialogs_segs, spks),
         "sec_per_turn": float(np.mean([len(s) for s in segs]) / SAMPLE_RATE),
@@ -679,7 +687,8 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         return b.synth_seeds if heads[name].lm.cfg.head == "diffusion" else b.synth_seeds[:1]
 
     synth = {name: [synth_all(bund, replace(sc, seed=s)) for s in seeds_of(name)] for name, bund in heads.items()}  # [seed] -> (audio, segs)
-    head_edits = {}  # name -> (edits (n_dialogues, n_seeds), lens) for the paired head difference
+    dia_edits = {}  # name -> edits (n_dialogues, n_seeds), for the intervals and the paired head difference
+    dia_lens = np.array([sum(len(p) for p in r) for r in refs], dtype=float)  # (n_dialogues,) reference phonemes
     vv_audio, rg_audio = synth["vibevoice"][0][0], synth["regression"][0][0]
     local = [[d.speakers().index(u.speaker) for u in d.turns] for d in dialogs]
     runs = {"gt": [gt_segs], "recon": [rt_segs], **{name: [segs for _, segs in per_seed] for name, per_seed in synth.items()}}
@@ -687,24 +696,22 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
         evs = [_eval_segments(rec, spk, ref, segs, refs, spks, prompts, local) for segs in seg_runs]
         if name != "gt":  # log-mel distance of each turn to the real turn along their DTW alignment
             for ev, segs in zip(evs, seg_runs):
-                ev["mel_dtw"] = float(np.mean([mel_dtw(x, g) for xs, gs in zip(segs, gt_segs) for x, g in zip(xs, gs) if len(x) > 1024]
-                                              or [np.nan]))
-                ev["mel_gv"] = float(np.mean([mel_gv(x, g) for xs, gs in zip(segs, gt_segs) for x, g in zip(xs, gs) if len(x) > 1024]
-                                             or [np.nan]))  # diagnostic: over-smoothing
+                ev["mel_dtw"], ev["mel_gv"] = mel_scores(segs, gt_segs)  # mel_gv: over-smoothing diagnostic
         for k in evs[0]:
             if not k.startswith("_"):
                 m[f"eval/{name}/{k}"] = float(np.mean([ev[k] for ev in evs]))
                 if len(evs) > 1:
                     m.update({f"eval/{name}/{k}/seed{s}": ev[k] for s, ev in zip(b.synth_seeds, evs)})
-        head_edits[name] = (np.stack([ev["_edits"] for ev in evs], 1), evs[0]["_lens"])
-        m[f"eval/{name}/per_lo"], m[f"eval/{name}/per_hi"] = bootstrap_per(*head_edits[name])
+        dia_edits[name] = np.stack([ev["_edits"] for ev in evs], 1)
+        m[f"eval/{name}/per_lo"], m[f"eval/{name}/per_hi"] = bootstrap_per(dia_edits[name], dia_lens)
     m["eval/head_diff/per"], m["eval/head_diff/per_lo"], m["eval/head_diff/per_hi"] = paired_bootstrap_diff(
-        head_edits["vibevoice"][0], head_edits["regression"][0], head_edits["vibevoice"][1])
+        dia_edits["vibevoice"], dia_edits["regression"], dia_lens)
     # held-out sentences single-speaker: each as a one-line script with another utterance of its speaker as prompt
     single = corpus.test[: b.n_single]
     single_prompts = [rng.choice([x for x in corpus.train if x.speaker == u.speaker]).audio for u in single]
     single_refs = [[pid[p] for p in u.phonemes] for u in single]
     single_lens = np.array([len(r) for r in single_refs], dtype=float)
+    single_edits = {}  # name -> edits (n_single, n_seeds)
     for name, bund in heads.items():
         edits = []  # per seed: (n_single,) edit distances
         for s in seeds_of(name):
@@ -715,10 +722,10 @@ def _run(b: Budget, budget: str, out_dir: Path) -> dict:
             if len(seeds_of(name)) > 1:
                 m[f"eval/single/{name}/per/seed{s}"] = float(edits[-1].sum() / single_lens.sum())
         m[f"eval/single/{name}/per"] = float(np.mean([e.sum() for e in edits]) / single_lens.sum())
-        m[f"eval/single/{name}/per_lo"], m[f"eval/single/{name}/per_hi"] = bootstrap_per(np.stack(edits, 1), single_lens)
-        head_edits[f"single/{name}"] = np.stack(edits, 1)
+        single_edits[name] = np.stack(edits, 1)
+        m[f"eval/single/{name}/per_lo"], m[f"eval/single/{name}/per_hi"] = bootstrap_per(single_edits[name], single_lens)
     m["eval/single/head_diff/per"], m["eval/single/head_diff/per_lo"], m["eval/single/head_diff/per_hi"] = paired_bootstrap_diff(
-        head_edits["single/vibevoice"], head_edits["single/regression"], single_lens)
+        single_edits["vibevoice"], single_edits["regression"], single_lens)
     m["eval/single/gt/per"] = metrics.per(single_refs, rec.recognize([u.audio for u in single]))
     # diagnostic: the same held-out sentences and as many training sentences, teacher-forced (each latent drawn given
     # the real prefix) beside free-running; a low teacher-forced PER under a high free-running one is exposure bias
