@@ -59,7 +59,16 @@ What runs, per seed (3 seeds at quick):
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
 
-Measured (quick at 253eb98, 3 seeds, 1 torch thread, nice'd on the shared 2-core AMD EPYC: 953 CPU s, 2674 s wall
+Measured (quick on the code of d5674d9, 3 seeds, 1 torch thread, Intel Xeon (Sapphire Rapids) beside one nice'd job:
+782 s wall, 778 CPU s; per seed SFT 217-222 s, RL 12 s, eval 12 s, topology 16-17 s). Workers right on true contexts
+0.96 / 0.72 / 0.76, organizer copies the joins 1.00. AsyncThink / parallel / sequential accuracy 0.78 / 0.59 / 0.69,
+0.34 / 0.13 / 0.13, 0.25 / 0.03 / 0.00 (seeds 0/1/2); paired async - parallel +0.208 +- 0.021, every seed the same sign:
+reproduced; critical path 0.64x; budget curve, topology ablation reproduced; no-RL and lambda ablations not; held-out
+not testable. The run below, of nearly the same recipe on another machine (the code between them changed the
+per-machine GEMM choice and the zero-advantage skip, the same update up to fp32 order), had seeds that disagreed and
+the accuracy claim not reproduced: which seeds learn which skill in 2400 steps is a draw of the fp noise, so the
+accuracy verdict at quick is fragile.
+Earlier (quick at 253eb98, 3 seeds, 1 torch thread, nice'd on the shared 2-core AMD EPYC: 953 CPU s, 2674 s wall
 at 35% of a core; per seed SFT 242-279 s, RL 18-23 s, eval 20-23 s, topology 17-21 s). With 2400 SFT steps each skill
 forms, but at seed-dependent steps, so the seeds disagree. Greedy on true contexts (SFT model): workers right 1.00 /
 0.99 / 0.38 (seeds 0/1/2), organizer copies the joins 0.97 / 1.00 / 1.00; the sequential format (the baselines) copies
