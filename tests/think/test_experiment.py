@@ -19,6 +19,7 @@ from sherman.experiments.asyncthink import (
     make_tasks,
     run,
     score_fields,
+    sft_accuracy_row,
     truncated_parallel,
     truncated_sequential,
 )
@@ -36,7 +37,7 @@ def test_asyncthink_experiment_smoke(tmp_path, capsys):
     assert set(pre) == {"claim_task", "countdown3"}
     assert pre["claim_task"]["passed"] and not pre["countdown3"]["passed"]  # the task is chosen so that the latency claim is testable
     claims = [row["claim"] for row in r["rows"]]
-    assert len(r["rows"]) == 7 and all(set(row) == {"claim", "paper", "ours", "verdict"} for row in r["rows"])
+    assert len(r["rows"]) == 8 and all(set(row) == {"claim", "paper", "ours", "verdict"} for row in r["rows"])
     assert any("no RL" in c for c in claims) and any("lambda = 0" in c for c in claims) and any("topology" in c for c in claims)
     assert all((tmp_path / p).stat().st_size > 1000 for p in r["plots"])
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -80,6 +81,22 @@ def test_score_fields_by_hand():
     f = score_fields(outs, traces, org, ["107;66"] * 3)
     assert f == {"worker": 0.5, "worker_copy": 0.5, "organizer_copy": pytest.approx(1 / 3)}
     assert score_fields(["14+93=4370"], traces[:1], org[:1], ["107;66"])["worker"] == 0.0  # no return: wrong
+
+
+def test_sft_accuracy_row_by_hand():
+    def ev(a_sft, p_sft, s_sft, p_rl, s_rl):
+        acc = lambda a, p, s: {"asyncthink": {"acc": a}, "parallel": {"acc": p}, "sequential": {"acc": s}}  # noqa: E731
+        return {"sft/claim": acc(a_sft, p_sft, s_sft), "rl_lam0.5/claim": acc(0.9, p_rl, s_rl)}
+
+    evals = [ev(0.8, 0.4, 0.3, 0.2, 0.1), ev(0.6, 0.3, 0.2, 0.1, 0.1), ev(0.7, 0.5, 0.4, 0.3, 0.1)]
+    row = sft_accuracy_row(evals, "rl_lam0.5")
+    # async - parallel per seed 0.4, 0.3, 0.2: mean 0.3, 2 s.e. = 2 * sqrt(0.01 / 3) = 0.115 -> reproduced (0.3 - 0.115 > 0.02)
+    assert row["verdict"] == "reproduced"
+    assert "async 0.70 | parallel 0.40 | sequential 0.30" in row["ours"]
+    assert "+0.300 ± 0.115" in row["ours"] and "0.80/0.40, 0.60/0.30, 0.70/0.50" in row["ours"]
+    assert "rl_lam0.5 weights: parallel 0.20, sequential 0.10" in row["ours"]
+    failed = sft_accuracy_row([ev(0.0, 0.0, 0.0, 0.0, 0.0)] * 3, "rl_lam0.5")
+    assert failed["verdict"] == "not testable here" and "both arms failed" in failed["ours"]
 
 
 def test_truncated_baselines_by_hand():
