@@ -574,6 +574,13 @@ def curve_mean_acc(curve: list[dict]) -> float:
     return float(np.mean([p["acc"] for p in curve]))
 
 
+def pm(v) -> str:
+    """A verdict's effect and spread as the report prints them."""
+    if v.verdict == NOT_TESTABLE:
+        return f"{v.effect:+.3f}, both arms failed"
+    return f"{v.effect:+.3f} ± {v.spread:.3f}" if v.spread == v.spread else f"{v.effect:+.3f} (one seed)"
+
+
 def sft_accuracy_row(evals: list[dict], main_model: str) -> dict:
     """The accuracy claim on the format-SFT model, one dict of evaluations per seed (`{model/set: {method: metrics}}`).
 
@@ -584,11 +591,6 @@ def sft_accuracy_row(evals: list[dict], main_model: str) -> dict:
     per = {m: [e["sft/claim"][m]["acc"] for e in evals] for m in ("asyncthink", "parallel", "sequential")}
     vs = [compare(per["asyncthink"], per[o], MIN_ACC_GAIN, fail_at=0.0) for o in ("parallel", "sequential")]
     drift = {m: float(np.mean([e[f"{main_model}/claim"][m]["acc"] for e in evals])) for m in ("parallel", "sequential")}
-
-    def pm(v) -> str:
-        if v.verdict == NOT_TESTABLE:
-            return f"{v.effect:+.3f}, both arms failed"
-        return f"{v.effect:+.3f} ± {v.spread:.3f}" if v.spread == v.spread else f"{v.effect:+.3f} (one seed)"
 
     return {"claim": "Accuracy on the format-SFT weights (both formats trained alike; RL trains only the AsyncThink protocol): AsyncThink > both",
             "paper": "AsyncThink highest (Table 1)",
@@ -608,11 +610,6 @@ def _rows(per_seed: list[dict], b: Budget, pre: dict) -> list[dict]:
 
     def mean(key: str, meth: str, metric: str) -> float:
         return float(np.mean(per(key, meth, metric)))
-
-    def pm(v) -> str:
-        if v.verdict == NOT_TESTABLE:
-            return f"{v.effect:+.3f}, both arms failed"
-        return f"{v.effect:+.3f} ± {v.spread:.3f}" if v.spread == v.spread else f"{v.effect:+.3f} (one seed)"
 
     rows = []
     fields_text = "".join(
