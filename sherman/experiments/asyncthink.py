@@ -62,11 +62,13 @@ What runs, per seed (3 seeds at quick):
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
 
-Full budget, run once (stages on the code of d5674d9; 3 seeds, 1 thread, Intel Xeon (Sapphire Rapids), 15733 CPU s):
+Full budget, run once (stages on the code of d5674d9; 3 seeds, 1 thread, Intel Xeon then AMD EPYC, 15733 CPU s):
 only seed 1 learned the sub-skills in 3000 SFT steps (SFT loss 0.208 / 0.050 / 0.222, workers right on true contexts
 0.22 / 0.96 / 0.07); on it AsyncThink / parallel / sequential 0.855 / 0.45 / 0.42 on the SFT weights, 0.835 / 0.235 /
 0.255 after RL, at 0.63x parallel's critical path; seeds 0 and 2 score 0% with every method, so the 3-seed accuracy rows
 are not reproduced and the full budget needs more SFT steps (the latency and topology rows reproduce).
+Quick at ea7b634 (AMD EPYC, 966 s): accuracy 0.63/0.56, 1.00/0.19, 0.09/0.03 (async/parallel, seeds 0/1/2), paired +0.31 ±
+0.50: not reproduced this draw; latency 0.64x, budget curve and topology reproduced.
 
 Measured (quick on the code of d5674d9, 3 seeds, 1 torch thread, Intel Xeon (Sapphire Rapids) beside one nice'd job:
 782 s wall, 778 CPU s; per seed SFT 217-222 s, RL 12 s, eval 12 s, topology 16-17 s). Workers right on true contexts
