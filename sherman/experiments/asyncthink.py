@@ -191,6 +191,8 @@ class Budget:
     """Cap on each agent's tokens in RL rollouts (the ground-truth organizer and worker traces are ~20-30 tokens)."""
     sft_lr: float = 3e-3
     """Peak SFT learning rate (warmup + cosine)."""
+    sft_warmup: int = 20
+    """Linear warmup steps of every SFT run (capped at a fifth of its steps)."""
     sft_batch: int = 32
     """SFT batch (sequences per step)."""
     topo_lr: float = 1e-3
@@ -204,8 +206,8 @@ BUDGETS = {
                     topo_sft_steps=2, rl_questions=1, group=2),
     "quick": Budget(n_sft=4000, sft_steps=2400, rl_steps=10, lambdas=(0.5, 0.0), n_eval=32, dim=128, n_layers=2, topo_sft_steps=80,
                     log_every=100),
-    "full": Budget(n_sft=12000, sft_steps=3000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=3000,
-                   sft_ckpt_every=100),
+    "full": Budget(n_sft=12000, sft_steps=2000, rl_steps=300, lambdas=(0.5, 0.1, 0.0), n_eval=200, dim=192, n_layers=4, topo_sft_steps=600,
+                   sft_ckpt_every=100, sft_lr=1e-3, sft_warmup=100),
 }
 
 MIN_ACC_GAIN = 0.02
@@ -378,7 +380,7 @@ def _sft(tok, train_tasks, b: Budget, seed: int, steps: int, topologies, init: T
         data += sft_examples(t, tok, b.n_sft, rng, capacity=CAPACITY, topologies=topologies, subquery=SUBQUERY)
         data += sft_examples(t, tok, b.n_sft, rng, sequential=True)
     model = _new_model(tok, b) if init is None else copy.deepcopy(init)
-    tc = TrainConfig(steps=steps, batch_size=b.sft_batch, lr=lr or b.sft_lr, warmup_steps=min(20, steps // 5), seed=seed, log_every=b.log_every)
+    tc = TrainConfig(steps=steps, batch_size=b.sft_batch, lr=lr or b.sft_lr, warmup_steps=min(b.sft_warmup, steps // 5), seed=seed, log_every=b.log_every)
     if run_dir is not None:
         train_resumable(model, data, tc, run_dir, b.sft_ckpt_every, callback=on_step)
         model.eval()
