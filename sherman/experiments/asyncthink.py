@@ -457,9 +457,12 @@ def eval_stage(root: Path | None, budget: str, name: str, b: Budget, model: Tran
     return rec["result"], float(rec["cpu_s"])
 
 
-def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
+def run(budget: str, out_dir: Path, stage_dir: Path | None = None, only_seeds: tuple[int, ...] | None = None) -> dict:
     """Runs with one intra-op thread (`sherman reproduce --threads 1`, the default). Every trained model and every
-    evaluation is a stage (reused from `stage_dir`, default `stages.stage_root('asyncthink')`; none for the smoke budget)."""
+    evaluation is a stage (reused from `stage_dir`, default `stages.stage_root('asyncthink')`; none for the smoke budget).
+    `only_seeds`: compute (or reuse) the stages of these seeds only and write no report, so that seeds of a long budget
+    can run in parallel processes over one stage directory (each seed's stages are its own); the run without it then
+    reuses them all and writes the report. Returns {"seeds": [...], "cpu_s": {...}} in that mode."""
     b = BUDGETS[budget]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -545,9 +548,15 @@ def run(budget: str, out_dir: Path, stage_dir: Path | None = None) -> dict:
         return {"seed": seed, "cpu_s": cpu, "sft_loss_first": sft_loss[0], "sft_loss_last": sft_loss[-1], "topo_sft_loss_last": topo_loss,
                 "fields": fields, "eval": res}  # fmt: skip
 
-    for seed in b.seeds:
+    if only_seeds is not None:
+        bad = sorted(set(only_seeds) - set(b.seeds))
+        if bad:
+            raise ValueError(f"seeds {bad} are not seeds of the {budget} budget {list(b.seeds)}")
+    for seed in b.seeds if only_seeds is None else [s for s in b.seeds if s in only_seeds]:
         per_seed.append(one_seed(seed))
     prog.close()
+    if only_seeds is not None:
+        return {"seeds": [x["seed"] for x in per_seed], "cpu_s": [x["cpu_s"] for x in per_seed]}
     rows = _rows(per_seed, b, pre)
     agg = _aggregate(per_seed)
     plots = _plot_curves(per_seed, out_dir) + _plot_rl(rl_curves, out_dir)

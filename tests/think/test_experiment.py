@@ -165,6 +165,26 @@ def test_asyncthink_stages_are_stored_reused_and_recomputed_when_stale(tmp_path,
     assert sorted(calls) == ["eval", "eval", "sft"] and third["rows"] == first["rows"]
 
 
+def test_only_seeds_computes_one_seeds_stages_that_the_full_run_reuses(tmp_path, monkeypatch):
+    """`only_seeds` (seeds of a long budget run in parallel processes): it stores that seed's stages only and writes no
+    report; the run over all seeds then trains only the other seed, reuses the rest, and reports what an unsplit run does."""
+    import sherman.experiments.asyncthink as A
+
+    st = tmp_path / "stages"
+    part = run("smoke", tmp_path / "p", stage_dir=st, only_seeds=(1,))
+    assert part["seeds"] == [1] and not (tmp_path / "p" / "results.json").exists()
+    names = sorted(p.name for p in (st / "smoke").iterdir() if p.is_file())
+    assert names and all("seed1" in n for n in names)
+    calls = []
+    real_sft = A._sft
+    monkeypatch.setattr(A, "_sft", lambda *a, **k: calls.append(a[3]) or real_sft(*a, **k))  # a[3]: the seed
+    whole = run("smoke", tmp_path / "w", stage_dir=st)
+    assert set(calls) == {0}  # seed 1's SFT and topology models were reused
+    assert whole["rows"] == run("smoke", tmp_path / "plain")["rows"]
+    with pytest.raises(ValueError, match="not seeds"):
+        run("smoke", tmp_path / "x", stage_dir=st, only_seeds=(7,))
+
+
 def test_sft_stage_cut_off_resumes_to_the_unbroken_weights(tmp_path):
     """An SFT stage with `sft_ckpt_every`, killed after its step-4 checkpoint and rerun, resumes there (it runs only
     steps 5-6) and stores the unbroken run's weights and loss curve; its keyed checkpoint directory is removed once the
