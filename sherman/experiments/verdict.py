@@ -61,12 +61,13 @@ def _failed(x: Sequence[float], fail_at: float | None, higher_is_better: bool) -
 
 
 def compare(a: Sequence[float], b: Sequence[float], min_effect: float, *, higher_is_better: bool = True, fail_at: float | None = None,
-            paired: bool | None = None, k: float = 2.0) -> Verdict:  # fmt: skip
+            paired: bool | None = None, k: float = 2.0, ceiling: float | None = None) -> Verdict:  # fmt: skip
     """Verdict on "arm A is better than arm B by at least min_effect" from per-seed values of one metric.
 
     a, b: one value per seed (same seed order when paired). fail_at: the level at or beyond which an arm counts as
-    failed (<= for higher-is-better metrics, >= otherwise); both arms failed -> "not testable here". paired:
-    default True when both have the same number of values (>= 2)."""
+    failed (<= for higher-is-better metrics, >= otherwise); both arms failed -> "not testable here". ceiling: the best
+    value the metric can take (e.g. accuracy 1.0); both arms' means there -> "not testable here" (neither can be
+    better). paired: default True when both have the same number of values (>= 2)."""
     a, b = [float(v) for v in a], [float(v) for v in b]
     if not a or not b:
         raise ValueError("compare needs at least one value per arm")
@@ -77,6 +78,9 @@ def compare(a: Sequence[float], b: Sequence[float], min_effect: float, *, higher
     if _failed(a, fail_at, higher_is_better) and _failed(b, fail_at, higher_is_better):
         return Verdict(NOT_TESTABLE, effect, float("nan"),
                        f"both arms failed (means {_mean(a):.4g} and {_mean(b):.4g}, failure level {fail_at:g}): a comparison of two failures")  # fmt: skip
+    if ceiling is not None and all((_mean(x) >= ceiling) if higher_is_better else (_mean(x) <= ceiling) for x in (a, b)):
+        return Verdict(NOT_TESTABLE, effect, float("nan"),
+                       f"both arms at the ceiling (means {_mean(a):.4g} and {_mean(b):.4g}, best value {ceiling:g}): neither can be better")  # fmt: skip
     paired = (len(a) == len(b) and len(a) >= 2) if paired is None else paired
     if paired:
         if len(a) != len(b):

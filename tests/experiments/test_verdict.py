@@ -40,6 +40,17 @@ def test_two_failures_are_not_testable():
     assert compare([0.3, 0.32, 0.31], [0.0, 0.0, 0.0], min_effect=0.05, fail_at=0.0).verdict == REPRODUCED
 
 
+def test_two_arms_at_the_ceiling_are_not_testable():
+    # asyncthink at full: every method answers every question (accuracy 1.0 on each seed)
+    v = compare([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], min_effect=0.02, fail_at=0.0, ceiling=1.0)
+    assert v.verdict == NOT_TESTABLE and "ceiling" in v.reason and v.effect == 0.0
+    # one arm below the ceiling is a real comparison: +0.10 +- 2 * sqrt(var([0.1, 0.1, 0.1]) / 3) = +0.10 +- 0
+    assert compare([1.0, 1.0, 1.0], [0.9, 0.9, 0.9], min_effect=0.02, ceiling=1.0).verdict == REPRODUCED
+    assert compare([0.9, 0.9, 0.9], [1.0, 1.0, 1.0], min_effect=0.02, ceiling=1.0).verdict == NOT_REPRODUCED
+    # lower-is-better: both at the floor value 0 (the best) -> not testable
+    assert compare([0.0, 0.0], [0.0, 0.0], min_effect=0.1, higher_is_better=False, ceiling=0.0).verdict == NOT_TESTABLE
+
+
 def test_one_seed_is_at_most_partly():
     assert compare([0.9], [0.5], min_effect=0.1).verdict == PARTLY
     assert compare([0.52], [0.5], min_effect=0.1).verdict == NOT_REPRODUCED
