@@ -62,13 +62,28 @@ What runs, per seed (3 seeds at quick):
    engine one token per step, the fork-join critical path must be <= 0.7x the parallel-thinking latency (one whole
    sequential trace); else the latency claim is "not testable here".
 
-Full budget, run once (stages on the code of d5674d9; 3 seeds, 1 thread, Intel Xeon then AMD EPYC, 15733 CPU s):
-only seed 1 learned the sub-skills in 3000 SFT steps (SFT loss 0.208 / 0.050 / 0.222, workers right on true contexts
-0.22 / 0.96 / 0.07); on it AsyncThink / parallel / sequential 0.855 / 0.45 / 0.42 on the SFT weights, 0.835 / 0.235 /
-0.255 after RL, at 0.63x parallel's critical path; seeds 0 and 2 score 0% with every method, so the 3-seed accuracy rows
-are not reproduced and the full budget needs more SFT steps (the latency and topology rows reproduce).
-Quick at ea7b634 (AMD EPYC, 966 s): accuracy 0.63/0.56, 1.00/0.19, 0.09/0.03 (async/parallel, seeds 0/1/2), paired +0.31 ±
-0.50: not reproduced this draw; latency 0.64x, budget curve and topology reproduced.
+Why SFT at lr 1e-3 with 100 warmup steps (since 91578d9; 3e-3 with 20 before). At 3e-3 some seeds never learned the
+worker's copy of its expression: at full (3000 steps) seeds 0 and 2 ended with SFT loss 0.21 / 0.22 and workers right
+on 0.22 / 0.07 of true contexts (3000 more steps at 1e-3 in the topology arms did not rescue them), at quick seed 2
+(0.09 accuracy at ea7b634). Probes (full-size model, 1000-step schedules, 32 test questions, greedy on true contexts):
+seed 0 at 3e-3 / 20 warmup: loss 0.352, workers 0.01, copies 0.00, organizer 0.00; at 1e-3 / 100 warmup: loss 0.008,
+all three 1.00; seed 2 at 1e-3: loss 0.009, all 1.00; quick-size seed 2 at 1e-3, 2400 steps: loss 0.007, all 1.00.
+With every seed trained, every method answers nearly every 3-expression question at the top budget (accuracy at the
+ceiling), so the accuracy claim shows only where the budget binds (the budget-curve row); two arms both at 1.0 are
+"not testable here" (`verdict.compare(ceiling=...)`), as two at 0 are.
+
+Quick (stages trained at 12c34a4, report rebuilt at fb67044; 3 seeds, 1 thread, Intel Xeon beside four other 1-thread jobs: 1072 CPU s, 2244 s wall): every seed
+learned (greedy on true contexts 1.00 / 1.00 / 1.00); accuracy AsyncThink / parallel / sequential 1.00 / 0.99 / 0.99
+(+0.010 +- 0.021: not reproduced, at the ceiling), on the SFT weights 1.00 everywhere (not testable); critical path
+44.1 vs 69.5 (0.63x): reproduced; budget-grid accuracy 0.79 vs 0.16 (+0.627 +- 0.009; from budget 24 AsyncThink
+answers, no baseline below 96): reproduced; held-out 0.00 everywhere: not testable; no-RL accuracy at the ceiling (RL
+lowers the critical path 47.0 -> 44.1); lambda eta 2.12 vs 2.08 (+0.042 +- 0.021): partly; topology 43.9 vs 58.4: reproduced.
+
+Before the LR change: full budget, run once (stages on the code of d5674d9; 3 seeds, 1 thread, Intel Xeon then AMD
+EPYC, 15733 CPU s): only seed 1 learned the sub-skills in 3000 SFT steps; on it AsyncThink / parallel / sequential
+0.855 / 0.45 / 0.42 on the SFT weights, 0.835 / 0.235 / 0.255 after RL, at 0.63x parallel's critical path; seeds 0 and
+2 scored 0% with every method. Quick at ea7b634 (AMD EPYC, 966 s): accuracy 0.63/0.56, 1.00/0.19, 0.09/0.03
+(async/parallel, seeds 0/1/2), paired +0.31 +- 0.50: not reproduced; latency 0.64x, budget curve and topology reproduced.
 
 Measured (quick on the code of d5674d9, 3 seeds, 1 torch thread, Intel Xeon (Sapphire Rapids) beside one nice'd job:
 782 s wall, 778 CPU s; per seed SFT 217-222 s, RL 12 s, eval 12 s, topology 16-17 s). Workers right on true contexts
@@ -97,14 +112,14 @@ Probe after that run (seed 2, one 3600-step schedule, steps 900/1800/2700/3600):
 sequential-thinking token accuracy 0.95): more steps fix the AsyncThink agents, not the sequential format's lookup of the
 k-th expression (each worker gets it from a one-token letter cue), so the full budget (3000 steps) may leave the
 baselines behind for this reason.
-Full budget (dim 192 x 4 layers, 3000 SFT steps per model, 300 RL steps x 3 lambdas, 200 test questions,
-3 seeds): not run; estimated ~4 CPU-hours per seed (SFT ~2 h for the main and topology models, RL ~2 h), ~12 h in all.
+Full budget (dim 192 x 4 layers, 2000 SFT steps, 300 RL steps x 3 lambdas, 600 topology steps per arm, 200 test
+questions, 3 seeds; ~2700 CPU s per seed at 1 thread): the seeds can run in parallel processes (`run(only_seeds=...)`).
 It is built from stages (`experiments/stages.py`, under `stages.stage_root('asyncthink')` = $SHERMAN_ARTIFACTS/asyncthink):
 each trained model (format SFT, RL per lambda, each topology arm) is a safetensors file keyed by the budget, seed,
 lambda or topology, a digest of the weights it starts from, the code and torch; each model's evaluation is a JSON
 record keyed by that model's weights digest. An RL stage cut off mid-run resumes from its newest checkpoint (every
 `save_every` steps, one optimizer state; `<root>/<budget>/rl/`, not kept in the repository), and so does an SFT stage
-(the main model and each topology arm, ~2 h each at full: every `sft_ckpt_every` = 100 steps under
+(the main model and each topology arm: every `sft_ckpt_every` = 100 steps under
 `<root>/<budget>/sft_ckpt/`, keyed by the stage's key, removed once the stage is stored; tested). So
 `SHERMAN_ARTIFACTS=stages sherman reproduce asyncthink --budget full`, repeated across sessions, finishes it.
 
