@@ -72,6 +72,13 @@ With every seed trained, every method answers nearly every 3-expression question
 ceiling), so the accuracy claim shows only where the budget binds (the budget-curve row); two arms both at 1.0 are
 "not testable here" (`verdict.compare(ceiling=...)`), as two at 0 are.
 
+Full budget, run once (stages at 91578d9-12c34a4, report at fb67044; 3 seeds in parallel 1-thread processes, Intel
+Xeon, 8473 CPU s): every seed learned (SFT loss 0.015 / 0.001 / 0.012); accuracy AsyncThink / parallel / sequential
+0.96 / 0.95 / 0.95 (+0.010 +- 0.017, near the ceiling: not reproduced), on the SFT weights 1.00 / 1.00 / 1.00; critical
+path 43.9 vs 69.5 (0.63x): reproduced; budget-grid accuracy 0.77 vs 0.16 (+0.607 +- 0.039): reproduced; held-out 0.00
+everywhere: not testable; no RL 1.00 vs 0.96 after RL (RL shortens the path 46.6 -> 43.9 and costs accuracy): not
+reproduced; lambda eta 2.12 vs 2.11: partly; topology 43.9 vs 56.0: reproduced.
+
 Quick (stages trained at 12c34a4, report rebuilt at fb67044; 3 seeds, 1 thread, Intel Xeon beside four other 1-thread jobs: 1072 CPU s, 2244 s wall): every seed
 learned (greedy on true contexts 1.00 / 1.00 / 1.00); accuracy AsyncThink / parallel / sequential 1.00 / 0.99 / 0.99
 (+0.010 +- 0.021: not reproduced, at the ceiling), on the SFT weights 1.00 everywhere (not testable); critical path
