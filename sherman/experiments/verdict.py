@@ -78,7 +78,7 @@ def compare(a: Sequence[float], b: Sequence[float], min_effect: float, *, higher
     if _failed(a, fail_at, higher_is_better) and _failed(b, fail_at, higher_is_better):
         return Verdict(NOT_TESTABLE, effect, float("nan"),
                        f"both arms failed (means {_mean(a):.4g} and {_mean(b):.4g}, failure level {fail_at:g}): a comparison of two failures")  # fmt: skip
-    if ceiling is not None and all((_mean(x) >= ceiling) if higher_is_better else (_mean(x) <= ceiling) for x in (a, b)):
+    if ceiling is not None and _failed(a, ceiling, not higher_is_better) and _failed(b, ceiling, not higher_is_better):  # at the best value
         return Verdict(NOT_TESTABLE, effect, float("nan"),
                        f"both arms at the ceiling (means {_mean(a):.4g} and {_mean(b):.4g}, best value {ceiling:g}): neither can be better")  # fmt: skip
     paired = (len(a) == len(b) and len(a) >= 2) if paired is None else paired
